@@ -73,6 +73,14 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     deployed.worker_handle.wait_ready(["acme"])  # type: ignore[attr-defined]
     suspended = run_cli(deployed, "send", "customer.create", "--tenant", "acme", "--data", "{}")
     assert json.loads(suspended.stdout)["data"]["reason"] == "tenant_suspended"
+    # Said on stderr too (exit 0: an outcome came), with where to look.
+    assert "rejected: tenant_suspended:" in suspended.stderr, suspended.stderr
+    assert "`paystream tenants list`" in suspended.stderr
+    # A mistyped tenant: the same, pointing at the tenants it could have meant.
+    mistyped = run_cli(deployed, "send", "customer.create", "--tenant", "acmee", "--data", "{}")
+    assert json.loads(mistyped.stdout)["data"]["reason"] == "unknown_tenant"
+    assert "rejected: unknown_tenant: unknown tenant 'acmee'" in mistyped.stderr, mistyped.stderr
+    assert "`paystream tenants add`" in mistyped.stderr
     # Re-running a registration to rename it must not re-activate it.
     renamed = run_cli(deployed, "tenants", "add", "acme", "--name", "Acme Inc")
     assert json.loads(renamed.stdout)["status"] == "suspended", renamed.stdout
@@ -109,20 +117,20 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
 
 async def test_send_prints_the_outcome(deployed: Deployment) -> None:
     for _ in range(50):  # the activation above reaches the worker's table shortly
-        out = json.loads(
-            run_cli(
-                deployed,
-                "send",
-                "payment.create",
-                "--tenant",
-                "acme",
-                "--data",
-                '{"amount": 1999, "currency": "USD", "payment_method_token": "pm_card_visa"}',
-            ).stdout
+        proc = run_cli(
+            deployed,
+            "send",
+            "payment.create",
+            "--tenant",
+            "acme",
+            "--data",
+            '{"amount": 1999, "currency": "USD", "payment_method_token": "pm_card_visa"}',
         )
+        out = json.loads(proc.stdout)
         if out["data"].get("reason") != "tenant_suspended":
             break
     assert out["type"] == "com.paystream.payment.succeeded"
+    assert "rejected" not in proc.stderr, proc.stderr
     assert out["data"]["object"]["amount"] == 1999
 
 

@@ -116,6 +116,7 @@ def send(
         if isinstance(answer, OutcomeTimeout):
             sys.exit(EXIT_NO_OUTCOME)
         _note_other_cause(answer, cmd.get_id(), idempotency_key)
+        _note_rejection(answer)
         _print_outcome(dumps(answer), cmd.get_id())
         return
 
@@ -145,6 +146,7 @@ def send(
             raise
         await client.stop()
         _note_other_cause(outcome, cmd.get_id(), idempotency_key)
+        _note_rejection(outcome)
         return dumps(outcome)
 
     try:
@@ -224,6 +226,31 @@ def _note_other_cause(outcome: Any, command_id: str, idempotency_key: str | None
             f"under idempotency key {idempotency_key or command_id!r}",
             err=True,
         )
+
+
+# What to do next, for the rejections a person at the shell is likeliest to have caused.
+_NEXT_STEP = {
+    "unknown_tenant": "`paystream tenants list` shows the tenants; `paystream tenants add` "
+    "adds one",
+    "tenant_suspended": "`paystream tenants list` shows its status",
+}
+
+
+def _note_rejection(outcome: Any) -> None:
+    """A rejection said on stderr too: the exit is 0 (an outcome came: README), and a
+    mistyped tenant's `unknown_tenant` was easy to miss inside the printed event."""
+    from paystream.streams.outcomes import OUTCOME_PREFIX
+
+    if outcome.get_type() != OUTCOME_PREFIX + "command.rejected":
+        return
+    data = outcome.get_data()
+    if not isinstance(data, dict):
+        return
+    reason = str(data.get("reason", ""))
+    line = f"rejected: {reason}: {data.get('message', '')}"
+    if reason in _NEXT_STEP:
+        line += f" ({_NEXT_STEP[reason]})"
+    click.echo(line, err=True)
 
 
 def _say_how_to_resend(command_id: str, *, answered: bool = False) -> None:
