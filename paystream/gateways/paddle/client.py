@@ -6,8 +6,9 @@ and other libraries share), with the SDK's own timeout set (PAYSTREAM_GATEWAY_TI
 and its retries off (the pipeline owns retries; a create looks for what an earlier try
 made first). A call given up on (the command's deadline) goes on in its thread until that
 timeout, and Paddle may process it later still: a create's lookup cannot see such a try,
-so a create sent under a ``tag`` is tracked, and ``may_still_land`` tells a retry how
-long to wait before its lookup (docs/paddle.md, "Exactly once").
+so a create is told (``settled``) when its thread ends and whether its answer was lost,
+to keep its in-flight key in Redis ``landing_margin`` more then (in_flight.py;
+docs/paddle.md, "Exactly once").
 
 The SDK logs each request's URL (INFO), each answer's body (DEBUG) and each failure with
 its URL (ERROR) through the logger it is given: customers' emails and ids. It is given
@@ -27,10 +28,8 @@ import asyncio
 import functools
 import logging
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from paystream.gateways.errors import ErrorCode, GatewayError
@@ -41,7 +40,7 @@ from paystream.gateways.paddle.errors import (
     unreadable,
 )
 
-__all__ = ["PADDLE_THREADS", "PaddleClient"]
+__all__ = ["PADDLE_THREADS", "PaddleClient", "lost_answer"]
 
 # Failures after which the request may still be made at Paddle: no answer came back.
 _LOST_ANSWER = frozenset({ErrorCode.TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE})
@@ -72,14 +71,6 @@ def _silent_logger() -> logging.Logger:
     return log
 
 
-@dataclass
-class _Sent:
-    """A create sent under a request tag: its thread, and when its answer was lost."""
-
-    future: Future[dict[str, Any]]
-    lost_at: float | None = None  # (monotonic; None: answered, or still running)
-
-
 class _Environment:
     """What the SDK reads of its ``Environment``: the base URL requests are joined to."""
 
@@ -101,8 +92,6 @@ class PaddleClient:
             timeout=timeout,
             logger=_silent_logger(),
         )
-        # Creates sent under a request tag whose answer was lost or is still awaited.
-        self._sent: dict[str, _Sent] = {}
         session = self._sdk.client
         # No retries below ours (the SDK mounts urllib3 retries on 429 and 5xx for
         # https://, which would swallow the answer's body), and no redirects: every
@@ -117,50 +106,17 @@ class PaddleClient:
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
-        tag: str | None = None,
+        settled: Callable[[bool], None] | None = None,
     ) -> dict[str, Any]:
-        """Paddle's answer (``{"data": ..., "meta": ...}``), or a GatewayError. ``tag``:
-        a create's request tag, tracked until its answer is known (``may_still_land``)."""
+        """Paddle's answer (``{"data": ..., "meta": ...}``), or a GatewayError.
+        ``settled``: called from the request's thread as it ends, True when its answer
+        was lost (the request may still be made at Paddle)."""
         send = functools.partial(self._send, method, path, body, query)
         future = _executor().submit(send)
-        if tag is not None:
-            self._prune()
-            sent = self._sent[tag] = _Sent(future)
-            future.add_done_callback(functools.partial(self._settled, tag, sent))
-        # (cancelled by the deadline: the thread goes on, tracked above)
+        if settled is not None:
+            future.add_done_callback(functools.partial(_settled, settled))
+        # (cancelled by the deadline: the thread goes on, and tells ``settled``)
         return await asyncio.wrap_future(future)
-
-    def _settled(self, tag: str, sent: _Sent, future: Future[dict[str, Any]]) -> None:
-        exc = None if future.cancelled() else future.exception()
-        lost = isinstance(exc, GatewayError) and exc.code in _LOST_ANSWER
-        if lost:
-            sent.lost_at = time.monotonic()
-        elif self._sent.get(tag) is sent:
-            # (answered, or never sent: nothing can land later. Run in the SDK's thread:
-            # a pop, as the loop may drop it meanwhile.)
-            self._sent.pop(tag, None)
-
-    def may_still_land(self, tag: str) -> float:
-        """Seconds during which a create sent earlier under ``tag`` may still be made at
-        Paddle (0: none can): its thread still running, or its answer lost less than
-        ``landing_margin`` ago (Paddle processing on after our timeout)."""
-        sent = self._sent.get(tag)
-        if sent is None:
-            return 0.0
-        if sent.lost_at is None:
-            return self.timeout + self.landing_margin  # (its thread still running)
-        left = sent.lost_at + self.landing_margin - time.monotonic()
-        if left <= 0:
-            self._sent.pop(tag, None)
-            return 0.0
-        return left
-
-    def _prune(self) -> None:
-        """Drop lost answers past their margin (a command parked, never retried here)."""
-        stale = time.monotonic() - self.landing_margin
-        for tag, sent in list(self._sent.items()):
-            if sent.lost_at is not None and sent.lost_at < stale:
-                self._sent.pop(tag, None)
 
     @property
     def timeout(self) -> float:
@@ -239,6 +195,15 @@ class PaddleClient:
     async def aclose(self) -> None:
         """Close the SDK's HTTP session (its pooled connections)."""
         self._sdk.client.close()
+
+
+def lost_answer(exc: BaseException | None) -> bool:
+    """A failure after which the request may still be made at Paddle."""
+    return isinstance(exc, GatewayError) and exc.code in _LOST_ANSWER
+
+
+def _settled(settled: Callable[[bool], None], future: Future[dict[str, Any]]) -> None:
+    settled(lost_answer(None if future.cancelled() else future.exception()))
 
 
 def _retry_after(exc: Any) -> float | None:

@@ -21,11 +21,13 @@ answered as made; made with other parameters, the key is refused (idempotency_er
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -62,8 +64,9 @@ from paystream.gateways.base import (
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.paddle import mapping
-from paystream.gateways.paddle.client import PaddleClient
+from paystream.gateways.paddle.client import PaddleClient, lost_answer
 from paystream.gateways.paddle.errors import PROVIDER, paddle_code, unreadable
+from paystream.gateways.paddle.in_flight import InFlight, new_token
 from paystream.gateways.paddle.references import (
     params_digest,
     read_refund_reason,
@@ -80,6 +83,8 @@ from paystream.money import CURRENCY_EXPONENTS, format_minor
 from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = [
     "CHECKOUT_TOKEN",
@@ -169,6 +174,25 @@ def _figure(money: tuple[int, str]) -> str:
     return f"{amount} minor units of {currency[:8]!r}"
 
 
+@dataclass
+class _Lookup:
+    """A create's lookup, and the token of the in-flight key it runs under (its answer
+    holds only while that key has stayed this process's)."""
+
+    token: str
+    task: asyncio.Task[dict[str, Any] | None]
+
+
+@dataclass
+class _Try:
+    """One try of a create, under its in-flight key (in_flight.py): whether its POST was
+    sent (from then its thread settles the key)."""
+
+    tag: str
+    token: str
+    sent: bool = False
+
+
 def _refused(code: ErrorCode, message: str, *, reached: bool = True) -> GatewayError:
     return GatewayError(
         code,
@@ -195,14 +219,17 @@ class PaddleGateway:
         *,
         capabilities: frozenset[Capability] = PADDLE_CAPABILITIES,
         tenant_id: str = "",
+        redis: Any = None,
     ) -> None:
         self.capabilities = capabilities
         self._client = client
         self._tenant_id = tenant_id
+        # Creates in flight, in the fleet's Redis (None: no create is sent).
+        self._in_flight = InFlight(redis, tenant_id)
         # A create's lookup under way (or done, its answer not yet used), by request tag:
         # a retry after the deadline cut a try short joins it rather than start again
-        # from the first page (review h75r1 F4).
-        self._lookups: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
+        # from the first page (review h75r1 F4), while its in-flight key is still held.
+        self._lookups: dict[str, _Lookup] = {}
 
     @classmethod
     def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> PaddleGateway:
@@ -215,6 +242,7 @@ class PaddleGateway:
             client,
             capabilities=_capabilities(ctx.options, WEBHOOK_SECRET in ctx.credentials),
             tenant_id=ctx.tenant_id,
+            redis=deps.redis,
         )
 
     async def _call(
@@ -225,10 +253,10 @@ class PaddleGateway:
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
-        tag: str | None = None,
+        settled: Callable[[bool], None] | None = None,
     ) -> dict[str, Any]:
         require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
-        return await self._client.call(method, path, body=body, query=query, tag=tag)
+        return await self._client.call(method, path, body=body, query=query, settled=settled)
 
     @staticmethod
     def _one(answer: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,12 +464,74 @@ class PaddleGateway:
             )
         tag = request_tag(idempotency_key)
         params = params_digest(operation, req)
-        self._no_try_landing(tag)
         self._not_dated_ahead()
+        joined = self._lookups.get(tag)
+        token = joined.token if joined is not None else new_token()
+        taken = await self._in_flight.take(tag, token, self._held_for)
+        if taken and joined is not None and self._lookups.get(tag) is joined:
+            # (the key expired since that lookup began: another try may have sent since;
+            # looked for afresh, under the key just taken)
+            del self._lookups[tag]
+        attempt = _Try(tag, token)
+        return await self._while_held(attempt, self._pay_once(req, params, attempt))
+
+    async def _pay_once(self, req: CreatePayment, params: str, attempt: _Try) -> PaymentResult:
+        """``create_payment`` under its in-flight key: its lookup, then its POST."""
+        operation = "create_payment"
         asked = (req.amount.amount, req.amount.currency)
-        earlier = await self._lookup(operation, tag, params, req)
+        earlier = await self._lookup(operation, attempt.tag, params, req, attempt.token)
         if earlier is not None:
             return self._payment_as_asked(earlier, asked)
+        body = self._transaction_body(req, attempt.tag, params)
+        settled = await self._sending(attempt)
+        made = await self._call(operation, "POST", "transactions", body=body, settled=settled)
+        return self._payment_as_asked(self._one(made), asked)
+
+    async def _sending(self, attempt: _Try) -> Callable[[bool], None]:
+        """Before a create's POST: its key held the whole time the POST may take and
+        Paddle may process it after (``idempotency_error`` if it is no longer this try's),
+        then left to the POST's thread, which says whether its answer was lost."""
+        # (its thread may first wait for a free one, up to the call's deadline: one more
+        # timeout; past it the queued POST is cancelled, never sent)
+        await self._in_flight.renew(
+            attempt.tag, attempt.token, self._client.timeout + self._held_for
+        )
+        attempt.sent = True
+        loop = asyncio.get_running_loop()
+        margin = self._client.landing_margin
+
+        def settled(lost: bool) -> None:
+            self._in_flight.settle_from_thread(
+                loop, attempt.tag, attempt.token, margin if lost else None
+            )
+
+        return settled
+
+    async def _while_held(self, attempt: _Try, run: Awaitable[T]) -> T:
+        """``run`` (a create's lookup and POST), the key released once its answer is known:
+        made, found, or refused. Not released when it may still land: a POST sent whose
+        answer was lost (its thread sets the key to expire after the landing margin), or
+        one under way when the deadline cut the try short (its thread settles the key),
+        nor while a lookup cut short holds it for the next try (``_drop_lookup``)."""
+        try:
+            result = await run
+        except GatewayError as exc:
+            if not (attempt.sent and lost_answer(exc)) and not self._lookup_holds(attempt):
+                await self._in_flight.release(attempt.tag, attempt.token)
+            raise
+        except BaseException:  # (cancelled: not awaited, the deadline has passed)
+            if not attempt.sent and not self._lookup_holds(attempt):
+                self._in_flight.release_soon(attempt.tag, attempt.token)
+            raise
+        await self._in_flight.release(attempt.tag, attempt.token)
+        return result
+
+    def _lookup_holds(self, attempt: _Try) -> bool:
+        lookup = self._lookups.get(attempt.tag)
+        return lookup is not None and lookup.token == attempt.token
+
+    @staticmethod
+    def _transaction_body(req: CreatePayment, tag: str, params: str) -> dict[str, Any]:
         custom = {**req.metadata, mapping.REQUEST_KEY: tag, mapping.PARAMS_KEY: params}
         name = req.description or "Payment"
         price = {
@@ -460,8 +550,13 @@ class PaddleGateway:
         }
         if req.provider_customer_id is not None:
             body["customer_id"] = req.provider_customer_id
-        made = await self._call(operation, "POST", "transactions", body=body, tag=tag)
-        return self._payment_as_asked(self._one(made), asked)
+        return body
+
+    @property
+    def _held_for(self) -> float:
+        """How long a create's in-flight key is held: its POST's thread may run the SDK's
+        timeout, and Paddle may make the request up to the landing margin after that."""
+        return self._client.timeout + self._client.landing_margin
 
     @staticmethod
     def _not_dated_ahead() -> None:
@@ -484,50 +579,38 @@ class PaddleGateway:
                 reached_provider=False,
             )
 
-    def _no_try_landing(self, tag: str) -> None:
-        """Before a create's lookup: refused for now (retried later) while an earlier try
-        of it from this process may still be made at Paddle, after the lookup has read
-        (Paddle keeps no idempotency keys: a lookup sees only what was made)."""
-        left = self._client.may_still_land(tag)
-        if left > 0:
-            raise GatewayError(
-                ErrorCode.IDEMPOTENCY_ERROR,
-                f"an earlier try of this request may still be made at Paddle: looked for "
-                f"once it can no longer land (in {left:.1f}s)",
-                provider=PROVIDER,
-                retryable=True,
-                retry_after=left,
-                reached_provider=False,
-            )
-
     async def _lookup(
-        self, operation: str, tag: str, params: str, req: CreatePayment
+        self, operation: str, tag: str, params: str, req: CreatePayment, token: str
     ) -> dict[str, Any] | None:
         """``_earlier_transaction``, run on past the try's deadline (its pages bounded by
         LOOKUP_PAGES_MAX, each by the SDK's timeout) for the next try to use: sound, as no
-        try of this process can have sent the create since it began (the entry goes before
-        any POST; a POST still landing holds the next try back, ``_no_try_landing``)."""
+        try anywhere can have sent the create since it began while the in-flight key it
+        runs under stays held (by this process: the next try joins it only if it takes
+        the key back with the lookup's token, in_flight.InFlight.take)."""
         lookup = self._lookups.get(tag)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._earlier_transaction(operation, tag, params, req))
-            self._lookups[tag] = lookup
+        if lookup is None or lookup.token != token:
+            task = asyncio.ensure_future(self._earlier_transaction(operation, tag, params, req))
+            lookup = self._lookups[tag] = _Lookup(token, task)
             # (an answer never used: the command parked, or another's. Dropped after a while)
-            lookup.add_done_callback(lambda t: self._forget_lookup(tag, t))
+            task.add_done_callback(functools.partial(self._forget_lookup, tag, lookup))
         try:
-            return await asyncio.shield(lookup)
+            return await asyncio.shield(lookup.task)
         finally:
-            if lookup.done() and self._lookups.get(tag) is lookup:
+            if lookup.task.done() and self._lookups.get(tag) is lookup:
                 del self._lookups[tag]  # (used, or failed: the next try looks afresh)
 
-    def _forget_lookup(self, tag: str, lookup: asyncio.Task[Any]) -> None:
-        if not lookup.cancelled():
-            lookup.exception()  # (retrieved: an unused failure is no "never retrieved")
+    def _forget_lookup(self, tag: str, lookup: _Lookup, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            task.exception()  # (retrieved: an unused failure is no "never retrieved")
         loop = asyncio.get_running_loop()
         loop.call_later(LOOKUP_KEPT_SECONDS, self._drop_lookup, tag, lookup)
 
-    def _drop_lookup(self, tag: str, lookup: asyncio.Task[Any]) -> None:
+    def _drop_lookup(self, tag: str, lookup: _Lookup) -> None:
+        """A lookup's answer never used (its try cut short, no retry here since): dropped,
+        and the in-flight key it held released (no POST was sent under it)."""
         if self._lookups.get(tag) is lookup:
             del self._lookups[tag]
+            self._in_flight.release_soon(tag, lookup.token)
 
     async def _earlier_transaction(
         self, operation: str, tag: str, params: str, req: CreatePayment
@@ -626,7 +709,14 @@ class PaddleGateway:
         require_operation(op, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
         tag = request_tag(idempotency_key)
         params = params_digest(op, req)
-        self._no_try_landing(tag)
+        attempt = _Try(tag, new_token())
+        await self._in_flight.take(tag, attempt.token, self._held_for)
+        return await self._while_held(attempt, self._refund_once(req, params, attempt))
+
+    async def _refund_once(self, req: CreateRefund, params: str, attempt: _Try) -> RefundResult:
+        """``create_refund`` under its in-flight key: its lookup, then its POST."""
+        op = "create_refund"
+        tag = attempt.tag
         txn = await self._transaction(op, req.provider_payment_id)
         held = await self._adjustments(op, str(txn["id"]))
         earlier = self._earlier_refund(held, tag, params)
@@ -673,8 +763,9 @@ class PaddleGateway:
             body["items"] = [
                 {"item_id": line_items[0]["id"], "type": "partial", "amount": str(amount)}
             ]
+        settled = await self._sending(attempt)
         try:
-            made = await self._call(op, "POST", "adjustments", body=body, tag=tag)
+            made = await self._call(op, "POST", "adjustments", body=body, settled=settled)
         except GatewayError as exc:
             if paddle_code(exc) != "adjustment_pending_refund_request":
                 raise

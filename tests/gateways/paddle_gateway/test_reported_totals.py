@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -216,11 +216,11 @@ class _LandingFirst(PaddleClient):
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
-        tag: str | None = None,
+        settled: Callable[[bool], None] | None = None,
     ) -> dict[str, Any]:
         if (method, path) == ("POST", "adjustments") and not self.landed:
             self.landed.append(await super().call(method, path, body=body, query=query))
-        return await super().call(method, path, body=body, query=query, tag=tag)
+        return await super().call(method, path, body=body, query=query, settled=settled)
 
 
 async def test_an_earlier_refund_landing_after_the_lookup_with_other_totals_is_not_answered(

@@ -2,8 +2,9 @@
 try's POST is still running in its SDK thread (the asyncio deadline cannot stop a
 ``requests`` call) or still being processed by Paddle. The retry's lookup ran before the
 first try's transaction existed, found nothing, and POSTed again: one command, two
-transactions (review h75r1 F1). The client now tracks a create sent under its request
-tag, and a retry waits until that try can no longer land before its lookup.
+transactions (review h75r1 F1). A create now holds its request's in-flight key in the
+fleet's Redis (paystream/gateways/paddle/in_flight.py) until that try can no longer land,
+and a retry (from this worker, another, or a restarted one) waits before its lookup.
 
 Against the FAKE Paddle with one change: ``POST /transactions`` takes 1.5 s before it
 makes the transaction (Paddle slow under load), the gateway's timeout 1 s."""
@@ -16,20 +17,25 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from paystream.devstack._process import free_port
 from paystream.gateways.base import REQUEST_SENT_SINCE, CreatePayment
-from paystream.gateways.errors import GatewayError
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle.references import request_tag
 from paystream.settings import load_settings
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.policy import CallPolicy
 from tests.fixtures.paddle_fake import PaddleFake
-from tests.gateways.paddle_gateway.wire import effects, gateway, key, usd
+from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, usd
 
 SLOW_SECONDS = 1.5
 TIMEOUT_SECONDS = 1.0
+# A worker's timeout its slow POSTs are answered within.
+PATIENT_TIMEOUT_SECONDS = 2.0
 
 
 class _SlowPaddle(PaddleFake):
@@ -77,23 +83,45 @@ async def test_a_timed_out_create_retried_makes_one_transaction(slow_paddle: str
     assert len(made) == 1, f"one payment.create made {len(made)} Paddle transactions: {made}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/paddle.md, Exactly once): another worker's try in flight is "
-    "invisible to a lookup; each gateway here stands for one worker process",
-)
+async def _made(url: str, k: str) -> list[str]:
+    """The Paddle transactions made under idempotency key ``k``."""
+    return [
+        e["id"]
+        for e in await effects(url)
+        if e["kind"] == "transaction"
+        and (e.get("custom_data") or {}).get("paystream_request") == request_tag(k)
+    ]
+
+
 async def test_two_workers_running_the_same_command_make_one_transaction(
     slow_paddle: str,
 ) -> None:
     """A rebalance: the old owner's try is still in flight (its thread goes on after its
-    task is cancelled) when the new owner runs the redelivered record."""
+    task is cancelled) when the new owner runs the redelivered record. The new owner finds
+    the try's in-flight key in the fleet's Redis (each gateway here stands for one worker
+    process: its own Paddle client, the session's Redis): refused for now, and its retry
+    looks once the old owner's POST was answered."""
     old, new = gateway(slow_paddle), gateway(slow_paddle)
+    for gw in (old, new):
+        gw._client._sdk.timeout = PATIENT_TIMEOUT_SECONDS
+    settings = load_settings(
+        paddle_api_base=slow_paddle,
+        gateway_timeout_seconds=PATIENT_TIMEOUT_SECONDS,
+        gateway_max_attempts=4,
+    )
+    call = CallPolicy(settings)(Tenant(tenant_id="t-rebalance", gateway="paddle"))
     req = CreatePayment(amount=usd(4300), provider_payment_method_id="checkout")
     k = key()
     REQUEST_SENT_SINCE.set(time.time())
     first = asyncio.ensure_future(old.create_payment(req, idempotency_key=k))
     await asyncio.sleep(0.3)  # (the old owner's POST under way; the partition moves)
-    again = await new.create_payment(req, idempotency_key=k)
+    with pytest.raises(GatewayError) as held:
+        await new.create_payment(req, idempotency_key=k)
+    assert held.value.code is ErrorCode.IDEMPOTENCY_ERROR and held.value.retryable
+    assert held.value.retry_after is not None
+    # (the key held for the POST: a thread's wait, its timeout, Paddle's margin)
+    assert 0 < held.value.retry_after <= 3 * PATIENT_TIMEOUT_SECONDS
+    again = await call(lambda: new.create_payment(req, idempotency_key=k))
     made_first = await first
     await old.aclose()
     await new.aclose()
@@ -101,6 +129,72 @@ async def test_two_workers_running_the_same_command_make_one_transaction(
         "the same command answered with two different Paddle transactions: "
         f"{made_first.provider_payment_id} and {again.provider_payment_id}"
     )
+    assert len(await _made(slow_paddle, k)) == 1
+
+
+async def test_a_restarted_worker_waits_for_its_lost_try_and_then_finds_it(
+    slow_paddle: str,
+) -> None:
+    """A worker's create timed out (Paddle makes it 0.5 s later) and the worker restarted
+    (SIGKILL: nothing of it in memory). The new worker process retrying the command
+    within the landing margin is refused for now; after it, its lookup finds the
+    transaction the lost try made, and no second one is made."""
+    before = gateway(slow_paddle)
+    before._client._sdk.timeout = TIMEOUT_SECONDS
+    req = CreatePayment(amount=usd(4400), provider_payment_method_id="checkout")
+    k = key()
+    REQUEST_SENT_SINCE.set(time.time())
+    with pytest.raises(GatewayError) as lost:
+        await before.create_payment(req, idempotency_key=k)
+    assert lost.value.code is ErrorCode.TIMEOUT
+    await before.aclose()
+    after = gateway(slow_paddle)  # (the restarted worker's gateway)
+    after._client._sdk.timeout = TIMEOUT_SECONDS
+    with pytest.raises(GatewayError) as held:
+        await after.create_payment(req, idempotency_key=k)
+    assert held.value.code is ErrorCode.IDEMPOTENCY_ERROR and held.value.retryable
+    assert held.value.retry_after is not None and 0 < held.value.retry_after <= TIMEOUT_SECONDS
+    await asyncio.sleep(held.value.retry_after + 0.1)
+    found = await after.create_payment(req, idempotency_key=k)
+    await after.aclose()
+    assert await _made(slow_paddle, k) == [found.provider_payment_id]
+
+
+async def test_without_redis_a_create_is_refused_for_now_and_nothing_is_sent(
+    paddle_url: str,
+) -> None:
+    """Redis unreachable: no create is sent unguarded (another worker's try could not be
+    seen), neither its lookup nor its POST; retried later, as a provider unavailable."""
+    from paystream.gateways.base import CreateRefund
+    from tests.gateways.harness import paddle_checkout
+
+    up = gateway(paddle_url)
+    paid = await up.create_payment(
+        CreatePayment(amount=usd(2500), provider_payment_method_id="checkout"),
+        idempotency_key=key(),
+    )
+    await up.aclose()
+    await paddle_checkout(paddle_url, paid.provider_payment_id)
+    # (nothing listens there; not retried: redis-py's own retries take 4 s to give up)
+    down = aredis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    gw = gateway(paddle_url, redis=down)
+    client = losing(gw, "POST", "transactions", lose=0)  # (records what is sent)
+    k = key()
+    REQUEST_SENT_SINCE.set(time.time())
+    payment = CreatePayment(amount=usd(4500), provider_payment_method_id="checkout")
+    refund = CreateRefund(provider_payment_id=paid.provider_payment_id)
+    for create in (
+        lambda: gw.create_payment(payment, idempotency_key=k),
+        lambda: gw.create_refund(refund, idempotency_key=k),
+    ):
+        with pytest.raises(GatewayError) as refused:
+            await create()
+        assert refused.value.code is ErrorCode.PROVIDER_UNAVAILABLE
+        assert refused.value.retryable and not refused.value.reached_provider
+    assert client.sent == []
+    assert await _made(paddle_url, k) == []
+    await gw.aclose()
+    await down.aclose()
 
 
 class _SlowFirstRefund(PaddleFake):

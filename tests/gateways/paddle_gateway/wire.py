@@ -1,11 +1,12 @@
 """What the Paddle gateway's tests share: a gateway for a tenant against the FAKE Paddle
-(tests/fixtures/paddle_fake.py), a client that loses the answer of chosen requests after
-Paddle ran them, and the fake's test-only routes."""
+(tests/fixtures/paddle_fake.py), on the session's Redis as a worker's (its creates'
+in-flight keys: conftest.py hands it over), a client that loses the answer of chosen
+requests after Paddle ran them, and the fake's test-only routes."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,16 @@ from paystream.money import Money
 from paystream.settings import load_settings
 from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
 
-__all__ = ["LosingClient", "decide", "effects", "gateway", "key", "usd"]
+__all__ = ["LosingClient", "decide", "effects", "gateway", "key", "usd", "use_redis"]
+
+# The session's Redis (redis.asyncio.Redis), shared by every gateway built here as by a
+# fleet's workers: set by conftest.py.
+_redis: Any = None
+
+
+def use_redis(client: Any) -> None:
+    global _redis
+    _redis = client
 
 
 def key() -> str:
@@ -37,15 +47,18 @@ def gateway(
     *,
     tenant_id: str = "t-paddle",
     webhook_key: str | None = None,
+    redis: Any = None,
     **options: object,
 ) -> PaddleGateway:
+    """A worker's gateway, on ``redis`` (None: the session's)."""
     credentials = {"api_key": SecretStr(api_key)}
     if webhook_key is not None:
         credentials["webhook_secret_key"] = SecretStr(webhook_key)
     ctx = GatewayContext(
         tenant_id=tenant_id, provider="paddle", credentials=credentials, options=options
     )
-    gw = build_gateway(ctx, GatewayDeps(settings=load_settings(paddle_api_base=url)))
+    deps = GatewayDeps(settings=load_settings(paddle_api_base=url), redis=redis or _redis)
+    gw = build_gateway(ctx, deps)
     assert isinstance(gw, PaddleGateway)
     return gw
 
@@ -68,10 +81,10 @@ class LosingClient(PaddleClient):
         *,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
-        tag: str | None = None,
+        settled: Callable[[bool], None] | None = None,
     ) -> dict[str, Any]:
         self.sent.append((method, path))
-        answer = await super().call(method, path, body=body, query=query, tag=tag)
+        answer = await super().call(method, path, body=body, query=query, settled=settled)
         if (method, path) == self._lost and self._to_lose > 0:
             self._to_lose -= 1
             raise GatewayError(

@@ -1,0 +1,184 @@
+"""Paddle creates in flight, tracked in Redis for the whole worker fleet.
+
+Paddle keeps no idempotency keys, and a create's lookup sees only what Paddle made: a try
+still running (its SDK thread goes on after the deadline, and Paddle may process it
+later still) is invisible to it, whichever worker sent it and whether or not that worker
+still runs. So a create takes its request's key in Redis (one per tenant and request tag:
+never the idempotency key itself) before its lookup, atomically, with a token of its own;
+the key says "a try of this request may still be made at Paddle" for as long as it lives:
+
+* taken for the SDK's timeout plus the landing margin, and set to that again as the POST
+  is sent (the lookup before it may have taken a while);
+* deleted (by its holder's token only) once the create's answer is known: made, refused,
+  or never sent;
+* set to expire after the landing margin when the answer was lost (a timeout, a dropped
+  connection, a 5xx): Paddle may still make it; left to expire on its own if even that
+  cannot be said (Redis unreachable, the worker killed).
+
+A try that finds the key held is answered ``idempotency_error`` (retryable, its
+``retry_after`` the key's time left), as a provider holding a key in use answers. Redis
+unreachable: ``provider_unavailable`` (retryable, refused before any request), as the
+simulator answers when its store is: a create is never sent unguarded (docs/paddle.md,
+"Exactly once without idempotency keys")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.paddle.errors import PROVIDER
+
+__all__ = ["InFlight", "in_flight_key"]
+
+log = logging.getLogger(__name__)
+
+# Set when absent (-1); renewed when it holds our token (-2); else its time left (ms).
+_TAKE = """
+local held = redis.call('get', KEYS[1])
+if not held then
+  redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+  return -1
+end
+if held == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return -2
+end
+return redis.call('pttl', KEYS[1])
+"""
+_TAKEN, _KEPT = -1, -2
+# Only the holder's own token extends or removes the key.
+_EXPIRE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def in_flight_key(tenant_id: str, tag: str) -> str:
+    """The Redis key of a tenant's create under a request tag (a digest of the key)."""
+    return f"paystream:paddle:in-flight:{tenant_id}:{tag}"
+
+
+def new_token() -> str:
+    """One try's token: only its holder deletes or extends the key."""
+    return os.urandom(12).hex()
+
+
+class InFlight:
+    """One tenant's creates in flight at Paddle, in the fleet's Redis (see module doc)."""
+
+    def __init__(self, redis: Any, tenant_id: str) -> None:
+        self._redis = redis
+        self._tenant_id = tenant_id
+        # Deletes and expiries scheduled from the SDK's threads: kept until done.
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def _unavailable(self, why: str) -> GatewayError:
+        return GatewayError(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            f"no Paddle create is sent without its in-flight key in Redis ({why})",
+            provider=PROVIDER,
+            retryable=True,
+            reached_provider=False,
+        )
+
+    async def take(self, tag: str, token: str, seconds: float) -> bool:
+        """Hold the key under ``token`` for ``seconds``: True when it was free, False when
+        it held ``token`` already (this process's try, renewed); ``idempotency_error``
+        while another try holds it, ``provider_unavailable`` without Redis."""
+        if self._redis is None:
+            raise self._unavailable("REDIS_URL is not set")
+        key = in_flight_key(self._tenant_id, tag)
+        try:
+            left_ms = int(await self._redis.eval(_TAKE, 1, key, token, _ms(seconds)))
+        except (RedisError, OSError) as exc:
+            # (a SET whose answer was lost may have landed: ours to delete)
+            self._settle(self._run(_RELEASE, key, token))
+            raise self._unavailable(type(exc).__name__) from exc
+        except BaseException:  # (cancelled by the deadline: as above)
+            self._settle(self._run(_RELEASE, key, token))
+            raise
+        if left_ms in (_TAKEN, _KEPT):
+            return left_ms == _TAKEN
+        left = max(left_ms, 50) / 1000  # (-1: no expiry, never set so; 0: just going)
+        raise GatewayError(
+            ErrorCode.IDEMPOTENCY_ERROR,
+            "an earlier try of this request may still be made at Paddle (in flight here "
+            f"or at another worker): looked for once it can no longer land (in {left:.1f}s)",
+            provider=PROVIDER,
+            retryable=True,
+            retry_after=left,
+            reached_provider=False,
+        )
+
+    async def renew(self, tag: str, token: str, seconds: float) -> None:
+        """Hold the key ``seconds`` more, before a POST: ``idempotency_error`` if it is no
+        longer this try's (it expired during a long lookup: another may have sent)."""
+        key = in_flight_key(self._tenant_id, tag)
+        try:
+            held = await self._redis.eval(_EXPIRE, 1, key, token, _ms(seconds))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(type(exc).__name__) from exc
+        if not held:
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_ERROR,
+                "this try's in-flight key expired before its POST: looked for again",
+                provider=PROVIDER,
+                retryable=True,
+                reached_provider=False,
+            )
+
+    async def release(self, tag: str, token: str) -> None:
+        """Delete the key if still ``token``'s (the answer is known)."""
+        await self._run(_RELEASE, in_flight_key(self._tenant_id, tag), token)
+
+    def release_soon(self, tag: str, token: str) -> None:
+        """``release``, not waited for (a try cancelled, a thread's end)."""
+        self._settle(self.release(tag, token))
+
+    def expire_soon(self, tag: str, token: str, seconds: float) -> None:
+        """Let the key live ``seconds`` more if still ``token``'s (the answer was lost)."""
+        key = in_flight_key(self._tenant_id, tag)
+        self._settle(self._run(_EXPIRE, key, token, _ms(seconds)))
+
+    def settle_from_thread(
+        self, loop: asyncio.AbstractEventLoop, tag: str, token: str, lost_margin: float | None
+    ) -> None:
+        """From an SDK thread, as its POST ended: released, or (``lost_margin``) set to
+        expire after it."""
+        with contextlib.suppress(RuntimeError):  # (the loop closed: the key expires)
+            if lost_margin is None:
+                loop.call_soon_threadsafe(self.release_soon, tag, token)
+            else:
+                loop.call_soon_threadsafe(self.expire_soon, tag, token, lost_margin)
+
+    async def _run(self, script: str, key: str, *args: Any) -> None:
+        if self._redis is None:
+            return
+        try:
+            await self._redis.eval(script, 1, key, *args)
+        except (RedisError, OSError) as exc:
+            # (left to expire: a retry waits out its time to live, no more)
+            log.warning("paddle in-flight key not updated (%s): left to expire", type(exc).__name__)
+
+    def _settle(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
