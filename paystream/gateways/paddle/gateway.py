@@ -668,7 +668,36 @@ class PaddleGateway:
             )
         path = f"transactions/{req.provider_payment_id}"
         made = await self._call(op, "PATCH", path, body={"status": "canceled"})
-        return mapping.payment(self._one(made))
+        return self._canceled(self._one(made), req.provider_payment_id)
+
+    def _canceled(self, txn: Mapping[str, Any], transaction_id: str) -> PaymentResult:
+        """Paddle's answer to a cancel, answered as the command's outcome only if it is
+        that transaction, canceled: a 200 with anything else (the transaction still
+        payable, or paid meanwhile; another one) would go out as the cancel's success.
+        Otherwise a final ``invalid_state`` naming what Paddle answered (logged by ids
+        only), as for the money Paddle reports; a status this version does not know is
+        unreadable (parked), as for a read."""
+        status = txn.get("status")
+        if txn.get("id") == transaction_id and status == "canceled":
+            return mapping.payment(txn)
+        if txn.get("id") == transaction_id and mapping.payment_status(txn) is None:
+            return mapping.payment(txn)  # (raises: unreadable)
+        answered = f"transaction {str(txn.get('id'))[:64]} {str(status)[:32]}"
+        log.error(
+            "paddle answered the cancel of transaction %s of tenant %s with %s: answered "
+            "invalid_state, not as canceled",
+            transaction_id,
+            self._tenant_id,
+            answered,
+        )
+        raise GatewayError(
+            ErrorCode.INVALID_STATE,
+            f"Paddle answered the cancel of transaction {transaction_id} with {answered}, "
+            "not canceled: not answered as canceled (read it back: payment.refresh)",
+            provider=PROVIDER,
+            retryable=False,
+            provider_payment_id=transaction_id,
+        )
 
     async def retrieve_payment(
         self, req: RetrievePayment, *, idempotency_key: str
