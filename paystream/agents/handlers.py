@@ -65,7 +65,7 @@ from paystream.tables.state_machines import (
     check_tax_rate_transition,
     invoice_moves,
 )
-from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
+from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, Repricing
 
 if TYPE_CHECKING:
     from paystream.tracing import CommandTrace
@@ -2569,6 +2569,28 @@ def subscription_charge(
         return taxes.calculate([line], str(data.currency)).amount_total
     except ValueError:  # (a rate named twice: the command's model refuses it first)
         return None
+
+
+def subscription_repricing(
+    subscriptions: Mapping[str, Any], tenant_id: str, data: c.UpdateSubscription
+) -> Repricing | None:
+    """What the tenant limits hold a ``subscription.update`` to: its new amount in the
+    subscription's currency, with its tax rates (its data names neither: read from the
+    subscription's table, local to its partition as the command is). None, nothing to
+    check, when no amount is given or it is the recorded one, or for a subscription
+    update_subscription refuses whatever the limits (unknown, or not live: not_found,
+    invalid_state)."""
+    if data.amount is None:
+        return None
+    raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
+    if not isinstance(raw, Mapping) or raw.get("amount") == data.amount:
+        return None
+    try:
+        check_subscription_transition(str(raw.get("status")), "update")
+    except InvalidState:
+        return None
+    rates = raw.get("tax_rate_ids")
+    return Repricing(data.amount, str(raw["currency"]), tuple(rates) if rates else None)
 
 
 HANDLERS: dict[str, Handler] = {

@@ -63,6 +63,7 @@ from paystream.agents.handlers import (
     digest_shaped,
     entity_key,
     subscription_charge,
+    subscription_repricing,
 )
 from paystream.agents.idempotency_keeping import (
     ERASED_HASH,
@@ -152,6 +153,7 @@ from paystream.tenancy.limits import (
     Admission,
     LimitGate,
     LimitRejection,
+    Repricing,
     charge_now,
 )
 from paystream.tenancy.limits import Record as LimitRecord
@@ -1503,12 +1505,13 @@ class CommandProcessor(ProviderWindow):
         what it would be, nothing written)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         admitted_before = existing is not None or applied
+        checked = self._limits_data(cmd, data)
         return (self.limits.trial if trial else self.limits.admit)(
             cmd.tenant_id,
             tenant.limits,
             limit_rec,
             cmd.command_type,
-            data,
+            checked,
             admitted_before=admitted_before,
             # Another command id under a let-through command's key: its quota is that
             # command's, but its rate the tenant's, as any command's (a refusal says
@@ -1523,13 +1526,26 @@ class CommandProcessor(ProviderWindow):
             request=request_hash,
             stored=limits_state,
             day_ms=day_ms,
-            amount=self._charge(cmd, data, admitted_before),
+            amount=self._charge(cmd, checked, admitted_before),
         )
+
+    def _limits_data(self, cmd: CommandRef, data: Any) -> Any:
+        """What the limits decide a command by: a ``subscription.update``'s new amount in
+        its subscription's currency (a Repricing: its data names no currency, and a new
+        price unchecked let a tenant capped at 100 bill any amount a period), or its
+        own data."""
+        if cmd.command_type != "subscription.update":
+            return data
+        repricing = subscription_repricing(self.tables.subscriptions, cmd.tenant_id, data)
+        return data if repricing is None else repricing
 
     def _charge(self, cmd: CommandRef, data: Any, let_through: bool) -> int | None:
         """A money command's per-period charge where it is not its ``amount``: a
         subscription's with its tax rates' exclusive tax (handlers.subscription_charge);
-        None otherwise."""
+        None otherwise. A repricing takes its subscription's rates as they are (archived
+        since or not, its provider bills them)."""
+        if isinstance(data, Repricing):
+            return subscription_charge(self.tables.tax_rates, cmd.tenant_id, data, True)
         if cmd.command_type != "subscription.create":
             return None
         return subscription_charge(self.tables.tax_rates, cmd.tenant_id, data, let_through)

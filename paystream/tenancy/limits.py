@@ -25,6 +25,13 @@ A tenant's registry record may carry :class:`TenantLimits`:
   ``subscription.created`` says it was paid, released otherwise. Renewals are billed
   by the provider on its own clock: paystream admits no command for them, and they are
   not counted.
+* A ``subscription.update`` that changes the amount is held to ``max_payment_amount``
+  (and ``only_listed_currencies``) as a ``subscription.create`` of its new per-period
+  charge in the subscription's currency is: its data carries no currency, so the
+  pipeline reads the subscription from its table and passes a :class:`Repricing`. It
+  charges nothing now (the new amount is billed from the next period on): nothing held
+  or counted toward the day. An update that leaves the amount as it is passes
+  unchecked (a cap lowered since does not stop a payment method or cancel change).
 * ``only_listed_currencies``: the money limits name currencies, with no conversion; with
   this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
   currencies``) instead of moving unlimited.
@@ -72,6 +79,7 @@ __all__ = [
     "Admission",
     "LimitGate",
     "LimitRejection",
+    "Repricing",
     "TenantLimits",
     "charge_now",
 ]
@@ -174,6 +182,17 @@ class TenantLimits(BaseModel):
         if self.only_listed_currencies:
             parts.append(f"only {', '.join(sorted(self.listed_currencies))}")
         return " · ".join(parts) or "none"
+
+
+class Repricing(NamedTuple):
+    """What the limits check of a ``subscription.update`` changing its amount (in place
+    of its data, which carries no currency): the new ``amount``, the subscription's
+    ``currency`` and its ``tax_rate_ids`` (its per-period charge, with their exclusive
+    tax, is the ``amount`` given to :meth:`LimitGate.admit`)."""
+
+    amount: int
+    currency: str
+    tax_rate_ids: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,7 +584,10 @@ class LimitGate:
 def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:
     """What a money command charges at once: a payment its ``amount``; a subscription its
     first period's charge (``amount``: with its exclusive tax; None: ``data.amount``), or
-    nothing while a free trial runs (``trial_days``)."""
+    nothing while a free trial runs (``trial_days``); a :class:`Repricing` nothing (billed
+    from the next period on)."""
+    if isinstance(data, Repricing):
+        return 0
     if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
         return 0
     return int(data.amount) if amount is None else amount
@@ -767,7 +789,7 @@ def _quota(
     hold: str,
     charge: int | None = None,
 ) -> LimitRejection | None:
-    if command_type not in MONEY_COMMANDS:
+    if command_type not in MONEY_COMMANDS and not isinstance(data, Repricing):
         return None
     # (A subscription's per-period charge, ``charge`` with its tax, against the cap; its
     # charge now, none in a trial, against the day's volume.)
