@@ -141,7 +141,11 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "is billed from the next period on (during a trial, the first invoice is at it); "
         "the period under way is neither credited nor charged again. At least one field "
         "(else `validation_error`); values all equal to the current ones change nothing "
-        "and ask nothing of the provider. Answered `subscription.updated` (`related`: "
+        "and ask nothing of the provider. A new `amount` is held to the tenant's "
+        "`max_payment_amount` as a `subscription.create` of it is (`quota_exceeded`). "
+        "A tenant whose `capabilities` leave out subscriptions may still schedule or "
+        "resume a cancel at period end; a new amount or payment method is `unsupported` "
+        "for it. Answered `subscription.updated` (`related`: "
         "renewals the provider billed before the change)."
     ),
     "subscription.refresh": (

@@ -2071,9 +2071,6 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
                 f"{exc}: only an active, trialing or past_due subscription is updated",
             ) from exc
     ctx.at_provider(sub)
-    # A new price is more money billed: the tenant's capability, as a create's (a
-    # cancel stays open to a tenant whose capabilities leave subscriptions out).
-    _subscriptions_supported(ctx)
     pm = (
         None
         if data.payment_method_id is None
@@ -2102,6 +2099,12 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         at_end = None
     if amount is None and method is None and at_end is None:
         return HandlerResult("subscription.updated", sub, extra={"previous_status": previous})
+    if amount is not None or method is not None:
+        # A new price or card bills more: the tenant's capability, as a create's. A
+        # cancel at period end alone, scheduled or resumed, bills nothing new: open to a
+        # tenant whose capabilities leave subscriptions out, as subscription.cancel is
+        # (the gateway asks the same: gw.unnarrowed).
+        _subscriptions_supported(ctx)
     req = gw.UpdateSubscription(
         provider_subscription_id=sub.provider_subscription_id,
         amount=None if amount is None else Money(amount=amount, currency=sub.currency),

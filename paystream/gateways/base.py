@@ -88,6 +88,7 @@ __all__ = [
     "require_operation",
     "subscription_ref",
     "supports",
+    "unnarrowed",
 ]
 
 
@@ -640,8 +641,8 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "accept_dispute": Capability.DISPUTES,
     "create_subscription": Capability.SUBSCRIPTIONS,
     "cancel_subscription": Capability.SUBSCRIPTIONS,
-    # (a tenant's own: a new price is more money billed, as a create's; narrowed out,
-    # a subscription is still canceled by subscription.cancel)
+    # (a tenant's own: a new price or card bills more, as a create's; narrowed out, a
+    # cancel at period end alone is still scheduled or resumed: unnarrowed)
     "update_subscription": Capability.SUBSCRIPTIONS,
     "retrieve_subscription": Capability.SUBSCRIPTIONS,
     "create_payout": Capability.PAYOUTS,
@@ -674,12 +675,23 @@ UNNARROWED_OPERATIONS = frozenset(
 )
 
 
+def unnarrowed(operation: str, req: BaseModel | None = None) -> bool:
+    """Does ``operation`` (asked ``req``, where that tells) need only its provider's
+    capability (UNNARROWED_OPERATIONS)? An update_subscription that only schedules or
+    resumes a cancel at period end bills nothing new: a cancel's, open to a tenant whose
+    capabilities leave subscriptions out; a new price or payment method bills more: the
+    tenant's, as a create's."""
+    if isinstance(req, UpdateSubscription) and operation == "update_subscription":
+        return req.amount is None and req.provider_payment_method_id is None
+    return operation in UNNARROWED_OPERATIONS
+
+
 def supports(
     operation: str, capabilities: frozenset[Capability], offered: frozenset[Capability]
 ) -> bool:
     """May a gateway make ``operation`` for a tenant given ``capabilities`` of the
     ``offered`` (its provider's, in full)? See UNNARROWED_OPERATIONS."""
-    held = offered if operation in UNNARROWED_OPERATIONS else capabilities
+    held = offered if unnarrowed(operation) else capabilities
     return OPERATION_CAPABILITY[operation] in held
 
 
@@ -706,10 +718,11 @@ def require_operation(
     capabilities: frozenset[Capability],
     offered: frozenset[Capability],
     provider: str,
+    req: BaseModel | None = None,
 ) -> None:
-    """``require_capability`` for a gateway ``operation`` (a stop or a read of what the
-    provider holds needs only ``offered``: UNNARROWED_OPERATIONS)."""
-    held = offered if operation in UNNARROWED_OPERATIONS else capabilities
+    """``require_capability`` for a gateway ``operation`` asked ``req`` (a stop or a read
+    of what the provider holds needs only ``offered``: unnarrowed)."""
+    held = offered if unnarrowed(operation, req) else capabilities
     require_capability(OPERATION_CAPABILITY[operation], operation, held, offered, provider)
 
 

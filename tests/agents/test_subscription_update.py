@@ -260,10 +260,24 @@ async def test_another_tenants_subscription_is_not_found(harness: Harness) -> No
 async def test_a_provider_without_subscriptions_is_unsupported(harness: Harness) -> None:
     t = harness.add_tenant()
     await _subscribed(harness, t)
+    await _attach(harness, t, "c1", "m2")
     narrowed = {"capabilities": ["customers", "payment_methods", "payments"]}
     harness.tenants[t] = {**harness.tenants[t], "gateway_options": narrowed}
+    # A new price or card bills more: the tenant's capability, as a create's.
     out = await _update(harness, t, amount=2000)
     assert data(out)["reason"] == "unsupported", data(out)
+    card = await _update(harness, t, payment_method_id="m2", cancel_at_period_end=True)
+    assert data(card)["reason"] == "unsupported", data(card)
+    assert await _effects(harness, t, "subscription.updated") == []
+    # A cancel at period end alone bills nothing new: scheduled and resumed as
+    # subscription.cancel schedules it (review: refused `unsupported` before).
+    scheduled = await _update(harness, t, cancel_at_period_end=True)
+    assert kind(scheduled) == "subscription.updated", data(scheduled)
+    assert data(scheduled)["object"]["cancel_at_period_end"] is True
+    resumed = await _update(harness, t, amount=1500, cancel_at_period_end=False)
+    assert kind(resumed) == "subscription.updated", data(resumed)
+    assert data(resumed)["object"]["cancel_at_period_end"] is False
+    assert len(await _effects(harness, t, "subscription.updated")) == 2
     # A cancel is still open to it.
     gone = await harness.send(
         "subscription.cancel", t, {"subscription_id": "s1", "at_period_end": True}

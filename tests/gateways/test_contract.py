@@ -1263,6 +1263,14 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
             UpdateSubscription(provider_subscription_id="sub_x", amount=usd(100)),
             idempotency_key=key(),
         ),
+        gw.update_subscription(
+            UpdateSubscription(
+                provider_subscription_id="sub_x",
+                provider_payment_method_id="pm_card_visa",
+                cancel_at_period_end=True,
+            ),
+            idempotency_key=key(),
+        ),
     ]
     # Stopping or reading back one already made needs only the provider's capability
     # (review h73u: a narrowed tenant's live subscriptions kept billing, uncancellable):
@@ -1273,6 +1281,11 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
         ),
         gw.retrieve_subscription(
             RetrieveSubscription(provider_subscription_id="sub_x"), idempotency_key=key()
+        ),
+        # (a cancel at period end alone, scheduled or resumed, bills nothing new)
+        gw.update_subscription(
+            UpdateSubscription(provider_subscription_id="sub_x", cancel_at_period_end=False),
+            idempotency_key=key(),
         ),
     ]
     if harness.name in ("square", "paddle"):

@@ -197,7 +197,7 @@ class SimulatorGateway:
         *,
         keyed: bool = True,
     ) -> R:
-        require_operation(operation, self.capabilities, SIMULATOR_CAPABILITIES, PROVIDER)
+        require_operation(operation, self.capabilities, SIMULATOR_CAPABILITIES, PROVIDER, req)
         fingerprint = model_fingerprint(operation, req)
         try:
             # Injection counts its attempts in Redis too: inside the try, so a store

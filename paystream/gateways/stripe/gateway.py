@@ -251,9 +251,12 @@ class StripeGateway:
             stripe_version=ctx.options.get("stripe_version"),
         )
 
-    async def _call(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
-        """Check the capability, make the call, and normalise errors at the boundary."""
-        return (await self._answer(operation, fn))[0]
+    async def _call(
+        self, operation: str, fn: Callable[[], Awaitable[Any]], req: BaseModel | None = None
+    ) -> dict[str, Any]:
+        """Check the capability (``operation``'s, asked ``req``: gw_base.unnarrowed),
+        make the call, and normalise errors at the boundary."""
+        return (await self._answer(operation, fn, req))[0]
 
     async def _payment(self, operation: str, fn: Callable[[], Awaitable[Any]]) -> PaymentResult:
         """A call answered with a PaymentIntent, read by the API version it was written in."""
@@ -261,10 +264,10 @@ class StripeGateway:
         return mapping.payment(obj, api_version=api_version)
 
     async def _answer(
-        self, operation: str, fn: Callable[[], Awaitable[Any]]
+        self, operation: str, fn: Callable[[], Awaitable[Any]], req: BaseModel | None = None
     ) -> tuple[dict[str, Any], str | None]:
         """``_call``'s object, and the API version Stripe answered in (its header)."""
-        require_operation(operation, self.capabilities, STRIPE_CAPABILITIES, PROVIDER)
+        require_operation(operation, self.capabilities, STRIPE_CAPABILITIES, PROVIDER, req)
         try:
             obj = await fn()
         except stripe.StripeError as exc:
@@ -642,6 +645,7 @@ class StripeGateway:
         obj = await self._call(
             "update_subscription",
             lambda: self._v1.subscriptions.update_async(sid, params, self._opts(idempotency_key)),
+            req,  # (a cancel at period end alone: open to a narrowed tenant)
         )
         return await self._subscription(obj)
 
