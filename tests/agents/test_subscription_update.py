@@ -319,3 +319,42 @@ async def test_an_update_whose_writes_were_lost_is_applied_once(harness: Harness
     assert kind(second) == "subscription.updated", data(second)
     assert data(second)["object"]["amount"] == data(first)["object"]["amount"] == 3100
     assert len(await _effects(harness, t, "subscription.updated")) == 1
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
+async def test_a_parked_update_re_driven_after_a_newer_one_is_read_back(
+    harness: Harness, stored: bool
+) -> None:
+    """Update u1 (a new amount) parked: the provider applied it and its answer was lost,
+    or it never reached the provider. Update u2 since (a cancel at period end). Re-driven,
+    u1 is not asked again under its key (the provider would answer as of then, without
+    u2's cancel, and that answer would be written over it): the subscription is read
+    back as the provider holds it, u1's amount in it only if the provider took u1 (nor is
+    u1 applied late over u2)."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    failing = "lose_response_first" if stored else "fail_first"
+    h.add_tenant(t, gateway_options={failing: {f"ps:{t}:u1": 3}})
+    await _subscribed(h, t)
+    u1 = {"subscription_id": "s1", "amount": 2500}
+    emits = await h.processor.process(_command(t, "subscription.update", u1, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    u2 = {"subscription_id": "s1", "cancel_at_period_end": True}
+    newer = await _answer(h, _command(t, "subscription.update", u2, "u2"))
+    assert kind(newer) == "subscription.updated", data(newer)
+    out = await _answer(h, _command(t, "subscription.update", u1, "u1"))  # `dlq replay`
+    assert kind(out) == "subscription.updated", data(out)
+    amount = 2500 if stored else 1500
+    sub = h.tables.subscriptions[f"{t}:s1"]
+    assert (sub["amount"], sub["cancel_at_period_end"]) == (amount, True), sub
+    obj = data(out)["object"]
+    assert (obj["amount"], obj["cancel_at_period_end"]) == (amount, True), obj
+    assert data(out)["previous_status"] == "active"
+    # The provider holds the same: u1 applied once or never, u2's cancel kept.
+    assert len(await _effects(h, t, "subscription.updated")) == (2 if stored else 1)
+    at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
+    assert at_provider is not None
+    assert (at_provider["amount"], at_provider["cancel_at_period_end"]) == (amount, True)
