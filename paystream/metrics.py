@@ -115,6 +115,13 @@ DISPUTES_UNRECORDED = Counter(
     "each refresh that reads it.",
     ["provider", "tenant", "why"],
 )
+SUBSCRIPTION_METHODS_UNKNOWN = Counter(
+    "paystream_subscription_methods_unknown_total",
+    "Subscriptions read back (a re-driven subscription.update) whose provider bills a "
+    "payment method paystream has not recorded for their customer (attached outside "
+    "paystream): the recorded one is kept. By provider and tenant.",
+    ["provider", "tenant"],
+)
 INGRESS = Counter(
     "paystream_ingress_requests_total",
     "Commands posted to the HTTP ingress (POST /v1/commands), by tenant and what came of "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -650,6 +650,24 @@ async def erase_customer(ctx: HandlerContext, data: c.EraseCustomer) -> HandlerR
     return HandlerResult("customer.erased", rec, extra=extra)
 
 
+def _owned_records(
+    ctx: HandlerContext, entity_type: str, ids: set[str]
+) -> Iterator[dict[str, Any]]:
+    """The tenant's records of ``entity_type`` (as stored) whose owner is one of ``ids``,
+    found by the owner index (tables/owners.py)."""
+    prefix = f"{ctx.tenant}:"
+    table = ctx.tables.by_type(entity_type)
+    field_name = OWNER_FIELDS[entity_type]
+    keys = ctx.tables.owners.keys_of(entity_type, table, ctx.tenant, ids)
+    # (None: the index is not to be trusted now, a rebalance under way: every record.)
+    items = table.items() if keys is None else ((k, table.get(k)) for k in keys)
+    for key, raw in items:
+        if raw is None or not str(key).startswith(prefix):
+            continue
+        if raw.get(field_name) in ids:  # (an index entry may be stale: checked)
+            yield raw
+
+
 # JSON bytes of rows in a `customer.exported` outcome (a payment is about 450 bytes).
 EXPORT_MAX_BYTES = 256 * 1024
 
@@ -658,25 +676,16 @@ async def export_customer(ctx: HandlerContext, data: c.ExportCustomer) -> Handle
     """The customer's record with their payment methods, payments, the payments' refunds
     and disputes, subscriptions and the subscriptions' invoices."""
     rec = ctx.load(CustomerRecord, data.customer_id)
-    prefix = f"{ctx.tenant}:"
 
     def owned(entity_type: str, ids: set[str]) -> list[dict[str, Any]]:
         """The tenant's records of ``entity_type`` whose owner is one of ``ids``."""
-        table = ctx.tables.by_type(entity_type)
-        field_name = OWNER_FIELDS[entity_type]
-        keys = ctx.tables.owners.keys_of(entity_type, table, ctx.tenant, ids)
-        # (None: the index is not to be trusted now, a rebalance under way: every record.)
-        items = table.items() if keys is None else ((k, table.get(k)) for k in keys)
         rows = []
-        for key, raw in items:
-            if raw is None or not str(key).startswith(prefix):
-                continue
-            if raw.get(field_name) in ids:  # (an index entry may be stale: checked)
-                # As published (snapshot()): without the entity view's `entity_type` tag,
-                # which the export's closed row schemas do not allow.
-                row = public_row(raw)
-                row.pop("entity_type", None)
-                rows.append(row)
+        for raw in _owned_records(ctx, entity_type, ids):
+            # As published (snapshot()): without the entity view's `entity_type` tag,
+            # which the export's closed row schemas do not allow.
+            row = public_row(raw)
+            row.pop("entity_type", None)
+            rows.append(row)
         return sorted(rows, key=lambda r: r["id"])
 
     methods = owned("payment_method", {rec.id})
@@ -2057,6 +2066,38 @@ def _subscription_method(
     return pm
 
 
+def _billed_method(ctx: HandlerContext, sub: SubscriptionRecord, res: gw.SubscriptionResult) -> str:
+    """paystream's id of the payment method the provider's answer says it bills: the
+    subscription's customer's method recorded with that provider id.
+
+    One paystream has not recorded for the customer (attached outside paystream, in the
+    provider's dashboard) has no id here to record, and making a record for it would
+    invent a payment method no command made: the recorded one is kept, and the mismatch
+    counted and logged (as a dispute not recorded is), for the tenant to set the card
+    through paystream. An answer naming none (Stripe's default_payment_method cleared:
+    the customer's default is billed) keeps it too."""
+    there = res.provider_payment_method_id
+    if there is None:
+        return sub.payment_method_id
+    provider = ctx.gateway.provider
+    found = sorted(
+        str(raw["id"])
+        for raw in _owned_records(ctx, "payment_method", {sub.customer_id})
+        if raw.get("provider_payment_method_id") == there and raw.get("provider") == provider
+    )
+    if found:
+        # (the recorded one first: a provider id recorded twice keeps what it was)
+        return sub.payment_method_id if sub.payment_method_id in found else found[0]
+    metrics.SUBSCRIPTION_METHODS_UNKNOWN.labels(provider, ctx.cmd.tenant_id).inc()
+    _throttled.warning(
+        ("unknown subscription method", ctx.cmd.tenant_id, sub.id),
+        "tenant %s subscription %s: %s bills payment method %s, which paystream has not "
+        "recorded for customer %s: %s kept as recorded",
+        ctx.cmd.tenant_id, sub.id, provider, there, sub.customer_id, sub.payment_method_id,
+    )  # fmt: skip
+    return sub.payment_method_id
+
+
 async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -> HandlerResult:
     """Its price, payment method or cancel at period end changed at the provider, with
     no prorations: a new amount is billed from the next period on. Only what differs
@@ -2079,8 +2120,8 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
     previous = sub.status
     if _changed_since_first_attempt(ctx, sub):
         # Changed since this update was first tried (as update_customer's): the provider
-        # asked again under its key would answer as of then. Read back as it is now (its
-        # payment method, which no answer names, stays as recorded).
+        # asked again under its key would answer as of then. Read back as it is now, the
+        # payment method it bills included (this update's, if the provider took it).
         now = await _gateway(
             ctx,
             "retrieve_subscription",
@@ -2091,6 +2132,7 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         )
         _take_subscription(ctx, sub, now)
         sub.amount = now.amount.amount
+        sub.payment_method_id = _billed_method(ctx, sub, now)
         return _subscription_outcome(now, sub, _invoices(ctx, sub, now), None, previous)
     amount = None if data.amount in (None, sub.amount) else data.amount
     method = None if pm is None or pm.id == sub.payment_method_id else pm

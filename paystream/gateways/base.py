@@ -570,6 +570,9 @@ class SubscriptionResult(_Res):
     canceled_at: datetime | None = None
     # Its invoices, newest first, at most INVOICES_LISTED_MAX.
     invoices: tuple[InvoiceResult, ...] = ()
+    # The payment method it bills (Stripe: its default_payment_method); None when the
+    # provider names none (Stripe then bills the customer's default).
+    provider_payment_method_id: str | None = None
 
 
 class PayoutResult(_Res):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from paystream.client import build_command
+from paystream.gateways import base as gw
 from paystream.streams.commands import COMMANDS
 from tests.agents.harness import Harness, data, kind, simulator_of
 
@@ -358,3 +359,86 @@ async def test_a_parked_update_re_driven_after_a_newer_one_is_read_back(
     at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
     assert at_provider is not None
     assert (at_provider["amount"], at_provider["cancel_at_period_end"]) == (amount, True)
+
+
+async def _park_then_newer(h: Harness, t: str, parked: dict[str, Any]) -> None:
+    """Update u1 (``parked``) parked (the tenant's gateway options fail it: its answer
+    lost after the provider applied it, or never reaching it); u2 (a cancel at period
+    end) since."""
+    from tests.agents.test_let_through import _answer, _command
+
+    emits = await h.processor.process(_command(t, "subscription.update", parked, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    u2 = {"subscription_id": "s1", "cancel_at_period_end": True}
+    newer = await _answer(h, _command(t, "subscription.update", u2, "u2"))
+    assert kind(newer) == "subscription.updated", data(newer)
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
+async def test_a_parked_card_change_re_driven_is_read_back_with_its_card(
+    harness: Harness, stored: bool
+) -> None:
+    """u1 moves s1 to card m2 and is parked; u2 since. Re-driven, u1 reads the
+    subscription back: the card the provider bills is recorded (m2 if it took u1, m1 if
+    not), in the table and the outcome (review: the read-back kept m1 while the provider
+    billed m2, and an update back to m1 was then a no-op, never sent)."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    failing = "lose_response_first" if stored else "fail_first"
+    h.add_tenant(t, gateway_options={failing: {f"ps:{t}:u1": 3}})
+    await _subscribed(h, t)
+    await _attach(h, t, "c1", "m2", token="pm_card_mastercard")
+    u1 = {"subscription_id": "s1", "payment_method_id": "m2"}
+    await _park_then_newer(h, t, u1)
+    out = await _answer(h, _command(t, "subscription.update", u1, "u1"))  # `dlq replay`
+    assert kind(out) == "subscription.updated", data(out)
+    card = "m2" if stored else "m1"
+    sub = h.tables.subscriptions[f"{t}:s1"]
+    assert (sub["payment_method_id"], sub["cancel_at_period_end"]) == (card, True), sub
+    obj = data(out)["object"]
+    assert (obj["payment_method_id"], obj["cancel_at_period_end"]) == (card, True), obj
+    # The provider bills the card recorded.
+    at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
+    assert at_provider is not None
+    pm = h.tables.payment_methods[f"{t}:{card}"]
+    assert at_provider["payment_method"] == pm["provider_payment_method_id"]
+
+
+async def test_a_card_attached_outside_paystream_is_read_back_as_the_recorded_one(
+    harness: Harness,
+) -> None:
+    """The provider bills a card paystream never recorded (attached and set in its
+    dashboard): the read-back keeps the recorded card, counted and logged."""
+    from paystream import metrics
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"fail_first": {f"ps:{t}:u1": 3}})
+    made = await _subscribed(h, t)
+    u1 = {"subscription_id": "s1", "amount": 2500}
+    await _park_then_newer(h, t, u1)
+    sim = simulator_of(h, t)
+    customer = h.tables.customers[f"{t}:c1"]["provider_customer_id"]
+    outside = await sim.attach_payment_method(
+        gw.AttachPaymentMethod(provider_customer_id=customer, token="pm_card_mastercard"),
+        idempotency_key=f"outside-{t}",
+    )
+    await sim.update_subscription(
+        gw.UpdateSubscription(
+            provider_subscription_id=made["provider_subscription_id"],
+            provider_payment_method_id=outside.provider_payment_method_id,
+        ),
+        idempotency_key=f"outside-{t}-update",
+    )
+    unknown = metrics.SUBSCRIPTION_METHODS_UNKNOWN.labels("simulator", t)
+    before = unknown._value.get()
+    out = await _answer(h, _command(t, "subscription.update", u1, "u1"))
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["payment_method_id"] == "m1"
+    assert h.tables.subscriptions[f"{t}:s1"]["payment_method_id"] == "m1"
+    assert unknown._value.get() == before + 1

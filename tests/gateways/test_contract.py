@@ -1141,6 +1141,8 @@ async def test_a_subscription_update_changes_price_method_and_cancel_without_pro
     assert changed.status is SubscriptionStatus.ACTIVE
     assert changed.amount == usd(2500) and changed.cancel_at_period_end
     assert (changed.interval, changed.interval_count) == (sub.interval, sub.interval_count)
+    # The card it bills, named (a read-back records it: review h77h).
+    assert changed.provider_payment_method_id == pm2 != sub.provider_payment_method_id
     # Nothing charged or credited now: the period under way, and its one paid invoice.
     assert changed.current_period_end == sub.current_period_end
     assert [(i.provider_invoice_id, i.status) for i in changed.invoices] == [
@@ -1160,6 +1162,7 @@ async def test_a_subscription_update_changes_price_method_and_cancel_without_pro
     )
     read = await read_subscription(harness, sub)
     assert read.amount == usd(2500) and read.cancel_at_period_end
+    assert read.provider_payment_method_id == pm2
     # Resumed.
     resumed = await harness.gateway.update_subscription(
         UpdateSubscription(

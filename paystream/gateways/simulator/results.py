@@ -139,6 +139,7 @@ def subscription(
         "cancel_at_period_end": sub["cancel_at_period_end"],
         "canceled_at": sub.get("canceled_at"),
         "invoices": [invoice(i) for i in invoices],
+        "provider_payment_method_id": sub.get("payment_method"),
     }
 
 

@@ -495,6 +495,8 @@ def subscription(
         # an ended subscription's is when it was canceled.)
         canceled_at=_epoch(ended) if status is SubscriptionStatus.CANCELED and ended else None,
         invoices=invoices,
+        # (an id, or the PaymentMethod where the request expanded it)
+        provider_payment_method_id=_id(obj.get("default_payment_method")),
     )
 
 

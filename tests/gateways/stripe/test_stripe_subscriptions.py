@@ -90,6 +90,21 @@ def test_a_cancel_at_period_end_has_no_canceled_at_yet() -> None:
     assert ended.canceled_at is not None and int(ended.canceled_at.timestamp()) == NOW + 5
 
 
+def test_the_payment_method_billed_is_read_as_an_id_or_expanded() -> None:
+    """``default_payment_method`` is an id, the PaymentMethod where it was expanded, or
+    null (the customer's default billed: none named)."""
+    assert (
+        mapping.subscription(_sub(default_payment_method="pm_1")).provider_payment_method_id
+        == "pm_1"
+    )
+    expanded = {"id": "pm_2", "object": "payment_method"}
+    res = mapping.subscription(_sub(default_payment_method=expanded))
+    assert res.provider_payment_method_id == "pm_2"
+    assert (
+        mapping.subscription(_sub(default_payment_method=None)).provider_payment_method_id is None
+    )
+
+
 def test_a_price_priced_subscription_reads_as_a_plan_priced_one() -> None:
     item = {"id": "si_1", "current_period_start": NOW, "current_period_end": NOW + MONTH,
             "price": {"unit_amount": 700, "currency": "eur",
