@@ -241,6 +241,39 @@ async def test_a_resent_answer_is_marked_not_shown_as_a_second_outcome(
     assert js_errors == []
 
 
+async def test_a_backlog_measured_a_while_ago_says_how_long_ago(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    """ "Waiting for a replay" is measured every PAYSTREAM_PARKED_MEASURE_SECONDS (a
+    minute by default): a figure that old says so, a backlog or none (review h77c: the tile
+    showed one growing older for 55 s after `dlq replay` emptied it). The seeded worker
+    measures every 5 s: its figure, fresh, is not labelled (test above)."""
+    backlog: dict[str, Any] = {}
+
+    async def measured_long_ago(route: Any) -> None:
+        response = await route.fetch()
+        stats = json.loads(await response.text())
+        assert stats["parked_backlog"] is not None, "not measured yet"
+        stats["parked_backlog"] = {**stats["parked_backlog"], **backlog}
+        await route.fulfill(response=response, body=json.dumps(stats))
+
+    await page.route("**/v1/stats", measured_long_ago)
+    backlog.update(measured_s_ago=59.3)
+    await open_dashboard(page, seeded)
+    oldest = page.locator("#t-waiting-oldest")
+    await expect(oldest).to_have_text(
+        re.compile(r"^dlq 1 · oldest \d+ (s|min) · measured 59 s ago$"), timeout=WAIT
+    )
+    # None waiting, a minute ago: as likely stale as a backlog is.
+    none = {"waiting": 0, "oldest_s": None}
+    backlog.update(**none, topics={"retry": none, "dlq": none}, measured_s_ago=312.0)
+    await expect(oldest).to_have_text("measured 5 min ago", timeout=WAIT)
+    await expect(page.locator("#t-waiting")).to_have_text("0")
+    backlog.update(measured_s_ago=1.2)
+    await expect(oldest).to_have_text("", timeout=WAIT)
+    assert js_errors == []
+
+
 async def test_a_hung_worker_is_not_shown_as_live(page: Page, seeded: Seeded) -> None:
     await open_dashboard(page, seeded)
     assert seeded.worker.proc is not None
