@@ -65,6 +65,7 @@ from paystream.streams.outcomes import (
     RejectReason,
 )
 from paystream.tables import records
+from paystream.tables.views import TENANT_RECENT_KEPT, TENANTS_RECENT_MAX
 from paystream.tenancy.ingress_keys import COMMAND_SCOPE_PATTERN
 from paystream.tenancy.models import TENANT_ID_PATTERN, Tenant
 from paystream.web import ingress
@@ -1799,6 +1800,25 @@ def _view_schemas() -> Doc:
             },
             "Counts, recent outcomes, per-tenant summaries and this worker's partitions.",
         ),
+        "TenantOutcomes": _object(
+            {
+                "tenant": _STR,
+                "recent": {
+                    "type": "array",
+                    "maxItems": TENANT_RECENT_KEPT,
+                    "items": _ref("ActivityEntry"),
+                    "description": "newest first",
+                },
+                "kept": {"const": TENANT_RECENT_KEPT},
+                "minor_units": {
+                    "description": "each currency shown, with its ISO 4217 minor-unit digits",
+                    **_COUNTS,
+                },
+            },
+            f"A tenant's latest outcomes (at most {TENANT_RECENT_KEPT}), kept by the worker "
+            "that ran them since it started, for the most recently served "
+            f"{TENANTS_RECENT_MAX:,} tenants.",
+        ),
     }
     return components
 
@@ -1907,6 +1927,33 @@ def openapi() -> Doc:
                     "400": _BAD_HOST,
                     "401": _UNAUTHORIZED,
                     "403": _HOST_REFUSED,
+                },
+            }
+        },
+        "/v1/tenants/{tenant}/outcomes": {
+            "get": {
+                "summary": "One tenant's latest outcomes (the dashboard's \"Recent outcomes\" "
+                "filtered to it): any worker of a fleet answers, fetching from the tenant's "
+                "owner.",
+                "security": _GUARDED,
+                "parameters": [{"name": "tenant", "in": "path", "required": True, "schema": _STR}],
+                "responses": {
+                    "200": _json("TenantOutcomes", "its latest outcomes", _NO_STORE),
+                    "400": _BAD_HOST,
+                    "401": _UNAUTHORIZED,
+                    "403": _HOST_REFUSED,
+                    "404": _json("Error", "no tenant can have this id"),
+                    "502": _json(
+                        "Error",
+                        "the worker owning the tenant answered something other than JSON: retry",
+                        _RETRY_AFTER,
+                    ),
+                    "503": _json(
+                        "Error",
+                        "no worker owns the tenant yet (partitions being assigned), or the "
+                        "tenant's owner is unreachable: retry",
+                        _RETRY_AFTER,
+                    ),
                 },
             }
         },

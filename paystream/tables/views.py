@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,14 @@ from paystream.tenancy.models import UNREGISTERED
 
 # Distinct tenant ids that are not registered the activity counts keep by name.
 MAX_UNREGISTERED_SHOWN = 100
+# The latest outcomes kept in all (the dashboard's "Recent outcomes"), and per tenant for
+# its filter: the demo's ~18 outcomes a second pushed a command sent by hand out of the
+# last 50 within 3 s (review h77c). Per tenant for the tenants most recently served, at
+# most TENANTS_RECENT_MAX of them (a worker serving more drops the quietest): at most
+# 20,000 entries, a few MB.
+RECENT_KEPT = 50
+TENANT_RECENT_KEPT = 20
+TENANTS_RECENT_MAX = 1000
 
 __all__ = ["ActivityLog", "SummaryCache", "entity_view", "tenant_summaries"]
 
@@ -30,12 +38,14 @@ log = logging.getLogger(__name__)
 class ActivityLog:
     """Recent outcomes and running counts, kept by the command agent for the dashboard."""
 
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
     by_outcome: Counter[str] = field(default_factory=Counter)
     by_tenant: Counter[str] = field(default_factory=Counter)
     dead_letters: int = 0
     parked: int = 0
     unregistered_shown: int = 0  # distinct unregistered tenant ids counted by name
+    # Each tenant's latest outcomes, the most recently served tenant last.
+    tenant_recent: OrderedDict[str, deque[dict[str, Any]]] = field(default_factory=OrderedDict)
 
     def record(self, entry: dict[str, Any]) -> None:
         self.recent.appendleft(entry)
@@ -49,6 +59,23 @@ class ActivityLog:
             else:
                 self.unregistered_shown += 1
         self.by_tenant[tenant] += 1
+        if tenant != UNREGISTERED:  # (no tenant's: nobody asks for them by name)
+            self._keep_for(tenant, entry)
+
+    def _keep_for(self, tenant: str, entry: dict[str, Any]) -> None:
+        kept = self.tenant_recent.get(tenant)
+        if kept is None:
+            kept = self.tenant_recent[tenant] = deque(maxlen=TENANT_RECENT_KEPT)
+            if len(self.tenant_recent) > TENANTS_RECENT_MAX:
+                self.tenant_recent.popitem(last=False)
+        else:
+            self.tenant_recent.move_to_end(tenant)
+        kept.appendleft(entry)
+
+    def recent_of(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's latest outcomes on this worker, newest first (none: not served
+        since the worker started, or not among the TENANTS_RECENT_MAX served last)."""
+        return list(self.tenant_recent.get(tenant, ()))
 
     def as_json(self) -> dict[str, Any]:
         return {

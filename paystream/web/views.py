@@ -32,14 +32,20 @@ from paystream.streams.topics import commands_topic
 from paystream.tables import definitions as t
 from paystream.tables import observed
 from paystream.tables.commands_view import command_view
-from paystream.tables.views import SummaryCache, entity_view
+from paystream.tables.views import TENANT_RECENT_KEPT, SummaryCache, entity_view
 from paystream.tenancy.models import TENANT_ID_PATTERN
 from paystream.web.bearer import bearer, matches
 from paystream.web.hosts import host_allowed, host_well_formed
 from paystream.web.liveness import LivenessWatch
 from paystream.web.tenant_rows import TenantRows
 
-__all__ = ["DashboardView", "EntityView", "MetricsView", "StatsView"]
+__all__ = [
+    "DashboardView",
+    "EntityView",
+    "MetricsView",
+    "StatsView",
+    "TenantOutcomesView",
+]
 
 _STARTED = time.time()
 observed.install(app)  # table sizes and recovery progress on /metrics
@@ -456,11 +462,11 @@ def _tenant_id_shaped(fun: _Handler) -> _Handler:
     @functools.wraps(fun)
     async def answer(view: View, request: Request, *args: Any, **kwargs: Any) -> Response:
         tenant = kwargs.get("tenant")
-        kind = str(kwargs.get("kind", ""))
+        kind = kwargs.get("kind")  # (None: a tenant's outcomes, no entity)
         if not isinstance(tenant, str) or _TENANT_ID.fullmatch(tenant) is None:
-            what = kind[:-1] if kind in _KINDS else "entity"
+            what = "tenant" if kind is None else kind[:-1] if kind in _KINDS else "entity"
             return view.json({"error": "not_found", "message": f"no such {what}"}, status=404)
-        if kind not in _KINDS:
+        if kind is not None and kind not in _KINDS:
             # Answered here, not forwarded, and not quoted: it may be anything, a card
             # number too (review h64b: quoted whole, unredacted, at any length).
             kinds = ", ".join([*sorted(_ENTITY_TABLES), "commands"])
@@ -561,6 +567,29 @@ class EntityView(View):
             status, body, headers = missing_entity(kind, settling=settling)
             return self.json(body, status=status, headers=headers)
         return self.json(found)
+
+
+@app.page("/v1/tenants/{tenant}/outcomes")
+class TenantOutcomesView(View):
+    """A tenant's latest outcomes, newest first: the dashboard's "Recent outcomes" of one
+    tenant (the last 50 of all tenants pushed a command sent by hand out within seconds,
+    review h77c). Kept by the worker that ran them, since it started: asked elsewhere,
+    this worker fetches them from the one owning the tenant's partition, as a lookup."""
+
+    @_operators_only
+    @_owner_unreachable_is_503
+    @_tenant_id_shaped
+    @app.topic_route(commands_topic, match_info="tenant")  # type: ignore[arg-type]
+    async def get(self, request: Request, tenant: str) -> Response:
+        recent = runner.activity.recent_of(tenant)
+        return self.json(
+            {
+                "tenant": tenant,
+                "recent": recent,
+                "kept": TENANT_RECENT_KEPT,  # at most this many, the latest
+                "minor_units": _minor_units({"recent": recent}, {}, None),
+            }
+        )
 
 
 def missing_entity(

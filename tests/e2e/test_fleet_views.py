@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paystream.devstack._process import wait_until
 from paystream.devstack.worker import WorkerProcess
+from paystream.tenancy.ingress_keys import new_key
 from paystream.tenancy.models import Tenant
 from tests.e2e.together import stop_together
 from tests.fixtures.pipeline import Deployment, wait_for_owners
@@ -106,6 +107,20 @@ def _status(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, Any
             return r.status, r.headers
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers
+
+
+async def _check_no_tenant_key_opens_the_outcomes(fleet: Fleet, base_url: str) -> None:
+    """A tenant's ingress key sends its commands; it reads nothing of the worker's views,
+    its own tenant's outcomes included (they are the operators'), nor the scraper's token."""
+    owner, other = VIEWED[:2]
+    key_id, key, kept = new_key("h77f")
+    await fleet.dep.add_tenants(Tenant(tenant_id=owner, ingress_keys={key_id: kept}))
+    for t in (owner, other):
+        path = f"/v1/tenants/{t}/outcomes"
+        for given in ({}, {"Authorization": f"Bearer {key}"}, {"Authorization": "Bearer wrong"}):
+            assert _status(base_url, path, given)[0] == 401, (path, given.keys())
+        assert _status(base_url, path, {"Authorization": f"Bearer {SCRAPE_TOKEN}"})[0] == 401
+        assert _status(base_url, path, BEARER)[0] == 200
 
 
 def _check_the_token_guards_the_views(base_url: str, lookup: str) -> None:
@@ -285,6 +300,19 @@ async def test_every_worker_answers_for_every_tenant(fleet: Fleet) -> None:
     )
     assert missing[0] == 404
     _check_the_token_guards_the_views(first.base_url, f"/v1/tenants/{VIEWED[0]}/payments/p1")
+    # A tenant's recent outcomes (the dashboard's filter): from its owner, on any worker,
+    # its own only.
+    for t in VIEWED:
+        answers = [
+            await asyncio.to_thread(_get, w.base_url, f"/v1/tenants/{t}/outcomes")
+            for w in (first, second)
+        ]
+        assert answers[0] == answers[1], (t, answers)
+        status, body = answers[0]
+        assert status == 200 and [(e["tenant"], e["entity_id"]) for e in body["recent"]] == [
+            (t, "p1")
+        ], (t, body)
+    await _check_no_tenant_key_opens_the_outcomes(fleet, first.base_url)
     # The owner hung (not dead: the group has not noticed): the lookup is answered
     # within seconds (503, or 200 once the group gave its partitions over), where it
     # waited for aiohttp's default five minutes.

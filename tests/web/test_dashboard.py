@@ -274,6 +274,59 @@ async def test_a_backlog_measured_a_while_ago_says_how_long_ago(
     assert js_errors == []
 
 
+async def test_recent_outcomes_of_one_tenant_outlast_the_others_traffic(
+    page: Page, seeded: Seeded, js_errors: list[str]
+) -> None:
+    """Every tenant's last 50 lose a tenant's command once others send 50 more (review
+    h77c: within 3 s of the demo): its own latest stay, shown by clicking its count in
+    Tenants or by typing its id, and only its own."""
+    async with seeded.deployment.client() as client:
+        flood = await asyncio.gather(
+            *(client.command("customer.create", "globex", {}) for _ in range(50))
+        )
+    assert all(e.get_type().endswith("customer.created") for e in flood)
+    await open_dashboard(page, seeded)
+    recent = page.locator("#recent tbody tr")
+    tenants = page.locator("#recent tbody td:nth-child(2)")
+    await expect(tenants.filter(has_text="globex")).to_have_count(50, timeout=WAIT)
+    await expect(tenants.filter(has_text="acme")).to_have_count(0)
+    scope = page.locator("#r-scope")
+    await expect(scope).to_have_text("the latest 50 of every tenant this worker served")
+
+    await page.locator('#tenants tr[data-tenant="acme"] button[data-show]').click()
+    await expect(scope).to_have_text(
+        "acme's latest 3 (at most 20 are kept, since its worker started)", timeout=WAIT
+    )
+    await expect(recent).to_have_count(3)
+    await expect(page.locator("#r-tenant")).to_have_value("acme")
+    await page.wait_for_timeout(2_000)  # the next polls keep to the tenant
+    await expect(recent).to_have_count(3)
+    assert await tenants.all_text_contents() == ["acme"] * 3
+    succeeded = recent.filter(has_text="payment.succeeded").locator("td")
+    await expect(succeeded.nth(4)).to_have_text(seeded.succeeded_payment)
+    await expect(succeeded.nth(5)).to_have_text("25.00 USD")
+
+    await page.fill("#r-tenant", "nobody")  # registered or not: its rejection found
+    await page.click("#r-filter button[type=submit]")
+    await expect(scope).to_have_text(re.compile(r"^nobody's latest 1 "), timeout=WAIT)
+    await expect(recent.locator("td:nth-child(7)")).to_have_text(["unknown_tenant"])
+    await page.fill("#r-tenant", "Acme")
+    await page.click("#r-filter button[type=submit]")
+    await expect(scope).to_have_text("Acme: no tenant has this id", timeout=WAIT)
+    await expect(recent).to_have_count(0)
+    await page.fill("#r-tenant", "initech")
+    await page.click("#r-filter button[type=submit]")
+    await expect(scope).to_have_text("none of initech's since its worker started", timeout=WAIT)
+
+    await page.click("#r-all")
+    await expect(scope).to_have_text(
+        "the latest 50 of every tenant this worker served", timeout=WAIT
+    )
+    await expect(page.locator("#r-tenant")).to_have_value("")
+    await expect(recent).to_have_count(50)
+    assert js_errors == []
+
+
 async def test_a_hung_worker_is_not_shown_as_live(page: Page, seeded: Seeded) -> None:
     await open_dashboard(page, seeded)
     assert seeded.worker.proc is not None

@@ -12,6 +12,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from paystream.agents.pipeline import DEAD_LETTER_REASONS
+from paystream.tables.views import TENANT_RECENT_KEPT
 from tests.web.conftest import CARD_NUMBERS, EXPECTED_TILES, HTML_TENANT, Seeded, wait_for_stats
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -241,6 +242,42 @@ async def test_stats_shape_and_counts(http: aiohttp.ClientSession, seeded: Seede
     }
 
 
+async def test_a_tenants_recent_outcomes_are_its_own(
+    http: aiohttp.ClientSession, seeded: Seeded
+) -> None:
+    """GET /v1/tenants/{tenant}/outcomes: the tenant's latest outcomes, newest first, kept
+    apart from the other tenants' (review h77c: a command sent by hand left every tenant's
+    last 50 within seconds); one tenant's path never shows another's."""
+    acme = await get_json(http, "/v1/tenants/acme/outcomes")
+    assert (acme["tenant"], acme["kept"], acme["minor_units"]) == (
+        "acme",
+        TENANT_RECENT_KEPT,
+        {"USD": 2},
+    )
+    assert [e["tenant"] for e in acme["recent"]] == ["acme"] * 3
+    assert {(e["outcome"], e["reason"]) for e in acme["recent"]} == {
+        ("payment.succeeded", None),
+        ("payment.failed", "card_declined"),
+        ("command.rejected", "card_data_forbidden"),
+    }
+    times = [e["time"] for e in acme["recent"]]
+    assert times == sorted(times, reverse=True)
+    # As "Recent outcomes" shows them: the same entries.
+    stats = await get_json(http, "/v1/stats")
+    assert acme["recent"] == [e for e in stats["activity"]["recent"] if e["tenant"] == "acme"]
+    globex = await get_json(http, "/v1/tenants/globex/outcomes")
+    assert [(e["tenant"], e["outcome"]) for e in globex["recent"]] == [
+        ("globex", "customer.created")
+    ]
+    # An id no tenant is registered under: its rejection (a mistyped --tenant, found).
+    nobody = await get_json(http, "/v1/tenants/nobody/outcomes")
+    assert [(e["tenant"], e["reason"]) for e in nobody["recent"]] == [("nobody", "unknown_tenant")]
+    assert (await get_json(http, "/v1/tenants/initech/outcomes"))["recent"] == []
+    for no_tenant in ("Acme", "acme:x", "_unknown", "%3Cimg"):
+        body = await get_json(http, f"/v1/tenants/{no_tenant}/outcomes", status=404)
+        assert body == {"error": "not_found", "message": "no such tenant"}, no_tenant
+
+
 async def test_entity_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> None:
     pid = seeded.succeeded_payment
     body = await get_json(http, f"/v1/tenants/acme/payments/{pid}")
@@ -381,6 +418,7 @@ async def test_no_card_number_in_any_response(http: aiohttp.ClientSession, seede
         "/metrics",
         f"/v1/tenants/acme/payments/{seeded.succeeded_payment}",
         f"/v1/tenants/acme/payments/{seeded.failed_payment}",
+        "/v1/tenants/acme/outcomes",  # (its card-number rejection among them)
     ):
         async with http.get(path) as resp:
             bodies.append(await resp.text())
@@ -400,7 +438,12 @@ async def test_personal_data_and_figures_are_not_cached(
     http: aiohttp.ClientSession, seeded: Seeded
 ) -> None:
     """A proxy or browser cache must not keep a copy of a customer's data (review finding)."""
-    for path in (f"/v1/tenants/acme/payments/{seeded.succeeded_payment}", "/v1/stats", "/metrics"):
+    for path in (
+        f"/v1/tenants/acme/payments/{seeded.succeeded_payment}",
+        "/v1/tenants/acme/outcomes",
+        "/v1/stats",
+        "/metrics",
+    ):
         async with http.get(path) as resp:
             assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store", path
 
@@ -411,7 +454,12 @@ async def test_pages_and_data_carry_a_content_security_policy(
     """Defence in depth behind the page's escaping: data never runs, frames or sniffs;
     the page runs only its own inline script and style (review finding). The browser
     tests (test_dashboard.py) run the page under this policy."""
-    for path in (f"/v1/tenants/acme/payments/{seeded.succeeded_payment}", "/v1/stats", "/metrics"):
+    for path in (
+        f"/v1/tenants/acme/payments/{seeded.succeeded_payment}",
+        "/v1/tenants/acme/outcomes",
+        "/v1/stats",
+        "/metrics",
+    ):
         async with http.get(path) as resp:
             assert resp.headers["Content-Security-Policy"].startswith("default-src 'none';"), path
             assert resp.headers["X-Content-Type-Options"] == "nosniff", path
@@ -525,7 +573,7 @@ async def test_an_open_worker_refuses_a_rebound_domain(
     (review finding)."""
     lookup = f"/v1/tenants/acme/payments/{seeded.succeeded_payment}"
     rebound = {"Host": "rebind.attacker.example:6066"}
-    for path in ("/", "/v1/stats", "/metrics", lookup):
+    for path in ("/", "/v1/stats", "/metrics", lookup, "/v1/tenants/acme/outcomes"):
         async with http.get(path, headers=rebound) as resp:
             assert resp.status == 403, (path, resp.status)
             assert "acme" not in await resp.text()
