@@ -254,6 +254,12 @@ async def test_alerts_and_the_latest_window_are_shown(
     tyrell = page.locator('#windows tr[data-tenant="tyrell"] td')
     await expect(tyrell.nth(10)).to_have_text("2.00 GBP", timeout=WAIT)
     await expect(tyrell.nth(3)).to_have_text("12.00 GBP")
+    # The windows above the alerts: the demo's card tester's 50 alerts pushed the only
+    # per-tenant money view off the first screens (review h77c).
+    order = await page.evaluate(
+        "$('windows').compareDocumentPosition($('alerts')) & Node.DOCUMENT_POSITION_FOLLOWING"
+    )
+    assert order != 0, "the alerts come before the analytics windows"
     assert js_errors == []
 
 
