@@ -33,3 +33,26 @@ def test_a_command_imports_its_own_module_alone() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip() == "['paystream.cli.tenants']", out
+
+
+def test_send_help_lists_the_command_types_read_only_for_the_help() -> None:
+    """`send --help` names every command type (review h77c: only the README's table or a
+    mistyped type's error did); the commands module (~0.2 s) is read for the help alone."""
+    from click.testing import CliRunner
+
+    from paystream.streams.commands import COMMANDS
+
+    shown = CliRunner().invoke(cli, ["send", "--help"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    types = shown.output.split("Command types:", 1)[1].split()
+    assert [t.rstrip(",") for t in types] == sorted(COMMANDS)
+    probe = (
+        "import sys, click\n"
+        "from paystream.cli import cli\n"
+        "cli.get_command(click.Context(cli), 'send')\n"
+        "print('paystream.streams.commands' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "False", out

@@ -81,7 +81,11 @@ BROKER = {"KAFKA_BROKER_URL": "kafka://127.0.0.1:9"}
             ],
             "  (data): Value error, exactly one of payment_method_id or payment_method_token",
         ),
-        (["send", "payment.charge", "--tenant", "acme"], "is no paystream command; known: "),
+        (
+            ["send", "payment.charge", "--tenant", "acme"],
+            # (quoted as typed, not with the prefix the client adds)
+            "COMMAND_TYPE: 'payment.charge' is no paystream command; known: balance.retrieve, ",
+        ),
         (["send", "customer.create", "--tenant", "Acme"], "--tenant: tenant ids match"),
         # Over the structured-mode limit: refused before connecting (it was exit 1, an
         # outage's status, after a connection; review finding).
