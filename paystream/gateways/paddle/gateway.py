@@ -493,16 +493,17 @@ class PaddleGateway:
         then left to the POST's thread, which says whether its answer was lost."""
         # (its thread may first wait for a free one, up to the call's deadline: one more
         # timeout; past it the queued POST is cancelled, never sent)
-        await self._in_flight.renew(
-            attempt.tag, attempt.token, self._client.timeout + self._held_for
-        )
+        held_for = self._client.timeout + self._held_for
+        await self._in_flight.renew(attempt.tag, attempt.token, held_for)
         attempt.sent = True
         loop = asyncio.get_running_loop()
         margin = self._client.landing_margin
+        # (held on while the thread runs: it may run several timeouts, in_flight.py)
+        kept = self._in_flight.keep_while_sent(attempt.tag, attempt.token, held_for)
 
         def settled(lost: bool) -> None:
             self._in_flight.settle_from_thread(
-                loop, attempt.tag, attempt.token, margin if lost else None
+                loop, attempt.tag, attempt.token, margin if lost else None, kept
             )
 
         return settled
@@ -667,7 +668,18 @@ class PaddleGateway:
                 "(not yet opened at checkout), and stays payable at its checkout link",
             )
         path = f"transactions/{req.provider_payment_id}"
-        made = await self._call(op, "PATCH", path, body={"status": "canceled"})
+        try:
+            made = await self._call(op, "PATCH", path, body={"status": "canceled"})
+        except GatewayError as exc:
+            if exc.code is not ErrorCode.INVALID_STATE:
+                raise
+            # Canceled since the read above (an earlier try's PATCH, its answer lost, made
+            # late at Paddle): Paddle refuses canceled to canceled. Read again: canceled,
+            # the cancel is done (review h77g F4).
+            txn = await self._transaction(op, req.provider_payment_id)
+            if txn.get("status") != "canceled":
+                raise
+            return mapping.payment(txn)
         return self._canceled(self._one(made), req.provider_payment_id)
 
     def _canceled(self, txn: Mapping[str, Any], transaction_id: str) -> PaymentResult:

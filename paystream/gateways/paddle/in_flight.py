@@ -34,11 +34,18 @@ from redis.exceptions import RedisError
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle.errors import PROVIDER
 
-__all__ = ["InFlight", "in_flight_key"]
+__all__ = ["KEEP_BEATS_MAX", "InFlight", "in_flight_key"]
 
 log = logging.getLogger(__name__)
 
+# Most renewals of a sent POST's key (each after a third of its time to live): at the
+# default timeout (10 s) a beat each 10 s, 5 minutes of a POST's thread.
+KEEP_BEATS_MAX = 30
+
 # Set when absent (-1); renewed when it holds our token (-2); else its time left (ms).
+# Another's without an expiry (none is set so: restored, or set by hand) is given one,
+# not to hold the request back for good, and that time is answered: PTTL's own -1 would
+# read as "taken" (review h77g F2).
 _TAKE = """
 local held = redis.call('get', KEYS[1])
 if not held then
@@ -49,7 +56,12 @@ if held == ARGV[1] then
   redis.call('pexpire', KEYS[1], ARGV[2])
   return -2
 end
-return redis.call('pttl', KEYS[1])
+local left = redis.call('pttl', KEYS[1])
+if left < 0 then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return tonumber(ARGV[2])
+end
+return left
 """
 _TAKEN, _KEPT = -1, -2
 # Only the holder's own token extends or removes the key.
@@ -113,7 +125,7 @@ class InFlight:
             raise
         if left_ms in (_TAKEN, _KEPT):
             return left_ms == _TAKEN
-        left = max(left_ms, 50) / 1000  # (-1: no expiry, never set so; 0: just going)
+        left = max(left_ms, 50) / 1000  # (0: just going)
         raise GatewayError(
             ErrorCode.IDEMPOTENCY_ERROR,
             "an earlier try of this request may still be made at Paddle (in flight here "
@@ -154,12 +166,37 @@ class InFlight:
         key = in_flight_key(self._tenant_id, tag)
         self._settle(self._run(_EXPIRE, key, token, _ms(seconds)))
 
+    def keep_while_sent(self, tag: str, token: str, seconds: float) -> asyncio.Task[None]:
+        """Hold the key ``seconds`` more every ``seconds`` / 3 while a POST's thread runs
+        (until ``settle_from_thread`` stops it): ``requests``' timeout bounds its connect
+        and each read, not the call, so the thread may run several timeouts (review h77g
+        F1). At most KEEP_BEATS_MAX times: a thread never settled (its submit failed)
+        does not hold the request back for as long as the process lives."""
+        key = in_flight_key(self._tenant_id, tag)
+
+        async def beat() -> None:
+            for _ in range(KEEP_BEATS_MAX):
+                await asyncio.sleep(seconds / 3)
+                await self._run(_EXPIRE, key, token, _ms(seconds))
+
+        task = asyncio.ensure_future(beat())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
     def settle_from_thread(
-        self, loop: asyncio.AbstractEventLoop, tag: str, token: str, lost_margin: float | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tag: str,
+        token: str,
+        lost_margin: float | None,
+        kept: asyncio.Task[None] | None = None,
     ) -> None:
-        """From an SDK thread, as its POST ended: released, or (``lost_margin``) set to
-        expire after it."""
+        """From an SDK thread, as its POST ended: ``kept`` (its ``keep_while_sent``)
+        stopped, and the key released, or (``lost_margin``) set to expire after it."""
         with contextlib.suppress(RuntimeError):  # (the loop closed: the key expires)
+            if kept is not None:
+                loop.call_soon_threadsafe(kept.cancel)
             if lost_margin is None:
                 loop.call_soon_threadsafe(self.release_soon, tag, token)
             else:
