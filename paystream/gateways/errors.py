@@ -155,6 +155,10 @@ class GatewayError(PaystreamError):
         # True: the provider answered, in words this version cannot read (a status added
         # since): it is healthy, the answer stands for the key; parked until an upgrade.
         self.unreadable_answer = False
+        # True: a store of the gateway's own refused (Paddle's in-flight keys in Redis),
+        # not the provider: retried and parked alike, but no verdict on the provider's
+        # circuit (its reads and cancels, which need no such store, go on).
+        self.local_dependency = False
 
     def as_outcome(self) -> dict[str, object]:
         """The error as it appears in a failure outcome's data (no secrets, no card data)."""

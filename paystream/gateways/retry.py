@@ -321,6 +321,10 @@ class RetryPolicy:
                     # circuit, nor erase the timeouts before it (a slow provider gives
                     # timeout, 409, timeout, 409...: review finding).
                     breaker.release(trial)
+                elif exc.local_dependency:
+                    # The gateway's own store refused, the provider never asked: a
+                    # failure of neither (Redis down must not park the tenant's reads).
+                    breaker.release(trial)
                 else:
                     breaker.on_failure(trial)
                 if attempt == self.max_attempts or not exc.retry_now:

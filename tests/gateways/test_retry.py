@@ -352,6 +352,33 @@ async def test_a_key_held_by_another_request_never_opens_the_circuit() -> None:
     assert await p.call("t", "sim", Flaky(failures=0)) == "ok"
 
 
+async def test_a_refusal_of_the_gateways_own_store_is_no_verdict_on_the_provider() -> None:
+    """Paddle's in-flight store (Redis) down refuses its creates provider_unavailable,
+    retried and parked alike; counted as the provider's failures, it opened the tenant's
+    circuit and parked its reads and cancels, which need no such store (review h77g F5).
+    As a half-open probe it neither closes nor reopens the circuit."""
+    clock = Clock()
+    p = policy(clock, attempts=2, threshold=2)
+    store_down = GatewayError(
+        ErrorCode.PROVIDER_UNAVAILABLE, "redis down", provider="sim", reached_provider=False
+    )
+    store_down.local_dependency = True
+    for _ in range(3):
+        with pytest.raises(RetriesExhausted):
+            await p.call("t", "sim", Flaky(failures=99, error=store_down))
+    assert p.breaker("t", "sim").state is CircuitState.CLOSED
+    with pytest.raises(RetriesExhausted):  # the provider itself failing still counts
+        await p.call("t", "sim", Flaky(failures=99))
+    assert p.breaker("t", "sim").state is CircuitState.OPEN
+    clock.now += 5.0
+    with pytest.raises(RetriesExhausted):
+        await p.call("t", "sim", Flaky(failures=99, error=store_down))
+    breaker = p.breaker("t", "sim")
+    assert breaker.state is CircuitState.HALF_OPEN and not breaker.trial_running()
+    assert await p.call("t", "sim", Flaky(failures=0)) == "ok"
+    assert breaker.state is CircuitState.CLOSED
+
+
 async def test_a_key_in_use_after_a_timeout_does_not_erase_the_timeout() -> None:
     """A slow provider: our attempt times out, its retry meets the key the provider is
     still running (409). Taken for a success, the 409 reset the count and the circuit
