@@ -1706,7 +1706,8 @@ class CommandProcessor(ProviderWindow):
         try:
             known = await asyncio.wait_for(asked(), PROVIDER_LOOKUP_SECONDS)
         except Exception as exc:
-            self._pause_lookups(provider, cmd.tenant_id, f"failed ({exc!r})")
+            if not _in_progress(exc):
+                self._pause_lookups(provider, cmd.tenant_id, f"failed ({exc!r})")
             return None
         took = time.monotonic() - now
         if took > LOOKUP_SLOW_SECONDS:
@@ -2640,6 +2641,16 @@ class CommandProcessor(ProviderWindow):
                 when=record_time(rec.timestamp_ms),
             )
         return [Emit(self.settings.retry_topic, parked)]
+
+
+def _in_progress(exc: Exception) -> bool:
+    """A lookup's "a try of this request is in progress" (a retryable idempotency_error,
+    e.g. Paddle's in-flight key held: gateways/base.py knows_request): it cannot tell
+    now, asked again when the command is re-driven; the provider did not fail, so the
+    tenant's other lookups are not paused."""
+    return (
+        isinstance(exc, GatewayError) and exc.code is ErrorCode.IDEMPOTENCY_ERROR and exc.retryable
+    )
 
 
 def _sender_request(rec: Inbound) -> dict[str, bytes]:

@@ -871,7 +871,10 @@ class PaymentGateway(Protocol):
         the key with it for at least an hour more (the command is run again on the
         strength of the answer)? Asked without acting on anything; None when the
         provider cannot tell that way (Stripe has no such lookup: a request resent
-        under the key would run). Raises when the provider cannot be asked now."""
+        under the key would run). Raises when the provider cannot be asked now; a
+        retryable ``idempotency_error`` when it cannot tell now because a try of the
+        request may still be made (Paddle's in-flight key held): the provider did not
+        fail, and its other lookups go on."""
         ...
 
     async def aclose(self) -> None:

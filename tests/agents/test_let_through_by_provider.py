@@ -21,6 +21,7 @@ import pytest
 
 from paystream.agents import pipeline
 from paystream.gateways import base as gw
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.simulator import SimulatorGateway
 from paystream.money import Money
 from paystream.tenancy.models import Tenant
@@ -223,6 +224,48 @@ async def test_a_provider_that_cannot_be_asked_now_gets_the_command_parked(
         )
         assert out is not None and data(out)["reason"] == "tenant_suspended", command_type
     assert len(asked) == 2
+
+
+async def test_a_request_still_in_progress_is_parked_without_pausing_the_lookups(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider that cannot tell now because a try of the request may still be made
+    (Paddle's in-flight key held: review h77g F3) answers a retryable idempotency_error:
+    parked unanswered, asked again when re-driven; not a failure of the provider's, so
+    the tenant's other commands are still asked about, not parked for the pause."""
+    h = harness
+    t = h.add_tenant()
+    durable = _durable(h)
+    rec = _command(t, "payment.create", {**CHARGE, "payment_id": "p1"}, "cmd-in-flight")
+    assert kind(await _answer(h, rec)) == "payment.succeeded"
+    _crash_back_to(h, durable)
+    _suspend(h, t)
+    asked: list[str] = []
+    first: list[str] = []
+
+    async def in_progress(self: Any, operation: str, req: Any, *, idempotency_key: str) -> bool:
+        asked.append(idempotency_key)
+        if not first or first == [idempotency_key]:
+            first[:] = [idempotency_key]
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_ERROR,
+                "a try of this request may still be made",
+                provider="simulator",
+                retryable=True,
+                reached_provider=False,
+            )
+        return False
+
+    monkeypatch.setattr(SimulatorGateway, "knows_request", in_progress)
+    emits = await asyncio.wait_for(h.processor.process(rec), 10)
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert dict(emits[0].record.headers)["paystream-park-reason"] == b"provider_unanswered"
+    new = await asyncio.wait_for(
+        h.processor.process(_command(t, "payment.create", dict(CHARGE), "cmd-new")), 10
+    )
+    out = outcome_of(h.settings, new)
+    assert out is not None and data(out)["reason"] == "tenant_suspended"  # asked: not paused
+    assert set(asked) - set(first), asked
 
 
 async def test_a_parked_unanswered_record_redelivered_is_parked_again(

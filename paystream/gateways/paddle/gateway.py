@@ -132,6 +132,9 @@ _TRANSACTIONS_PER_PAGE = 30
 LOOKUP_KEPT_SECONDS = 30.0
 _ADJUSTMENTS_PER_PAGE = 200
 _DESCRIPTION_KEY = "paystream_description"
+# The creates sent under an in-flight key (in_flight.py); a customer needs none (one per
+# email at Paddle: a second try is refused `customer_already_exists`).
+_IN_FLIGHT_CREATES = frozenset({"create_payment", "create_refund"})
 
 
 def _capabilities(options: Mapping[str, Any], webhooks: bool = True) -> frozenset[Capability]:
@@ -874,8 +877,23 @@ class PaddleGateway:
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
         """Did an earlier try of this very request make its object? Looked for as a create
-        looks (read-only); another request's object under the key is not this one."""
+        looks (read-only); another request's object under the key is not this one.
+        While the request's in-flight key is held (a try of it may still be made, here
+        or at another worker: read, never taken, and before the lookup, which would miss
+        it), it cannot tell now: a retryable ``idempotency_error`` (review h77g F3)."""
         tag = request_tag(idempotency_key)
+        if operation in _IN_FLIGHT_CREATES:
+            left = await self._in_flight.held(tag)
+            if left is not None:
+                raise GatewayError(
+                    ErrorCode.IDEMPOTENCY_ERROR,
+                    "a try of this request may still be made at Paddle (its in-flight key "
+                    f"is held, {left:.1f}s left): cannot tell now whether it was",
+                    provider=PROVIDER,
+                    retryable=True,
+                    retry_after=max(left, 0.05),
+                    reached_provider=False,
+                )
         try:
             if operation == "create_payment" and isinstance(req, CreatePayment):
                 params = params_digest(operation, req)

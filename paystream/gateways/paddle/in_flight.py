@@ -19,7 +19,9 @@ A try that finds the key held is answered ``idempotency_error`` (retryable, its
 ``retry_after`` the key's time left), as a provider holding a key in use answers. Redis
 unreachable: ``provider_unavailable`` (retryable, refused before any request), as the
 simulator answers when its store is: a create is never sent unguarded (docs/paddle.md,
-"Exactly once without idempotency keys")."""
+"Exactly once without idempotency keys"); Redis's refusal, not Paddle's, so no verdict
+on the tenant's Paddle circuit (``local_dependency``). ``knows_request`` reads the key
+(``held``), never takes it: while it is held, "not made" cannot be said."""
 
 from __future__ import annotations
 
@@ -80,7 +82,10 @@ return 0
 
 
 def in_flight_key(tenant_id: str, tag: str) -> str:
-    """The Redis key of a tenant's create under a request tag (a digest of the key)."""
+    """The Redis key of a tenant's create under a request tag (a digest of the key).
+    One for a payment and a refund under the same tag (a different command key in
+    practice; sharing only makes one wait for the other). Not renamed per operation:
+    during a rolling deploy, workers on either name would not see each other's tries."""
     return f"paystream:paddle:in-flight:{tenant_id}:{tag}"
 
 
@@ -98,14 +103,33 @@ class InFlight:
         # Deletes and expiries scheduled from the SDK's threads: kept until done.
         self._settling: set[asyncio.Task[None]] = set()
 
-    def _unavailable(self, why: str) -> GatewayError:
-        return GatewayError(
+    def _unavailable(
+        self, why: str, what: str = "no Paddle create is sent without its in-flight key"
+    ) -> GatewayError:
+        exc = GatewayError(
             ErrorCode.PROVIDER_UNAVAILABLE,
-            f"no Paddle create is sent without its in-flight key in Redis ({why})",
+            f"{what} in Redis ({why})",
             provider=PROVIDER,
             retryable=True,
             reached_provider=False,
         )
+        exc.local_dependency = True  # (Redis, not Paddle: no verdict on its circuit)
+        return exc
+
+    async def held(self, tag: str) -> float | None:
+        """Seconds the key is held yet (another's without expiry: 0), None when free;
+        read only, never taken. ``provider_unavailable`` when Redis cannot be asked.
+        Without Redis (REDIS_URL unset) no create is sent (``take``): None."""
+        if self._redis is None:
+            return None
+        try:
+            left_ms = int(await self._redis.pttl(in_flight_key(self._tenant_id, tag)))
+        except (RedisError, OSError) as exc:
+            what = "cannot tell whether a try of the request is in flight without its key"
+            raise self._unavailable(type(exc).__name__, what) from exc
+        if left_ms == -2:  # (no such key)
+            return None
+        return max(left_ms, 0) / 1000
 
     async def take(self, tag: str, token: str, seconds: float) -> bool:
         """Hold the key under ``token`` for ``seconds``: True when it was free, False when

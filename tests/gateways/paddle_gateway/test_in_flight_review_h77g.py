@@ -15,24 +15,15 @@ import pytest
 import redis.asyncio as aredis
 from aiohttp import web
 
-from paystream.devstack._process import free_port
 from paystream.gateways.base import REQUEST_SENT_SINCE, CancelPayment, CreatePayment, PaymentStatus
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle.in_flight import in_flight_key
 from paystream.gateways.paddle.references import request_tag
 from tests.fixtures.paddle_fake import PaddleFake
 from tests.gateways.harness import paddle_checkout
-from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, usd
+from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, serve, usd
 
 T = 1.0  # the gateway's (SDK's) timeout in these tests
-
-
-async def _serve(fake: PaddleFake) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(fake.app(), handler_cancellation=False)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
 
 
 async def _made(url: str, k: str) -> list[str]:
@@ -75,7 +66,7 @@ class _TricklingPaddle(PaddleFake):
 async def test_a_post_still_running_past_the_key_lets_another_worker_create_again(
     redis_client: aredis.Redis,
 ) -> None:
-    runner, url = await _serve(_TricklingPaddle())
+    runner, url = await serve(_TricklingPaddle())
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     old, new = gateway(url, tenant_id=tenant), gateway(url, tenant_id=tenant)
     for gw in (old, new):
@@ -154,7 +145,7 @@ class _LateCancel(PaddleFake):
 
 @pytest.fixture
 async def late_cancel() -> AsyncIterator[str]:
-    runner, url = await _serve(_LateCancel())
+    runner, url = await serve(_LateCancel())
     yield url
     _LateCancel.lands = None
     await runner.cleanup()

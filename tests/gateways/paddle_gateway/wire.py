@@ -10,8 +10,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from pydantic import SecretStr
 
+from paystream.devstack._process import free_port
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle import PaddleGateway
@@ -19,9 +21,9 @@ from paystream.gateways.paddle.client import PaddleClient
 from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.money import Money
 from paystream.settings import load_settings
-from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
+from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY, PaddleFake
 
-__all__ = ["LosingClient", "decide", "effects", "gateway", "key", "usd", "use_redis"]
+__all__ = ["LosingClient", "decide", "effects", "gateway", "key", "serve", "usd", "use_redis"]
 
 # The session's Redis (redis.asyncio.Redis), shared by every gateway built here as by a
 # fleet's workers: set by conftest.py.
@@ -98,6 +100,16 @@ def losing(gw: PaddleGateway, method: str, path: str, lose: int = 1) -> LosingCl
     client = LosingClient(gw._client, method, path, lose)
     gw._client = client
     return client
+
+
+async def serve(fake: PaddleFake) -> tuple[web.AppRunner, str]:
+    """``fake`` (a PaddleFake with some behaviour of its own) served on a free port: its
+    runner (to clean up) and its base URL."""
+    runner = web.AppRunner(fake.app(), handler_cancellation=False)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
 
 
 async def effects(url: str, seller: str = "seller-1") -> list[dict[str, Any]]:
