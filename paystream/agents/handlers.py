@@ -414,6 +414,9 @@ class HandlerResult:
     related: list[EntityRecord] = field(default_factory=list)
     error: GatewayError | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Answered `command.rejected` (this refusal) while the entities above are still
+    # written: what a read-back found at the provider is the truth either way.
+    rejected: Rejection | None = None
 
 
 Handler = Callable[[HandlerContext, Any], Awaitable[HandlerResult]]
@@ -545,6 +548,20 @@ def _changed_since_first_attempt(ctx: HandlerContext, rec: EntityRecord) -> bool
     )
 
 
+def _customer_update_not_in_effect(data: c.UpdateCustomer, rec: CustomerRecord) -> list[str]:
+    """The fields ``data`` sets that the customer read back does not hold as asked (by
+    name only: their values are personal data, kept out of a rejection's message)."""
+    missing = [
+        name
+        for name in ("email", "name", "description")
+        if getattr(data, name) is not None and getattr(data, name) != getattr(rec, name)
+    ]
+    for k, v in sorted((data.metadata or {}).items()):
+        if rec.metadata.get(k, "") != v:
+            missing.append(f"metadata[{k}]")
+    return missing
+
+
 async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> HandlerResult:
     rec = _live_customer(ctx, data.customer_id)
     ctx.at_provider(rec)
@@ -564,6 +581,20 @@ async def update_customer(ctx: HandlerContext, data: c.UpdateCustomer) -> Handle
         )
         rec.email, rec.name, rec.description = now.email, now.name, now.description
         rec.metadata = dict(now.metadata)
+        missing = _customer_update_not_in_effect(data, rec)
+        if missing:
+            # Never applied, or a newer update changed the same field: refused as a
+            # subscription's update is (review h77i), the read-back still recorded.
+            return HandlerResult(
+                "customer.updated",
+                rec,
+                rejected=Rejection(
+                    RejectReason.INVALID_STATE,
+                    f"customer {rec.id} changed since this update was first tried, and the "
+                    f"update is not in effect ({', '.join(missing)} not as asked): send it "
+                    "again with a new command id to apply it",
+                ),
+            )
         return HandlerResult("customer.updated", rec)
     if len(gw.merged_metadata(rec.metadata, data.metadata)) > gw.METADATA_KEYS_MAX:
         # Stripe's 50 keys are the customer's, after the merge (not remembered: another
@@ -2098,6 +2129,36 @@ def _billed_method(ctx: HandlerContext, sub: SubscriptionRecord, res: gw.Subscri
     return sub.payment_method_id
 
 
+def _update_not_in_effect(
+    data: c.UpdateSubscription,
+    sub: SubscriptionRecord,
+    pm: PaymentMethodRecord | None,
+    now: gw.SubscriptionResult,
+) -> list[str]:
+    """Each field ``data`` asks for that the subscription read back (``now``, recorded
+    in ``sub``) does not hold, worded for the rejection: asked, then in effect. The card
+    by its provider id: one billed that paystream has not recorded is not the one asked
+    for, though the record keeps that one (_billed_method)."""
+    billed = now.provider_payment_method_id
+    card = sub.payment_method_id
+    if pm is not None and billed is not None and billed != pm.provider_payment_method_id:
+        card = card if card != pm.id else "one paystream has not recorded"
+    asked = (
+        ("amount", data.amount, sub.amount),
+        ("payment_method_id", data.payment_method_id, card),
+        ("cancel_at_period_end", data.cancel_at_period_end, sub.cancel_at_period_end),
+    )
+    return [
+        f"{name} {_shown(want)} asked, {_shown(held)} in effect"
+        for name, want, held in asked
+        if want is not None and want != held
+    ]
+
+
+def _shown(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -> HandlerResult:
     """Its price, payment method or cancel at period end changed at the provider, with
     no prorations: a new amount is billed from the next period on. Only what differs
@@ -2133,7 +2194,24 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         _take_subscription(ctx, sub, now)
         sub.amount = now.amount.amount
         sub.payment_method_id = _billed_method(ctx, sub, now)
-        return _subscription_outcome(now, sub, _invoices(ctx, sub, now), None, previous)
+        invoices = _invoices(ctx, sub, now)
+        missing = _update_not_in_effect(data, sub, pm, now)
+        if missing:
+            # Never reached the provider, or a newer command changed the same field:
+            # sending it now could undo a newer change, answering "updated" would say a
+            # price or card is billed that is not. Refused, the read-back still recorded.
+            return HandlerResult(
+                "subscription.updated",
+                sub,
+                invoices,
+                rejected=Rejection(
+                    RejectReason.INVALID_STATE,
+                    f"subscription {sub.id} changed since this update was first tried, and "
+                    f"the update is not in effect ({'; '.join(missing)}): send it again "
+                    "with a new command id to apply it",
+                ),
+            )
+        return _subscription_outcome(now, sub, invoices, None, previous)
     amount = None if data.amount in (None, sub.amount) else data.amount
     method = None if pm is None or pm.id == sub.payment_method_id else pm
     at_end = data.cancel_at_period_end

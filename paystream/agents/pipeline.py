@@ -1392,7 +1392,8 @@ class CommandProcessor(ProviderWindow):
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id, cmd.source)
         self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
-        self._count(cmd.tenant_id, cmd.command_type, stored.type)
+        why = None if result.rejected is None else result.rejected.reason
+        self._count(cmd.tenant_id, cmd.command_type, stored.type, why)
         return [self._outcome(cmd, stored)]
 
     def _own_refresh(self, rec: Inbound, cmd: CommandRef) -> bool:
@@ -2118,8 +2119,15 @@ class CommandProcessor(ProviderWindow):
             ]
         if result.error is not None:
             data["error"] = result.error.as_outcome()
+        outcome_type = result.outcome_type
+        if result.rejected is not None:
+            # Refused, its entities written all the same (a read-back's truth): the
+            # answer is the rejection alone, as every other one.
+            refused = result.rejected
+            outcome_type = "command.rejected"
+            data = rejection_data(cmd.command_type, refused.reason, refused.message)
         # (a str and a dict made here, held by nothing else: see paystream.built)
-        stored = built(StoredOutcome, {"type": result.outcome_type, "data": data})
+        stored = built(StoredOutcome, {"type": outcome_type, "data": data})
         emitted = _emission(cmd, self._applied_at(expires)) if entities else None
         for entity, record in zip(entities, dumped, strict=True):
             entity.remember(

@@ -358,7 +358,9 @@ async def test_a_parked_update_re_driven_after_a_newer_one_keeps_the_newer(
     Re-driven, u1 (answered by the provider from its key, not applied again) wrote its
     old fields over u2's: the table and the ledger disagreed with the provider (review
     finding). Now the customer is read back from the provider: u1's name in it if the
-    provider had applied u1, not if u1 never reached it (nor is it applied late)."""
+    provider had applied u1, not if u1 never reached it (nor is it applied late). Its
+    email (u2's since) or all of it not in effect, u1 is refused `invalid_state` naming
+    the fields, not their values (review h77i: answered `customer.updated`)."""
     h = harness
     t = new_tenant_id()
     failing = "lose_response_first" if stored else "fail_first"
@@ -370,16 +372,38 @@ async def test_a_parked_update_re_driven_after_a_newer_one_keeps_the_newer(
     new = {"customer_id": "c1", "email": "new@x.io"}
     assert kind(await _answer(h, _command(t, "customer.update", new, "u2"))) == "customer.updated"
     out = await _answer(h, _command(t, "customer.update", old, "u1"))  # `dlq replay`
-    assert kind(out) == "customer.updated"
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == "invalid_state", data(out)
+    fields = "email" if stored else "email, name"
+    message = data(out)["message"]
+    assert f"not in effect ({fields} not as asked)" in message, message
+    assert "old@x.io" not in message and "with a new command id" in message, message
     customer = h.tables.customers[f"{t}:c1"]
     name = "Old" if stored else None
     assert (customer["email"], customer["name"]) == ("new@x.io", name), customer
-    assert data(out)["object"]["email"] == "new@x.io"
     gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
     assert isinstance(gateway, SimulatorGateway)
     at_provider = await gateway._store.read(customer["provider_customer_id"])
     assert at_provider is not None
     assert (at_provider["email"], at_provider["name"]) == ("new@x.io", name)
+
+
+async def test_a_parked_update_re_driven_in_effect_is_answered_updated(harness: Harness) -> None:
+    """u1 applied at the provider, its answer lost; u2 since changed another field.
+    Re-driven, u1 is read back, all it asked in effect: `customer.updated`."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:u1": 3}})
+    await _answer(h, _command(t, "customer.create", {"customer_id": "c1", "email": "a@x.io"}, "k1"))
+    u1 = {"customer_id": "c1", "name": "Old", "metadata": {"plan": "gold"}}
+    emits = await h.processor.process(_command(t, "customer.update", u1, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    new = {"customer_id": "c1", "email": "new@x.io"}
+    assert kind(await _answer(h, _command(t, "customer.update", new, "u2"))) == "customer.updated"
+    out = await _answer(h, _command(t, "customer.update", u1, "u1"))  # `dlq replay`
+    assert kind(out) == "customer.updated", data(out)
+    obj = data(out)["object"]
+    assert (obj["email"], obj["name"], obj["metadata"]) == ("new@x.io", "Old", {"plan": "gold"})
 
 
 async def test_a_parked_update_with_nothing_since_is_applied(harness: Harness) -> None:

@@ -330,8 +330,9 @@ async def test_a_parked_update_re_driven_after_a_newer_one_is_read_back(
     or it never reached the provider. Update u2 since (a cancel at period end). Re-driven,
     u1 is not asked again under its key (the provider would answer as of then, without
     u2's cancel, and that answer would be written over it): the subscription is read
-    back as the provider holds it, u1's amount in it only if the provider took u1 (nor is
-    u1 applied late over u2)."""
+    back as the provider holds it and recorded, u1's amount in it only if the provider
+    took u1 (nor is u1 applied late over u2). Not in effect, u1 is refused `invalid_state`
+    naming its amount (review h77i: it was answered `subscription.updated`)."""
     from tests.agents.harness import new_tenant_id
     from tests.agents.test_let_through import _answer, _command
 
@@ -347,18 +348,31 @@ async def test_a_parked_update_re_driven_after_a_newer_one_is_read_back(
     newer = await _answer(h, _command(t, "subscription.update", u2, "u2"))
     assert kind(newer) == "subscription.updated", data(newer)
     out = await _answer(h, _command(t, "subscription.update", u1, "u1"))  # `dlq replay`
-    assert kind(out) == "subscription.updated", data(out)
     amount = 2500 if stored else 1500
     sub = h.tables.subscriptions[f"{t}:s1"]
     assert (sub["amount"], sub["cancel_at_period_end"]) == (amount, True), sub
-    obj = data(out)["object"]
-    assert (obj["amount"], obj["cancel_at_period_end"]) == (amount, True), obj
-    assert data(out)["previous_status"] == "active"
+    if stored:
+        assert kind(out) == "subscription.updated", data(out)
+        obj = data(out)["object"]
+        assert (obj["amount"], obj["cancel_at_period_end"]) == (amount, True), obj
+        assert data(out)["previous_status"] == "active"
+    else:
+        _refused_not_in_effect(out, "amount 2500 asked, 1500 in effect")
     # The provider holds the same: u1 applied once or never, u2's cancel kept.
     assert len(await _effects(h, t, "subscription.updated")) == (2 if stored else 1)
     at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
     assert at_provider is not None
     assert (at_provider["amount"], at_provider["cancel_at_period_end"]) == (amount, True)
+
+
+def _refused_not_in_effect(out: Any, field: str) -> None:
+    """A re-driven update whose fields the read-back does not show: `invalid_state`,
+    naming ``field`` (asked, then in effect) and how to apply it."""
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == "invalid_state", data(out)
+    message = data(out)["message"]
+    assert "changed since this update was first tried" in message, message
+    assert field in message and "with a new command id" in message, message
 
 
 async def _park_then_newer(h: Harness, t: str, parked: dict[str, Any]) -> None:
@@ -394,12 +408,15 @@ async def test_a_parked_card_change_re_driven_is_read_back_with_its_card(
     u1 = {"subscription_id": "s1", "payment_method_id": "m2"}
     await _park_then_newer(h, t, u1)
     out = await _answer(h, _command(t, "subscription.update", u1, "u1"))  # `dlq replay`
-    assert kind(out) == "subscription.updated", data(out)
     card = "m2" if stored else "m1"
     sub = h.tables.subscriptions[f"{t}:s1"]
     assert (sub["payment_method_id"], sub["cancel_at_period_end"]) == (card, True), sub
-    obj = data(out)["object"]
-    assert (obj["payment_method_id"], obj["cancel_at_period_end"]) == (card, True), obj
+    if stored:
+        assert kind(out) == "subscription.updated", data(out)
+        obj = data(out)["object"]
+        assert (obj["payment_method_id"], obj["cancel_at_period_end"]) == (card, True), obj
+    else:
+        _refused_not_in_effect(out, "payment_method_id m2 asked, m1 in effect")
     # The provider bills the card recorded.
     at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
     assert at_provider is not None
@@ -411,7 +428,8 @@ async def test_a_card_attached_outside_paystream_is_read_back_as_the_recorded_on
     harness: Harness,
 ) -> None:
     """The provider bills a card paystream never recorded (attached and set in its
-    dashboard): the read-back keeps the recorded card, counted and logged."""
+    dashboard): the read-back keeps the recorded card, counted and logged (u1, never
+    applied, refused as not in effect)."""
     from paystream import metrics
     from tests.agents.harness import new_tenant_id
     from tests.agents.test_let_through import _answer, _command
@@ -438,7 +456,47 @@ async def test_a_card_attached_outside_paystream_is_read_back_as_the_recorded_on
     unknown = metrics.SUBSCRIPTION_METHODS_UNKNOWN.labels("simulator", t)
     before = unknown._value.get()
     out = await _answer(h, _command(t, "subscription.update", u1, "u1"))
-    assert kind(out) == "subscription.updated", data(out)
-    assert data(out)["object"]["payment_method_id"] == "m1"
+    _refused_not_in_effect(out, "amount 2500 asked, 1500 in effect")
     assert h.tables.subscriptions[f"{t}:s1"]["payment_method_id"] == "m1"
     assert unknown._value.get() == before + 1
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
+async def test_a_parked_update_re_driven_after_a_refresh_says_whether_it_is_in_effect(
+    harness: Harness, stored: bool
+) -> None:
+    """u1 (a new amount) parked; a plain `subscription.refresh` since (a Stripe webhook's,
+    say), which changes nothing u1 sets. Re-driven, u1 is read back: answered
+    `subscription.updated` if the provider holds its amount, else refused `invalid_state`
+    (review h77i: a price change that never reached the provider was answered updated at
+    the old amount, its key spent). Either way the table holds what the provider does."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    failing = "lose_response_first" if stored else "fail_first"
+    h.add_tenant(t, gateway_options={failing: {f"ps:{t}:u1": 3}})
+    await _subscribed(h, t)
+    u1 = {"subscription_id": "s1", "amount": 2500}
+    emits = await h.processor.process(_command(t, "subscription.update", u1, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    refreshed = await _answer(
+        h, _command(t, "subscription.refresh", {"subscription_id": "s1"}, "r1")
+    )
+    assert kind(refreshed) == "subscription.updated", data(refreshed)
+    out = await _answer(h, _command(t, "subscription.update", u1, "u1"))  # `dlq replay`
+    sub = h.tables.subscriptions[f"{t}:s1"]
+    at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
+    assert at_provider is not None
+    amount = 2500 if stored else 1500
+    assert at_provider["amount"] == sub["amount"] == amount, (at_provider, sub)
+    if stored:
+        assert kind(out) == "subscription.updated", data(out)
+        assert data(out)["object"]["amount"] == 2500
+    else:
+        _refused_not_in_effect(out, "amount 2500 asked, 1500 in effect")
+    # Sent again under a new id, it applies.
+    again = await _answer(h, _command(t, "subscription.update", u1, "u1-again"))
+    assert kind(again) == "subscription.updated", data(again)
+    assert data(again)["object"]["amount"] == 2500
