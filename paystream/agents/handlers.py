@@ -2062,6 +2062,10 @@ async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription)
         lambda: ctx.gateway.retrieve_subscription(req, idempotency_key=ctx.idem),
     )
     _take_subscription(ctx, sub, res)
+    # The price and card it bills too: either may have been changed outside paystream
+    # (the provider's dashboard), and an update compares with the record (review h77i).
+    sub.amount = res.amount.amount
+    sub.payment_method_id = _billed_method(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
     return _subscription_outcome(res, sub, invoices, _fell_past_due(ctx, res, previous), previous)
 
@@ -2162,7 +2166,8 @@ def _shown(value: object) -> str:
 async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -> HandlerResult:
     """Its price, payment method or cancel at period end changed at the provider, with
     no prorations: a new amount is billed from the next period on. Only what differs
-    from the record is sent; when nothing does, nothing is asked of the provider."""
+    from the record is sent, but a payment method given always is; when nothing is,
+    nothing is asked of the provider."""
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
     if not ctx.let_through:
         try:
@@ -2213,7 +2218,11 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
             )
         return _subscription_outcome(now, sub, invoices, None, previous)
     amount = None if data.amount in (None, sub.amount) else data.amount
-    method = None if pm is None or pm.id == sub.payment_method_id else pm
+    # A card given is sent even when the record names it: the provider may bill one set
+    # outside paystream, which the record cannot name (_billed_method keeps the recorded
+    # one), and this is how the tenant puts its card back (review h77i). One call, and
+    # idempotent at the provider.
+    method = pm
     at_end = data.cancel_at_period_end
     if at_end == sub.cancel_at_period_end:
         at_end = None

@@ -420,7 +420,8 @@ class UpdateSubscription(CommandData):
     amount is billed from the next period on (during a trial, the first invoice is at
     it); the period under way is neither credited nor charged again. At least one field;
     values equal to the current ones change nothing, and nothing is asked of the
-    provider."""
+    provider, but a ``payment_method_id`` given is always sent (the provider may bill a
+    card set outside paystream: this puts the recorded one back)."""
 
     subscription_id: EntityId
     amount: Amount | None = None

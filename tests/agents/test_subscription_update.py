@@ -12,6 +12,7 @@ import pytest
 
 from paystream.client import build_command
 from paystream.gateways import base as gw
+from paystream.money import Money
 from paystream.streams.commands import COMMANDS
 from tests.agents.harness import Harness, data, kind, simulator_of
 
@@ -196,10 +197,13 @@ async def test_cancel_at_period_end_is_scheduled_and_resumed(harness: Harness) -
 async def test_values_equal_to_the_current_ones_ask_nothing_of_the_provider(
     harness: Harness,
 ) -> None:
+    """Equal values are not sent, but a payment method given is (the provider may bill
+    one set outside paystream, which the record cannot name): the one call it makes
+    changes nothing here."""
     t = harness.add_tenant()
     await _subscribed(harness, t)
     before = dict(harness.tables.subscriptions[f"{t}:s1"])
-    out = await _update(harness, t, amount=1500, payment_method_id="m1", cancel_at_period_end=False)
+    out = await _update(harness, t, amount=1500, cancel_at_period_end=False)
     assert kind(out) == "subscription.updated", data(out)
     assert data(out)["previous_status"] == "active"
     obj = data(out)["object"]
@@ -217,6 +221,11 @@ async def test_values_equal_to_the_current_ones_ask_nothing_of_the_provider(
     changed = await _update(harness, t, amount=1500, cancel_at_period_end=True)
     assert data(changed)["object"]["cancel_at_period_end"] is True
     assert len(await _effects(harness, t, "subscription.updated")) == 1
+    # The card recorded, given, is sent: billed as it was.
+    same = await _update(harness, t, payment_method_id="m1")
+    assert kind(same) == "subscription.updated", data(same)
+    assert data(same)["object"]["payment_method_id"] == "m1"
+    assert len(await _effects(harness, t, "subscription.updated")) == 2
 
 
 async def test_only_a_live_subscription_is_updated(harness: Harness) -> None:
@@ -500,3 +509,75 @@ async def test_a_parked_update_re_driven_after_a_refresh_says_whether_it_is_in_e
     again = await _answer(h, _command(t, "subscription.update", u1, "u1-again"))
     assert kind(again) == "subscription.updated", data(again)
     assert data(again)["object"]["amount"] == 2500
+
+
+async def test_a_refresh_records_the_price_and_the_card_the_provider_bills(
+    harness: Harness,
+) -> None:
+    """Price and card changed outside paystream (the provider's dashboard): a refresh
+    (a Stripe webhook's) records the price, and the card when paystream knows it."""
+    h = harness
+    t = h.add_tenant()
+    made = await _subscribed(h, t)
+    await _attach(h, t, "c1", "m2", token="pm_card_mastercard")
+    m2 = h.tables.payment_methods[f"{t}:m2"]["provider_payment_method_id"]
+    await simulator_of(h, t).update_subscription(
+        gw.UpdateSubscription(
+            provider_subscription_id=made["provider_subscription_id"],
+            amount=Money(amount=1900, currency="EUR"),
+            provider_payment_method_id=m2,
+        ),
+        idempotency_key=f"outside-{t}-update",
+    )
+    refreshed = await h.send("subscription.refresh", t, {"subscription_id": "s1"})
+    assert kind(refreshed) == "subscription.updated", data(refreshed)
+    obj = data(refreshed)["object"]
+    assert (obj["amount"], obj["payment_method_id"]) == (1900, "m2"), obj
+    sub = h.tables.subscriptions[f"{t}:s1"]
+    assert (sub["amount"], sub["payment_method_id"]) == (1900, "m2"), sub
+    # The old price, asked again, is now a change: sent.
+    back = await _update(h, t, amount=1500)
+    assert data(back)["object"]["amount"] == 1500
+    at_provider = await simulator_of(h, t)._store.read(made["provider_subscription_id"])
+    assert at_provider is not None and at_provider["amount"] == 1500
+
+
+async def test_a_card_set_outside_paystream_is_put_back_by_an_update_to_the_recorded_card(
+    harness: Harness,
+) -> None:
+    """The provider bills a card set outside paystream, which it has not recorded: the
+    refresh keeps m1 (counted, logged). The tenant's `subscription.update` to m1, the
+    card recorded, reaches the provider and puts it back (review h77i: a no-op)."""
+    from paystream import metrics
+
+    h = harness
+    t = h.add_tenant()
+    made = await _subscribed(h, t)
+    sim = simulator_of(h, t)
+    customer = h.tables.customers[f"{t}:c1"]["provider_customer_id"]
+    outside = await sim.attach_payment_method(
+        gw.AttachPaymentMethod(provider_customer_id=customer, token="pm_card_mastercard"),
+        idempotency_key=f"outside-{t}",
+    )
+    await sim.update_subscription(
+        gw.UpdateSubscription(
+            provider_subscription_id=made["provider_subscription_id"],
+            provider_payment_method_id=outside.provider_payment_method_id,
+        ),
+        idempotency_key=f"outside-{t}-update",
+    )
+    unknown = metrics.SUBSCRIPTION_METHODS_UNKNOWN.labels("simulator", t)
+    before = unknown._value.get()
+    refreshed = await h.send("subscription.refresh", t, {"subscription_id": "s1"})
+    assert kind(refreshed) == "subscription.updated", data(refreshed)
+    assert data(refreshed)["object"]["payment_method_id"] == "m1"
+    assert unknown._value.get() == before + 1
+    out = await _update(h, t, payment_method_id="m1")
+    assert kind(out) == "subscription.updated", data(out)
+    at_provider = await sim._store.read(made["provider_subscription_id"])
+    assert at_provider is not None
+    m1 = h.tables.payment_methods[f"{t}:m1"]["provider_payment_method_id"]
+    assert at_provider["payment_method"] == m1, (
+        f"the provider still bills {at_provider['payment_method']} (set outside), "
+        f"not m1 ({m1}): the update to m1 was a no-op"
+    )
