@@ -117,9 +117,10 @@ DISPUTES_UNRECORDED = Counter(
 )
 SUBSCRIPTION_METHODS_UNKNOWN = Counter(
     "paystream_subscription_methods_unknown_total",
-    "Subscriptions read back (a re-driven subscription.update) whose provider bills a "
-    "payment method paystream has not recorded for their customer (attached outside "
-    "paystream): the recorded one is kept. By provider and tenant.",
+    "Subscriptions read back (a subscription.refresh, or a re-driven subscription.update) "
+    "whose provider bills a payment method paystream has not recorded for their customer "
+    "(attached outside paystream): the recorded one is kept. By provider and tenant "
+    "(alert PaystreamSubscriptionMethodUnknown).",
     ["provider", "tenant"],
 )
 INGRESS = Counter(
