@@ -2216,7 +2216,10 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
                     "with a new command id to apply it",
                 ),
             )
-        return _subscription_outcome(now, sub, invoices, None, previous)
+        # (a renewal the read-back finds declined carries its decline, as a refresh's)
+        return _subscription_outcome(
+            now, sub, invoices, _fell_past_due(ctx, now, previous), previous
+        )
     amount = None if data.amount in (None, sub.amount) else data.amount
     # A card given is sent even when the record names it: the provider may bill one set
     # outside paystream, which the record cannot name (_billed_method keeps the recorded

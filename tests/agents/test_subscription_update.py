@@ -581,3 +581,33 @@ async def test_a_card_set_outside_paystream_is_put_back_by_an_update_to_the_reco
         f"the provider still bills {at_provider['payment_method']} (set outside), "
         f"not m1 ({m1}): the update to m1 was a no-op"
     )
+
+
+async def test_a_re_driven_update_reading_back_a_declined_renewal_carries_the_decline(
+    harness: Harness,
+) -> None:
+    """u1 (a new amount) applied, its answer lost (parked); u2 since moves s1 to a card
+    that declines, and a renewal falls due. Re-driven, u1's read-back finds s1 newly
+    `past_due`: its outcome carries the decline in `error`, as a refresh's does (review
+    h77i F6: it had none)."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:u1": 3}})
+    await _subscribed(h, t)
+    await _attach(h, t, "c1", "m2", token="pm_card_chargeCustomerFail")
+    u1 = {"subscription_id": "s1", "amount": 2500}
+    emits = await h.processor.process(_command(t, "subscription.update", u1, "u1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    u2 = {"subscription_id": "s1", "payment_method_id": "m2"}
+    assert kind(await _answer(h, _command(t, "subscription.update", u2, "u2"))) == (
+        "subscription.updated"
+    )
+    await simulator_of(h, t).advance_clock(32 * DAY)
+    out = await _answer(h, _command(t, "subscription.update", u1, "u1"))  # `dlq replay`
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "past_due", data(out)
+    assert data(out)["previous_status"] == "active"
+    assert data(out).get("error") is not None, data(out)
