@@ -611,3 +611,63 @@ async def test_a_re_driven_update_reading_back_a_declined_renewal_carries_the_de
     assert data(out)["object"]["status"] == "past_due", data(out)
     assert data(out)["previous_status"] == "active"
     assert data(out).get("error") is not None, data(out)
+
+
+async def test_a_renewal_due_exactly_at_the_change_is_billed_once_at_the_old_amount(
+    harness: Harness,
+) -> None:
+    """The period starting exactly at the change is billed before it (old amount), once;
+    the next at the new (review h77i)."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t, interval="day", amount=700)
+    await simulator_of(harness, t).advance_clock(DAY)  # exactly the first renewal's start
+    out = await _update(harness, t, amount=800)
+    assert kind(out) == "subscription.updated", data(out)
+    assert [i["amount"] for i in _invoices(out)] == [700]
+    again = await harness.send("subscription.refresh", t, {"subscription_id": "s1"})
+    assert _invoices(again) == []
+    renewed = await _renewed(harness, t, days=1)
+    assert [i["amount"] for i in _invoices(renewed)] == [800]
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [700, 700, 800]
+
+
+async def test_a_past_due_subscription_moved_to_a_good_card_is_active_once_a_renewal_is_paid(
+    harness: Harness,
+) -> None:
+    """A card change on a past_due subscription charges nothing now (its open invoice is
+    not retried, as Stripe's update does not); the next renewal is paid on the new card,
+    and the subscription is active again, its older invoice still open (review h77i F5:
+    the simulator kept it past_due while any invoice was open; Stripe's status follows
+    the latest finalized invoice)."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    await _attach(harness, t, "c1", "m2", token="pm_card_chargeCustomerFail")
+    await _update(harness, t, payment_method_id="m2")
+    late = await _renewed(harness, t)
+    assert data(late)["object"]["status"] == "past_due"
+    back = await _update(harness, t, payment_method_id="m1")
+    assert _invoices(back) == []
+    assert data(back)["object"]["status"] == "past_due"
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500]
+    paid = await _renewed(harness, t)
+    assert data(paid)["object"]["status"] == "active", data(paid)
+    assert [(i["status"], i["amount"]) for i in _invoices(paid)] == [("paid", 1500)]
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500, 1500]
+
+
+async def test_a_new_amount_on_a_subscription_scheduled_to_cancel_bills_nothing_more(
+    harness: Harness,
+) -> None:
+    """The cancel at period end stays scheduled through an amount change (as Stripe's
+    does), and the period's end cancels it: nothing at the new amount is ever billed
+    (review h77i)."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    await harness.send("subscription.cancel", t, {"subscription_id": "s1", "at_period_end": True})
+    out = await _update(harness, t, amount=4000)
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["cancel_at_period_end"] is True
+    await simulator_of(harness, t).advance_clock(32 * DAY)
+    ended = await harness.send("subscription.refresh", t, {"subscription_id": "s1"})
+    assert kind(ended) == "subscription.canceled", data(ended)
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500]

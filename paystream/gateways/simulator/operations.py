@@ -955,15 +955,14 @@ async def _bill_due(tx: Tx, sub: dict[str, Any], now: int) -> bool:
 
 
 async def _standing(tx: Tx, sub: dict[str, Any]) -> str:
-    """past_due while an invoice is open (its payment declined), else active."""
-    for invoice_id in sub["invoices"][-_OPEN_LOOKBACK:]:
-        invoice = await tx.get(invoice_id)
-        if invoice is not None and invoice["status"] == "open":
-            return _SUB_PAST_DUE
+    """past_due while its newest invoice is open (its payment declined), else active: as
+    Stripe's, which follows the latest finalized invoice. An older one left open (never
+    retried here) keeps no subscription past_due once a later period is paid, on a card
+    changed since (review h77i F5)."""
+    newest = await tx.get(sub["invoices"][-1]) if sub["invoices"] else None
+    if newest is not None and newest["status"] == "open":
+        return _SUB_PAST_DUE
     return _SUB_ACTIVE
-
-
-_OPEN_LOOKBACK = 24
 
 
 async def _subscription_answer(tx: Tx, sub: dict[str, Any]) -> dict[str, Any]:
