@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paystream.tables.next_action import public_row
-from paystream.tenancy.models import UNREGISTERED
+from paystream.tenancy.models import TENANT_ID_PATTERN, UNREGISTERED
 
 # Distinct tenant ids that are not registered the activity counts keep by name.
 MAX_UNREGISTERED_SHOWN = 100
@@ -28,6 +29,7 @@ MAX_UNREGISTERED_SHOWN = 100
 RECENT_KEPT = 50
 TENANT_RECENT_KEPT = 20
 TENANTS_RECENT_MAX = 1000
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
 __all__ = ["ActivityLog", "SummaryCache", "entity_view", "tenant_summaries"]
 
@@ -59,7 +61,10 @@ class ActivityLog:
             else:
                 self.unregistered_shown += 1
         self.by_tenant[tenant] += 1
-        if tenant != UNREGISTERED:  # (no tenant's: nobody asks for them by name)
+        # Kept only under a name GET /v1/tenants/{tenant}/outcomes answers: the lumped
+        # made-up ids, "_unknown" (a control character) and a made-up id cut to 64
+        # characters are asked for by nobody (it answers 404), yet took a tenant's place.
+        if _TENANT_ID.fullmatch(tenant) is not None:
             self._keep_for(tenant, entry)
 
     def _keep_for(self, tenant: str, entry: dict[str, Any]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from paystream.agents.card_data import UNNAMED_TENANT
 from paystream.tables.views import (
     MAX_UNREGISTERED_SHOWN,
     RECENT_KEPT,
@@ -9,7 +12,7 @@ from paystream.tables.views import (
     TENANTS_RECENT_MAX,
     ActivityLog,
 )
-from paystream.tenancy.models import UNREGISTERED
+from paystream.tenancy.models import TENANT_ID_PATTERN, UNREGISTERED
 
 
 def _entry(tenant: str, registered: bool) -> dict[str, object]:
@@ -61,3 +64,17 @@ def test_per_tenant_outcomes_are_kept_for_a_bounded_number_of_tenants() -> None:
         log.record(_entry(f"made-up-{n}", registered=False))
     assert log.recent_of(UNREGISTERED) == []
     assert len(log.tenant_recent) == TENANTS_RECENT_MAX
+
+
+def test_no_per_tenant_outcomes_kept_under_an_id_no_tenant_can_have() -> None:
+    """GET /v1/tenants/{tenant}/outcomes answers 404 for what can be no tenant id, so the
+    per-tenant outcomes kept under such a name are read by nobody: yet a control-character
+    id (named "_unknown"), an upper-case one, and a made-up id cut to 64 characters each
+    hold up to 20 entries and one of the TENANTS_RECENT_MAX places, pushing out a real
+    tenant's (the "kept for nobody" rule the commit states for the lumped ids)."""
+    log = ActivityLog()
+    unaskable = [UNNAMED_TENANT, "Acme", "x" * 64]
+    for tenant in unaskable:
+        assert re.fullmatch(TENANT_ID_PATTERN, tenant) is None  # the view's 404
+        log.record(_entry(tenant, registered=False))
+    assert [t for t in unaskable if t in log.tenant_recent] == []

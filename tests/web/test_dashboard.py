@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -373,3 +374,31 @@ async def test_survives_the_worker_being_unreachable(
     shown = await look_up(page, "acme", "payments", seeded.succeeded_payment)
     assert shown["status"] == "succeeded"
     assert js_errors == []
+
+
+async def test_a_slow_tenant_owner_does_not_show_this_worker_unreachable(
+    page: Page, seeded: Seeded
+) -> None:
+    """The worker forwards GET /v1/tenants/{tenant}/outcomes to the tenant's owner and
+    waits for it up to FORWARD_TIMEOUT_SECONDS (5 s: a hung owner); the page gives that
+    fetch 2.5 s, and its timeout lands in refresh()'s catch: "worker unreachable" for
+    the worker the page is served from, whose /v1/stats just answered, and the
+    insights are no longer refreshed. Here the owner's answer is held 3 s."""
+    await open_dashboard(page, seeded)
+
+    async def owner_slow(route: Any) -> None:
+        await asyncio.sleep(3)
+        with contextlib.suppress(Exception):  # (the page gave up on it meanwhile)
+            await route.continue_()
+
+    await page.route("**/v1/tenants/*/outcomes", owner_slow)
+    await page.locator('#tenants tr[data-tenant="acme"] button[data-show]').click()
+    seen = set()
+    for _ in range(28):  # 7 s: every poll, each waiting on the slow owner
+        await page.wait_for_timeout(250)
+        seen.add(await page.locator("#status").text_content())
+    assert seen == {"live"}
+    # The tenant's panel says what failed instead.
+    await expect(page.locator("#r-scope")).to_have_text(
+        re.compile(r"^acme: the worker owning it did not answer"), timeout=WAIT
+    )
