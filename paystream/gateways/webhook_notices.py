@@ -129,6 +129,11 @@ class SubscriptionNotice:
     status: str | None = None
     cancel_at_period_end: bool | None = None
     current_period_end: int | None = None
+    # Its price (its one item's amount, minor units) and the card it bills (the
+    # provider's payment method id; None where it names none: the customer's default),
+    # either changed in the provider's dashboard too; each None when not read.
+    amount: int | None = None
+    provider_payment_method_id: str | None = None
     # What an invoice's event says of the invoice: its id at the provider and its status
     # (paystream's name; None for a draft or one this version does not know).
     provider_invoice_id: str | None = None

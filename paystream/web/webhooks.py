@@ -749,14 +749,16 @@ async def _subscription_known_already(
     subscription's, or canceled here (final: its refresh would be refused), or it says
     what paystream holds (review h73q): Stripe sends the echo of paystream's own calls
     (a create's first invoice's ``invoice.paid``, a cancel at period end's
-    ``customer.subscription.updated``), and each was a refresh of 2-3 Stripe calls out
-    of the tenant's webhook budget, answered with nothing changed. So a subscription's
-    own event at the status, cancel at period end and current period end recorded here
-    is dropped, and an invoice's at the status its invoice is recorded at (paid; or open,
-    a declined first invoice's echo). Anything else is read: an invoice not recorded
-    (a renewal's) or recorded at another status, a status, period or cancel moved, and
-    whatever the event does not say readably. (A subscription's move that an invoice's
-    payment or decline brings comes in its own ``customer.subscription.updated``.)"""
+    ``customer.subscription.updated``, an update's), and each was a refresh of 2-3
+    Stripe calls out of the tenant's webhook budget, answered with nothing changed. So
+    a subscription's own event at the status, cancel at period end, current period end,
+    price and card recorded here is dropped, and an invoice's at the status its invoice
+    is recorded at (paid; or open, a declined first invoice's echo). Anything else is
+    read: an invoice not recorded (a renewal's) or recorded at another status, a status,
+    period, cancel, price or card moved (the last two in the provider's dashboard: a
+    refresh records them, review h77n), and whatever the event does not say readably.
+    (A subscription's move that an invoice's payment or decline brings comes in its own
+    ``customer.subscription.updated``.)"""
     if row.get("provider_subscription_id") != notice.provider_subscription_id:
         return "the subscription is another provider subscription's"
     status = str(row.get("status"))
@@ -772,9 +774,34 @@ async def _subscription_known_already(
         or notice.cancel_at_period_end != bool(row.get("cancel_at_period_end"))
         or end is None
         or _epoch(row.get("current_period_end")) != end
+        or notice.amount is None
+        or notice.amount != row.get("amount")
     ):
         return None
+    if not await _bills_the_recorded_card(tenant, row, notice):
+        return None
     return f"the subscription is {status} already, as the event says"
+
+
+async def _bills_the_recorded_card(
+    tenant: str, row: dict[str, Any], notice: SubscriptionNotice
+) -> bool:
+    """Whether the card the event says the subscription bills is the one recorded,
+    compared by the provider's id that card's record holds (the subscription's names
+    paystream's id only): another, recorded or not (set in the provider's dashboard),
+    is read, the refresh recording it or counting it unknown (handlers._billed_method).
+    An event naming none (the customer's default billed) moves nothing a refresh
+    records; it looks nothing up."""
+    billed = notice.provider_payment_method_id
+    if billed is None:
+        return True
+    method_id = row.get("payment_method_id")
+    if not isinstance(method_id, str):
+        return False
+    if not _lookups.take(tenant, LOOKUPS_PER_REFRESH * settings.webhook_refreshes_per_second):
+        raise _Unavailable("the tenant's webhooks come too fast")
+    held = await _row(tenant, t.payment_methods, "payment_methods", method_id)
+    return held is not None and held.get("provider_payment_method_id") == billed
 
 
 async def _invoice_known_already(tenant: str, notice: SubscriptionNotice) -> str | None:

@@ -2,7 +2,8 @@
 cancel (at period end, then now), a first invoice declined (subscription.failed), and a
 signed ``invoice.payment_failed`` event (signed as Stripe signs, with the tenant's
 endpoint secret) becoming a subscription.refresh whose outcome goes out; the echo of
-paystream's own create, cancel at period end and decline dropped (review h73q)."""
+paystream's own create, cancel at period end, update and decline dropped (review h73q),
+a price or card changed in Stripe's dashboard read and recorded (review h77n)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,17 @@ async def _at_stripe(stripe_url: str, path: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
+async def _in_the_dashboard(stripe_url: str, path: str, form: dict[str, str]) -> dict[str, Any]:
+    """A change made at Stripe outside paystream (as its dashboard makes it)."""
+    auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stripe_url}/v1/{path}", data=form, headers=auth) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return dict(await resp.json())
+
+
 def _event(kind: str, obj: dict[str, Any]) -> bytes:
     """A Stripe event about ``obj`` (as Stripe sends it, it names it whole)."""
     event = {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": kind,
@@ -150,6 +162,91 @@ async def test_a_subscription_is_created_and_canceled_at_stripe(
         localstripe_url, f"subscriptions/{sub['provider_subscription_id']}"
     )
     assert at_stripe["status"] == "canceled"
+
+
+async def test_a_price_or_card_changed_in_stripes_dashboard_is_read_by_its_webhook(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """Stripe's ``customer.subscription.updated`` for a price or card changed in its
+    dashboard (status, cancel flag and period as recorded) is no echo: each becomes a
+    refresh that records it. paystream's own update's echo is still dropped: its outcome
+    recorded the new price and card first."""
+    _, base_url = deployed
+    customer, pm = await _subscriber(client, localstripe_url, "pm_card_visa")
+    token = await localstripe_token(localstripe_url, "pm_card_visa")
+    second = await client.command(
+        "payment_method.attach", TENANT, {"customer_id": customer, "token": token}
+    )
+    assert outcome(second) == "payment_method.attached", second.get_data()
+    pm2, pm2_at_stripe = (
+        second.get_data()["object"][k] for k in ("id", "provider_payment_method_id")
+    )
+    made = await client.command(
+        "subscription.create",
+        TENANT,
+        {"customer_id": customer, "payment_method_id": pm, "amount": 1500,
+         "currency": "EUR", "interval": "month"},
+    )  # fmt: skip
+    assert outcome(made) == "subscription.created", made.get_data()
+    sub = made.get_data()["object"]
+    path = f"subscriptions/{sub['provider_subscription_id']}"
+
+    async def webhook_of_stripes_subscription() -> dict[str, Any]:
+        body = _event("customer.subscription.updated", await _at_stripe(localstripe_url, path))
+        status, answer = await post(base_url, body, signed(body, SECRET))
+        assert status == 200, answer
+        return answer
+
+    async def refreshed_by_webhook() -> dict[str, Any]:
+        body = _event("customer.subscription.updated", await _at_stripe(localstripe_url, path))
+        command_id = derived_id("whk", "stripe", TENANT, json.loads(body)["id"])
+        answered = client.expect(TENANT, command_id)
+        status, answer = await post(base_url, body, signed(body, SECRET))
+        assert (status, answer.get("action")) == (200, "refresh"), answer
+        refreshed = await asyncio.wait_for(answered, 60)
+        assert outcome(refreshed) == "subscription.updated", refreshed.get_data()
+        return dict(refreshed.get_data()["object"])
+
+    # As created: the echo.
+    assert (await webhook_of_stripes_subscription())["action"] == "ignored"
+    # The price, in the dashboard (a new Plan on the item, as the dashboard bills it).
+    item = (await _at_stripe(localstripe_url, path))["items"]["data"][0]
+    plan = await _in_the_dashboard(
+        localstripe_url,
+        "plans",
+        {"amount": "1900", "currency": "eur", "interval": "month",
+         "product": item["plan"]["product"]},
+    )  # fmt: skip
+    await _in_the_dashboard(
+        localstripe_url,
+        path,
+        {"items[0][id]": item["id"], "items[0][plan]": plan["id"], "proration_behavior": "none"},
+    )
+    obj = await refreshed_by_webhook()
+    assert (obj["amount"], obj["payment_method_id"], obj["status"]) == (1900, pm, "active"), obj
+    # The card, in the dashboard: one paystream records for the customer.
+    await _in_the_dashboard(localstripe_url, path, {"default_payment_method": pm2_at_stripe})
+    obj = await refreshed_by_webhook()
+    assert (obj["amount"], obj["payment_method_id"]) == (1900, pm2), obj
+    # Read and recorded: the same event again is the echo now.
+    assert (await webhook_of_stripes_subscription())["action"] == "ignored"
+
+    # paystream's own update of both: its echo brings no refresh.
+    updated = await client.command(
+        "subscription.update",
+        TENANT,
+        {"subscription_id": sub["id"], "amount": 2500, "payment_method_id": pm},
+    )
+    assert outcome(updated) == "subscription.updated", updated.get_data()
+    assert (
+        updated.get_data()["object"]["amount"],
+        updated.get_data()["object"]["payment_method_id"],
+    ) == (2500, pm)
+    assert await webhook_of_stripes_subscription() == {
+        "received": True,
+        "action": "ignored",
+        "why": "the subscription is active already, as the event says",
+    }
 
 
 async def test_a_declined_first_invoice_and_its_webhook(

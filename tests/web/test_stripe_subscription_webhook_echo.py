@@ -3,9 +3,10 @@
 cancel at period end) brought a refresh (2-3 Stripe calls, the tenant's webhook budget)
 and a second subscription.updated outcome with nothing changed, as a payment's echo does
 not (_known_already: "the payment is succeeded already"). An event at what paystream
-holds is dropped: a subscription's at the status, cancel_at_period_end and current
-period end recorded, an invoice's at the status its invoice is recorded at. Anything
-else (a renewal's invoice not recorded yet, a status or period moved) is read."""
+holds is dropped: a subscription's at the status, cancel_at_period_end, current period
+end, price and card recorded (review h77n: the last two since a refresh records them),
+an invoice's at the status its invoice is recorded at. Anything else (a renewal's
+invoice not recorded yet, a status, period, price or card moved) is read."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.asyncio
 
 END = 1_762_592_000
 META = {SUBSCRIPTION_REF_KEY: f"{TENANT}:sub_p1"}
+PLAN = {"id": "plan_1", "object": "plan", "amount": 1500, "currency": "eur", "interval": "month"}
 
 
 def _iso(epoch: int) -> str:
@@ -40,27 +42,32 @@ def _invoice_id(provider_invoice_id: str) -> str:
 
 @pytest.fixture
 def held(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
-    """sub_p1 recorded active, to be canceled at its period's end (END), its first
-    invoice in_1 recorded paid; ``held`` edits them (None: not recorded)."""
+    """sub_p1 recorded active at 1500, billing pm_p1 (Stripe's pm_1), to be canceled at
+    its period's end (END), its first invoice in_1 recorded paid; ``held`` edits them
+    (None: not recorded)."""
     state: dict[str, Any] = {
         "subscription": {"id": "sub_p1", "provider_subscription_id": "sub_1",
                          "status": "active", "cancel_at_period_end": True,
                          "current_period_start": _iso(END - 30 * 86400),
-                         "current_period_end": _iso(END)},
+                         "current_period_end": _iso(END), "amount": 1500,
+                         "payment_method_id": "pm_p1"},
         "invoices": {_invoice_id("in_1"): {"id": _invoice_id("in_1"),
                                            "subscription_id": "sub_p1",
                                            "provider_invoice_id": "in_1", "status": "paid"}},
+        "payment_methods": {"pm_p1": {"id": "pm_p1", "provider_payment_method_id": "pm_1"},
+                            "pm_p2": {"id": "pm_p2", "provider_payment_method_id": "pm_2"}},
     }  # fmt: skip
     seen.invoice_reads = []
+    seen.method_reads = []
 
     async def entity_row(tenant: str, notice: Any) -> Any:
         seen.lookups += 1
         return state["subscription"]
 
     async def row(tenant: str, table: Any, kind: str, entity_id: str) -> Any:
-        assert (tenant, kind) == (TENANT, "invoices")
-        seen.invoice_reads.append(entity_id)
-        return state["invoices"].get(entity_id)
+        assert tenant == TENANT and kind in ("invoices", "payment_methods")
+        (seen.invoice_reads if kind == "invoices" else seen.method_reads).append(entity_id)
+        return state[kind].get(entity_id)
 
     monkeypatch.setattr(wh, "_entity_row", entity_row)
     monkeypatch.setattr(wh, "_row", row)
@@ -75,19 +82,23 @@ def _sub_event(
     cancel_at_period_end: bool = True,
     end: int = END,
     basil: bool = True,
+    amount: int = 1500,
+    card: str | dict[str, Any] | None = "pm_1",
 ) -> bytes:
     obj: dict[str, Any] = {
         "id": "sub_1",
         "object": "subscription",
         "status": status,
         "cancel_at_period_end": cancel_at_period_end,
+        "default_payment_method": card,
         "metadata": META,
     }
     period = {"current_period_start": end - 30 * 86400, "current_period_end": end}
+    plan = {"plan": {**PLAN, "amount": amount}}
     if basil:  # (the period on the item since 2025-03-31.basil, on the subscription before)
-        obj["items"] = {"data": [period]}
+        obj["items"] = {"data": [{**period, **plan}]}
     else:
-        obj.update(period, items={"data": [{}]})
+        obj.update(period, items={"data": [plan]})
     event = {"id": event_id, "type": kind, "created": int(time.time()),
              "data": {"object": obj,
                       "previous_attributes": {"cancel_at_period_end": False}}}  # fmt: skip
@@ -117,7 +128,7 @@ async def test_the_echo_of_paystreams_own_cancel_at_period_end_is_no_news(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     row = {"provider_subscription_id": "sub_1", "status": "active",
-           "cancel_at_period_end": True,
+           "cancel_at_period_end": True, "amount": 1500,
            "current_period_end": "2025-11-08T08:53:20Z"}  # fmt: skip
 
     async def entity_row(tenant: str, notice: Any) -> Any:
@@ -127,7 +138,7 @@ async def test_the_echo_of_paystreams_own_cancel_at_period_end_is_no_news(
     obj = {"id": "sub_1", "object": "subscription", "status": "active",
            "cancel_at_period_end": True,
            "items": {"data": [{"current_period_start": END - 30 * 86400,
-                               "current_period_end": END}]},
+                               "current_period_end": END, "plan": PLAN}]},
            "metadata": {SUBSCRIPTION_REF_KEY: f"{TENANT}:sub_p1"}}  # fmt: skip
     event = {"id": "evt_echo", "type": "customer.subscription.updated",
              "created": int(time.time()), "data": {"object": obj,
@@ -147,6 +158,7 @@ async def test_a_subscription_event_at_what_is_held_is_ignored(
     assert (status, body["action"]) == (200, "ignored"), body
     assert "active already" in body["why"]
     assert seen.sent == [] and seen.invoice_reads == []
+    assert seen.method_reads == ["pm_p1"]  # (the card compared by its Stripe id)
 
 
 @pytest.mark.parametrize(
@@ -157,6 +169,9 @@ async def test_a_subscription_event_at_what_is_held_is_ignored(
         {"cancel_at_period_end": False},  # the cancel at period end undone (dashboard)
         {"end": END + 30 * 86400},  # renewed: a new period
         {"status": "a_status_not_known_yet"},  # read (and parked as unreadable there)
+        {"amount": 1900},  # the price changed in the dashboard (review h77n)
+        {"card": "pm_2"},  # the card: one paystream records for the customer
+        {"card": "pm_set_in_the_dashboard"},  # one it does not (the refresh counts it)
     ],
 )
 async def test_a_subscription_event_that_differs_is_refreshed(
@@ -167,6 +182,44 @@ async def test_a_subscription_event_that_differs_is_refreshed(
     status, body = await _post(_sub_event(**moved))
     assert (status, body["action"]) == (200, "refresh"), body
     assert len(seen.sent) == 1
+
+
+async def test_the_echo_of_paystreams_own_update_is_no_news(
+    seen: SimpleNamespace,  # noqa: F811
+    held: dict[str, Any],
+) -> None:
+    """An update paystream made (1900, pm_p2) records its answer before Stripe's
+    ``customer.subscription.updated`` for it can be read against the record: at the
+    new price and card, the event is the echo."""
+    held["subscription"].update(amount=1900, payment_method_id="pm_p2")
+    expanded = {"id": "pm_2", "object": "payment_method"}  # (as an expanding request reads)
+    for event_id, card in (("evt_u1", "pm_2"), ("evt_u2", expanded)):
+        status, body = await _post(_sub_event(event_id=event_id, amount=1900, card=card))
+        assert (status, body["action"]) == (200, "ignored"), body
+    assert seen.sent == [] and seen.method_reads == ["pm_p2", "pm_p2"]
+    # The event of the update before it, late, says the old price and card: read.
+    status, body = await _post(_sub_event(event_id="evt_u0"))
+    assert (status, body["action"]) == (200, "refresh"), body
+
+
+async def test_a_card_or_price_not_read_from_the_event(
+    seen: SimpleNamespace,  # noqa: F811
+    held: dict[str, Any],
+) -> None:
+    """No ``default_payment_method`` (the customer's default billed): the refresh would
+    keep the recorded card, so nothing is looked up for it. A price not readable, or a
+    recorded card whose record is not found, is read."""
+    status, body = await _post(_sub_event(card=None))
+    assert (status, body["action"]) == (200, "ignored"), body
+    assert seen.method_reads == []
+    unreadable = json.loads(_sub_event(event_id="evt_noprice"))
+    del unreadable["data"]["object"]["items"]["data"][0]["plan"]
+    status, body = await _post(json.dumps(unreadable).encode())
+    assert (status, body["action"]) == (200, "refresh"), body
+    del held["payment_methods"]["pm_p1"]
+    status, body = await _post(_sub_event(event_id="evt_nocard"))
+    assert (status, body["action"]) == (200, "refresh"), body
+    assert len(seen.sent) == 2
 
 
 async def test_a_subscription_event_without_a_readable_period_is_refreshed(
@@ -278,6 +331,16 @@ async def test_the_notice_carries_what_the_event_says() -> None:
         END,
     )
     assert notice.provider_invoice_id is None
+    assert (notice.amount, notice.provider_payment_method_id) == (1500, "pm_1")
+    # A Price (as the dashboard makes them) rather than a Plan; the card expanded.
+    event = json.loads(_sub_event(card={"id": "pm_3", "object": "payment_method"}))
+    obj = event["data"]["object"]
+    obj["items"]["data"][0]["plan"] = None
+    obj["items"]["data"][0]["price"] = {"unit_amount": 2100, "currency": "eur",
+                                        "recurring": {"interval": "month"}}  # fmt: skip
+    notice = subscription_notice(event)
+    assert notice is not None
+    assert (notice.amount, notice.provider_payment_method_id) == (2100, "pm_3")
     notice = subscription_notice(json.loads(_invoice_event(status="uncollectible")))
     assert notice is not None
     assert (notice.provider_invoice_id, notice.invoice_status) == ("in_1", "open")

@@ -47,6 +47,8 @@ __all__ = [
     "refund",
     "refund_status",
     "subscription",
+    "subscription_amount",
+    "subscription_method",
     "subscription_period_end",
     "subscription_status",
     "tax_rate",
@@ -466,6 +468,30 @@ def subscription_period_end(obj: Mapping[str, Any]) -> int | None:
     None when it has none readable."""
     end = _period(obj, _item(obj), "end")
     return end if isinstance(end, int) and not isinstance(end, bool) else None
+
+
+def subscription_amount(obj: Mapping[str, Any]) -> int | None:
+    """A Subscription's price (its one item's Plan ``amount``, or its recurring Price's
+    ``unit_amount``), as subscription() reads it; None when it has none readable."""
+    item = _item(obj)
+    plan = item.get("plan") or obj.get("plan")
+    if isinstance(plan, Mapping) and plan.get("interval"):
+        amount = plan.get("amount")
+    else:
+        price = item.get("price")
+        price = price if isinstance(price, Mapping) else {}
+        amount = price.get("unit_amount") if isinstance(price.get("recurring"), Mapping) else None
+    return amount if isinstance(amount, int) and not isinstance(amount, bool) else None
+
+
+def subscription_method(obj: Mapping[str, Any]) -> str | None:
+    """The PaymentMethod a Subscription bills (its ``default_payment_method``: an id, or
+    the PaymentMethod expanded), as subscription() reads it; None when it names none
+    (the customer's default is billed) or none readable."""
+    method = obj.get("default_payment_method")
+    if isinstance(method, Mapping):
+        method = method.get("id")
+    return method if isinstance(method, str) and method else None
 
 
 def subscription(

@@ -30,6 +30,8 @@ from paystream.gateways.stripe.mapping import (
     payment_status,
     payout_status,
     refund_status,
+    subscription_amount,
+    subscription_method,
     subscription_period_end,
     subscription_status,
 )
@@ -257,7 +259,7 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
         event_id, event_type, ref[0], ref[1], provider_id, account, _created(event)
     )
     # What the event says, for the endpoint to drop one at what paystream holds (the echo
-    # of its own create's first invoice, of its own cancel at period end).
+    # of its own create's first invoice, of its own cancel at period end or update).
     if kind == "subscription":
         status = subscription_status(obj.get("status"))
         cancel = obj.get("cancel_at_period_end")
@@ -266,6 +268,8 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
             status=None if status is None else status.value,
             cancel_at_period_end=cancel if isinstance(cancel, bool) else None,
             current_period_end=subscription_period_end(obj),
+            amount=subscription_amount(obj),
+            provider_payment_method_id=subscription_method(obj),
         )
     invoice = obj.get("id")
     if not plain_id(invoice):
