@@ -105,6 +105,8 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         # the same set (and windows), or the group's insights are lost for its partitions.
         assert "PAYSTREAM_AGENTS=commands,ledger,insights" in output, output
         assert "PAYSTREAM_INSIGHTS_WINDOW_SECONDS=10" in output, output
+        # ... and the parked backlog's measurement as often (else a minute, review h77l)
+        assert "PAYSTREAM_PARKED_MEASURE_SECONDS=5" in output, output
         # ... and this environment's `paystream` first on the PATH (the README's CLI).
         assert f'PATH="{Path(sys.executable).parent}:$PATH"' in output, output
         # The stack's URLs by reference too: its ports change each run, and a line

@@ -202,8 +202,14 @@ def dev(
         # this environment's `paystream` first on the PATH (scripts/setup's .venv).
         exports = dict(stack.env())
         # A second worker started there must read outcomes as this one does (its agents,
-        # its windows): the group's outcome readers must all run the same set.
-        for name in ("PAYSTREAM_AGENTS", "PAYSTREAM_INSIGHTS_WINDOW_SECONDS"):
+        # its windows): the group's outcome readers must all run the same set. And show
+        # the parked backlog as fresh as this one's dashboard (else measured every 60 s,
+        # review h77l F5).
+        for name in (
+            "PAYSTREAM_AGENTS",
+            "PAYSTREAM_INSIGHTS_WINDOW_SECONDS",
+            "PAYSTREAM_PARKED_MEASURE_SECONDS",
+        ):
             exports[name] = env[name]
         exports = _shell_values(exports, os.environ)
         # The stack's own URLs hold the passwords its servers were made with this run:
