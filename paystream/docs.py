@@ -1824,7 +1824,8 @@ def _view_schemas() -> Doc:
                 },
             },
             f"A tenant's latest outcomes (at most {TENANT_RECENT_KEPT}), kept by the worker "
-            "that ran them since it started, for the most recently served "
+            "that ran them since it took the tenant over (dropped when the tenant's "
+            "partition moves to another worker), for the most recently served "
             f"{TENANTS_RECENT_MAX:,} tenants.",
         ),
     }

@@ -408,9 +408,10 @@ class CommandRunner:
             )
         _PUBLISH_SECONDS.observe(time.perf_counter() - started)
         batch.changelog.persisted(sent)
-        for e in batch.emits:
+        for e, source in zip(batch.emits, batch.emit_sources, strict=True):
             if e.summary is not None:
-                self.activity.record(e.summary)
+                # (its tenant's partition: the command was keyed by its tenant)
+                self.activity.record(e.summary, source)
             elif e.topic == settings.dlq_topic:
                 self.activity.dead_letters += 1
             elif e.topic == settings.retry_topic:
@@ -1115,6 +1116,16 @@ async def _count_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
     _assignments += 1
 
 
+async def _forget_tenants_moved_away(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+    """The recent outcomes kept for tenants whose partition went to another worker are
+    dropped: the outcomes view asks the new owner, and had they been kept, a tenant moved
+    back would show them under the new ones, past a gap. On the assignment (the whole of
+    it), not the revocation: the group revokes every partition at each rebalance, most
+    given straight back."""
+    topic = commands_topic.get_topic_name()
+    runner.activity.keep_only_partitions({tp.partition for tp in assigned if tp.topic == topic})
+
+
 class HandOverWatch:
     """Exit uncommitted if a rebalance is not through with a batch in delivery in time.
 
@@ -1278,6 +1289,7 @@ if settings.runs("commands"):
     # (Called by Faust's consumer thread as a rebalance begins, before anything waits.)
     app.on_rebalance_start = _watch_rebalance(app.on_rebalance_start)  # type: ignore[method-assign]
     app.on_partitions_assigned.connect(cast(Any, _count_assignment))
+    app.on_partitions_assigned.connect(cast(Any, _forget_tenants_moved_away))
     app.on_rebalance_complete.connect(cast(Any, _rescan_after_recovery))
     # (Faust hands this handler to its consumer when it creates it, at start: not yet.)
     app._on_partitions_revoked = _hand_over_while_stopping(app._on_partitions_revoked)  # type: ignore[method-assign,assignment]

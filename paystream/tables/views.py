@@ -48,8 +48,12 @@ class ActivityLog:
     unregistered_shown: int = 0  # distinct unregistered tenant ids counted by name
     # Each tenant's latest outcomes, the most recently served tenant last.
     tenant_recent: OrderedDict[str, deque[dict[str, Any]]] = field(default_factory=OrderedDict)
+    # The commands-topic partition each kept tenant's latest outcome came from.
+    tenant_partition: dict[str, int] = field(default_factory=dict)
 
-    def record(self, entry: dict[str, Any]) -> None:
+    def record(self, entry: dict[str, Any], partition: int | None = None) -> None:
+        """``partition``: the commands-topic partition of the command answered (None:
+        not known; its tenant's outcomes then outlast any reassignment)."""
         self.recent.appendleft(entry)
         self.by_outcome[entry["outcome"]] += 1
         tenant = entry["tenant"]
@@ -65,21 +69,35 @@ class ActivityLog:
         # made-up ids, "_unknown" (a control character) and a made-up id cut to 64
         # characters are asked for by nobody (it answers 404), yet took a tenant's place.
         if _TENANT_ID.fullmatch(tenant) is not None:
-            self._keep_for(tenant, entry)
+            self._keep_for(tenant, entry, partition)
 
-    def _keep_for(self, tenant: str, entry: dict[str, Any]) -> None:
+    def _keep_for(self, tenant: str, entry: dict[str, Any], partition: int | None) -> None:
         kept = self.tenant_recent.get(tenant)
         if kept is None:
             kept = self.tenant_recent[tenant] = deque(maxlen=TENANT_RECENT_KEPT)
             if len(self.tenant_recent) > TENANTS_RECENT_MAX:
-                self.tenant_recent.popitem(last=False)
+                dropped, _ = self.tenant_recent.popitem(last=False)
+                self.tenant_partition.pop(dropped, None)
         else:
             self.tenant_recent.move_to_end(tenant)
         kept.appendleft(entry)
+        if partition is not None:
+            self.tenant_partition[tenant] = partition
+
+    def keep_only_partitions(self, owned: Collection[int]) -> None:
+        """Partitions were reassigned: forget the outcomes of tenants whose partition is
+        no longer this worker's. Its new owner answers for the tenant from now on, so
+        these could no longer be asked for, and would come back older than a gap (what
+        the other worker ran meanwhile) should the tenant return (review h77l F3)."""
+        for tenant, partition in list(self.tenant_partition.items()):
+            if partition not in owned:
+                del self.tenant_partition[tenant]
+                self.tenant_recent.pop(tenant, None)
 
     def recent_of(self, tenant: str) -> list[dict[str, Any]]:
-        """The tenant's latest outcomes on this worker, newest first (none: not served
-        since the worker started, or not among the TENANTS_RECENT_MAX served last)."""
+        """The tenant's latest outcomes on this worker, newest first, since this worker
+        took the tenant over (none: not served since, or not among the
+        TENANTS_RECENT_MAX served last)."""
         return list(self.tenant_recent.get(tenant, ()))
 
     def as_json(self) -> dict[str, Any]:

@@ -573,8 +573,9 @@ class EntityView(View):
 class TenantOutcomesView(View):
     """A tenant's latest outcomes, newest first: the dashboard's "Recent outcomes" of one
     tenant (the last 50 of all tenants pushed a command sent by hand out within seconds,
-    review h77c). Kept by the worker that ran them, since it started: asked elsewhere,
-    this worker fetches them from the one owning the tenant's partition, as a lookup."""
+    review h77c). Kept by the worker that ran them, since it took the tenant over (dropped
+    when its partition moves away): asked elsewhere, this worker fetches them from the one
+    owning the tenant's partition, as a lookup."""
 
     @_operators_only
     @_owner_unreachable_is_503

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pytest
+from faust.types import TP
+
+from paystream.agents import commands
 from paystream.agents.card_data import UNNAMED_TENANT
+from paystream.agents.commands import ProcessedBatch
+from paystream.agents.pipeline import Emit
+from paystream.streams.batch_producer import OutRecord
+from paystream.streams.codec import KafkaRecord
+from paystream.tables.changelog import ChangelogBatch
 from paystream.tables.views import (
     MAX_UNREGISTERED_SHOWN,
     RECENT_KEPT,
@@ -78,3 +88,60 @@ def test_no_per_tenant_outcomes_kept_under_an_id_no_tenant_can_have() -> None:
         assert re.fullmatch(TENANT_ID_PATTERN, tenant) is None  # the view's 404
         log.record(_entry(tenant, registered=False))
     assert [t for t in unaskable if t in log.tenant_recent] == []
+
+
+def test_a_tenants_outcomes_are_dropped_once_its_partition_is_anothers() -> None:
+    """Kept after its partition moved, a tenant's outcomes were asked for by nobody (the
+    view asks the new owner), and a tenant moved back showed them under the new ones,
+    past a gap: "since its worker started" was true of neither (review h77l F3)."""
+    log = ActivityLog()
+    log.record(_entry("acme", registered=True), partition=0)
+    log.record(_entry("shop", registered=True), partition=1)
+    log.record(_entry("acme", registered=True), partition=0)
+    log.keep_only_partitions({1, 2})
+    assert log.recent_of("acme") == [] and "acme" not in log.tenant_partition
+    assert len(log.recent_of("shop")) == 1
+    log.record(_entry("acme", registered=True), partition=0)  # moved back: afresh
+    assert len(log.recent_of("acme")) == 1
+    # The counts are this worker's since it started: they stay.
+    assert log.by_tenant["acme"] == 3
+
+
+def test_a_tenant_pushed_out_leaves_no_partition_behind() -> None:
+    log = ActivityLog()
+    for n in range(TENANTS_RECENT_MAX + 10):
+        log.record(_entry(f"t{n}", registered=True), partition=n % 4)
+    assert set(log.tenant_partition) == set(log.tenant_recent)
+
+
+async def test_the_assignment_drops_the_tenants_of_partitions_moved_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust's assignment signal, as a rebalance ends: the whole new assignment. (Not the
+    revocation: the group revokes every partition at each rebalance, most given back.)"""
+    log = ActivityLog()
+    monkeypatch.setattr(commands.runner, "activity", log)
+    topic = commands.commands_topic.get_topic_name()
+    log.record(_entry("acme", registered=True), partition=0)
+    log.record(_entry("shop", registered=True), partition=1)
+    # Partition 0 of another topic (a changelog) is no commands partition.
+    await commands.app.on_partitions_assigned.send({TP(topic, 1), TP(f"{topic}-other", 0)})
+    assert log.recent_of("acme") == [] and len(log.recent_of("shop")) == 1
+
+
+async def test_a_delivered_outcome_is_kept_with_its_commands_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def publish(*args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+    runner = commands.CommandRunner()
+    monkeypatch.setattr(commands, "_publish", publish)
+    monkeypatch.setattr(runner, "_kafka", lambda: (None, None))
+    summary = {**_entry("acme", registered=True), "command": "payment.create"}
+    emit = Emit("paystream.events", KafkaRecord(b"acme", b"outcome", ()), summary)
+    outcome = OutRecord("paystream.events", 0, b"acme", b"outcome")
+    await runner.deliver_batch(ProcessedBatch([], [emit], [outcome], ChangelogBatch(), [3], [3]))
+    assert runner.activity.tenant_partition == {"acme": 3}
+    runner.activity.keep_only_partitions({0, 1, 2})
+    assert runner.activity.recent_of("acme") == []

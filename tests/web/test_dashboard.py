@@ -296,7 +296,7 @@ async def test_recent_outcomes_of_one_tenant_outlast_the_others_traffic(
 
     await page.locator('#tenants tr[data-tenant="acme"] button[data-show]').click()
     await expect(scope).to_have_text(
-        "acme's latest 3 (at most 20 are kept, since its worker started)", timeout=WAIT
+        "acme's latest 3 (at most 20 are kept, since its worker took it over)", timeout=WAIT
     )
     await expect(recent).to_have_count(3)
     await expect(page.locator("#r-tenant")).to_have_value("acme")
@@ -317,7 +317,9 @@ async def test_recent_outcomes_of_one_tenant_outlast_the_others_traffic(
     await expect(recent).to_have_count(0)
     await page.fill("#r-tenant", "initech")
     await page.click("#r-filter button[type=submit]")
-    await expect(scope).to_have_text("none of initech's since its worker started", timeout=WAIT)
+    await expect(scope).to_have_text(
+        "none of initech's since its worker took it over", timeout=WAIT
+    )
 
     await page.click("#r-all")
     await expect(scope).to_have_text(
