@@ -2087,13 +2087,17 @@ def _subscription_method(
 ) -> PaymentMethodRecord:
     """The payment method an update bills from now on: the subscription's customer's,
     attached. Another customer's is not found, worded as an unknown one is (and as
-    another tenant's, which ctx.load does not find): an update names no method of
+    another tenant's, which ctx.load_kept does not find): an update names no method of
     anyone else's. Let through (the provider may have acted), a detach since is no
-    refusal: the provider answers with what it did."""
-    pm = ctx.load(PaymentMethodRecord, payment_method_id)
-    if pm.customer_id != sub.customer_id:
+    refusal: the provider answers with what it did. The answer names the customer (review
+    h77o F5: "no such payment method" of one that exists misled an operator); it is the
+    subscription's own, so it reveals nothing either."""
+    pm = ctx.load_kept(PaymentMethodRecord, payment_method_id)
+    if pm is None or pm.customer_id != sub.customer_id:
         raise Rejection(
-            RejectReason.NOT_FOUND, f"no such payment method: {payment_method_id}", remember=False
+            RejectReason.NOT_FOUND,
+            f"no such payment method of customer {sub.customer_id}: {payment_method_id}",
+            remember=False,
         )
     if not pm.attached and not ctx.let_through:
         raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")

@@ -3067,6 +3067,13 @@ def _conflict_message(cmd: CommandRef, existing: IdempotencyRecord) -> str:
             f"{existing.command_id!r}, about a customer erased since: its request cannot be "
             "compared with this one; send it again under that command id, or under a new key"
         )
+    if cmd.idempotency_key == cmd.command_id:
+        # No idempotencykey given: the key is the command id, which the sender did give
+        # (review h77o F4: an "idempotency key" the sender never named).
+        return (
+            f"command id {cmd.command_id!r} was already used for a different request: "
+            "send this one under a new id"
+        )
     return f"idempotency key {cmd.idempotency_key!r} was used for a different request"
 
 

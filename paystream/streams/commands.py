@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from paystream.gateways.stripe_rules import payout_descriptor_problem
 from paystream.money import MAX_MINOR_AMOUNT, Currency
@@ -428,6 +429,30 @@ class UpdateSubscription(CommandData):
     payment_method_id: EntityId | None = None
     cancel_at_period_end: StrictBool | None = None
 
+    # A subscription's fields that never change: refused by name (review h77o F1: a
+    # generic "Extra inputs are not permitted" did not say what to do instead).
+    FIXED: ClassVar[tuple[str, ...]] = ("currency", "interval", "interval_count")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_fixed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (named := [f for f in cls.FIXED if f in data]):
+            # A ValidationError, not a custom error, so each keeps its field as its loc.
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "fixed_field", "cannot change: cancel and create a new subscription"
+                        ),
+                        loc=(field,),
+                        input=data[field],
+                    )
+                    for field in named
+                ],
+            )
+        return data
+
     @model_validator(mode="after")
     def _something_to_change(self) -> UpdateSubscription:
         if (
@@ -435,8 +460,10 @@ class UpdateSubscription(CommandData):
             and self.payment_method_id is None
             and (self.cancel_at_period_end is None)
         ):
-            raise ValueError(
-                "nothing to change: give amount, payment_method_id or cancel_at_period_end"
+            # Not a ValueError: pydantic would put "Value error, " before it (h77o F2).
+            raise PydanticCustomError(
+                "nothing_to_change",
+                "nothing to change: give amount, payment_method_id or cancel_at_period_end",
             )
         return self
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydantic
 import pytest
 
 from paystream.client import build_command
 from paystream.gateways import base as gw
 from paystream.money import Money
-from paystream.streams.commands import COMMANDS
+from paystream.streams.commands import COMMANDS, UpdateSubscription, validation_errors
 from tests.agents.harness import Harness, data, kind, simulator_of
 
 pytestmark = pytest.mark.asyncio
@@ -76,6 +77,57 @@ async def test_the_command_is_registered_and_needs_something_to_change(harness: 
         assert data(out)["reason"] == "validation_error", (bad, data(out))
     out = await harness.send("subscription.update", t, {"amount": 100})
     assert data(out)["reason"] == "validation_error"  # subscription_id is required
+
+
+@pytest.mark.parametrize(
+    "body,errors",
+    [
+        # What never changes is refused by name, saying what to do instead, not as any
+        # unknown field ("Extra inputs are not permitted"; review h77o F1).
+        (
+            {"currency": "USD", "amount": 100},
+            [("currency", "fixed_field", "cannot change: cancel and create a new subscription")],
+        ),
+        (
+            {"interval": "year", "interval_count": 1, "unknown": 1},
+            [
+                ("interval", "fixed_field", "cannot change: cancel and create a new subscription"),
+                (
+                    "interval_count",
+                    "fixed_field",
+                    "cannot change: cancel and create a new subscription",
+                ),
+            ],
+        ),
+        # No pydantic "Value error, " before it (review h77o F2).
+        (
+            {},
+            [
+                (
+                    "",
+                    "nothing_to_change",
+                    "nothing to change: give amount, payment_method_id or cancel_at_period_end",
+                )
+            ],
+        ),
+        (
+            {"unknown": 1, "amount": 5},
+            [("unknown", "extra_forbidden", "Extra inputs are not permitted")],
+        ),
+    ],
+)
+async def test_a_refusal_says_what_to_do(
+    harness: Harness, body: dict[str, Any], errors: list[tuple[str, str, str]]
+) -> None:
+    """As the CLI checks it (`paystream send` prints each error's loc and msg) and as the
+    pipeline answers it."""
+    full = {"subscription_id": "s1", **body}
+    with pytest.raises(pydantic.ValidationError) as exc:
+        UpdateSubscription.model_validate(full)
+    out = await _update(harness, harness.add_tenant(), **body)
+    assert data(out)["reason"] == "validation_error", data(out)
+    for said in (validation_errors(exc.value), data(out)["errors"]):
+        assert [(e["loc"], e["type"], e["msg"]) for e in said] == errors, said
 
 
 async def test_a_new_amount_is_billed_from_the_next_period_on(harness: Harness) -> None:
@@ -154,6 +206,8 @@ async def test_a_payment_method_not_the_customers_is_not_found(harness: Harness)
     assert kind(unknown) == "command.rejected"
     assert data(unknown)["reason"] == "not_found", data(unknown)
     never = await _update(harness, t, payment_method_id="m404")
+    # Whose methods were looked in (review h77o F5), the same words for each of the three.
+    assert data(never)["message"] == "no such payment method of customer c1: m404", data(never)
     # Another tenant's looks exactly as an unknown id does.
     assert data(unknown)["message"] == data(never)["message"].replace("m404", "m9")
     assert {k: v for k, v in data(unknown).items() if k != "message"} == {
@@ -307,7 +361,18 @@ async def test_replay_and_conflict(harness: Harness) -> None:
         "subscription.update", t, {**body, "amount": 999}, command_id="upd-1"
     )
     assert data(other)["reason"] == "idempotency_conflict", data(other)
-    assert len(await _effects(harness, t, "subscription.updated")) == 1
+    # Named as the sender gave it: the command id, no idempotency key (review h77o F4).
+    assert data(other)["message"] == (
+        "command id 'upd-1' was already used for a different request: send this one under a new id"
+    ), data(other)
+    # A key given is named as the key.
+    keyed = {"subscription_id": "s1", "cancel_at_period_end": True}
+    first = await harness.send("subscription.update", t, keyed, idempotency_key="K-upd")
+    assert kind(first) == "subscription.updated", data(first)
+    other = await harness.send("subscription.update", t, body, idempotency_key="K-upd")
+    said = data(other)["message"]
+    assert said == "idempotency key 'K-upd' was used for a different request", data(other)
+    assert len(await _effects(harness, t, "subscription.updated")) == 2
     assert harness.tables.subscriptions[f"{t}:s1"]["amount"] == 2200
 
 
