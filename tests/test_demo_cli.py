@@ -76,6 +76,8 @@ async def test_dev_on_a_configured_broker_leaves_registered_tenants_as_they_are(
         "0.5",
         "--web-port",
         str(free_port()),
+        "--ingress-port",  # (not 6070: another stack, or another process's test, may hold it)
+        str(free_port()),
         PAYSTREAM_DATA_DIR=str(tmp_path),
     )
     listed = {
