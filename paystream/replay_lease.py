@@ -33,26 +33,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from paystream.settings import Settings
+from paystream.token_scripts import EXPIRE_IF_HELD, RELEASE_IF_HELD
 
 __all__ = ["LeaseLost", "ReplayLease", "lease_key"]
 
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 30.0
-
-# Only the holder's own token extends or removes the lease.
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 def _clock() -> float:
@@ -155,7 +142,7 @@ class ReplayLease:
             self._renewer = None
         if self._acquired:  # (ours or not, the script deletes it only if ours)
             with contextlib.suppress(Exception):
-                await self._redis.eval(_RELEASE, 1, self.key, self.token)
+                await self._redis.eval(RELEASE_IF_HELD, 1, self.key, self.token)
         self._acquired = False
         self._renewed_at = 0.0
         await self._close()
@@ -164,7 +151,7 @@ class ReplayLease:
         started = _clock()
         try:
             ours = await self._redis.eval(
-                _RENEW, 1, self.key, self.token, int(self.ttl_seconds * 1000)
+                EXPIRE_IF_HELD, 1, self.key, self.token, int(self.ttl_seconds * 1000)
             )
         except Exception as exc:
             log.warning("could not renew the replay lease: %r", exc)

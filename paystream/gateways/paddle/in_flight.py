@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle.errors import PROVIDER
+from paystream.token_scripts import EXPIRE_IF_HELD, RELEASE_IF_HELD
 
 __all__ = ["KEEP_BEATS_MAX", "InFlight", "in_flight_key"]
 
@@ -66,19 +67,6 @@ end
 return left
 """
 _TAKEN, _KEPT = -1, -2
-# Only the holder's own token extends or removes the key.
-_EXPIRE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 def in_flight_key(tenant_id: str, tag: str) -> str:
@@ -142,10 +130,10 @@ class InFlight:
             left_ms = int(await self._redis.eval(_TAKE, 1, key, token, _ms(seconds)))
         except (RedisError, OSError) as exc:
             # (a SET whose answer was lost may have landed: ours to delete)
-            self._settle(self._run(_RELEASE, key, token))
+            self._settle(self._run(RELEASE_IF_HELD, key, token))
             raise self._unavailable(type(exc).__name__) from exc
         except BaseException:  # (cancelled by the deadline: as above)
-            self._settle(self._run(_RELEASE, key, token))
+            self._settle(self._run(RELEASE_IF_HELD, key, token))
             raise
         if left_ms in (_TAKEN, _KEPT):
             return left_ms == _TAKEN
@@ -165,7 +153,7 @@ class InFlight:
         longer this try's (it expired during a long lookup: another may have sent)."""
         key = in_flight_key(self._tenant_id, tag)
         try:
-            held = await self._redis.eval(_EXPIRE, 1, key, token, _ms(seconds))
+            held = await self._redis.eval(EXPIRE_IF_HELD, 1, key, token, _ms(seconds))
         except (RedisError, OSError) as exc:
             raise self._unavailable(type(exc).__name__) from exc
         if not held:
@@ -179,7 +167,7 @@ class InFlight:
 
     async def release(self, tag: str, token: str) -> None:
         """Delete the key if still ``token``'s (the answer is known)."""
-        await self._run(_RELEASE, in_flight_key(self._tenant_id, tag), token)
+        await self._run(RELEASE_IF_HELD, in_flight_key(self._tenant_id, tag), token)
 
     def release_soon(self, tag: str, token: str) -> None:
         """``release``, not waited for (a try cancelled, a thread's end)."""
@@ -188,7 +176,7 @@ class InFlight:
     def expire_soon(self, tag: str, token: str, seconds: float) -> None:
         """Let the key live ``seconds`` more if still ``token``'s (the answer was lost)."""
         key = in_flight_key(self._tenant_id, tag)
-        self._settle(self._run(_EXPIRE, key, token, _ms(seconds)))
+        self._settle(self._run(EXPIRE_IF_HELD, key, token, _ms(seconds)))
 
     def keep_while_sent(self, tag: str, token: str, seconds: float) -> asyncio.Task[None]:
         """Hold the key ``seconds`` more every ``seconds`` / 3 while a POST's thread runs
@@ -201,7 +189,7 @@ class InFlight:
         async def beat() -> None:
             for _ in range(KEEP_BEATS_MAX):
                 await asyncio.sleep(seconds / 3)
-                await self._run(_EXPIRE, key, token, _ms(seconds))
+                await self._run(EXPIRE_IF_HELD, key, token, _ms(seconds))
 
         task = asyncio.ensure_future(beat())
         self._settling.add(task)
