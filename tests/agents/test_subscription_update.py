@@ -49,6 +49,24 @@ async def _effects(h: Harness, t: str, effect: str) -> list[Any]:
     return [e for e in await simulator_of(h, t).effects() if e.kind == effect]
 
 
+async def _bill_a_card_set_outside(h: Harness, t: str, made: dict[str, Any]) -> None:
+    """A card attached to c1 and made the subscription's at the simulator directly, as
+    in a provider's dashboard (paystream records neither)."""
+    sim = simulator_of(h, t)
+    customer = h.tables.customers[f"{t}:c1"]["provider_customer_id"]
+    outside = await sim.attach_payment_method(
+        gw.AttachPaymentMethod(provider_customer_id=customer, token="pm_card_mastercard"),
+        idempotency_key=f"outside-{t}",
+    )
+    await sim.update_subscription(
+        gw.UpdateSubscription(
+            provider_subscription_id=made["provider_subscription_id"],
+            provider_payment_method_id=outside.provider_payment_method_id,
+        ),
+        idempotency_key=f"outside-{t}-update",
+    )
+
+
 def _invoices(outcome: Any) -> list[dict[str, Any]]:
     return [r["object"] for r in data(outcome).get("related", []) if r["entity_type"] == "invoice"]
 
@@ -514,19 +532,7 @@ async def test_a_card_attached_outside_paystream_is_read_back_as_the_recorded_on
     made = await _subscribed(h, t)
     u1 = {"subscription_id": "s1", "amount": 2500}
     await _park_then_newer(h, t, u1)
-    sim = simulator_of(h, t)
-    customer = h.tables.customers[f"{t}:c1"]["provider_customer_id"]
-    outside = await sim.attach_payment_method(
-        gw.AttachPaymentMethod(provider_customer_id=customer, token="pm_card_mastercard"),
-        idempotency_key=f"outside-{t}",
-    )
-    await sim.update_subscription(
-        gw.UpdateSubscription(
-            provider_subscription_id=made["provider_subscription_id"],
-            provider_payment_method_id=outside.provider_payment_method_id,
-        ),
-        idempotency_key=f"outside-{t}-update",
-    )
+    await _bill_a_card_set_outside(h, t, made)
     unknown = metrics.SUBSCRIPTION_METHODS_UNKNOWN.labels("simulator", t)
     before = unknown._value.get()
     out = await _answer(h, _command(t, "subscription.update", u1, "u1"))
@@ -618,19 +624,7 @@ async def test_a_card_set_outside_paystream_is_put_back_by_an_update_to_the_reco
     h = harness
     t = h.add_tenant()
     made = await _subscribed(h, t)
-    sim = simulator_of(h, t)
-    customer = h.tables.customers[f"{t}:c1"]["provider_customer_id"]
-    outside = await sim.attach_payment_method(
-        gw.AttachPaymentMethod(provider_customer_id=customer, token="pm_card_mastercard"),
-        idempotency_key=f"outside-{t}",
-    )
-    await sim.update_subscription(
-        gw.UpdateSubscription(
-            provider_subscription_id=made["provider_subscription_id"],
-            provider_payment_method_id=outside.provider_payment_method_id,
-        ),
-        idempotency_key=f"outside-{t}-update",
-    )
+    await _bill_a_card_set_outside(h, t, made)
     unknown = metrics.SUBSCRIPTION_METHODS_UNKNOWN.labels("simulator", t)
     before = unknown._value.get()
     refreshed = await h.send("subscription.refresh", t, {"subscription_id": "s1"})
@@ -639,7 +633,7 @@ async def test_a_card_set_outside_paystream_is_put_back_by_an_update_to_the_reco
     assert unknown._value.get() == before + 1
     out = await _update(h, t, payment_method_id="m1")
     assert kind(out) == "subscription.updated", data(out)
-    at_provider = await sim._store.read(made["provider_subscription_id"])
+    at_provider = await simulator_of(h, t)._store.read(made["provider_subscription_id"])
     assert at_provider is not None
     m1 = h.tables.payment_methods[f"{t}:m1"]["provider_payment_method_id"]
     assert at_provider["payment_method"] == m1, (
