@@ -24,7 +24,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from paystream.gateways.stripe_rules import payout_descriptor_problem
 from paystream.money import MAX_MINOR_AMOUNT, Currency
@@ -460,10 +460,8 @@ class UpdateSubscription(CommandData):
             and self.payment_method_id is None
             and (self.cancel_at_period_end is None)
         ):
-            # Not a ValueError: pydantic would put "Value error, " before it (h77o F2).
-            raise PydanticCustomError(
-                "nothing_to_change",
-                "nothing to change: give amount, payment_method_id or cancel_at_period_end",
+            raise ValueError(
+                "nothing to change: give amount, payment_method_id or cancel_at_period_end"
             )
         return self
 
@@ -582,8 +580,17 @@ def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {
             "loc": redact_card_numbers(".".join(str(p) for p in e["loc"])[:100]),
-            "msg": redact_card_numbers(e["msg"][:200]),
+            "msg": redact_card_numbers(_said(e)[:200]),
             "type": e["type"],
         }
         for e in exc.errors(include_input=False, include_url=False)
     ]
+
+
+def _said(error: ErrorDetails) -> str:
+    """An error's message as its validator said it: pydantic puts "Value error, " before
+    a validator's ValueError (the sender needs the reason, not which exception carried
+    it). Its other messages, and its own value_errors of no raised error, as it words them."""
+    if error["type"] != "value_error" or "error" not in error.get("ctx", {}):
+        return error["msg"]
+    return str(error["ctx"]["error"]) or error["msg"]  # (a bare ValueError(): pydantic's)

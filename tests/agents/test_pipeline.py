@@ -272,6 +272,42 @@ async def test_validation_error_lists_fields_without_values(harness: Harness) ->
 
 
 @pytest.mark.parametrize(
+    ("command_type", "payload", "said"),
+    [
+        (
+            "subscription.create",
+            {
+                "customer_id": "c1",
+                "payment_method_id": "m1",
+                "amount": 100,
+                "currency": "USD",
+                "interval": "month",
+                "interval_count": 13,
+            },
+            "a billing period is at most one year: interval_count is at most 12 for interval month",
+        ),
+        (
+            "tax.calculate",
+            {
+                "currency": "USD",
+                "line_items": [{"amount": 1, "reference": "a"}, {"amount": 2, "reference": "a"}],
+            },
+            "each line item's reference is unique in the calculation",
+        ),
+    ],
+)
+async def test_a_validator_s_refusal_is_in_its_own_words(
+    harness: Harness, command_type: str, payload: dict[str, Any], said: str
+) -> None:
+    """A model validator's ValueError is listed as it says it, without pydantic's
+    "Value error, " before it, still of type value_error."""
+    out = await harness.send(command_type, harness.add_tenant(), payload)
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == "validation_error"
+    assert data(out)["errors"] == [{"loc": "", "msg": said, "type": "value_error"}]
+
+
+@pytest.mark.parametrize(
     "bad",
     [
         {"amount": -1, "currency": "USD", "payment_method_token": "pm_card_visa"},

@@ -123,7 +123,7 @@ async def test_the_command_is_registered_and_needs_something_to_change(harness: 
             [
                 (
                     "",
-                    "nothing_to_change",
+                    "value_error",
                     "nothing to change: give amount, payment_method_id or cancel_at_period_end",
                 )
             ],
