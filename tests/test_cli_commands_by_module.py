@@ -3,6 +3,7 @@ every command's module took about a second on each run, a worker's start include
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -35,9 +36,9 @@ def test_a_command_imports_its_own_module_alone() -> None:
     assert out.strip() == "['paystream.cli.tenants']", out
 
 
-def test_send_help_lists_the_command_types_read_only_for_the_help() -> None:
+def test_send_help_lists_the_command_types_without_their_models() -> None:
     """`send --help` names every command type (review h77c: only the README's table or a
-    mistyped type's error did); the commands module (~0.2 s) is read for the help alone."""
+    mistyped type's error did), without building their models (~0.2 s)."""
     from click.testing import CliRunner
 
     from paystream.streams.commands import COMMANDS
@@ -46,13 +47,52 @@ def test_send_help_lists_the_command_types_read_only_for_the_help() -> None:
     assert shown.exit_code == 0, shown.output
     types = shown.output.split("Command types:", 1)[1].split()
     assert [t.rstrip(",") for t in types] == sorted(COMMANDS)
-    probe = (
-        "import sys, click\n"
-        "from paystream.cli import cli\n"
-        "cli.get_command(click.Context(cli), 'send')\n"
-        "print('paystream.streams.commands' in sys.modules)\n"
+    assert _loaded_by(["send", "--help"]) == []
+
+
+def test_the_list_of_commands_loads_none_of_them() -> None:
+    """`paystream --help` imported every command's module to ask each for its line
+    (~1.5 s); the settings' pydantic too is left for a command that reads them."""
+    assert _loaded_by(["--help"]) == []
+
+
+def test_each_command_s_line_in_the_list_is_its_own() -> None:
+    """The summaries `--help` lists stand in for the commands' own help, shortened by
+    Click to any terminal's width as the commands' own help is."""
+    ctx = click.Context(cli)
+    assert set(cli.summaries) == set(cli.defined_in)
+    for name, summary in cli.summaries.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and not command.hidden, name
+        stand_in = click.Command(name, help=summary)
+        for limit in range(10, 400):
+            assert stand_in.get_short_help_str(limit) == command.get_short_help_str(limit), (
+                name,
+                limit,
+            )
+
+
+def _loaded_by(args: list[str]) -> list[str]:
+    """The heavy modules a `paystream ARGS` run imports: any command's module but the one
+    it runs, the command models, the settings, aiokafka, asyncio."""
+    heavy = sorted(
+        {module for module, _ in _CommandsByModule.defined_in.values()}
+        - {f"paystream.cli.{args[0]}"}
+        | {"paystream.streams.commands", "paystream.settings", "aiokafka", "asyncio"}
     )
-    out = subprocess.run(
+    probe = (
+        "import json, sys\n"
+        "from paystream.cli import main\n"
+        f"sys.argv = ['paystream', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]), file=sys.stderr)\n"
+    )
+    said = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    assert out.strip() == "False", out
+    )
+    assert "Usage: paystream" in said.stdout, said
+    loaded: list[str] = json.loads(said.stderr.splitlines()[-1])
+    return loaded

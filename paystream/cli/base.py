@@ -3,25 +3,25 @@ coroutine with clean errors, stopping on a signal."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import click
-from aiokafka.errors import KafkaError
 
 from paystream.errors import PaystreamError, described
-from paystream.settings import Settings, load_settings
 from paystream.streams.kafka_refusals import bootstrap_refusals_held
 
+# Imported where used: every run, `--help` too, imports this module, and the settings'
+# pydantic, aiokafka and asyncio took about 0.3 s of it.
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Coroutine
+
+    from paystream.settings import Settings
 
 
 class _Finite(click.FloatRange):
@@ -36,6 +36,8 @@ class _Finite(click.FloatRange):
 
 
 def _settings() -> Settings:
+    from paystream.settings import load_settings
+
     try:
         settings = load_settings()
     except PaystreamError as exc:
@@ -60,6 +62,10 @@ def _run(
     caller answers those itself (an exit status of their own). ``note_waiting``: say on
     stderr, once, if it runs past WAITING_NOTE_SECONDS (not for work that shows its
     own progress)."""
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
     with bootstrap_refusals_held() as refusals:
         try:
             return asyncio.run(_noting_a_wait(coro) if note_waiting else coro)
@@ -84,6 +90,8 @@ def _run(
 async def _noting_a_wait(coro: Coroutine[Any, Any, Any]) -> Any:
     """``coro``'s result; past WAITING_NOTE_SECONDS, a line saying what it waits on (an
     operator saw nothing for 40 s from a broker that never answered)."""
+    import asyncio
+
     task = asyncio.ensure_future(coro)
     done, _ = await asyncio.wait({task}, timeout=WAITING_NOTE_SECONDS)
     if not done:
@@ -96,6 +104,8 @@ async def _noting_a_wait(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _brokers_named() -> str:
+    from paystream.settings import load_settings
+
     try:
         return load_settings().require_broker().removeprefix("kafka://").replace(";", ", ")
     except PaystreamError:
@@ -113,6 +123,8 @@ async def _stoppable(coro: Coroutine[Any, Any, Any]) -> Any:
     loop happens to be, inside a Kafka client's own task too: that task died half-done,
     and the clean-up waited for its requests to time out (35 s after a stop during
     `doctor`'s group join). A cancel runs the ``finally`` blocks in order instead."""
+    import asyncio
+
     if threading.current_thread() is not threading.main_thread():
         # Signals reach the main thread only, and only it may install handlers: the
         # CLI called from another (a test's CliRunner in a worker thread) runs as is.
@@ -181,8 +193,56 @@ class _CommandsByModule(click.Group):
         "worker": ("paystream.cli.serve", None),
     }
 
+    #: Each command's line in `paystream --help` (its help's first sentence, which Click
+    #: shortens to the terminal): asking each command for it imported every module, about
+    #: 1.5 s of each `--help`. tests/test_cli_commands_by_module.py holds them to the help.
+    summaries: dict[str, str] = {
+        "audit": "Check the ledger's hash-chained audit log.",
+        "bench": "Send N commands across T tenants through a real worker and report "
+        "commands/s and command→outcome latency (full speed and at --rate), next to a raw "
+        "aiokafka passthrough (full speed, and at --rate: the broker's latency floor) and a "
+        "bare Faust forwarder measured on the same broker; then the same worker fed over "
+        "its HTTP ingress (full speed, and at --rate with each request waiting for its "
+        "outcome).",
+        "config": "Print every environment variable paystream reads, with its current value.",
+        "demo": "Drive demo payment flows through a running fleet (the configured broker): "
+        "what `paystream dev --demo` does on the embedded stack, for docker-compose and "
+        "staging.",
+        "dev": "Start the embedded stack, a worker and its dashboard, and the HTTP command "
+        "ingress (`paystream ingress`); Ctrl-C stops everything.",
+        "dlq": "Inspect and re-drive dead-lettered and parked commands.",
+        "docs": "Write the interface documents (AsyncAPI, OpenAPI) generated from the code.",
+        "doctor": "Check broker, database and cache, the broker behaviours Faust relies on, "
+        "and that the workers commit past the commands waiting (if any wait).",
+        "erase": "Crypto-shred a customer in the ledger: delete their data key and clear "
+        "their personal data, with an audit entry.",
+        "ingress": "Run the HTTP command ingress (POST /v1/commands) in a process of its "
+        "own: it produces commands for the workers and answers waiting senders, off their "
+        "cores.",
+        "keys": "Master-key rotation for tenant secrets and the ledger's data keys.",
+        "ledger": "Ledger maintenance.",
+        "migrate": "Upgrade (or downgrade) the ledger schema as the owner in DATABASE_URL.",
+        "send": "Send a command (such as payment.create) and print its outcome.",
+        "simulator": "The simulator gateway's provider side (development and demos).",
+        "tenants": "Manage the tenant registry.",
+        "topics": "Create paystream's topics (idempotent).",
+        "worker": "Run a worker (a Faust worker with paystream's agents, tables and web views).",
+    }
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self.defined_in})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's list of commands, a command not loaded stood in for by its summary."""
+        listed = [
+            (name, self.commands.get(name) or click.Command(name, help=self.summaries[name]))
+            for name in self.list_commands(ctx)
+        ]
+        shown = [(name, command) for name, command in listed if not command.hidden]
+        if shown:
+            limit = formatter.width - 6 - max(len(name) for name, _ in shown)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, c.get_short_help_str(limit)) for name, c in shown])
 
     def invoke(self, ctx: click.Context) -> Any:
         """The command, a stop signal it does not answer itself (one while it loads or

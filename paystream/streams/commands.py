@@ -28,6 +28,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from paystream.gateways.stripe_rules import payout_descriptor_problem
 from paystream.money import MAX_MINOR_AMOUNT, Currency
+from paystream.streams.command_types import COMMAND_TYPES
 from paystream.streams.pan import luhn_valid, redact_card_numbers
 from paystream.tax import MAX_LINES, MAX_RATES_PER_LINE, parse_percentage
 
@@ -557,6 +558,11 @@ COMMANDS: dict[str, type[CommandData]] = {
     "tax_rate.archive": ArchiveTaxRate,
     "tax.calculate": CalculateTax,
 }
+if set(COMMANDS) != set(COMMAND_TYPES):  # (a command added to one and not to the other)
+    raise RuntimeError(
+        "paystream/streams/command_types.py lists other command types than COMMANDS: "
+        f"{sorted(set(COMMANDS) ^ set(COMMAND_TYPES))}"
+    )
 
 # Commands whose provider call only reads (keyless, no effect of its own): a re-drive of
 # one at any age can change nothing the provider did not already do, so none is held back
