@@ -31,6 +31,7 @@ from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
 
 __all__ = [
     "Harness",
+    "advance_square_clock",
     "decide_fake_dispute",
     "localstripe_token",
     "open_fake_dispute",
@@ -294,8 +295,12 @@ class Harness:
             return dict(await resp.json())
 
     async def pass_time(self, seconds: int) -> None:
-        """The provider's clock moves on (the simulator's per-tenant test clock; Stripe's
-        would be a test clock, which localstripe has not: over_gateways skips it)."""
+        """The provider's clock moves on (the simulator's per-tenant test clock; the FAKE
+        Square's clock, which bills its subscriptions' periods begun; Stripe's would be a
+        test clock, which localstripe has not: over_gateways skips it)."""
+        if self.name == "square":
+            await advance_square_clock(self._square_url, seconds)
+            return
         sim = self.gateway
         if not isinstance(sim, SimulatorGateway):
             raise AssertionError(f"no clock to move at {self.name}")
@@ -327,6 +332,16 @@ async def paddle_checkout(paddle_url: str, transaction_id: str, outcome: str = "
             f"{paddle_url}/_fake/transactions/{transaction_id}/checkout",
             json={"outcome": outcome},
         ) as resp,
+    ):
+        resp.raise_for_status()
+
+
+async def advance_square_clock(square_url: str, seconds: int) -> None:
+    """The FAKE Square's clock moves on ``seconds`` (TEST-ONLY control route of
+    tests/fixtures/square_fake.py): its subscriptions bill the periods begun."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{square_url}/_fake/clock", json={"seconds": seconds}) as resp,
     ):
         resp.raise_for_status()
 

@@ -55,7 +55,7 @@ from paystream.gateways.base import (
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
-from paystream.gateways.square import mapping
+from paystream.gateways.square import mapping, subscriptions
 from paystream.gateways.square.errors import (
     PROVIDER,
     map_square_answer,
@@ -99,6 +99,7 @@ SQUARE_CAPABILITIES = frozenset(
         Capability.MANUAL_CAPTURE,
         Capability.REFUNDS,
         Capability.DISPUTES,
+        Capability.SUBSCRIPTIONS,
         Capability.WEBHOOKS,
     }
 )
@@ -119,6 +120,21 @@ _NO_RETRIES: Any = {"max_retries": 0}
 _DISPUTE_PAGES_MAX = 10
 # CreateDisputeEvidenceText's evidence_text: at most 500 characters.
 _EVIDENCE_TEXT_MAX = 500
+# Subscriptions: the keys' stem of the plan and plan variation made per currency and
+# cadence; the variation's nominal price (never billed: every subscription is priced by
+# its price_override_money); SearchInvoices pages read for one subscription's invoices
+# (it filters by location and customer, never by subscription), of at most 200 each.
+_PLAN_KEY = "paystream-subscription-plan"
+_NOMINAL_PRICE = 100
+_INVOICE_PAGES_MAX = 5
+_INVOICE_PAGE = 200
+# Square's subscription statuses that still bill (a cancel or an update applies).
+_LIVE = ("ACTIVE", "PENDING", "PAUSED")
+_READ, _CANCEL = "retrieve_subscription", "cancel_subscription"
+_NO_IMMEDIATE_CANCEL = (
+    "cancel_subscription(at_period_end=false): Square cancels a subscription only at the "
+    "end of its paid period; send at_period_end true"
+)
 
 
 _OPTS: dict[str, Any] = {"request_options": _NO_RETRIES}
@@ -229,6 +245,9 @@ class SquareGateway:
         self._location_id = location_id
         self._http_client = http_client
         self._tenant_id = tenant_id
+        # Plan variations: made, by (currency, cadence); read, by id (never changed).
+        self._variations: dict[tuple[str, str], str] = {}
+        self._variation_objects: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> SquareGateway:
@@ -703,28 +722,291 @@ class SquareGateway:
         tenant on the same seller) reads as not found, as every read by id does."""
         return await self._payment_now("retrieve_payment", provider_payment_id)
 
-    # ---- subscriptions: not built for this provider yet (its capabilities lack
-    # SUBSCRIPTIONS, so the handler answers `unsupported` before any call) ----------
+    # ---- subscriptions ---------------------------------------------------------------
+    # A subscription bills a plan variation (one endless phase of a cadence, made once
+    # per currency and cadence) at its own price_override_money, charged to its card on
+    # file. Square keys CreateSubscription and UpsertCatalogObject; not
+    # UpdateSubscription, CancelSubscription or DeleteSubscriptionAction: each of those
+    # is asked only after a read shows it is still to be done (docs/square.md).
+
+    def _cadence(self, req: gw_base.CreateSubscription) -> str:
+        """Square's cadence for the request, or `unsupported` before any call: a shape
+        Square cannot bill (no such cadence; a trial, which its price_override_money,
+        replacing every phase's price, cannot leave free; tax rates, not built)."""
+        cadence = subscriptions.cadence_for(req.interval, req.interval_count)
+        if cadence is None:
+            every = sorted(f"{n} {i}" for i, n in subscriptions.CADENCES)
+            raise UnsupportedOperation(
+                PROVIDER,
+                f"create_subscription(interval={req.interval}, "
+                f"interval_count={req.interval_count}): Square bills only its cadences "
+                f"(every {', '.join(every)})",
+            )
+        if req.trial_days:
+            raise UnsupportedOperation(
+                PROVIDER,
+                "create_subscription(trial_days=...): Square's price_override_money replaces "
+                "every phase's price, so a free first phase cannot be priced per subscription",
+            )
+        if req.tax_rates:
+            raise UnsupportedOperation(PROVIDER, "create_subscription(tax_rates=...)")
+        return cadence
+
+    async def _plan_variation(self, currency: str, cadence: str) -> str:
+        """The plan variation billing ``cadence`` in ``currency``: a SUBSCRIPTION_PLAN and
+        its SUBSCRIPTION_PLAN_VARIATION made by UpsertCatalogObject under keys derived
+        from the pair alone, so that every create (every tenant on the seller) finds the
+        same ones while Square keeps the keys. Its price is nominal, never billed: each
+        subscription carries its own price_override_money."""
+        known = self._variations.get((currency, cadence))
+        if known is not None:
+            return known
+        op = "create_subscription"
+        name = f"paystream {cadence.lower().replace('_', ' ')} {currency}"
+        plan_obj = {
+            "type": "SUBSCRIPTION_PLAN",
+            "id": "#plan",
+            "subscription_plan_data": {"name": name},
+        }
+        plan = await self._call(
+            op,
+            _bind(
+                self._sq.catalog.object.upsert,
+                {
+                    "idempotency_key": square_key(_PLAN_KEY, currency, cadence),
+                    "object": plan_obj,
+                    **_OPTS,
+                },
+            ),
+        )
+        plan_id = str(self._part(plan, "catalog_object")["id"])
+        phase = {
+            "cadence": cadence,
+            "ordinal": 0,
+            "pricing": {
+                "type": "STATIC",
+                "price_money": {"amount": _NOMINAL_PRICE, "currency": currency},
+            },
+        }
+        variation_obj = {
+            "type": "SUBSCRIPTION_PLAN_VARIATION",
+            "id": "#variation",
+            "subscription_plan_variation_data": {
+                "name": name,
+                "subscription_plan_id": plan_id,
+                "phases": [phase],
+            },
+        }
+        made = await self._call(
+            op,
+            _bind(
+                self._sq.catalog.object.upsert,
+                {
+                    "idempotency_key": square_key(_PLAN_KEY, currency, cadence, plan_id),
+                    "object": variation_obj,
+                    **_OPTS,
+                },
+            ),
+        )
+        variation = self._part(made, "catalog_object")
+        self._variations[(currency, cadence)] = str(variation["id"])
+        self._variation_objects[str(variation["id"])] = variation
+        return str(variation["id"])
 
     async def create_subscription(
         self, req: gw_base.CreateSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "create_subscription")
+        """CreateSubscription under the command's key (Square charges the card on file for
+        the first period at once; a decline leaves that invoice unpaid, answered
+        past_due). The metadata stays paystream's own: a Square subscription has none."""
+        op = "create_subscription"
+        require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
+        cadence = self._cadence(req)
+        variation_id = await self._plan_variation(req.amount.currency, cadence)
+        params = {
+            "idempotency_key": square_key(idempotency_key),
+            "location_id": self._location_id,
+            "plan_variation_id": variation_id,
+            "customer_id": req.provider_customer_id,
+            "card_id": req.provider_payment_method_id,
+            "price_override_money": {"amount": req.amount.amount, "currency": req.amount.currency},
+            "timezone": "UTC",
+            **_OPTS,
+        }
+        obj = await self._call(op, _bind(self._sq.subscriptions.create, params))
+        return await self._subscription(self._part(obj, "subscription"))
 
-    async def cancel_subscription(
-        self, req: gw_base.CancelSubscription, *, idempotency_key: str
-    ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "cancel_subscription")
-
-    async def update_subscription(
-        self, req: gw_base.UpdateSubscription, *, idempotency_key: str
-    ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "update_subscription")
+    async def _read_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """The subscription with its scheduled actions (its CANCEL, if any); another
+        location's reads as not found. (A read: open to a narrowed tenant, as every read
+        of a subscription here.)"""
+        obj = await self._call(
+            _READ,
+            _bind(
+                self._sq.subscriptions.get,
+                {"subscription_id": subscription_id, "include": "actions", **_OPTS},
+            ),
+        )
+        return self._own(self._part(obj, "subscription"), "subscription", subscription_id)
 
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
+        sub = await self._read_subscription(req.provider_subscription_id)
+        return await self._subscription(sub)
+
+    async def cancel_subscription(
+        self, req: gw_base.CancelSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """CancelSubscription: a CANCEL action at the end of the paid period (Square has no
+        other cancel). Keyless: read first, and a cancel scheduled already (this
+        command's, its answer lost) or done is answered as it is."""
+        op = "cancel_subscription"
+        require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
+        if not req.at_period_end:
+            raise UnsupportedOperation(PROVIDER, _NO_IMMEDIATE_CANCEL)
+        sid = req.provider_subscription_id
+        sub = await self._read_subscription(sid)
+        if sub.get("status") in _LIVE and not sub.get("canceled_date"):
+            await self._call(
+                op, _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS})
+            )
+            sub = await self._read_subscription(sid)
+        return await self._subscription(sub)
+
+    async def update_subscription(
+        self, req: gw_base.UpdateSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """UpdateSubscription (price_override_money, card_id, at the version read: billed
+        from the next period, nothing prorated); cancel_at_period_end true is a cancel's
+        CANCEL action, false deletes it (DeleteSubscriptionAction). None of these takes
+        a key: each is sent only where the subscription read first does not hold it yet,
+        so a retry after a lost answer changes nothing twice."""
+        op = "update_subscription"
+        require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER, req)
+        sid = req.provider_subscription_id
+        sub = await self._read_subscription(sid)
+        if sub.get("status") not in _LIVE:
+            raise GatewayError(
+                ErrorCode.INVALID_STATE,
+                f"subscription {sid!r} is {sub.get('status')} and is not updated",
+                provider=PROVIDER,
+                retryable=False,
+                reached_provider=False,
+            )
+        change: dict[str, Any] = {}
+        if req.amount is not None:
+            price = {"amount": req.amount.amount, "currency": req.amount.currency}
+            if sub.get("price_override_money") != price:
+                change["price_override_money"] = price
+        if req.provider_payment_method_id not in (None, sub.get("card_id")):
+            change["card_id"] = req.provider_payment_method_id
+        if change:
+            change["version"] = sub.get("version")
+            await self._call(
+                op,
+                _bind(
+                    self._sq.subscriptions.update,
+                    {"subscription_id": sid, "subscription": change, **_OPTS},
+                ),
+            )
+        action = subscriptions.cancel_action(sub)
+        # (a cancel at period end, scheduled or resumed, is a cancel's: unnarrowed)
+        if req.cancel_at_period_end and not sub.get("canceled_date"):
+            await self._call(
+                _CANCEL, _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS})
+            )
+        elif req.cancel_at_period_end is False and action is not None:
+            await self._call(
+                _CANCEL,
+                _bind(
+                    self._sq.subscriptions.delete_action,
+                    {"subscription_id": sid, "action_id": str(action.get("id")), **_OPTS},
+                ),
+            )
+        elif not change:
+            return await self._subscription(sub)
+        return await self._subscription(await self._read_subscription(sid))
+
+    async def _variation(self, variation_id: str) -> dict[str, Any]:
+        """A plan variation (its phases never change once made: kept once read)."""
+        known = self._variation_objects.get(variation_id)
+        if known is None:
+            obj = await self._call(
+                _READ, _bind(self._sq.catalog.object.get, {"object_id": variation_id, **_OPTS})
+            )
+            known = self._variation_objects[variation_id] = self._part(obj, "object")
+        return known
+
+    async def _subscription(self, sub: Mapping[str, Any]) -> gw_base.SubscriptionResult:
+        """The subscription with its invoices (newest first, at most INVOICES_LISTED_MAX):
+        SearchInvoices of its location and customer, kept where they name it
+        (subscription_id); each paid one's payment from its order's tender."""
+        variation = await self._variation(str(sub.get("plan_variation_id")))
+        cadence = subscriptions.phase_cadence(variation)
+        phase = variation["subscription_plan_variation_data"]["phases"][0]
+        base = phase.get("pricing", {}).get("price_money") if isinstance(phase, Mapping) else None
+        found = await self._invoices_of(sub)
+        payments = await self._tendered(found)
+        start = subscriptions.start_of(sub)
+        invoices = tuple(
+            inv
+            for inv in (
+                subscriptions.invoice(i, start, cadence, payments.get(str(i.get("order_id"))))
+                for i in found
+            )
+            if inv is not None
+        )
+        price = subscriptions.money_of(base)
+        return subscriptions.subscription(sub, cadence, price, invoices)
+
+    async def _invoices_of(self, sub: Mapping[str, Any]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        query = {
+            "filter": {
+                "location_ids": [self._location_id],
+                "customer_ids": [str(sub.get("customer_id"))],
+            },
+            "sort": {"field": "INVOICE_SORT_DATE", "order": "DESC"},
+        }
+        for _ in range(_INVOICE_PAGES_MAX):
+            kwargs: dict[str, Any] = {"query": query, "limit": _INVOICE_PAGE, **_OPTS}
+            if cursor:
+                kwargs["cursor"] = cursor
+            page = await self._call(_READ, _bind(self._sq.invoices.search, kwargs))
+            for inv in page.get("invoices") or []:
+                if isinstance(inv, Mapping) and inv.get("subscription_id") == sub.get("id"):
+                    found.append(dict(inv))
+            cursor = page.get("cursor")
+            if not cursor or len(found) >= gw_base.INVOICES_LISTED_MAX:
+                break
+        return found[: gw_base.INVOICES_LISTED_MAX]
+
+    async def _tendered(self, invoices: list[dict[str, Any]]) -> dict[str, str]:
+        """order id → the payment that paid it (an invoice names its order, the order's
+        tender its payment); one BatchRetrieveOrders for the paid invoices listed."""
+        paid = [
+            str(i["order_id"])
+            for i in invoices
+            if i.get("order_id") and i.get("status") in ("PAID", "PARTIALLY_REFUNDED", "REFUNDED")
+        ]
+        if not paid:
+            return {}
+        got = await self._call(
+            _READ,
+            _bind(
+                self._sq.orders.batch_get,
+                {"order_ids": paid, "location_id": self._location_id, **_OPTS},
+            ),
+        )
+        tendered: dict[str, str] = {}
+        for order in got.get("orders") or []:
+            tenders = order.get("tenders") if isinstance(order, Mapping) else None
+            for tender in tenders or []:
+                if isinstance(tender, Mapping) and tender.get("payment_id"):
+                    tendered[str(order["id"])] = str(tender["payment_id"])
+        return tendered
 
     # ---- payouts: not built for this provider yet (its capabilities lack PAYOUTS, so
     # the handler answers `unsupported` before any call) ----------------------------

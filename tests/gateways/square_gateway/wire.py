@@ -44,9 +44,10 @@ def gateway_at(url: str, location: str = FAKE_SQUARE_LOCATION) -> SquareGateway:
 
 
 class Wire(httpx.AsyncBaseTransport):
-    """The real wire to the fake, with two test hooks: ``lose`` (a path fragment) makes
-    Square run the request and the answer be lost (a read timeout); ``answer`` (path
-    fragment -> (status, body)) makes Square answer once without running the request."""
+    """The real wire to the fake, with two test hooks: ``lose`` (a path fragment, or
+    "METHOD /path" for one method's) makes Square run the request and the answer be
+    lost (a read timeout); ``answer`` (path fragment -> (status, body)) makes Square
+    answer once without running the request."""
 
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
@@ -62,7 +63,7 @@ class Wire(httpx.AsyncBaseTransport):
                 del self.answer[fragment]
                 return httpx.Response(status, json=payload, request=request)
         response = await self.inner.handle_async_request(request)
-        if self.lose and self.lose in request.url.path:
+        if self.lose and self.lose in f"{request.method} {request.url.path}":
             self.lose = None
             await response.aread()
             await response.aclose()

@@ -1,0 +1,239 @@
+"""Square's subscriptions → paystream's: cadences, billing periods, statuses, invoices.
+
+Square bills a subscription by its plan variation's phase cadence (SubscriptionCadence),
+one invoice per period from its ``start_date``, charged to its ``card_id``; a period's
+end is its ``charged_through_date``. References: objects Subscription,
+SubscriptionPhase, SubscriptionCadence, SubscriptionAction, Invoice, Order
+(https://developer.squareup.com/reference/square), and the guide "Subscription Billing
+and Invoices" (an invoice whose card charge failed is emailed, left UNPAID, and the
+subscription stays ACTIVE)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+
+from paystream.gateways.base import (
+    InvoiceResult,
+    InvoiceStatus,
+    SubscriptionResult,
+    SubscriptionStatus,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.money import Money
+
+__all__ = [
+    "CADENCES",
+    "cadence_for",
+    "cancel_action",
+    "invoice",
+    "money_of",
+    "period_of",
+    "phase_cadence",
+    "start_of",
+    "subscription",
+]
+
+PROVIDER = "square"
+
+# paystream's (interval, interval_count) → Square's cadence: the combinations Square has
+# one for (SubscriptionCadence). Any other is refused before a call.
+CADENCES: dict[tuple[str, int], str] = {
+    ("day", 1): "DAILY",
+    ("day", 30): "THIRTY_DAYS",
+    ("day", 60): "SIXTY_DAYS",
+    ("day", 90): "NINETY_DAYS",
+    ("week", 1): "WEEKLY",
+    ("week", 2): "EVERY_TWO_WEEKS",
+    ("month", 1): "MONTHLY",
+    ("month", 2): "EVERY_TWO_MONTHS",
+    ("month", 3): "QUARTERLY",
+    ("month", 4): "EVERY_FOUR_MONTHS",
+    ("month", 6): "EVERY_SIX_MONTHS",
+    ("year", 1): "ANNUAL",
+    ("year", 2): "EVERY_TWO_YEARS",
+}
+_INTERVALS = {cadence: pair for pair, cadence in CADENCES.items()}
+_UNITS = {"day": "days", "week": "weeks", "month": "months", "year": "years"}
+# A period's number searched for at most (a daily subscription billed for 30 years).
+_PERIODS_MAX = 11_000
+
+# Square's invoice statuses (InvoiceStatus) folded onto a subscription invoice's.
+_INVOICE_STATUS = {
+    "PAID": InvoiceStatus.PAID,
+    "PARTIALLY_REFUNDED": InvoiceStatus.PAID,
+    "REFUNDED": InvoiceStatus.PAID,
+    "UNPAID": InvoiceStatus.OPEN,
+    "SCHEDULED": InvoiceStatus.OPEN,
+    "PARTIALLY_PAID": InvoiceStatus.OPEN,
+    "PAYMENT_PENDING": InvoiceStatus.OPEN,
+    "FAILED": InvoiceStatus.OPEN,
+    "CANCELED": InvoiceStatus.VOID,
+}
+
+
+def cadence_for(interval: str, interval_count: int) -> str | None:
+    """Square's cadence for billing every ``interval_count`` ``interval`` s, or None."""
+    return CADENCES.get((interval, interval_count))
+
+
+def phase_cadence(variation: Mapping[str, Any]) -> str:
+    """The cadence of a plan variation of one endless phase (as paystream makes them)."""
+    data = variation.get("subscription_plan_variation_data")
+    phases = data.get("phases") if isinstance(data, Mapping) else None
+    if not phases or len(phases) != 1 or not isinstance(phases[0], Mapping):
+        raise GatewayError(
+            ErrorCode.INVALID_STATE,
+            "the subscription's plan variation has not one phase (not made by paystream)",
+            provider=PROVIDER,
+            retryable=False,
+        )
+    cadence = str(phases[0].get("cadence"))
+    if cadence not in _INTERVALS:
+        raise _unreadable(f"a cadence this version does not know ({cadence})")
+    return cadence
+
+
+def _step(cadence: str, n: int) -> relativedelta:
+    interval, count = _INTERVALS[cadence]
+    return relativedelta(**{_UNITS[interval]: count * n})
+
+
+def _day(text: Any) -> date:
+    try:
+        return date.fromisoformat(str(text))
+    except ValueError:
+        raise _unreadable(f"a date this version cannot read ({text!r})") from None
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def period_of(start: date, cadence: str, ends: date) -> tuple[date, date]:
+    """The billing period of a subscription starting ``start`` that ends ``ends`` (its
+    charged_through_date): periods counted from the start, as Square bills them."""
+    for n in range(_PERIODS_MAX):
+        if start + _step(cadence, n + 1) >= ends:
+            return start + _step(cadence, n), ends
+    raise _unreadable("a charged_through_date past every period")
+
+
+def _unreadable(what: str) -> GatewayError:
+    error = GatewayError(
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        f"Square's subscription holds {what}",
+        provider=PROVIDER,
+        retryable=True,
+    )
+    error.unreadable_answer = True
+    return error
+
+
+def cancel_action(sub: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The subscription's pending CANCEL action (read with ``include=actions``)."""
+    for action in sub.get("actions") or []:
+        if isinstance(action, Mapping) and action.get("type") == "CANCEL":
+            return action
+    return None
+
+
+def start_of(sub: Mapping[str, Any]) -> date:
+    """The subscription's start_date (its periods are counted from it)."""
+    return _day(sub.get("start_date"))
+
+
+def money_of(obj: Any) -> Money | None:
+    """A Money object's amount, or None where it holds none."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("amount"), int):
+        return None
+    return Money(amount=int(obj["amount"]), currency=str(obj.get("currency")))
+
+
+def invoice(
+    obj: Mapping[str, Any], start: date, cadence: str, payment_id: str | None
+) -> InvoiceResult | None:
+    """A subscription's invoice (None: a DRAFT, or one of a status this version does not
+    know). Its period starts on its sale_or_service_date (the billing date: its payment
+    request's due_date where that is not set) and lasts one cadence."""
+    status = _INVOICE_STATUS.get(str(obj.get("status")))
+    requests = obj.get("payment_requests") or [{}]
+    request = requests[0] if isinstance(requests[0], Mapping) else {}
+    amount = money_of(request.get("computed_amount_money"))
+    billed = obj.get("sale_or_service_date") or request.get("due_date")
+    if status is None or amount is None or billed is None:
+        return None
+    begins = _day(billed)
+    _, ends = period_of(start, cadence, begins + _step(cadence, 1))
+    return InvoiceResult(
+        provider_invoice_id=str(obj["id"]),
+        status=status,
+        amount=amount,
+        period_start=_midnight(begins),
+        period_end=_midnight(ends),
+        provider_payment_id=payment_id,
+        # (Square tells no decline on an invoice: the charge failed, it was emailed)
+        failure_code="card_declined" if status is InvoiceStatus.OPEN else None,
+        failure_message=(
+            "Square could not charge the card on file: the invoice was emailed to the customer"
+            if status is InvoiceStatus.OPEN
+            else None
+        ),
+    )
+
+
+def _status(sub: Mapping[str, Any], invoices: tuple[InvoiceResult, ...]) -> SubscriptionStatus:
+    """ACTIVE (or PENDING: not started; PAUSED by the seller) is active, past due when its
+    newest invoice is open: its first one's included, never incomplete, for Square bills
+    on after a declined charge and cancels only at a period's end (an incomplete
+    subscription is canceled only at once: it could not be stopped). CANCELED,
+    DEACTIVATED (a billing issue Square stopped it for) and COMPLETED are canceled."""
+    status = sub.get("status")
+    if status in ("CANCELED", "DEACTIVATED", "COMPLETED"):
+        return SubscriptionStatus.CANCELED
+    if status not in ("ACTIVE", "PENDING", "PAUSED"):
+        raise _unreadable(f"a status this version does not know ({status})")
+    if invoices and invoices[0].status is InvoiceStatus.OPEN:
+        return SubscriptionStatus.PAST_DUE
+    return SubscriptionStatus.ACTIVE
+
+
+def subscription(
+    sub: Mapping[str, Any],
+    cadence: str,
+    base_price: Money | None,
+    invoices: tuple[InvoiceResult, ...] = (),
+) -> SubscriptionResult:
+    """The subscription (read with its actions), its invoices newest first. Its period:
+    the one its charged_through_date ends (the first, before any is billed)."""
+    start = _day(sub.get("start_date"))
+    through = sub.get("charged_through_date")
+    begins, ends = (
+        period_of(start, cadence, _day(through)) if through else (start, start + _step(cadence, 1))
+    )
+    amount = money_of(sub.get("price_override_money")) or base_price
+    if amount is None:
+        raise _unreadable("no price")
+    status = _status(sub, invoices)
+    canceled = sub.get("canceled_date")
+    interval, count = _INTERVALS[cadence]
+    return SubscriptionResult(
+        provider_subscription_id=str(sub["id"]),
+        status=status,
+        amount=amount,
+        interval=interval,
+        interval_count=count,
+        current_period_start=_midnight(begins),
+        current_period_end=_midnight(ends),
+        cancel_at_period_end=status is not SubscriptionStatus.CANCELED and bool(canceled),
+        canceled_at=(
+            _midnight(_day(canceled))
+            if status is SubscriptionStatus.CANCELED and canceled
+            else None
+        ),
+        invoices=invoices,
+        provider_payment_method_id=str(sub["card_id"]) if sub.get("card_id") else None,
+    )
