@@ -14,6 +14,7 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -22,6 +23,7 @@ from paystream.tenancy.crypto import MasterKey
 from tests.e2e.gateway_e2e import add_tenant_with_cli, client, data, outcome, provider_objects
 from tests.fixtures.pipeline import Deployment
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+from tests.gateways.harness import advance_square_clock
 
 __all__ = ["client"]  # (the fixture)
 
@@ -140,3 +142,98 @@ async def test_square_decline_is_a_failed_payment(client: PaystreamClient) -> No
         False,
     )
     assert error["decline_code"] == "generic_decline"
+
+
+async def test_a_square_subscription_is_created_renewed_updated_and_canceled(
+    client: PaystreamClient, square_api: Any, square_url: str
+) -> None:
+    """Through the worker: Square bills the first week at once, renews on its own clock
+    (the fake's, moved on), a refresh reads the renewal back; an update is billed from
+    the next period; a cancel now is refused (Square cancels only at a period's end), one
+    at period end takes effect there."""
+    cus = await client.command("customer.create", "shop", {"email": "subs@shop.test"})
+    customer = data(cus)["object"]["id"]
+    cards = []
+    for _ in range(2):
+        pm = await client.command(
+            "payment_method.attach",
+            "shop",
+            {"customer_id": customer, "token": "cnon:card-nonce-ok"},
+        )
+        assert outcome(pm) == "payment_method.attached", data(pm)
+        cards.append(data(pm)["object"])
+    made = await client.command(
+        "subscription.create",
+        "shop",
+        {"customer_id": customer, "payment_method_id": cards[0]["id"], "amount": 700,
+         "currency": "USD", "interval": "week", "metadata": {"plan": "gold"}},
+    )  # fmt: skip
+    assert outcome(made) == "subscription.created", data(made)
+    sub = data(made)["object"]
+    assert (sub["status"], sub["provider"]) == ("active", "square")
+    (first,) = [r["object"] for r in data(made)["related"] if r["entity_type"] == "invoice"]
+    assert (first["status"], first["amount"]) == ("paid", 700) and first["provider_payment_id"]
+    at_square = (await square_api("subscriptions", sub["provider_subscription_id"]))["subscription"]
+    assert at_square["card_id"] == cards[0]["provider_payment_method_id"]
+    assert at_square["price_override_money"] == {"amount": 700, "currency": "USD"}
+
+    await advance_square_clock(square_url, 7 * 24 * 3600 + 60)
+    refreshed = await client.command("subscription.refresh", "shop", {"subscription_id": sub["id"]})
+    assert outcome(refreshed) == "subscription.updated", data(refreshed)
+    (renewal,) = [r["object"] for r in data(refreshed)["related"] if r["entity_type"] == "invoice"]
+    assert (renewal["status"], renewal["amount"]) == ("paid", 700)
+    assert renewal["period_start"] == sub["current_period_end"]
+    assert data(refreshed)["object"]["current_period_start"] == sub["current_period_end"]
+
+    updated = await client.command(
+        "subscription.update",
+        "shop",
+        {"subscription_id": sub["id"], "amount": 900, "payment_method_id": cards[1]["id"]},
+    )
+    assert outcome(updated) == "subscription.updated", data(updated)
+    assert (data(updated)["object"]["amount"], data(updated)["object"]["payment_method_id"]) == (
+        900,
+        cards[1]["id"],
+    )
+    at_square = (await square_api("subscriptions", sub["provider_subscription_id"]))["subscription"]
+    assert at_square["card_id"] == cards[1]["provider_payment_method_id"]
+
+    now = await client.command("subscription.cancel", "shop", {"subscription_id": sub["id"]})
+    assert outcome(now) == "command.rejected", data(now)
+    assert data(now)["reason"] == "unsupported"
+    assert "send at_period_end true" in data(now)["message"]
+    ends = await client.command(
+        "subscription.cancel", "shop", {"subscription_id": sub["id"], "at_period_end": True}
+    )
+    assert outcome(ends) == "subscription.updated", data(ends)
+    assert data(ends)["object"]["cancel_at_period_end"] is True
+
+    await advance_square_clock(square_url, 7 * 24 * 3600 + 60)
+    ended = await client.command("subscription.refresh", "shop", {"subscription_id": sub["id"]})
+    assert outcome(ended) == "subscription.canceled", data(ended)
+    assert data(ended)["object"]["status"] == "canceled"
+    assert data(ended)["object"]["canceled_at"] is not None
+    # (nothing billed past the cancel: the two periods paid, the second at its old price
+    # as the update came after it was billed)
+    invoices = await square_api_invoices(square_url, at_square["customer_id"])
+    assert sorted(
+        i["payment_requests"][0]["computed_amount_money"]["amount"] for i in invoices
+    ) == [
+        700,
+        700,
+    ]
+
+
+async def square_api_invoices(square_url: str, customer_id: str) -> list[dict[str, Any]]:
+    """The customer's invoices at the fake's main location (SearchInvoices)."""
+    query = {"filter": {"location_ids": [FAKE_SQUARE_LOCATION], "customer_ids": [customer_id]}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{square_url}/v2/invoices/search",
+            json={"query": query},
+            headers={"Authorization": f"Bearer {FAKE_SQUARE_TOKEN}"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return list((await resp.json()).get("invoices", []))
