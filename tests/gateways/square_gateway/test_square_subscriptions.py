@@ -267,3 +267,33 @@ async def test_invoices_are_listed_newest_first_at_most_the_most_listed(square_u
     assert renewed.invoices[0].period_start == renewed.current_period_start
     assert all(i.provider_payment_id for i in renewed.invoices)
     await gw.aclose()
+
+
+async def test_an_ended_subscriptions_unpaid_invoice_is_canceled_once(
+    wired: tuple[SquareGateway, Wire], square_url: str
+) -> None:
+    """h73q on Square: left UNPAID, an invoice stays payable from Square's email while
+    paystream reads the ended subscription no more; canceled on the read that finds it
+    ended (CancelInvoice, keyless: a lost answer's retry cancels nothing twice)."""
+    gw, wire = wired
+    customer, card = await card_of(gw)
+    await fake(square_url, "POST", f"/_fake/cards/{card}/decline", {})
+    sub = await gw.create_subscription(plan(customer, card), idempotency_key=key())
+    assert [i.status for i in sub.invoices] == [InvoiceStatus.OPEN]
+    req = CancelSubscription(
+        provider_subscription_id=sub.provider_subscription_id, at_period_end=True
+    )
+    assert (await gw.cancel_subscription(req, idempotency_key=key())).cancel_at_period_end
+    await advance_square_clock(square_url, 7 * DAY + 60)
+    wire.lose = "/cancel"  # (the invoice's: the subscription's cancel was sent before)
+    with pytest.raises(GatewayError):
+        await read(gw, sub)
+    ended = await read(gw, sub)
+    assert ended.status is SubscriptionStatus.CANCELED
+    assert [i.status for i in ended.invoices] == [InvoiceStatus.VOID]
+    (invoice,) = ended.invoices
+    ledger = (await fake(square_url, "GET", "/_fake/effects"))[FAKE_SQUARE_MERCHANT]
+    assert [e for e in ledger if e.get("invoice_id") == invoice.provider_invoice_id] == [
+        {"kind": "invoice_cancel", "invoice_id": invoice.provider_invoice_id,
+         "subscription_id": sub.provider_subscription_id}
+    ]  # fmt: skip
