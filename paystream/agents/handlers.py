@@ -1819,7 +1819,7 @@ _INVOICE_OPEN = gw.InvoiceStatus.OPEN
 def _subscriptions_supported(ctx: HandlerContext) -> None:
     """A create's (or an update's) `unsupported` before anything is asked of the
     provider: a tenant whose
-    gateway lacks subscriptions (Square, for now; or a tenant whose capabilities leave
+    gateway lacks subscriptions (Paddle; or a tenant whose capabilities leave
     them out). Not remembered: the tenant's setup, not the command (as _gateway's).
     A cancel or a refresh of a subscription already made needs only its provider's
     capability, which the gateway checks (gw.UNNARROWED_OPERATIONS): narrowing a
