@@ -330,12 +330,10 @@ def dev(
 
         # A server of the stack that dies is said, as the worker's death is: the worker
         # only logged errors by the thousand, and `dev` ran on (review finding).
+        # How it ended is said (review h78d: a SIGKILLed worker was "worker exited; see
+        # worker.log", and the log, cut off mid-line, said nothing of the kill).
         def gone() -> str | None:
-            if worker.exited():
-                return f"worker exited; see {log_path}"
-            if ingress.exited():
-                return f"the command ingress exited; see {ingress_log}"
-            return stack.died()
+            return worker.died() or ingress.died() or stack.died()
 
         if demo:
             http_base = commands_url.removesuffix("/v1/commands")

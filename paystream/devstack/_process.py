@@ -20,6 +20,7 @@ from paystream.errors import PaystreamError
 
 __all__ = [
     "ServiceError",
+    "exit_described",
     "free_port",
     "kill_process_group",
     "listens_on",
@@ -80,6 +81,18 @@ def listens_on(pid: int, port: int) -> bool:
                 ):
                     return True
     return False
+
+
+def exit_described(code: int) -> str:
+    """How a child ended, from its return code: a signal by name, as its log cannot say
+    (a SIGKILLed worker's log just stops; "exited with -9" read as a status of its own)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with status {code}"
 
 
 def log_size(path: Path) -> int:
@@ -255,7 +268,7 @@ class ServiceProcess:
 
     def _died(self) -> str | None:
         if self._proc is not None and (code := self._proc.poll()) is not None:
-            return f"exited with status {code}; see {self.log_path}"
+            return f"{exit_described(code)}; see {self.log_path}"
         return None
 
     def _on_a_free_port(self, start_once: Callable[[], None], *, chosen: bool) -> None:

@@ -14,6 +14,7 @@ from typing import IO, Self
 
 from paystream.devstack._process import (
     ServiceError,
+    exit_described,
     free_port,
     kill_process_group,
     listens_on,
@@ -118,6 +119,10 @@ class PaystreamProcess:
         """Started, and no longer running."""
         return self.proc is not None and self.proc.poll() is not None
 
+    def died(self) -> str | None:
+        """Why it is no longer running (how it ended, and its log), or None."""
+        return self._died()
+
     def _died(self) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
             taken = (
@@ -125,7 +130,8 @@ class PaystreamProcess:
                 if port_taken(self.log_path, self._logged)
                 else ""
             )
-            return f"{self.what} exited with {self.proc.returncode}{taken}; log: {self.log_path}"
+            how = exit_described(self.proc.returncode)
+            return f"{self.what} {how}{taken}; log: {self.log_path}"
         return None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
