@@ -518,4 +518,10 @@ class LedgerSink:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+    if text:
+        return f"{type(exc).__name__}: {text[0][:300]}"
+    if isinstance(exc, TimeoutError):
+        # asyncpg's command_timeout says nothing: a frozen database read "TimeoutError: ;"
+        # after a minute's silence (review h78d, a SIGSTOPped PostgreSQL).
+        return "TimeoutError: no answer in time (the database hung or is unreachable)"
+    return type(exc).__name__
