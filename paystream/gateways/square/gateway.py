@@ -144,6 +144,11 @@ _NO_IMMEDIATE_CANCEL = (
 _OPTS: dict[str, Any] = {"request_options": _NO_RETRIES}
 
 
+def _cancel_scheduled(sub: Mapping[str, Any]) -> bool:
+    """A cancel is scheduled (its canceled_date set), or the subscription has ended."""
+    return bool(sub.get("canceled_date")) or sub.get("status") in _ENDED
+
+
 def _bind(
     fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]
 ) -> Callable[[], Awaitable[Any]]:
@@ -872,11 +877,37 @@ class SquareGateway:
         sid = req.provider_subscription_id
         sub = await self._read_subscription(sid)
         if sub.get("status") in _LIVE and not sub.get("canceled_date"):
-            await self._call(
-                op, _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS})
+            await self._keyless(
+                op,
+                _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS}),
+                sid,
+                _cancel_scheduled,
             )
             sub = await self._read_subscription(sid)
         return await self._subscription(sub)
+
+    async def _keyless(
+        self,
+        op: str,
+        fn: Callable[[], Awaitable[Any]],
+        sid: str,
+        done: Callable[[Mapping[str, Any]], bool],
+    ) -> None:
+        """A keyless call sent because a read showed it still to do. Refused (another
+        worker did it since that read, or this command's first try racing its retry:
+        a second cancel, an action deleted already, a version moved on), the
+        subscription is read again: done, the refusal is no failure of this command."""
+        try:
+            await self._call(op, fn)
+        except GatewayError as exc:
+            if exc.retryable or exc.code not in (
+                ErrorCode.INVALID_STATE,
+                ErrorCode.INVALID_REQUEST,
+                ErrorCode.NOT_FOUND,
+            ):
+                raise
+            if not done(await self._read_subscription(sid)):
+                raise
 
     async def update_subscription(
         self, req: gw_base.UpdateSubscription, *, idempotency_key: str
@@ -906,27 +937,35 @@ class SquareGateway:
         if req.provider_payment_method_id not in (None, sub.get("card_id")):
             change["card_id"] = req.provider_payment_method_id
         if change:
+            wanted = dict(change)
             change["version"] = sub.get("version")
-            await self._call(
+            await self._keyless(
                 op,
                 _bind(
                     self._sq.subscriptions.update,
                     {"subscription_id": sid, "subscription": change, **_OPTS},
                 ),
+                sid,
+                lambda now: all(now.get(k) == v for k, v in wanted.items()),
             )
         action = subscriptions.cancel_action(sub)
         # (a cancel at period end, scheduled or resumed, is a cancel's: unnarrowed)
         if req.cancel_at_period_end and not sub.get("canceled_date"):
-            await self._call(
-                _CANCEL, _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS})
+            await self._keyless(
+                _CANCEL,
+                _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS}),
+                sid,
+                _cancel_scheduled,
             )
         elif req.cancel_at_period_end is False and action is not None:
-            await self._call(
+            await self._keyless(
                 _CANCEL,
                 _bind(
                     self._sq.subscriptions.delete_action,
                     {"subscription_id": sid, "action_id": str(action.get("id")), **_OPTS},
                 ),
+                sid,
+                lambda now: not now.get("canceled_date"),
             )
         elif not change:
             return await self._subscription(sub)

@@ -6,12 +6,14 @@ end is its ``charged_through_date``. References: objects Subscription,
 SubscriptionPhase, SubscriptionCadence, SubscriptionAction, Invoice, Order
 (https://developer.squareup.com/reference/square), and the guide "Subscription Billing
 and Invoices" (an invoice whose card charge failed is emailed, left UNPAID, and the
-subscription stays ACTIVE)."""
+subscription stays ACTIVE). Square's dates are the last day billed: its
+``charged_through_date`` ("May 1 billed: May 31") and the ``canceled_date`` a
+CancelSubscription sets to it; a period ends, and a cancel takes effect, the day after."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
@@ -60,6 +62,9 @@ _INTERVALS = {cadence: pair for pair, cadence in CADENCES.items()}
 _UNITS = {"day": "days", "week": "weeks", "month": "months", "year": "years"}
 # A period's number searched for at most (a daily subscription billed for 30 years).
 _PERIODS_MAX = 11_000
+# A Square date names the last day billed (charged_through_date, canceled_date): the
+# period ends the day after.
+_DAY_AFTER = timedelta(days=1)
 
 # Square's invoice statuses (InvoiceStatus) folded onto a subscription invoice's.
 _INVOICE_STATUS = {
@@ -70,9 +75,12 @@ _INVOICE_STATUS = {
     "SCHEDULED": InvoiceStatus.OPEN,
     "PARTIALLY_PAID": InvoiceStatus.OPEN,
     "PAYMENT_PENDING": InvoiceStatus.OPEN,
-    "FAILED": InvoiceStatus.OPEN,
+    # (Square canceled it for suspicious activity: not payable)
+    "FAILED": InvoiceStatus.VOID,
     "CANCELED": InvoiceStatus.VOID,
 }
+# Open, but no charge was refused: not yet processed, or a payment under way.
+_IN_FLIGHT = ("SCHEDULED", "PAYMENT_PENDING")
 
 
 def cadence_for(interval: str, interval_count: int) -> str | None:
@@ -168,6 +176,7 @@ def invoice(
         return None
     begins = _day(billed)
     _, ends = period_of(start, cadence, begins + _step(cadence, 1))
+    declined = status is InvoiceStatus.OPEN and obj.get("status") not in _IN_FLIGHT
     return InvoiceResult(
         provider_invoice_id=str(obj["id"]),
         status=status,
@@ -176,10 +185,10 @@ def invoice(
         period_end=_midnight(ends),
         provider_payment_id=payment_id,
         # (Square tells no decline on an invoice: the charge failed, it was emailed)
-        failure_code="card_declined" if status is InvoiceStatus.OPEN else None,
+        failure_code="card_declined" if declined else None,
         failure_message=(
             "Square could not charge the card on file: the invoice was emailed to the customer"
-            if status is InvoiceStatus.OPEN
+            if declined
             else None
         ),
     )
@@ -196,7 +205,8 @@ def _status(sub: Mapping[str, Any], invoices: tuple[InvoiceResult, ...]) -> Subs
         return SubscriptionStatus.CANCELED
     if status not in ("ACTIVE", "PENDING", "PAUSED"):
         raise _unreadable(f"a status this version does not know ({status})")
-    if invoices and invoices[0].status is InvoiceStatus.OPEN:
+    # (an open invoice whose charge is still to come, or under way, is not past due)
+    if invoices and invoices[0].status is InvoiceStatus.OPEN and invoices[0].failure_code:
         return SubscriptionStatus.PAST_DUE
     return SubscriptionStatus.ACTIVE
 
@@ -208,11 +218,14 @@ def subscription(
     invoices: tuple[InvoiceResult, ...] = (),
 ) -> SubscriptionResult:
     """The subscription (read with its actions), its invoices newest first. Its period:
-    the one its charged_through_date ends (the first, before any is billed)."""
+    the one whose last day is its charged_through_date (the first, before any is
+    billed)."""
     start = _day(sub.get("start_date"))
     through = sub.get("charged_through_date")
     begins, ends = (
-        period_of(start, cadence, _day(through)) if through else (start, start + _step(cadence, 1))
+        period_of(start, cadence, _day(through) + _DAY_AFTER)
+        if through
+        else (start, start + _step(cadence, 1))
     )
     amount = money_of(sub.get("price_override_money")) or base_price
     if amount is None:
@@ -230,7 +243,7 @@ def subscription(
         current_period_end=_midnight(ends),
         cancel_at_period_end=status is not SubscriptionStatus.CANCELED and bool(canceled),
         canceled_at=(
-            _midnight(_day(canceled))
+            _midnight(_day(canceled) + _DAY_AFTER)
             if status is SubscriptionStatus.CANCELED and canceled
             else None
         ),

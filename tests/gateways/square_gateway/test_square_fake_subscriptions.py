@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import date, timedelta
 from typing import Any
 
 import aiohttp
@@ -116,10 +117,9 @@ async def test_each_period_is_billed_to_the_card_on_file_on_the_fakes_clock(
     await square.advance(7 * DAY + 60)
     newest, older = await square.invoices(sub)
     assert older["id"] == first["id"]
-    assert (newest["status"], newest["sale_or_service_date"]) == (
-        "PAID",
-        sub["charged_through_date"],
-    )
+    # (charged_through_date is the billed period's last day: the next is billed the day after)
+    after = date.fromisoformat(sub["charged_through_date"]) + timedelta(days=1)
+    assert (newest["status"], newest["sale_or_service_date"]) == ("PAID", after.isoformat())
     assert newest["payment_requests"][0]["computed_amount_money"]["amount"] == 900
 
 
