@@ -2031,6 +2031,8 @@ async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -
             )
     ctx.at_provider(sub)
     previous = sub.status
+    if _changed_since_first_attempt(ctx, sub):
+        return await _cancel_read_back(ctx, sub, data, previous)
     req = gw.CancelSubscription(
         provider_subscription_id=sub.provider_subscription_id, at_period_end=data.at_period_end
     )
@@ -2042,6 +2044,37 @@ async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -
     _take_subscription(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
     return _subscription_outcome(res, sub, invoices, None, previous)
+
+
+async def _cancel_read_back(
+    ctx: HandlerContext, sub: SubscriptionRecord, data: c.CancelSubscription, previous: str
+) -> HandlerResult:
+    """A cancel re-driven after another command changed the subscription (review h78f
+    F5, as an update's: h77i): asked again, a keyed provider answers as of its first try
+    (a resume since written over), a keyless one (Square) cancels again (the resume
+    undone). Read back and recorded as the provider holds it; not in effect, refused."""
+    now = await _gateway(
+        ctx,
+        "retrieve_subscription",
+        lambda: ctx.gateway.retrieve_subscription(
+            gw.RetrieveSubscription(provider_subscription_id=sub.provider_subscription_id),
+            idempotency_key=ctx.idem,
+        ),
+    )
+    _take_subscription(ctx, sub, now)
+    invoices = _invoices(ctx, sub, now)
+    if now.status is _SUB_CANCELED or (data.at_period_end and now.cancel_at_period_end):
+        return _subscription_outcome(now, sub, invoices, None, previous)
+    return HandlerResult(
+        "subscription.updated",
+        sub,
+        invoices,
+        rejected=Rejection(
+            RejectReason.INVALID_STATE,
+            f"subscription {sub.id} changed since this cancel was first tried, and the "
+            "cancel is not in effect: send it again with a new command id to apply it",
+        ),
+    )
 
 
 async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription) -> HandlerResult:
