@@ -66,7 +66,7 @@ from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperat
 from paystream.gateways.paddle import mapping
 from paystream.gateways.paddle.client import PaddleClient, lost_answer
 from paystream.gateways.paddle.errors import PROVIDER, paddle_code, unreadable
-from paystream.gateways.paddle.in_flight import InFlight, new_token
+from paystream.gateways.paddle.in_flight import REDIS_WAIT_SECONDS, InFlight, new_token
 from paystream.gateways.paddle.references import (
     params_digest,
     read_refund_reason,
@@ -227,8 +227,11 @@ class PaddleGateway:
         self.capabilities = capabilities
         self._client = client
         self._tenant_id = tenant_id
-        # Creates in flight, in the fleet's Redis (None: no create is sent).
-        self._in_flight = InFlight(redis, tenant_id)
+        # Creates in flight, in the fleet's Redis (None: no create is sent). Each request
+        # to it ends well inside the call's deadline: a Redis that hangs is refused as
+        # one that is down, not taken for Paddle's timeout (in_flight.REDIS_WAIT_SECONDS).
+        wait = min(REDIS_WAIT_SECONDS, client.timeout / 4)
+        self._in_flight = InFlight(redis, tenant_id, wait_seconds=wait)
         # A create's lookup under way (or done, its answer not yet used), by request tag:
         # a retry after the deadline cut a try short joins it rather than start again
         # from the first page (review h75r1 F4), while its in-flight key is still held.

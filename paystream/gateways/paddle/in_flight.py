@@ -17,11 +17,13 @@ the key says "a try of this request may still be made at Paddle" for as long as 
 
 A try that finds the key held is answered ``idempotency_error`` (retryable, its
 ``retry_after`` the key's time left), as a provider holding a key in use answers. Redis
-unreachable: ``provider_unavailable`` (retryable, refused before any request), as the
-simulator answers when its store is: a create is never sent unguarded (docs/paddle.md,
-"Exactly once without idempotency keys"); Redis's refusal, not Paddle's, so no verdict
-on the tenant's Paddle circuit (``local_dependency``). ``knows_request`` reads the key
-(``held``), never takes it: while it is held, "not made" cannot be said."""
+unreachable, or not answering within ``REDIS_WAIT_SECONDS`` (stopped, partitioned: the
+worker's client has no socket timeout): ``provider_unavailable`` (retryable, refused
+before any request), as the simulator answers when its store is: a create is never
+sent unguarded (docs/paddle.md, "Exactly once without idempotency keys"); Redis's
+refusal, not Paddle's, so no verdict on the tenant's Paddle circuit
+(``local_dependency``). ``knows_request`` reads the key (``held``), never takes it:
+while it is held, "not made" cannot be said."""
 
 from __future__ import annotations
 
@@ -37,13 +39,19 @@ from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.paddle.errors import PROVIDER
 from paystream.token_scripts import EXPIRE_IF_HELD, RELEASE_IF_HELD
 
-__all__ = ["KEEP_BEATS_MAX", "InFlight", "in_flight_key"]
+__all__ = ["KEEP_BEATS_MAX", "REDIS_WAIT_SECONDS", "InFlight", "in_flight_key"]
 
 log = logging.getLogger(__name__)
 
 # Most renewals of a sent POST's key (each after a third of its time to live): at the
 # default timeout (10 s) a beat each 10 s, 5 minutes of a POST's thread.
 KEEP_BEATS_MAX = 30
+# Longest a request to Redis is waited for (the gateway passes less under a short call
+# timeout). The worker's client has no socket timeout (agents/commands.py): a Redis that
+# hangs would hold a create until the call's deadline, read as Paddle's own timeout, and
+# open the tenant's Paddle circuit, parking its reads too (review h78b). Its settling
+# tasks would wait for ever, each on a connection of its own.
+REDIS_WAIT_SECONDS = 2.0
 
 # Set when absent (-1); renewed when it holds our token (-2); else its time left (ms).
 # Another's without an expiry (none is set so: restored, or set by hand) is given one,
@@ -85,11 +93,16 @@ def new_token() -> str:
 class InFlight:
     """One tenant's creates in flight at Paddle, in the fleet's Redis (see module doc)."""
 
-    def __init__(self, redis: Any, tenant_id: str) -> None:
+    def __init__(
+        self, redis: Any, tenant_id: str, *, wait_seconds: float = REDIS_WAIT_SECONDS
+    ) -> None:
         self._redis = redis
         self._tenant_id = tenant_id
+        self._wait_seconds = wait_seconds
         # Deletes and expiries scheduled from the SDK's threads: kept until done.
         self._settling: set[asyncio.Task[None]] = set()
+        # A sent POST's renewal under way, by its try's token (keep_while_sent).
+        self._renewing: dict[str, asyncio.Future[None]] = {}
 
     def _unavailable(
         self, why: str, what: str = "no Paddle create is sent without its in-flight key"
@@ -111,7 +124,8 @@ class InFlight:
         if self._redis is None:
             return None
         try:
-            left_ms = int(await self._redis.pttl(in_flight_key(self._tenant_id, tag)))
+            async with asyncio.timeout(self._wait_seconds):
+                left_ms = int(await self._redis.pttl(in_flight_key(self._tenant_id, tag)))
         except (RedisError, OSError) as exc:
             what = "cannot tell whether a try of the request is in flight without its key"
             raise self._unavailable(type(exc).__name__, what) from exc
@@ -127,7 +141,7 @@ class InFlight:
             raise self._unavailable("REDIS_URL is not set")
         key = in_flight_key(self._tenant_id, tag)
         try:
-            left_ms = int(await self._redis.eval(_TAKE, 1, key, token, _ms(seconds)))
+            left_ms = int(await self._eval(_TAKE, key, token, _ms(seconds)))
         except (RedisError, OSError) as exc:
             # (a SET whose answer was lost may have landed: ours to delete)
             self._settle(self._run(RELEASE_IF_HELD, key, token))
@@ -153,7 +167,7 @@ class InFlight:
         longer this try's (it expired during a long lookup: another may have sent)."""
         key = in_flight_key(self._tenant_id, tag)
         try:
-            held = await self._redis.eval(EXPIRE_IF_HELD, 1, key, token, _ms(seconds))
+            held = await self._eval(EXPIRE_IF_HELD, key, token, _ms(seconds))
         except (RedisError, OSError) as exc:
             raise self._unavailable(type(exc).__name__) from exc
         if not held:
@@ -175,8 +189,11 @@ class InFlight:
 
     def expire_soon(self, tag: str, token: str, seconds: float) -> None:
         """Let the key live ``seconds`` more if still ``token``'s (the answer was lost)."""
+        self._settle(self._expire(tag, token, seconds))
+
+    async def _expire(self, tag: str, token: str, seconds: float) -> None:
         key = in_flight_key(self._tenant_id, tag)
-        self._settle(self._run(EXPIRE_IF_HELD, key, token, _ms(seconds)))
+        await self._run(EXPIRE_IF_HELD, key, token, _ms(seconds))
 
     def keep_while_sent(self, tag: str, token: str, seconds: float) -> asyncio.Task[None]:
         """Hold the key ``seconds`` more every ``seconds`` / 3 while a POST's thread runs
@@ -189,7 +206,14 @@ class InFlight:
         async def beat() -> None:
             for _ in range(KEEP_BEATS_MAX):
                 await asyncio.sleep(seconds / 3)
-                await self._run(EXPIRE_IF_HELD, key, token, _ms(seconds))
+                # (shielded: stopped mid-renewal as the thread ends, it is let finish,
+                # within the wait, and the key settled after it, _after; cut short, its
+                # request could still reach Redis after the settling's and hold the key
+                # a whole time to live again)
+                renewal = asyncio.ensure_future(self._run(EXPIRE_IF_HELD, key, token, _ms(seconds)))
+                self._renewing[token] = renewal
+                renewal.add_done_callback(lambda _: self._renewing.pop(token, None))
+                await asyncio.shield(renewal)
 
         task = asyncio.ensure_future(beat())
         self._settling.add(task)
@@ -207,21 +231,41 @@ class InFlight:
         """From an SDK thread, as its POST ended: ``kept`` (its ``keep_while_sent``)
         stopped, and the key released, or (``lost_margin``) set to expire after it."""
         with contextlib.suppress(RuntimeError):  # (the loop closed: the key expires)
-            if kept is not None:
-                loop.call_soon_threadsafe(kept.cancel)
-            if lost_margin is None:
-                loop.call_soon_threadsafe(self.release_soon, tag, token)
-            else:
-                loop.call_soon_threadsafe(self.expire_soon, tag, token, lost_margin)
+            loop.call_soon_threadsafe(self._settle_after, kept, tag, token, lost_margin)
+
+    def _settle_after(
+        self, kept: asyncio.Task[None] | None, tag: str, token: str, lost_margin: float | None
+    ) -> None:
+        self._settle(self._after(kept, tag, token, lost_margin))
+
+    async def _after(
+        self, kept: asyncio.Task[None] | None, tag: str, token: str, lost_margin: float | None
+    ) -> None:
+        """The key settled, ``kept`` stopped: after its renewal under way, if any, so that
+        Redis takes the two in that order."""
+        if kept is not None:
+            kept.cancel()
+        renewal = self._renewing.pop(token, None)
+        if renewal is not None:  # (else nothing to wait for: settled at once, as ever)
+            await renewal
+        if lost_margin is None:
+            await self.release(tag, token)
+        else:
+            await self._expire(tag, token, lost_margin)
 
     async def _run(self, script: str, key: str, *args: Any) -> None:
         if self._redis is None:
             return
         try:
-            await self._redis.eval(script, 1, key, *args)
+            await self._eval(script, key, *args)
         except (RedisError, OSError) as exc:
             # (left to expire: a retry waits out its time to live, no more)
             log.warning("paddle in-flight key not updated (%s): left to expire", type(exc).__name__)
+
+    async def _eval(self, script: str, key: str, *args: Any) -> Any:
+        """The script's answer; TimeoutError (an OSError) past the wait (module doc)."""
+        async with asyncio.timeout(self._wait_seconds):
+            return await self._redis.eval(script, 1, key, *args)
 
     def _settle(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
