@@ -148,6 +148,9 @@ async def test_a_restarted_worker_waits_for_its_lost_try_and_then_finds_it(
         await before.create_payment(req, idempotency_key=k)
     assert lost.value.code is ErrorCode.TIMEOUT
     await before.aclose()
+    # (a restart takes longer than this: the lost try's key is settled meanwhile, set to
+    # expire after the landing margin, once a renewal of it under way has ended)
+    await asyncio.sleep(0.2)
     after = gateway(slow_paddle)  # (the restarted worker's gateway)
     after._client._sdk.timeout = TIMEOUT_SECONDS
     with pytest.raises(GatewayError) as held:
