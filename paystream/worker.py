@@ -19,7 +19,7 @@ import stripe._util as stripe_util  # STRIPE_LOG is read there at import
 from faust.tables.manager import TableManager
 
 # Importing these modules registers their agents, tables and pages on `app`.
-from paystream import tracing
+from paystream import log_limits, tracing
 from paystream.agents import commands as _commands
 from paystream.agents import ledger_sink as _ledger_sink  # noqa: F401
 from paystream.agents import parked_backlog as _parked_backlog  # noqa: F401
@@ -72,6 +72,13 @@ async def speed_up_record_delivery() -> None:
 @app.timer(interval=1.0)
 async def collect_garbage_when_quiet() -> None:
     full_collections.maybe_collect()
+
+
+@app.timer(interval=1.0)
+async def write_held_back_counts() -> None:
+    """Each throttled warning's count of the lines it held back, once its minute has
+    ended: also when its cause stopped (a hang parked 282 commands; the log had no count)."""
+    log_limits.flush_all()
 
 
 @app.timer(interval=stale_stores.TOUCH_INTERVAL_SECONDS)

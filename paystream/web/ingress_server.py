@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from paystream import metrics
+from paystream import log_limits, metrics
 from paystream.errors import PaystreamError
 from paystream.settings import Settings, is_loopback, weak_token_warnings
 from paystream.streams import broker_compat, record_batches
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # How often an idle outcome reader is looked at (it stops after IDLE_READER_SECONDS).
 _IDLE_CHECK_SECONDS = 60.0
+# How often the throttled warnings' held-back counts are written (log_limits.py).
+_FLUSH_SECONDS = 1.0
 # In-flight requests get this long to finish once the process is told to stop (waiting
 # senders are answered 202 at once).
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -77,6 +79,7 @@ class IngressServer:
         self._registry_task: asyncio.Task[None] | None = None
         self._producer_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         self._brokers_answered_at: float | None = None
         # Requests being handled, and whether the process is stopping (new requests are
         # then refused 503, "not taken", while those in flight finish).
@@ -149,7 +152,8 @@ class IngressServer:
         self._registry_task = self._supervised(self.registry.run(), "the tenant registry reader")
         self._producer_task = self._supervised(self._producer_started(), "", ends=True)
         self._idle_task = self._supervised(self._stop_idle_reader(), "the idle reader check")
-        tasks = (self._registry_task, self._producer_task, self._idle_task)
+        self._flush_task = self._supervised(_write_held_back_counts(), "the held-back counts")
+        tasks = (self._registry_task, self._producer_task, self._idle_task, self._flush_task)
         try:
             yield
         finally:
@@ -371,6 +375,14 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
+
+
+async def _write_held_back_counts() -> None:
+    """Each throttled warning's count of the lines it held back (refused requests, not
+    produced commands), once its minute has ended: also when its cause stopped."""
+    while True:
+        await asyncio.sleep(_FLUSH_SECONDS)
+        log_limits.flush_all()
 
 
 def _stopping() -> aiohttp.web.Response:
