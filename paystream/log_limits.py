@@ -16,6 +16,7 @@ lost to a cause that stopped (review h78d F2: the log showed 4 lines for 282 par
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 import traceback
@@ -25,7 +26,7 @@ from typing import Any
 
 from paystream.streams.pan import redact_card_numbers
 
-__all__ = ["ThrottledLog", "flush_all"]
+__all__ = ["ThrottledLog", "flush_all", "flush_at_exit"]
 
 # Causes remembered at most; past it the oldest are dropped (made-up tenant ids).
 _MAX_CAUSES = 10_000
@@ -37,11 +38,18 @@ _KEPT_CHARS = 300
 _ALL: weakref.WeakSet[ThrottledLog] = weakref.WeakSet()
 
 
-def flush_all() -> None:
+def flush_all(*, final: bool = False) -> None:
     """Write the held-back count of every cause whose interval has ended, in every
-    ThrottledLog of this process: the processes' timers call it."""
+    ThrottledLog of this process: the processes' timers call it. ``final``: every
+    cause's, ended or not (the process is exiting: its counts would be lost)."""
     for throttled in list(_ALL):
-        throttled.flush()
+        throttled.flush(final=final)
+
+
+def flush_at_exit() -> None:
+    """Have this process write every held-back count when it exits (a worker or ingress
+    stopped mid-outage: the last minute's count is the one an operator looks for)."""
+    atexit.register(flush_all, final=True)
 
 
 class _Cause:
@@ -87,13 +95,14 @@ class ThrottledLog:
         cause = (type(exc), *where)
         self._write(logging.ERROR, cause, msg, args, False, lambda: _traceback_text(exc))
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
         """Write, for each cause whose interval has ended with lines held back, how many
-        (once: the cause is then forgotten, and its next line written as a first)."""
+        (once: the cause is then forgotten, and its next line written as a first).
+        ``final``: every cause's, its interval ended or not."""
         now = self._clock()
         ended: list[Hashable] = []
         for cause, seen in self._causes.items():
-            if now - seen.logged_at < self._interval:
+            if not final and now - seen.logged_at < self._interval:
                 break  # (the rest were written later still)
             ended.append(cause)
         for cause in ended:

@@ -262,6 +262,7 @@ def main(extra_args: list[str] | None = None) -> None:
     refuse_open_views(settings if bind is None else settings.model_copy(update={"web_host": bind}))
     quiet_libraries(settings.log_level)
     keep_log_levels()
+    log_limits.flush_at_exit()
     skip_fixed_pauses()
     for name in unknown_variables(os.environ):
         log.warning("%s is not a paystream setting (mistyped?): ignored", name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -194,3 +196,25 @@ def test_a_cause_pushed_out_by_the_cap_has_its_count_written(
         "tenant t1 (and 1 more like it in the last 0 s)",
         "tenant t4",
     ]
+
+
+def test_a_process_exiting_writes_the_counts_its_last_minute_held_back() -> None:
+    """A worker stopped mid-outage wrote no count for its last minute: the timer flushes
+    only ended intervals. flush_at_exit writes them all when the process exits."""
+    code = (
+        "import logging\n"
+        "from paystream.log_limits import ThrottledLog, flush_at_exit\n"
+        "logging.basicConfig(format='%(message)s')\n"
+        "flush_at_exit()\n"
+        "log = ThrottledLog(logging.getLogger('t.exit'))\n"
+        "for i in range(5):\n"
+        "    log.warning('park', 'parking command %s', i)\n"
+        "log.warning('quiet', 'said once')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    assert lines[:2] == ["parking command 0", "said once"]
+    assert len(lines) == 3
+    assert lines[2].startswith("parking command 0 (and 4 more like it in the last ")

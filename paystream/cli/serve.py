@@ -57,6 +57,9 @@ def ingress(host: str | None, port: int | None) -> None:
     except PaystreamError as exc:
         raise click.ClickException(str(exc)) from exc
     work = serve(settings, host or settings.ingress_host, port or settings.ingress_port)
+    from paystream.log_limits import flush_at_exit
+
+    flush_at_exit()
     try:
         if settings.event_loop == "uvloop":
             import uvloop
