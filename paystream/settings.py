@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from paystream.errors import ConfigurationError
+from paystream.errors import ConfigurationError, validator_said
 
 __all__ = [
     "STRONG_TOKEN_CHARS",
@@ -1050,7 +1050,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {validator_said(err)}"
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from exc

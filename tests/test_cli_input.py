@@ -316,6 +316,8 @@ def test_a_url_whose_password_hides_its_port_is_refused_masked(password: str) ->
     result = CliRunner().invoke(cli, ["config"], env={"REDIS_URL": url})
     assert result.exit_code != 0 and "percent-encode" in result.output
     assert "hQ7vZk2R9x" not in result.output and "mB4tLpN3s" not in result.output
+    # (the validator's words, without pydantic's "Value error, " before them)
+    assert "REDIS_URL: REDIS_URL cannot be parsed: percent-encode" in result.output
 
 
 def test_a_database_password_sqlalchemy_reads_is_accepted() -> None:

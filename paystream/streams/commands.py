@@ -24,8 +24,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from paystream.errors import validator_said
 from paystream.gateways.stripe_rules import payout_descriptor_problem
 from paystream.money import MAX_MINOR_AMOUNT, Currency
 from paystream.streams.command_types import COMMAND_TYPES
@@ -586,17 +587,8 @@ def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {
             "loc": redact_card_numbers(".".join(str(p) for p in e["loc"])[:100]),
-            "msg": redact_card_numbers(_said(e)[:200]),
+            "msg": redact_card_numbers(validator_said(e)[:200]),
             "type": e["type"],
         }
         for e in exc.errors(include_input=False, include_url=False)
     ]
-
-
-def _said(error: ErrorDetails) -> str:
-    """An error's message as its validator said it: pydantic puts "Value error, " before
-    a validator's ValueError (the sender needs the reason, not which exception carried
-    it). Its other messages, and its own value_errors of no raised error, as it words them."""
-    if error["type"] != "value_error" or "error" not in error.get("ctx", {}):
-        return error["msg"]
-    return str(error["ctx"]["error"]) or error["msg"]  # (a bare ValueError(): pydantic's)

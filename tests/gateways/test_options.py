@@ -46,3 +46,13 @@ def test_options_the_gateway_would_refuse_are_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         validate_options(provider, options)
+
+
+def test_an_option_validators_refusal_is_in_its_own_words() -> None:
+    """Without pydantic's "Value error, " before it (as a command's refusal since h78c)."""
+    with pytest.raises(ConfigurationError) as raised:
+        validate_options("simulator", {"fail_code": "card_declined"})
+    assert str(raised.value) == (
+        "invalid simulator options: fail_code: "
+        "fail_code must be a retryable code, got card_declined"
+    )

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from paystream.errors import ConfigurationError
+from paystream.errors import ConfigurationError, validator_said
 from paystream.gateways.base import Capability
 from paystream.gateways.errors import RETRYABLE, ErrorCode
 
@@ -53,7 +53,7 @@ class SimulatorOptions(BaseModel):
             return cls.model_validate(dict(options))
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                f"{'.'.join(str(p) for p in e['loc'])}: {validator_said(e)}" for e in exc.errors()
             )
             raise ConfigurationError(f"invalid simulator options: {problems}") from exc
 
