@@ -237,3 +237,47 @@ async def square_api_invoices(square_url: str, customer_id: str) -> list[dict[st
     ):
         assert resp.status == 200, await resp.text()
         return list((await resp.json()).get("invoices", []))
+
+
+async def test_a_square_subscriptions_declined_first_charge_fails_it_and_a_cancel_voids_it(
+    client: PaystreamClient, square_api: Any, square_url: str
+) -> None:
+    """Through the worker (review h78f F4a): a declined first charge is
+    subscription.failed with the decline, as on every provider, never a
+    subscription.created that a tenant would provision on; its end is scheduled at
+    Square (nothing more billed), and a cancel now cancels its unpaid invoice."""
+    cus = await client.command("customer.create", "shop", {"email": "declined@shop.test"})
+    customer = data(cus)["object"]["id"]
+    pm = await client.command(
+        "payment_method.attach", "shop", {"customer_id": customer, "token": "cnon:card-nonce-ok"}
+    )
+    card = data(pm)["object"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{square_url}/_fake/cards/{card['provider_payment_method_id']}/decline", json={}
+        ) as resp,
+    ):
+        resp.raise_for_status()
+    made = await client.command(
+        "subscription.create",
+        "shop",
+        {"customer_id": customer, "payment_method_id": card["id"], "amount": 700,
+         "currency": "USD", "interval": "week"},
+    )  # fmt: skip
+    assert outcome(made) == "subscription.failed", data(made)
+    sub = data(made)["object"]
+    assert sub["status"] == "incomplete"
+    assert data(made)["error"]["code"] == "card_declined"
+    (first,) = [r["object"] for r in data(made)["related"] if r["entity_type"] == "invoice"]
+    assert first["status"] == "open"
+    at_square = (await square_api("subscriptions", sub["provider_subscription_id"]))["subscription"]
+    assert at_square["canceled_date"] == at_square["charged_through_date"]
+
+    canceled = await client.command("subscription.cancel", "shop", {"subscription_id": sub["id"]})
+    assert outcome(canceled) == "subscription.canceled", data(canceled)
+    assert data(canceled)["object"]["status"] == "canceled"
+    (void,) = [r["object"] for r in data(canceled)["related"] if r["entity_type"] == "invoice"]
+    assert void["status"] == "void"
+    invoice = (await square_api("invoices", first["provider_invoice_id"]))["invoice"]
+    assert invoice["status"] == "CANCELED"

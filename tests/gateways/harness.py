@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ import stripe
 from pydantic import SecretStr
 
 from paystream.gateways.base import (
+    AttachPaymentMethod,
     CaptureMethod,
     CreatePayment,
     GatewayContext,
@@ -23,6 +25,7 @@ from paystream.gateways.base import (
 from paystream.gateways.registry import GATEWAYS, GatewayDeps, build_gateway
 from paystream.gateways.simulator.gateway import SimulatorGateway
 from paystream.gateways.simulator.operations import PAYOUT_TEST_ACCOUNTS
+from paystream.gateways.square import SquareGateway
 from paystream.money import Money
 from paystream.settings import load_settings
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
@@ -38,6 +41,8 @@ __all__ = [
     "open_square_dispute",
     "over_gateways",
     "paddle_checkout",
+    "pay_square_invoice",
+    "square_today",
 ]
 
 # localstripe only knows a few canonical test PaymentMethods; others are created the way
@@ -158,6 +163,10 @@ class Harness:
             tenant_id=self.tenant_id, provider=self.name, credentials=credentials, options=options
         )
         gw = build_gateway(ctx, GatewayDeps(settings=self._settings, redis=self._redis))
+        if isinstance(gw, SquareGateway):
+            # (a trial's start_date counts from the fake's today, moved on by its clock)
+            url = self._square_url
+            gw.today = lambda: square_today(url)
         self._built.append(gw)
         return gw
 
@@ -171,6 +180,27 @@ class Harness:
         if self.name != "stripe":
             return name
         return await localstripe_token(self._stripe_url, name)
+
+    async def card_on_file(self, provider_customer_id: str, name: str) -> str:
+        """A card on file of the customer from a Stripe test-card token name. At Square,
+        whose Sandbox refuses to save a declining card, a declining name is a card saved
+        and then declined by its issuer (the fake's control route)."""
+        declines = self.name == "square" and _SQUARE_NONCES.get(name) == "cnon:card-nonce-declined"
+        token = await self.token("pm_card_visa" if declines else name)
+        pm = await self.gateway.attach_payment_method(
+            AttachPaymentMethod(provider_customer_id=provider_customer_id, token=token),
+            idempotency_key=uuid.uuid4().hex,
+        )
+        if declines:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{self._square_url}/_fake/cards/{pm.provider_payment_method_id}/decline",
+                    json={},
+                ) as resp,
+            ):
+                resp.raise_for_status()
+        return pm.provider_payment_method_id
 
     async def dispute_for(self, payment: PaymentResult) -> str:
         """The dispute the cardholder opened on a payment (Stripe: found by listing). On
@@ -342,6 +372,26 @@ async def advance_square_clock(square_url: str, seconds: int) -> None:
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{square_url}/_fake/clock", json={"seconds": seconds}) as resp,
+    ):
+        resp.raise_for_status()
+
+
+async def square_today(square_url: str) -> date:
+    """The FAKE Square's today (its clock, moved on by advance_square_clock)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{square_url}/_fake/clock", json={"seconds": 0}) as resp,
+    ):
+        resp.raise_for_status()
+        return date.fromisoformat((await resp.json())["today"])
+
+
+async def pay_square_invoice(square_url: str, invoice_id: str) -> None:
+    """The customer pays an unpaid Square invoice from its email (TEST-ONLY control route
+    of tests/fixtures/square_fake.py)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{square_url}/_fake/invoices/{invoice_id}/pay", json={}) as resp,
     ):
         resp.raise_for_status()
 

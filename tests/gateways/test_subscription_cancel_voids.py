@@ -6,17 +6,11 @@ from __future__ import annotations
 
 from paystream.gateways.base import CancelSubscription, InvoiceStatus, SubscriptionStatus
 from tests.gateways.harness import Harness, over_gateways
-from tests.gateways.test_contract import (
-    NO_CHARGE_DECLINING_CARD,
-    PADDLE_NO_SUBSCRIPTIONS,
-    key,
-    subscribe,
-)
+from tests.gateways.test_contract import PADDLE_NO_SUBSCRIPTIONS, key, subscribe
 
 
-# (Square: tests/gateways/square_gateway/test_square_subscriptions.py, an ended
-# subscription's unpaid invoices canceled)
-@over_gateways(square_lacks=NO_CHARGE_DECLINING_CARD, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+# (Square: its unpaid invoice canceled, CancelInvoice, beside the cancel scheduled)
+@over_gateways(paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
 async def test_a_canceled_subscriptions_open_invoice_is_void(harness: Harness) -> None:
     sub = await subscribe(harness, token="pm_card_chargeCustomerFail")
     assert sub.status is SubscriptionStatus.INCOMPLETE

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,16 +138,36 @@ _ENDED = ("CANCELED", "DEACTIVATED", "COMPLETED")
 _UNPAID = ("UNPAID", "SCHEDULED")
 _NO_IMMEDIATE_CANCEL = (
     "cancel_subscription(at_period_end=false): Square cancels a subscription only at the "
-    "end of its paid period; send at_period_end true"
+    "end of its paid period (at once only one never paid: its unpaid invoices canceled); "
+    "send at_period_end true"
 )
+# Square's invoice statuses of a subscription that was never paid and may be canceled at
+# once: its cancel scheduled and these canceled, nothing is ever billed.
+_NOTHING_PAID = ("UNPAID", "SCHEDULED", "CANCELED", "FAILED")
 
 
 _OPTS: dict[str, Any] = {"request_options": _NO_RETRIES}
 
 
+def _first_declined(sub: Mapping[str, Any], found: list[dict[str, Any]]) -> bool:
+    """A subscription just made whose first charge was declined (its one invoice
+    UNPAID), its end not scheduled yet."""
+    return (
+        sub.get("status") in _LIVE
+        and not sub.get("canceled_date")
+        and len(found) == 1
+        and found[0].get("status") == "UNPAID"
+    )
+
+
 def _cancel_scheduled(sub: Mapping[str, Any]) -> bool:
     """A cancel is scheduled (its canceled_date set), or the subscription has ended."""
     return bool(sub.get("canceled_date")) or sub.get("status") in _ENDED
+
+
+async def _system_today() -> date:
+    """Today in UTC (paystream's Square subscriptions bill in timezone UTC)."""
+    return datetime.now(UTC).date()
 
 
 def _bind(
@@ -257,6 +278,8 @@ class SquareGateway:
         # Plan variations: made, by (currency, cadence); read, by id (never changed).
         self._variations: dict[tuple[str, str], str] = {}
         self._variation_objects: dict[str, dict[str, Any]] = {}
+        # Square's today, which a trial's start_date counts from (tests: the fake's clock).
+        self.today: Callable[[], Awaitable[date]] = _system_today
 
     @classmethod
     def from_context(cls, ctx: GatewayContext, deps: GatewayDeps) -> SquareGateway:
@@ -740,8 +763,7 @@ class SquareGateway:
 
     def _cadence(self, req: gw_base.CreateSubscription) -> str:
         """Square's cadence for the request, or `unsupported` before any call: a shape
-        Square cannot bill (no such cadence; a trial, which its price_override_money,
-        replacing every phase's price, cannot leave free; tax rates, not built)."""
+        Square cannot bill (no such cadence; tax rates, not built)."""
         cadence = subscriptions.cadence_for(req.interval, req.interval_count)
         if cadence is None:
             every = sorted(f"{n} {i}" for i, n in subscriptions.CADENCES)
@@ -750,12 +772,6 @@ class SquareGateway:
                 f"create_subscription(interval={req.interval}, "
                 f"interval_count={req.interval_count}): Square bills only its cadences "
                 f"(every {', '.join(every)})",
-            )
-        if req.trial_days:
-            raise UnsupportedOperation(
-                PROVIDER,
-                "create_subscription(trial_days=...): Square's price_override_money replaces "
-                "every phase's price, so a free first phase cannot be priced per subscription",
             )
         if req.tax_rates:
             raise UnsupportedOperation(PROVIDER, "create_subscription(tax_rates=...)")
@@ -825,9 +841,14 @@ class SquareGateway:
     async def create_subscription(
         self, req: gw_base.CreateSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        """CreateSubscription under the command's key (Square charges the card on file for
-        the first period at once; a decline leaves that invoice unpaid, answered
-        past_due). The metadata stays paystream's own: a Square subscription has none."""
+        """CreateSubscription under the command's key. Square charges the card on file for
+        the first period at once; a trial is a start_date ``trial_days`` on (PENDING,
+        nothing invoiced until then: price_override_money prices every phase, so no free
+        phase could). A declined first charge leaves its invoice UNPAID (emailed) and the
+        subscription ACTIVE, billing on: its end is scheduled (CancelSubscription, after
+        the first period), so it is answered incomplete, nothing more billed, the invoice
+        still payable (paid, it reads active). The metadata stays paystream's own: a
+        Square subscription has none."""
         op = "create_subscription"
         require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         cadence = self._cadence(req)
@@ -842,8 +863,22 @@ class SquareGateway:
             "timezone": "UTC",
             **_OPTS,
         }
+        if req.trial_days:
+            params["start_date"] = (await self.today() + timedelta(days=req.trial_days)).isoformat()
         obj = await self._call(op, _bind(self._sq.subscriptions.create, params))
-        return await self._subscription(self._part(obj, "subscription"))
+        sid = str(self._part(obj, "subscription")["id"])
+        # (read back: a replayed create answers the subscription as it was made)
+        sub = await self._read_subscription(sid)
+        found = await self._invoices_of(sub)
+        if _first_declined(sub, found):
+            await self._keyless(
+                op,
+                _bind(self._sq.subscriptions.cancel, {"subscription_id": sid, **_OPTS}),
+                sid,
+                _cancel_scheduled,
+            )
+            sub = await self._read_subscription(sid)
+        return await self._subscription(sub, found)
 
     async def _read_subscription(self, subscription_id: str) -> dict[str, Any]:
         """The subscription with its scheduled actions (its CANCEL, if any); another
@@ -868,14 +903,20 @@ class SquareGateway:
         self, req: gw_base.CancelSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
         """CancelSubscription: a CANCEL action at the end of the paid period (Square has no
-        other cancel). Keyless: read first, and a cancel scheduled already (this
+        other cancel). At once only for one never paid (incomplete): its cancel
+        scheduled and its unpaid invoices canceled, nothing is ever billed, and it is
+        answered canceled (as the simulator voids an incomplete's invoice); any other is
+        `unsupported`. Keyless: read first, and a cancel scheduled already (this
         command's, its answer lost) or done is answered as it is."""
         op = "cancel_subscription"
         require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
-        if not req.at_period_end:
-            raise UnsupportedOperation(PROVIDER, _NO_IMMEDIATE_CANCEL)
         sid = req.provider_subscription_id
         sub = await self._read_subscription(sid)
+        found: list[dict[str, Any]] = []
+        if not req.at_period_end:
+            found = await self._invoices_of(sub)
+            if not found or any(i.get("status") not in _NOTHING_PAID for i in found):
+                raise UnsupportedOperation(PROVIDER, _NO_IMMEDIATE_CANCEL)
         if sub.get("status") in _LIVE and not sub.get("canceled_date"):
             await self._keyless(
                 op,
@@ -884,6 +925,11 @@ class SquareGateway:
                 _cancel_scheduled,
             )
             sub = await self._read_subscription(sid)
+        if not req.at_period_end:
+            # (only paystream's cancel voids an invoice: one the seller ended at Square
+            # may still be collected, review h78f F7)
+            found = [await self._voided(i) if i.get("status") in _UNPAID else i for i in found]
+            return await self._subscription(sub, found)
         return await self._subscription(sub)
 
     async def _keyless(
@@ -981,16 +1027,23 @@ class SquareGateway:
             known = self._variation_objects[variation_id] = self._part(obj, "object")
         return known
 
-    async def _subscription(self, sub: Mapping[str, Any]) -> gw_base.SubscriptionResult:
-        """The subscription with its invoices (newest first, at most INVOICES_LISTED_MAX):
-        SearchInvoices of its location and customer, kept where they name it
-        (subscription_id); each paid one's payment from its order's tender."""
+    async def _subscription(
+        self, sub: Mapping[str, Any], found: list[dict[str, Any]] | None = None
+    ) -> gw_base.SubscriptionResult:
+        """The subscription with its invoices (newest first, at most INVOICES_LISTED_MAX;
+        ``found``: as just searched): SearchInvoices of its location and customer, kept
+        where they name it (subscription_id); each paid one's payment from its order's
+        tender. An incomplete one ended (never paid: paystream's create scheduled its
+        end) has its unpaid invoice canceled, as Stripe voids an expired incomplete's;
+        any other ended one's are left as they are (the seller's to collect: review
+        h78f F7)."""
         variation = await self._variation(str(sub.get("plan_variation_id")))
         cadence = subscriptions.phase_cadence(variation)
         phase = variation["subscription_plan_variation_data"]["phases"][0]
         base = phase.get("pricing", {}).get("price_money") if isinstance(phase, Mapping) else None
-        found = await self._invoices_of(sub)
-        if sub.get("status") in _ENDED:
+        if found is None:
+            found = await self._invoices_of(sub)
+        if sub.get("status") in _ENDED and found and subscriptions.never_paid(found):
             found = [await self._voided(i) if i.get("status") in _UNPAID else i for i in found]
         payments = await self._tendered(found)
         start = subscriptions.start_of(sub)
@@ -1003,14 +1056,14 @@ class SquareGateway:
             if inv is not None
         )
         price = subscriptions.money_of(base)
-        return subscriptions.subscription(sub, cadence, price, invoices)
+        return subscriptions.subscription(sub, cadence, price, invoices, found)
 
     async def _voided(self, invoice: dict[str, Any]) -> dict[str, Any]:
-        """An ended subscription's unpaid invoice canceled (CancelInvoice, at the version
-        read): left, it stays payable from the email Square sent, while paystream reads
-        an ended subscription no more (review h73q, as Stripe's are voided). Keyless, and
-        sent only while the search shows it unpaid; refused (paid or canceled meanwhile),
-        it is read back as it is."""
+        """An unpaid invoice of a subscription paystream ended canceled (CancelInvoice, at
+        the version read): left, it stays payable from the email Square sent, while
+        paystream reads an ended subscription no more (review h73q, as Stripe's are
+        voided). Keyless, and sent only while the search shows it unpaid; refused (paid
+        or canceled meanwhile), it is read back as it is."""
         invoice_id = str(invoice["id"])
         try:
             got = await self._call(

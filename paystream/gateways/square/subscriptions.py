@@ -12,7 +12,7 @@ CancelSubscription sets to it; a period ends, and a cancel takes effect, the day
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "cancel_action",
     "invoice",
     "money_of",
+    "never_paid",
     "period_of",
     "phase_cadence",
     "start_of",
@@ -194,21 +195,48 @@ def invoice(
     )
 
 
-def _status(sub: Mapping[str, Any], invoices: tuple[InvoiceResult, ...]) -> SubscriptionStatus:
-    """ACTIVE (or PENDING: not started; PAUSED by the seller) is active, past due when its
-    newest invoice is open: its first one's included, never incomplete, for Square bills
-    on after a declined charge and cancels only at a period's end (an incomplete
-    subscription is canceled only at once: it could not be stopped). CANCELED,
+_PAID = ("PAID", "PARTIALLY_REFUNDED", "REFUNDED", "PARTIALLY_PAID", "PAYMENT_PENDING")
+
+
+def never_paid(raw_invoices: Sequence[Mapping[str, Any]]) -> bool:
+    """Nothing of the subscription was paid or is being paid: its invoices (Square's, as
+    searched) at most unpaid, scheduled or canceled."""
+    return not any(i.get("status") in _PAID for i in raw_invoices)
+
+
+def _status(
+    sub: Mapping[str, Any], invoices: tuple[InvoiceResult, ...], never_paid: bool, trial: bool
+) -> SubscriptionStatus:
+    """ACTIVE (or PENDING; PAUSED by the seller) is active, past due when its newest
+    invoice is open with a decline. Its first charge declined, with its end scheduled
+    (paystream's create does so: nothing more billed), it is incomplete; that invoice
+    canceled too (paystream's cancel of it), canceled: nothing was billed, nor will be.
+    PENDING before its first invoice, a trial's (a later start_date), is trialing. CANCELED,
     DEACTIVATED (a billing issue Square stopped it for) and COMPLETED are canceled."""
     status = sub.get("status")
     if status in ("CANCELED", "DEACTIVATED", "COMPLETED"):
         return SubscriptionStatus.CANCELED
     if status not in ("ACTIVE", "PENDING", "PAUSED"):
         raise _unreadable(f"a status this version does not know ({status})")
+    if status == "PENDING" and trial and not invoices:
+        return SubscriptionStatus.TRIALING
     # (an open invoice whose charge is still to come, or under way, is not past due)
-    if invoices and invoices[0].status is InvoiceStatus.OPEN and invoices[0].failure_code:
-        return SubscriptionStatus.PAST_DUE
-    return SubscriptionStatus.ACTIVE
+    declined = bool(invoices) and invoices[0].status is InvoiceStatus.OPEN
+    declined = declined and invoices[0].failure_code is not None
+    if never_paid and sub.get("canceled_date") and invoices:
+        if declined:
+            return SubscriptionStatus.INCOMPLETE
+        if all(i.status is InvoiceStatus.VOID for i in invoices):
+            return SubscriptionStatus.CANCELED
+    return SubscriptionStatus.PAST_DUE if declined else SubscriptionStatus.ACTIVE
+
+
+def _instant(text: Any) -> datetime | None:
+    """An RFC 3339 UTC time of Square's, to the second (None: none, or unreadable)."""
+    try:
+        return datetime.fromisoformat(str(text)[:19]).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def subscription(
@@ -216,22 +244,36 @@ def subscription(
     cadence: str,
     base_price: Money | None,
     invoices: tuple[InvoiceResult, ...] = (),
+    raw_invoices: Sequence[Mapping[str, Any]] | None = None,
 ) -> SubscriptionResult:
-    """The subscription (read with its actions), its invoices newest first. Its period:
-    the one whose last day is its charged_through_date (the first, before any is
-    billed)."""
+    """The subscription (read with its actions), its invoices newest first (and as
+    Square has them: ``raw_invoices``). Its period: the one whose last day is its
+    charged_through_date (the first, before any is billed; in a trial, from the day it
+    was made to its start_date). A start_date later than the day it was made was a
+    trial's (paystream's create starts a trial's billing so): its ``trial_end``."""
+    raw = raw_invoices or []
     start = _day(sub.get("start_date"))
+    made = _day(str(sub.get("created_at") or start.isoformat())[:10])
     through = sub.get("charged_through_date")
-    begins, ends = (
-        period_of(start, cadence, _day(through) + _DAY_AFTER)
-        if through
-        else (start, start + _step(cadence, 1))
-    )
+    never = never_paid(raw)
+    status = _status(sub, invoices, never, start > made)
+    if through:
+        begins, ends = period_of(start, cadence, _day(through) + _DAY_AFTER)
+    elif status is SubscriptionStatus.TRIALING:
+        begins, ends = min(made, start), start
+    else:
+        begins, ends = start, start + _step(cadence, 1)
     amount = money_of(sub.get("price_override_money")) or base_price
     if amount is None:
         raise _unreadable("no price")
-    status = _status(sub, invoices)
     canceled = sub.get("canceled_date")
+    ended = status is SubscriptionStatus.CANCELED
+    canceled_at = _midnight(_day(canceled) + _DAY_AFTER) if ended and canceled else None
+    voided = _instant(raw[0].get("updated_at")) if raw else None
+    if ended and never and voided is not None and raw[0].get("status") == "CANCELED":
+        # (paystream's cancel now of one never paid: when its invoice was canceled, if
+        # before Square's end of it)
+        canceled_at = min(voided, canceled_at or voided)
     interval, count = _INTERVALS[cadence]
     return SubscriptionResult(
         provider_subscription_id=str(sub["id"]),
@@ -241,12 +283,9 @@ def subscription(
         interval_count=count,
         current_period_start=_midnight(begins),
         current_period_end=_midnight(ends),
-        cancel_at_period_end=status is not SubscriptionStatus.CANCELED and bool(canceled),
-        canceled_at=(
-            _midnight(_day(canceled) + _DAY_AFTER)
-            if status is SubscriptionStatus.CANCELED and canceled
-            else None
-        ),
+        trial_end=_midnight(start) if start > made else None,
+        cancel_at_period_end=not ended and bool(canceled),
+        canceled_at=canceled_at,
         invoices=invoices,
         provider_payment_method_id=str(sub["card_id"]) if sub.get("card_id") else None,
     )

@@ -1,10 +1,12 @@
 """Square's subscriptions through the gateway, against the tests' FAKE Square: what the
-contract suite skips for Square (tests/gateways/test_contract.py: a cancel now, trials, a
-first charge declined) and what only Square has: its cadences, a cancel only at the
-period's end, calls that take no idempotency key retried after a lost answer."""
+contract suite skips for Square (tests/gateways/test_contract.py: a cancel now) and what
+only Square has: its cadences, a cancel only at the period's end (at once only of one
+never paid), a trial as a later start_date, a declined first charge's end scheduled,
+calls that take no idempotency key retried after a lost answer."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -26,7 +28,7 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.square.gateway import SquareGateway
 from tests.fixtures.square_fake import FAKE_SQUARE_MERCHANT, FAKE_SQUARE_TOKEN
-from tests.gateways.harness import advance_square_clock
+from tests.gateways.harness import advance_square_clock, pay_square_invoice, square_today
 from tests.gateways.square_gateway.wire import Wire, gateway_at, key, usd, wired
 
 __all__ = ["wired"]
@@ -121,7 +123,6 @@ async def test_one_plan_variation_serves_every_subscription_of_a_currency_and_ca
     [
         ({"interval": "week", "interval_count": 3}, "Square bills only its cadences"),
         ({"interval": "day", "interval_count": 7}, "every 1 day"),
-        ({"trial_days": 14}, "trial_days"),
     ],
 )
 async def test_a_shape_square_cannot_bill_is_refused_before_any_call(
@@ -133,14 +134,19 @@ async def test_a_shape_square_cannot_bill_is_refused_before_any_call(
     assert says in info.value.message and wire.sent == []
 
 
-async def test_a_cancel_now_is_refused_before_any_call(wired: tuple[SquareGateway, Wire]) -> None:
-    gw, wire = wired
+async def test_a_cancel_now_of_one_paid_for_is_refused(square_url: str) -> None:
+    gw = gateway_at(square_url)
+    sub = await subscribe(gw)
     with pytest.raises(UnsupportedOperation) as info:
         await gw.cancel_subscription(
-            CancelSubscription(provider_subscription_id="sub_x"), idempotency_key=key()
+            CancelSubscription(provider_subscription_id=sub.provider_subscription_id),
+            idempotency_key=key(),
         )
     assert "only at the end of its paid period" in info.value.message
-    assert "at_period_end true" in info.value.message and wire.sent == []
+    assert "at_period_end true" in info.value.message
+    assert await effects_of(square_url, "subscription_cancel", sub.provider_subscription_id) == []
+    assert (await read(gw, sub)).status is SubscriptionStatus.ACTIVE
+    await gw.aclose()
 
 
 async def test_a_cancel_whose_answer_was_lost_is_scheduled_once(
@@ -234,13 +240,6 @@ async def test_a_declined_charge_leaves_the_invoice_open_and_the_subscription_pa
     newest, first = renewed.invoices
     assert (newest.status, first.status) == (InvoiceStatus.OPEN, InvoiceStatus.PAID)
     assert newest.failure_code == "card_declined" and newest.provider_payment_id is None
-    # A first charge declined: past due too (Square bills on, and cancels only at a
-    # period's end: never incomplete, which could not be stopped).
-    customer, card = await card_of(gw)
-    await fake(square_url, "POST", f"/_fake/cards/{card}/decline", {})
-    declined = await gw.create_subscription(plan(customer, card), idempotency_key=key())
-    assert declined.status is SubscriptionStatus.PAST_DUE
-    assert [i.status for i in declined.invoices] == [InvoiceStatus.OPEN]
     await gw.aclose()
 
 
@@ -269,31 +268,148 @@ async def test_invoices_are_listed_newest_first_at_most_the_most_listed(square_u
     await gw.aclose()
 
 
-async def test_an_ended_subscriptions_unpaid_invoice_is_canceled_once(
-    wired: tuple[SquareGateway, Wire], square_url: str
-) -> None:
-    """h73q on Square: left UNPAID, an invoice stays payable from Square's email while
-    paystream reads the ended subscription no more; canceled on the read that finds it
-    ended (CancelInvoice, keyless: a lost answer's retry cancels nothing twice)."""
-    gw, wire = wired
+async def declining(gw: SquareGateway, square_url: str) -> tuple[str, str]:
+    """(a customer, a card on file of it whose issuer declines its charges)."""
     customer, card = await card_of(gw)
     await fake(square_url, "POST", f"/_fake/cards/{card}/decline", {})
+    return customer, card
+
+
+async def test_a_declined_first_charge_is_incomplete_its_end_scheduled_once(
+    wired: tuple[SquareGateway, Wire], square_url: str
+) -> None:
+    """Review h78f F4a: as on every provider, a declined first charge is `incomplete`
+    (the handler's subscription.failed), not `past_due` behind a subscription.created;
+    nothing more is billed: the create schedules its end (keyless: a replay of the
+    create, and a lost answer's retry, schedule it once)."""
+    gw, wire = wired
+    customer, card = await declining(gw, square_url)
+    k = key()
+    wire.lose = "/cancel"
+    with pytest.raises(GatewayError) as lost:
+        await gw.create_subscription(plan(customer, card), idempotency_key=k)
+    assert lost.value.retryable
+    sub = await gw.create_subscription(plan(customer, card), idempotency_key=k)
+    assert sub.status is SubscriptionStatus.INCOMPLETE and sub.cancel_at_period_end
+    (first,) = sub.invoices
+    assert (first.status, first.failure_code) == (InvoiceStatus.OPEN, "card_declined")
+    again = await gw.create_subscription(plan(customer, card), idempotency_key=k)
+    assert again.provider_subscription_id == sub.provider_subscription_id
+    assert again.status is SubscriptionStatus.INCOMPLETE
+    sid = sub.provider_subscription_id
+    assert len(await effects_of(square_url, "subscription_cancel", sid)) == 1
+    assert await effects_of(square_url, "payment", sid) == []
+    # Its period over, unpaid: canceled, nothing billed, and its invoice canceled (an
+    # incomplete's end paystream scheduled, as Stripe voids an expired incomplete's).
+    await advance_square_clock(square_url, 7 * DAY + 60)
+    ended = await read(gw, sub)
+    assert ended.status is SubscriptionStatus.CANCELED
+    assert ended.canceled_at == sub.current_period_end  # (Square's end, not the read's)
+    assert [i.status for i in ended.invoices] == [InvoiceStatus.VOID]
+    assert await effects_of(square_url, "payment", sid) == []
+    assert len(await effects_of(square_url, "invoice_cancel", sid)) == 1
+
+
+async def test_an_incomplete_paid_later_is_active_to_its_periods_end(square_url: str) -> None:
+    """The customer pays the emailed invoice (as Stripe's incomplete, paid, is active):
+    active, its end still scheduled (the create's), which an update may take back."""
+    gw = gateway_at(square_url)
+    customer, card = await declining(gw, square_url)
     sub = await gw.create_subscription(plan(customer, card), idempotency_key=key())
-    assert [i.status for i in sub.invoices] == [InvoiceStatus.OPEN]
+    assert sub.status is SubscriptionStatus.INCOMPLETE
+    await pay_square_invoice(square_url, sub.invoices[0].provider_invoice_id)
+    paid = await read(gw, sub)
+    assert paid.status is SubscriptionStatus.ACTIVE and paid.cancel_at_period_end
+    (invoice,) = paid.invoices
+    assert invoice.status is InvoiceStatus.PAID and invoice.provider_payment_id
+    assert invoice.failure_code is None
+    await gw.aclose()
+
+
+async def test_an_incomplete_canceled_now_bills_nothing_ever(
+    wired: tuple[SquareGateway, Wire], square_url: str
+) -> None:
+    """Square has no cancel now, but one never paid, its end scheduled and its unpaid
+    invoice canceled, is billed nothing ever: answered canceled (as the simulator's and
+    Stripe's incomplete canceled), and read so to and past its scheduled end. Keyless
+    CancelInvoice: a lost answer's retry cancels it once."""
+    gw, wire = wired
+    customer, card = await declining(gw, square_url)
+    sub = await gw.create_subscription(plan(customer, card), idempotency_key=key())
+    req = CancelSubscription(provider_subscription_id=sub.provider_subscription_id)
+    wire.lose = "/cancel"
+    with pytest.raises(GatewayError):
+        await gw.cancel_subscription(req, idempotency_key=key())
+    canceled = await gw.cancel_subscription(req, idempotency_key=key())
+    assert canceled.status is SubscriptionStatus.CANCELED and canceled.canceled_at is not None
+    assert not canceled.cancel_at_period_end
+    assert [i.status for i in canceled.invoices] == [InvoiceStatus.VOID]
+    sid = sub.provider_subscription_id
+    assert len(await effects_of(square_url, "invoice_cancel", sid)) == 1
+    assert len(await effects_of(square_url, "subscription_cancel", sid)) == 1
+    # (never active again: the state machine moves no canceled record back)
+    assert (await read(gw, sub)).model_dump() == canceled.model_dump()
+    await advance_square_clock(square_url, 7 * DAY + 60)
+    ended = await read(gw, sub)
+    assert (ended.status, ended.canceled_at) == (SubscriptionStatus.CANCELED, canceled.canceled_at)
+    assert await effects_of(square_url, "payment", sid) == []
+
+
+async def test_a_subscription_ended_at_square_keeps_its_unpaid_invoice(square_url: str) -> None:
+    """Review h78f F7: a read cancels no invoice of a subscription the seller ended at
+    Square (its dashboard) after it was paid for: the seller may still collect it."""
+    gw = gateway_at(square_url)
+    sub = await subscribe(gw)
+    sid = sub.provider_subscription_id
+    await fake(square_url, "POST", f"/_fake/cards/{sub.provider_payment_method_id}/decline", {})
+    await advance_square_clock(square_url, 7 * DAY + 60)
+    assert (await read(gw, sub)).status is SubscriptionStatus.PAST_DUE
+    await fake(square_url, "POST", f"/v2/subscriptions/{sid}/cancel", {})
+    await advance_square_clock(square_url, 7 * DAY + 60)
+    ended = await read(gw, sub)
+    assert ended.status is SubscriptionStatus.CANCELED
+    assert [i.status for i in ended.invoices] == [InvoiceStatus.OPEN, InvoiceStatus.PAID]
+    assert await effects_of(square_url, "invoice_cancel", sid) == []
+    await gw.aclose()
+
+
+async def test_a_trial_is_a_later_start_date(square_url: str) -> None:
+    """Review h78f F4b: a trial of ``trial_days`` is a start_date that far on, on
+    Square's clock: PENDING, nothing invoiced or charged until then, `trialing` with
+    its trial_end; from that date billed as any."""
+    gw = gateway_at(square_url)
+    gw.today = lambda: square_today(square_url)
+    today = await square_today(square_url)
+    sub = await subscribe(gw, trial_days=10)
+    ends = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=10)
+    assert sub.status is SubscriptionStatus.TRIALING and sub.invoices == ()
+    assert (sub.trial_end, sub.current_period_end) == (ends, ends)
+    assert sub.current_period_start < ends and not sub.cancel_at_period_end
+    held = await fake(square_url, "GET", f"/v2/subscriptions/{sub.provider_subscription_id}")
+    assert held["subscription"]["start_date"] == (today + timedelta(days=10)).isoformat()
+    await advance_square_clock(square_url, 9 * DAY)
+    assert (await read(gw, sub)).status is SubscriptionStatus.TRIALING
+    await advance_square_clock(square_url, DAY)
+    billed = await read(gw, sub)
+    assert billed.status is SubscriptionStatus.ACTIVE and billed.trial_end == ends
+    (first,) = billed.invoices
+    assert (first.status, first.period_start) == (InvoiceStatus.PAID, ends)
+    assert billed.current_period_start == ends
+    await gw.aclose()
+
+
+async def test_a_trial_canceled_at_its_end_is_never_billed(square_url: str) -> None:
+    gw = gateway_at(square_url)
+    gw.today = lambda: square_today(square_url)
+    sub = await subscribe(gw, trial_days=3)
     req = CancelSubscription(
         provider_subscription_id=sub.provider_subscription_id, at_period_end=True
     )
-    assert (await gw.cancel_subscription(req, idempotency_key=key())).cancel_at_period_end
-    await advance_square_clock(square_url, 7 * DAY + 60)
-    wire.lose = "/cancel"  # (the invoice's: the subscription's cancel was sent before)
-    with pytest.raises(GatewayError):
-        await read(gw, sub)
+    ends = await gw.cancel_subscription(req, idempotency_key=key())
+    assert ends.status is SubscriptionStatus.TRIALING and ends.cancel_at_period_end
+    await advance_square_clock(square_url, 3 * DAY + 60)
     ended = await read(gw, sub)
-    assert ended.status is SubscriptionStatus.CANCELED
-    assert [i.status for i in ended.invoices] == [InvoiceStatus.VOID]
-    (invoice,) = ended.invoices
-    ledger = (await fake(square_url, "GET", "/_fake/effects"))[FAKE_SQUARE_MERCHANT]
-    assert [e for e in ledger if e.get("invoice_id") == invoice.provider_invoice_id] == [
-        {"kind": "invoice_cancel", "invoice_id": invoice.provider_invoice_id,
-         "subscription_id": sub.provider_subscription_id}
-    ]  # fmt: skip
+    assert ended.status is SubscriptionStatus.CANCELED and ended.invoices == ()
+    assert ended.canceled_at == sub.trial_end
+    assert await effects_of(square_url, "payment", sub.provider_subscription_id) == []
+    await gw.aclose()
