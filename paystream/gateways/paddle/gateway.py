@@ -524,13 +524,13 @@ class PaddleGateway:
             result = await run
         except GatewayError as exc:
             if not (attempt.sent and lost_answer(exc)) and not self._lookup_holds(attempt):
-                await self._in_flight.release(attempt.tag, attempt.token)
+                await self._in_flight.release_briefly(attempt.tag, attempt.token)
             raise
         except BaseException:  # (cancelled: not awaited, the deadline has passed)
             if not attempt.sent and not self._lookup_holds(attempt):
                 self._in_flight.release_soon(attempt.tag, attempt.token)
             raise
-        await self._in_flight.release(attempt.tag, attempt.token)
+        await self._in_flight.release_briefly(attempt.tag, attempt.token)
         return result
 
     def _lookup_holds(self, attempt: _Try) -> bool:

@@ -183,6 +183,15 @@ class InFlight:
         """Delete the key if still ``token``'s (the answer is known)."""
         await self._run(RELEASE_IF_HELD, in_flight_key(self._tenant_id, tag), token)
 
+    async def release_briefly(self, tag: str, token: str) -> None:
+        """``release`` once a create's answer is known, waited for only briefly (a tenth
+        of the wait): a healthy Redis answers well within it, so the next try finds the
+        key free; a Redis that hangs delays the known answer by no more, where a whole
+        wait could take it past the call's deadline, to be counted as Paddle's timeout
+        (review h78j F1). The release goes on after, as ``release_soon``'s."""
+        done = self._settle(self.release(tag, token))
+        await asyncio.wait({done}, timeout=self._wait_seconds / 10)
+
     def release_soon(self, tag: str, token: str) -> None:
         """``release``, not waited for (a try cancelled, a thread's end)."""
         self._settle(self.release(tag, token))
@@ -267,10 +276,11 @@ class InFlight:
         async with asyncio.timeout(self._wait_seconds):
             return await self._redis.eval(script, 1, key, *args)
 
-    def _settle(self, work: Any) -> None:
+    def _settle(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return task
 
 
 def _ms(seconds: float) -> int:
