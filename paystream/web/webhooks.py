@@ -27,8 +27,9 @@ signature is over the subscription's notification URL and the body, the URL take
 configuration (the tenant's ``webhook_url`` option, else PAYSTREAM_WEBHOOK_BASE_URL +
 ``/webhooks/square/<tenant>``: behind a proxy the worker never sees the URL Square
 posted to); its payment is named by the Square payment's reference_id, its refund by
-the end of the refund's reason, and a dispute's payment by the disputed Square payment,
-read with the tenant's key as a Stripe dispute's PaymentIntent is. Events of another
+the end of the refund's reason, its subscription by the Square subscription's
+source name, and a dispute's payment by the disputed Square payment, read with the
+tenant's key as a Stripe dispute's PaymentIntent is. Events of another
 location than the tenant's are ignored (Square's location ids are unique across sellers,
 so another seller's are too), as a Stripe endpoint ignores another account's.
 
@@ -492,6 +493,7 @@ def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | Disp
         return (
             square_webhooks.payment_notice(event, tenant)
             or square_webhooks.refund_notice(event, tenant)
+            or square_webhooks.subscription_notice(event, tenant)
             or square_webhooks.dispute_notice(event)
         )
     if provider == "paddle":

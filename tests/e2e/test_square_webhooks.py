@@ -230,3 +230,79 @@ async def test_a_refund_is_found_from_its_event_and_a_wrong_url_fails_the_signat
         url=f"{base_url}/webhooks/square/{TENANT}",
     )
     assert (status, answer.get("error")) == (400, "bad_signature"), answer
+
+
+async def test_a_cancel_scheduled_at_square_comes_by_its_subscription_updated(
+    deployed: tuple[Deployment, str], client: PaystreamClient, square_url: str
+) -> None:
+    """The seller schedules a subscription's cancel in Square's Dashboard: Square's
+    subscription.updated names paystream's subscription in the Square subscription's
+    source name, and becomes its refresh, which records the cancel at period end. One
+    not made by paystream (another source name) is ignored."""
+    _, base_url = deployed
+    cus = await client.command("customer.create", TENANT, {"email": "hooks@shop.test"})
+    customer = cus.get_data()["object"]["id"]
+    card = await client.command(
+        "payment_method.attach", TENANT, {"customer_id": customer, "token": "cnon:card-nonce-ok"}
+    )
+    made = await client.command(
+        "subscription.create",
+        TENANT,
+        {"customer_id": customer, "payment_method_id": card.get_data()["object"]["id"],
+         "amount": 700, "currency": "USD", "interval": "week"},
+    )  # fmt: skip
+    assert outcome(made) == "subscription.created", made.get_data()
+    sub = made.get_data()["object"]
+    assert sub["cancel_at_period_end"] is False
+    sqid = sub["provider_subscription_id"]
+    tag = hashlib.sha256(TENANT.encode()).hexdigest()[:4]
+    assert (await square_subscription(square_url, sqid))["source"] == {
+        "name": f"paystream [ps:{tag}:{sub['id']}]"
+    }
+
+    await square_call(square_url, f"/v2/subscriptions/{sqid}/cancel")  # (the Dashboard's)
+    event_id = str(uuid.uuid4())
+    expected = client.expect(TENANT, derived_id("whk", "square", TENANT, event_id))
+    _, status, answer = await notify(
+        square_url, base_url, "subscription.updated", sqid, event_id=event_id
+    )
+    assert (status, answer.get("action")) == (200, "refresh"), answer
+    moved = await asyncio.wait_for(expected, 60)
+    assert outcome(moved) == "subscription.updated", moved.get_data()
+    assert moved.get_data()["object"]["cancel_at_period_end"] is True
+
+    # Made at Square by another application of the seller's: not paystream's.
+    other = await square_call(
+        square_url,
+        "/v2/subscriptions",
+        {"idempotency_key": uuid.uuid4().hex, "location_id": FAKE_SQUARE_LOCATION,
+         "customer_id": cus.get_data()["object"]["provider_customer_id"],
+         "card_id": card.get_data()["object"]["provider_payment_method_id"],
+         "plan_variation_id": (await square_subscription(square_url, sqid))["plan_variation_id"],
+         "source": {"name": "Another App"}},
+    )  # fmt: skip
+    _, status, answer = await notify(
+        square_url, base_url, "subscription.updated", other["subscription"]["id"]
+    )
+    assert (status, answer.get("action")) == (200, "ignored"), answer
+
+
+async def square_subscription(square_url: str, subscription_id: str) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {FAKE_SQUARE_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{square_url}/v2/subscriptions/{subscription_id}", headers=auth) as resp,
+    ):
+        return dict((await resp.json())["subscription"])
+
+
+async def square_call(square_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Square's API as the seller's Dashboard (or another application) calls it."""
+    auth = {"Authorization": f"Bearer {FAKE_SQUARE_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{square_url}{path}", json=body or {}, headers=auth) as resp,
+    ):
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        return answer

@@ -66,6 +66,7 @@ from paystream.gateways.square.webhooks import (
     REFERENCE_ID_MAX,
     payment_reference,
     refund_reason,
+    subscription_source,
 )
 from paystream.gateways.tenant_config import (
     narrowed_capabilities,
@@ -123,11 +124,11 @@ _DISPUTE_PAGES_MAX = 10
 _EVIDENCE_TEXT_MAX = 500
 # Subscriptions: the keys' stem of the plan and plan variation made per currency and
 # cadence; the variation's nominal price (never billed: every subscription is priced by
-# its price_override_money); SearchInvoices pages read for one subscription's invoices
-# (it filters by location and customer, never by subscription), of at most 200 each.
+# its price_override_money: 100 minor units of the currency); the page of the customer's
+# newest invoices searched for a subscription's (SearchInvoices's most: it filters by
+# location and customer, never by id or subscription).
 _PLAN_KEY = "paystream-subscription-plan"
 _NOMINAL_PRICE = 100
-_INVOICE_PAGES_MAX = 5
 _INVOICE_PAGE = 200
 # Square's subscription statuses that still bill (a cancel or an update applies).
 _LIVE = ("ACTIVE", "PENDING", "PAUSED")
@@ -777,14 +778,17 @@ class SquareGateway:
             raise UnsupportedOperation(PROVIDER, "create_subscription(tax_rates=...)")
         return cadence
 
-    async def _plan_variation(self, currency: str, cadence: str) -> str:
+    async def _plan_variation(self, currency: str, cadence: str, gone: str = "") -> str:
         """The plan variation billing ``cadence`` in ``currency``: a SUBSCRIPTION_PLAN and
         its SUBSCRIPTION_PLAN_VARIATION made by UpsertCatalogObject under keys derived
         from the pair alone, so that every create (every tenant on the seller) finds the
         same ones while Square keeps the keys. Its price is nominal, never billed: each
-        subscription carries its own price_override_money."""
+        subscription carries its own price_override_money. ``gone``: the variation that
+        was deleted at Square (its Dashboard); the keys then derive from it too, so that
+        every worker makes the same one in its place (the pair's own keys would replay
+        the deleted one)."""
         known = self._variations.get((currency, cadence))
-        if known is not None:
+        if known is not None and known != gone:
             return known
         op = "create_subscription"
         name = f"paystream {cadence.lower().replace('_', ' ')} {currency}"
@@ -798,7 +802,7 @@ class SquareGateway:
             _bind(
                 self._sq.catalog.object.upsert,
                 {
-                    "idempotency_key": square_key(_PLAN_KEY, currency, cadence),
+                    "idempotency_key": square_key(_PLAN_KEY, currency, cadence, gone),
                     "object": plan_obj,
                     **_OPTS,
                 },
@@ -827,7 +831,7 @@ class SquareGateway:
             _bind(
                 self._sq.catalog.object.upsert,
                 {
-                    "idempotency_key": square_key(_PLAN_KEY, currency, cadence, plan_id),
+                    "idempotency_key": square_key(_PLAN_KEY, currency, cadence, plan_id, gone),
                     "object": variation_obj,
                     **_OPTS,
                 },
@@ -847,12 +851,51 @@ class SquareGateway:
         phase could). A declined first charge leaves its invoice UNPAID (emailed) and the
         subscription ACTIVE, billing on: its end is scheduled (CancelSubscription, after
         the first period), so it is answered incomplete, nothing more billed, the invoice
-        still payable (paid, it reads active). The metadata stays paystream's own: a
-        Square subscription has none."""
+        still payable (paid, it reads active). The metadata stays paystream's own (a
+        Square subscription has none); a WEBHOOKS tenant's subscription is named in its
+        ``source.name``, for its events."""
         op = "create_subscription"
         require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         cadence = self._cadence(req)
         variation_id = await self._plan_variation(req.amount.currency, cadence)
+        try:
+            return await self._create_subscription(req, idempotency_key, variation_id)
+        except GatewayError as exc:
+            refused = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID_REQUEST)
+            if exc.retryable or not refused or not await self._variation_gone(variation_id):
+                raise
+        # (deleted or disabled at Square since this worker made or read it: made again,
+        # once; the create refused made nothing, so it is sent again under its key)
+        self._variations.pop((req.amount.currency, cadence), None)
+        self._variation_objects.pop(variation_id, None)
+        variation_id = await self._plan_variation(req.amount.currency, cadence, variation_id)
+        return await self._create_subscription(req, idempotency_key, variation_id)
+
+    async def _variation_gone(self, variation_id: str) -> bool:
+        """The plan variation is gone at Square: not found, read as deleted, or not
+        present at the tenant's location (a plan disabled in the Dashboard)."""
+        try:
+            got = await self._call(
+                "create_subscription",
+                _bind(self._sq.catalog.object.get, {"object_id": variation_id, **_OPTS}),
+            )
+        except GatewayError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return True
+            raise
+        obj = self._part(got, "object")
+        here = self._location_id
+        present = (
+            here in (obj.get("present_at_location_ids") or [])
+            if obj.get("present_at_all_locations") is False
+            else here not in (obj.get("absent_at_location_ids") or [])
+        )
+        return bool(obj.get("is_deleted")) or not present
+
+    async def _create_subscription(
+        self, req: gw_base.CreateSubscription, idempotency_key: str, variation_id: str
+    ) -> gw_base.SubscriptionResult:
+        op = "create_subscription"
         params = {
             "idempotency_key": square_key(idempotency_key),
             "location_id": self._location_id,
@@ -863,6 +906,11 @@ class SquareGateway:
             "timezone": "UTC",
             **_OPTS,
         }
+        ref = self._own_ref(gw_base.read_subscription_ref(req.metadata))
+        name = subscription_source(*ref) if ref is not None else None
+        if name is not None:
+            # (its events find paystream's subscription by it: a WEBHOOKS tenant's only)
+            params["source"] = {"name": name}
         if req.trial_days:
             params["start_date"] = (await self.today() + timedelta(days=req.trial_days)).isoformat()
         obj = await self._call(op, _bind(self._sq.subscriptions.create, params))
@@ -1031,12 +1079,11 @@ class SquareGateway:
         self, sub: Mapping[str, Any], found: list[dict[str, Any]] | None = None
     ) -> gw_base.SubscriptionResult:
         """The subscription with its invoices (newest first, at most INVOICES_LISTED_MAX;
-        ``found``: as just searched): SearchInvoices of its location and customer, kept
-        where they name it (subscription_id); each paid one's payment from its order's
-        tender. An incomplete one ended (never paid: paystream's create scheduled its
-        end) has its unpaid invoice canceled, as Stripe voids an expired incomplete's;
-        any other ended one's are left as they are (the seller's to collect: review
-        h78f F7)."""
+        ``found``: as just read): the ones its invoice_ids name (``_invoices_of``); each
+        paid one's payment from its order's tender. An incomplete one ended (never paid:
+        paystream's create scheduled its end) has its unpaid invoice canceled, as Stripe
+        voids an expired incomplete's; any other ended one's are left as they are (the
+        seller's to collect: review h78f F7)."""
         variation = await self._variation(str(sub.get("plan_variation_id")))
         cadence = subscriptions.phase_cadence(variation)
         phase = variation["subscription_plan_variation_data"]["phases"][0]
@@ -1062,7 +1109,7 @@ class SquareGateway:
         """An unpaid invoice of a subscription paystream ended canceled (CancelInvoice, at
         the version read): left, it stays payable from the email Square sent, while
         paystream reads an ended subscription no more (review h73q, as Stripe's are
-        voided). Keyless, and sent only while the search shows it unpaid; refused (paid
+        voided). Keyless, and sent only while the read shows it unpaid; refused (paid
         or canceled meanwhile), it is read back as it is."""
         invoice_id = str(invoice["id"])
         try:
@@ -1085,27 +1132,38 @@ class SquareGateway:
         return self._part(got, "invoice")
 
     async def _invoices_of(self, sub: Mapping[str, Any]) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        cursor: str | None = None
-        query = {
-            "filter": {
-                "location_ids": [self._location_id],
-                "customer_ids": [str(sub.get("customer_id"))],
-            },
-            "sort": {"field": "INVOICE_SORT_DATE", "order": "DESC"},
-        }
-        for _ in range(_INVOICE_PAGES_MAX):
-            kwargs: dict[str, Any] = {"query": query, "limit": _INVOICE_PAGE, **_OPTS}
-            if cursor:
-                kwargs["cursor"] = cursor
-            page = await self._call(_READ, _bind(self._sq.invoices.search, kwargs))
+        """The subscription's newest INVOICES_LISTED_MAX invoices, newest first: the ones
+        its ``invoice_ids`` name (Square lists them newest first), whatever else the
+        customer was invoiced. Square has no batch read of invoices, and SearchInvoices
+        filters by location and customer only (never by id): one page of the customer's
+        newest is searched (one call finds them all while the customer has few other
+        invoices), and each one named that is not on it is read by GetInvoice. One alone
+        is read by GetInvoice (one call either way, and the smaller answer)."""
+        ids = [str(i) for i in sub.get("invoice_ids") or []][: gw_base.INVOICES_LISTED_MAX]
+        held: dict[str, dict[str, Any]] = {}
+        if len(ids) > 1:
+            query = {
+                "filter": {
+                    "location_ids": [self._location_id],
+                    "customer_ids": [str(sub.get("customer_id"))],
+                },
+                "sort": {"field": "INVOICE_SORT_DATE", "order": "DESC"},
+            }
+            page = await self._call(
+                _READ,
+                _bind(self._sq.invoices.search, {"query": query, "limit": _INVOICE_PAGE, **_OPTS}),
+            )
+            wanted = set(ids)
             for inv in page.get("invoices") or []:
-                if isinstance(inv, Mapping) and inv.get("subscription_id") == sub.get("id"):
-                    found.append(dict(inv))
-            cursor = page.get("cursor")
-            if not cursor or len(found) >= gw_base.INVOICES_LISTED_MAX:
-                break
-        return found[: gw_base.INVOICES_LISTED_MAX]
+                if isinstance(inv, Mapping) and str(inv.get("id")) in wanted:
+                    held[str(inv["id"])] = dict(inv)
+        for invoice_id in ids:
+            if invoice_id not in held:
+                got = await self._call(
+                    _READ, _bind(self._sq.invoices.get, {"invoice_id": invoice_id, **_OPTS})
+                )
+                held[invoice_id] = self._own(self._part(got, "invoice"), "invoice", invoice_id)
+        return [held[i] for i in ids]
 
     async def _tendered(self, invoices: list[dict[str, Any]]) -> dict[str, str]:
         """order id → the payment that paid it (an invoice names its order, the order's

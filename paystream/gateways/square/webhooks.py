@@ -22,7 +22,11 @@ whatever the tenant's id) and its refund at the end of the refund's ``reason`` (
 refund has no reference: ``... [ps:<tenant tag>:<refund id>]``, up to Square's 192
 characters). A dispute names its payment (``disputed_payment.payment_id``), whose
 reference names paystream's: it is read from Square (web/webhooks.py), as a Stripe
-dispute's PaymentIntent is.
+dispute's PaymentIntent is. A subscription is named in its ``source.name``
+(CreateSubscription's SubscriptionSource, "the place that a subscription originates", up
+to 255 characters; Square's default the application's name): ``paystream [ps:<tenant
+tag>:<subscription id>]``. Its invoices are not followed: an invoice names Square's
+subscription only, which is paystream's only once read from Square (docs/square.md).
 
 A webhook is a hint, not a record to apply: paystream reads the object back from Square
 (``payment.refresh``, ``refund.refresh``) rather than trusting the event's copy.
@@ -46,6 +50,7 @@ from paystream.gateways.webhook_notices import (
     DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    SubscriptionNotice,
     disputed_payment,
     plain_id,
     signed_event,
@@ -55,6 +60,7 @@ __all__ = [
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_PAYMENT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
+    "FOLLOWED_SUBSCRIPTION_EVENTS",
     "MAX_AGE_SECONDS",
     "REFERENCE_ID_MAX",
     "SECRET_NAME",
@@ -66,6 +72,8 @@ __all__ = [
     "refund_notice",
     "refund_reason",
     "signature",
+    "subscription_notice",
+    "subscription_source",
     "tenant_tag",
     "verified_event",
 ]
@@ -82,6 +90,8 @@ FUTURE_SECONDS = 300
 # Square's limits: Payment.reference_id, PaymentRefund's (RefundPayment's) reason.
 REFERENCE_ID_MAX = 40
 REASON_MAX = 192
+# SubscriptionSource.name's.
+SOURCE_NAME_MAX = 255
 
 # Payment events that can bring news paystream has not read: an authorisation Square
 # voided when its delay passed (CANCELED), one completed or canceled in Square's
@@ -97,6 +107,10 @@ FOLLOWED_REFUND_EVENTS = frozenset({"refund.updated"})
 FOLLOWED_DISPUTE_EVENTS = frozenset(
     {"dispute.created", "dispute.state.changed", "dispute.state.updated"}
 )
+# A subscription's own events: made, and moved (Square's reference: "published when a
+# Subscription is updated": its status, its cancel scheduled or deleted, its price or
+# card). Each is read back by subscription.refresh.
+FOLLOWED_SUBSCRIPTION_EVENTS = frozenset({"subscription.created", "subscription.updated"})
 
 _TAG = re.compile(r"[0-9a-f]{4}")
 _TAG_LEN = 4
@@ -125,6 +139,14 @@ def refund_reason(reason: str | None, tenant_id: str, refund_id: str) -> str:
     return ref if not reason else f"{reason} {ref}"[-REASON_MAX:]
 
 
+def subscription_source(tenant_id: str, subscription_id: str) -> str | None:
+    """The ``source.name`` naming paystream's subscription (None for an id no reference
+    holds: that subscription is read by ``subscription.refresh`` only)."""
+    if _OWN_ID.fullmatch(subscription_id) is None:
+        return None
+    return f"paystream [ps:{tenant_tag(tenant_id)}:{subscription_id}]"
+
+
 def _read_payment_reference(value: Any, tenant_id: str) -> tuple[str, str] | None:
     """(tenant, payment id) a reference_id names: ``tenant_id`` when its tag is the
     tenant's, else the tag (another tenant's); None for a reference not paystream's."""
@@ -137,6 +159,7 @@ def _read_payment_reference(value: Any, tenant_id: str) -> tuple[str, str] | Non
 
 
 def _read_refund_reason(value: Any, tenant_id: str) -> tuple[str, str] | None:
+    """(tenant, id) a refund's reason (or a subscription's source name) ends with."""
     if not isinstance(value, str):
         return None
     found = _REASON_REF.search(value)
@@ -302,6 +325,32 @@ def refund_notice(event: dict[str, Any], tenant_id: str) -> RefundNotice | None:
         ref[1],
         obj["id"],
         None if status is None else status.value,
+        _location(obj, event),
+        _epoch(event.get("created_at")),
+    )
+
+
+def subscription_notice(event: dict[str, Any], tenant_id: str) -> SubscriptionNotice | None:
+    """What a followed subscription event says of paystream's subscription (named in its
+    source's name); None for another event, or a subscription paystream did not make.
+    What it says of the subscription is not read: each is a refresh (the endpoint
+    checks that paystream's record holds this Square subscription)."""
+
+    def named(obj: dict[str, Any]) -> tuple[str, str] | None:
+        source = obj.get("source")
+        name = source.get("name") if isinstance(source, dict) else None
+        return _read_refund_reason(name, tenant_id)
+
+    found = _named(event, FOLLOWED_SUBSCRIPTION_EVENTS, "subscription", named)
+    if found is None:
+        return None
+    event_id, event_type, obj, ref = found
+    return SubscriptionNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        obj["id"],
         _location(obj, event),
         _epoch(event.get("created_at")),
     )
