@@ -24,6 +24,7 @@ from pydantic.json_schema import JsonSchemaMode
 from paystream import __version__
 from paystream.agents import handlers, pipeline
 from paystream.gateways.base import (
+    ConnectedAccountStatus,
     DisputeStatus,
     InvoiceStatus,
     PaymentStatus,
@@ -190,6 +191,28 @@ COMMAND_SUMMARIES: dict[str, str] = {
     ),
     "tax_rate.archive": (
         "Archive a tax rate (it is never changed or deleted): applied to nothing new."
+    ),
+    "connected_account.create": (
+        "Make a merchant's connected account under the tenant's platform account (Stripe "
+        "Connect: `express` by default, or `custom`; `country`, `email`, `business_type`, "
+        "the `capabilities` requested: `card_payments`, `transfers`). It starts `pending`, "
+        "its requirements due (`currently_due`: names only) until its holder onboards. "
+        "Refused `unsupported` for Square and Paddle, and for a Stripe tenant acting for "
+        "a connected account (`--connected-account`): accounts are made on the "
+        "platform's own key."
+    ),
+    "connected_account.onboarding_link": (
+        "A short-lived onboarding link (`url`, until `expires_at`) for the account's "
+        "holder; `refresh_url` and `return_url` are https (http to localhost only). The "
+        "URL is a bearer credential: in this command's outcome only, never stored or "
+        "logged; a replay of the command (a redelivery, or its id sent again) answers "
+        "`url` null: send a new command id for a new link."
+    ),
+    "connected_account.refresh": (
+        "Read a connected account back from its provider: `enabled` (charges and payouts), "
+        "`restricted` (something due or under review) or `rejected` since, and what is "
+        "due (`data.previous_status`: what paystream held before). One `rejected` is "
+        "final: refused `invalid_state` before the provider is asked."
     ),
     "tax.calculate": (
         "The tax on `line_items` by the tenant's tax rates, computed by paystream as Stripe "
@@ -456,6 +479,39 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "it (`tax_calculation_id`) until `expires_at`.",
         {},
     ),
+    "connected_account.created": (
+        "connected_account",
+        "The connected account was made (`pending` until its holder onboards, or as its "
+        "provider already has it): `charges_enabled`, `payouts_enabled`, "
+        "`details_submitted`, `currently_due` (requirement names only), `disabled_reason`.",
+        {},
+    ),
+    "connected_account.onboarding_link_created": (
+        None,
+        "An onboarding link for the account's holder. Never stored: a replay of the "
+        "command is answered with `url` null.",
+        {
+            "connected_account_id": {"type": "string"},
+            "url": {
+                "type": ["string", "null"],
+                "description": "the onboarding URL, a bearer credential for one visit "
+                "until `expires_at` (never log or store it); null in a replay: send a new "
+                "command id for a new link",
+            },
+            "expires_at": {"type": "string", "format": "date-time"},
+        },
+    ),
+    "connected_account.updated": (
+        "connected_account",
+        "`connected_account.refresh` read the account back: its status (`enabled`, "
+        "`restricted`, `rejected`, or still `pending`) and requirements as they are now.",
+        {
+            "previous_status": {
+                "type": "string",
+                "description": "the account's status before the refresh",
+            },
+        },
+    ),
     "command.rejected": (
         None,
         "The command was refused; `reason` is machine-readable, `message` for people.",
@@ -474,6 +530,7 @@ _ENTITIES: dict[str, type[records.EntityRecord]] = {
     "payout": records.PayoutRecord,
     "tax_rate": records.TaxRateRecord,
     "tax_calculation": records.TaxCalculationRecord,
+    "connected_account": records.ConnectedAccountRecord,
 }
 _STATUSES: dict[str, type[StrEnum]] = {
     "payment": PaymentStatus,
@@ -482,6 +539,7 @@ _STATUSES: dict[str, type[StrEnum]] = {
     "subscription": SubscriptionStatus,
     "invoice": InvoiceStatus,
     "payout": PayoutStatus,
+    "connected_account": ConnectedAccountStatus,
 }
 # The views' path segment per entity type.
 ENTITY_KINDS = {f"{name}s": name for name in _ENTITIES}

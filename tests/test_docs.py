@@ -782,3 +782,50 @@ async def test_every_tax_outcome_matches_its_published_payload(
     assert taxes == [200, 0, 200, 200, 100, 0], taxes  # (declined, canceled: none collected)
     [invoice] = [r for r in outs[9].get_data()["related"] if r["entity_type"] == "invoice"]
     assert (invoice["object"]["subtotal"], invoice["object"]["tax"]) == (1000, 200), invoice
+
+
+@pytest.mark.asyncio
+async def test_every_connected_account_outcome_matches_its_published_payload(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Each connected account outcome (created; an onboarding link, first answered and
+    then replayed without its URL; updated: enabled, restricted, rejected), against its
+    AsyncAPI payload."""
+    link = {"refresh_url": "https://p.example/reauth", "return_url": "https://p.example/done"}
+    outs = []
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        for tag in ("enabled", "restricted", "rejected"):
+            body = {
+                "connected_account_id": tag,
+                "country": "US",
+                "email": f"shop+{tag}@example.com",
+                "business_type": "individual",
+                "capabilities": ["transfers"],
+                "metadata": {"k": "v"},
+            }
+            outs.append(await h.send("connected_account.create", t, body))
+            event = build_command(
+                "connected_account.onboarding_link", t, {"connected_account_id": tag, **link}
+            )
+            for _ in range(2):  # (the second: a replay, without the URL)
+                _, out = await h.send_event(event)
+                assert out is not None
+                outs.append(out)
+            outs.append(await h.send("connected_account.refresh", t, {"connected_account_id": tag}))
+    seen = set()
+    for event in outs:
+        outcome = event.get_type().removeprefix("com.paystream.")
+        assert outcome != "command.rejected", event.get_data()
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {
+        "connected_account.created",
+        "connected_account.onboarding_link_created",
+        "connected_account.updated",
+    }, seen
+    urls = [e.get_data()["url"] for e in outs if e.get_type().endswith("link_created")]
+    assert [u is None for u in urls] == [False, True] * 3
+    statuses = {e.get_data()["object"]["status"] for e in outs if e.get_type().endswith("updated")}
+    assert statuses == {"enabled", "restricted", "rejected"}

@@ -64,6 +64,18 @@ VALID: dict[str, dict[str, Any]] = {
         "line_items": [{"amount": 1000, "reference": "sku-1", "quantity": 2}],
         "tax_rate_ids": ["vat"],
     },
+    "connected_account.create": {
+        "country": "FR",
+        "email": "owner@bakery.example",
+        "business_type": "company",
+        "capabilities": ["card_payments", "transfers"],
+    },
+    "connected_account.onboarding_link": {
+        "connected_account_id": "bakery",
+        "refresh_url": "https://platform.example/reauth",
+        "return_url": "https://platform.example/done",
+    },
+    "connected_account.refresh": {"connected_account_id": "bakery"},
 }
 BODY = "/paths/~1v1~1commands/post/requestBody/content/application~1json/schema"
 

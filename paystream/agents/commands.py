@@ -276,6 +276,7 @@ class CommandRunner:
                 payouts=t.payouts,
                 tax_rates=t.tax_rates,
                 tax_calculations=t.tax_calculations,
+                connected_accounts=t.connected_accounts,
                 # Rebuilt after each rebalance, once the partitions' tables are recovered
                 # (by count too: a rejoin may keep the consumer generation).
                 owners=OwnerIndex(
@@ -518,6 +519,7 @@ async def _check_record_limits() -> None:
         t.payouts,
         t.tax_rates,
         t.tax_calculations,
+        t.connected_accounts,
     )
     topics = [
         *large_record_topics(settings),

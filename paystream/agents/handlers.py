@@ -42,6 +42,7 @@ from paystream.streams.outcomes import CommandRef, RejectReason
 from paystream.tables.next_action import public_row
 from paystream.tables.owners import OWNER_FIELDS, OwnerIndex
 from paystream.tables.records import (
+    ConnectedAccountRecord,
     CustomerRecord,
     DisputeRecord,
     EntityRecord,
@@ -58,11 +59,13 @@ from paystream.tables.records import (
 )
 from paystream.tables.state_machines import (
     InvalidState,
+    check_connected_account_move,
     check_payment_transition,
     check_payout_move,
     check_subscription_move,
     check_subscription_transition,
     check_tax_rate_transition,
+    connected_account_status,
     invoice_moves,
 )
 from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, Repricing
@@ -176,6 +179,7 @@ class Tables:
     payouts: MutableMapping[str, Any] = field(default_factory=dict)
     tax_rates: MutableMapping[str, Any] = field(default_factory=dict)
     tax_calculations: MutableMapping[str, Any] = field(default_factory=dict)
+    connected_accounts: MutableMapping[str, Any] = field(default_factory=dict)
     # Which records a customer or payment owns (customer.export), kept by the writes.
     owners: OwnerIndex = field(default_factory=OwnerIndex)
 
@@ -201,6 +205,7 @@ _TABLE_OF = {
     "payout": "payouts",
     "tax_rate": "tax_rates",
     "tax_calculation": "tax_calculations",
+    "connected_account": "connected_accounts",
 }
 _ENTITY_TYPES: dict[type[EntityRecord], str] = {}
 
@@ -417,6 +422,9 @@ class HandlerResult:
     # Answered `command.rejected` (this refusal) while the entities above are still
     # written: what a read-back found at the provider is the truth either way.
     rejected: Rejection | None = None
+    # Emitted in this outcome only, never stored (not in the idempotency record nor an
+    # entity's memory, so never in a replay): an account link's bearer URL.
+    unkept: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[HandlerContext, Any], Awaitable[HandlerResult]]
@@ -2765,6 +2773,165 @@ def subscription_repricing(
     return Repricing(data.amount, str(raw["currency"]), tuple(rates) if rates else None)
 
 
+# ---- connected accounts (Stripe Connect) ----------------------------------------------
+
+_CONNECTED_ACCOUNTS = gw.Capability.CONNECTED_ACCOUNTS
+
+
+def _connected_accounts_supported(ctx: HandlerContext) -> None:
+    """A connected account's create or onboarding link: `unsupported` before anything is
+    asked of the provider, for a tenant whose gateway lacks connected accounts (Square,
+    Paddle) or whose capabilities leave them out. Not remembered: the tenant's setup."""
+    _capability_required(ctx, _CONNECTED_ACCOUNTS, "connected accounts")
+
+
+def _take_account(
+    ctx: HandlerContext, rec: ConnectedAccountRecord, res: gw.ConnectedAccountResult
+) -> None:
+    """The provider's answer, its status derived (state_machines.connected_account_status),
+    unless it would move the account where it cannot go (onboarding undone: a stale read),
+    which is refused (not remembered: asked again, it answers afresh)."""
+    status = connected_account_status(
+        res.charges_enabled, res.payouts_enabled, res.details_submitted, res.disabled_reason
+    )
+    try:
+        check_connected_account_move(rec.status, status)
+    except InvalidState as exc:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"connected account {rec.id}: {exc} ({ctx.gateway.provider}'s answer)",
+            remember=False,
+        ) from exc
+    rec.status = status
+    rec.charges_enabled, rec.payouts_enabled = res.charges_enabled, res.payouts_enabled
+    rec.details_submitted = res.details_submitted
+    rec.currently_due = list(res.currently_due)
+    rec.disabled_reason = res.disabled_reason
+
+
+async def create_connected_account(
+    ctx: HandlerContext, data: c.CreateConnectedAccount
+) -> HandlerResult:
+    aid = data.connected_account_id or ctx.new_id(ConnectedAccountRecord, "ca")
+    ctx.ensure_new(ConnectedAccountRecord, aid)
+    _connected_accounts_supported(ctx)
+    req = gw.CreateConnectedAccount(
+        type=gw.ConnectedAccountType(data.type.value),
+        country=data.country,
+        email=data.email,
+        business_type=data.business_type,
+        capabilities=tuple(data.capabilities),
+        # Named at a provider that sends webhooks (its account.updated finds the account
+        # by this reference), as payouts are.
+        metadata=(
+            gw.connected_account_ref(data.metadata, ctx.cmd.tenant_id, aid)
+            if _WEBHOOKS in ctx.gateway.capabilities
+            else dict(data.metadata)
+        ),
+    )
+    # As payout.create's: a chosen id is the key's scope (one account per id, however
+    # often it is sent), else the command's.
+    key = ctx.create_key("connected_account", data.connected_account_id)
+    try:
+        res = await _gateway(
+            ctx,
+            "create_connected_account",
+            lambda: ctx.gateway.create_connected_account(req, idempotency_key=key),
+        )
+    except GatewayError as exc:
+        if _chosen_id_taken(ctx, exc, data.connected_account_id):
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"connected account id {aid} is taken at the provider by an earlier create "
+                "of other parameters (refused, or still parked: `paystream dlq list`), "
+                "which may have made an account; check before sending it under a new id",
+            ) from exc
+        raise
+    rec = ConnectedAccountRecord(
+        **_base(ctx, aid),
+        status="pending",
+        type=res.type,
+        country=res.country or data.country,
+        business_type=data.business_type,
+        capabilities=list(data.capabilities),
+        metadata=dict(data.metadata),
+        provider_account_id=res.provider_account_id,
+    )
+    _take_account(ctx, rec, res)  # (pending may move anywhere)
+    return HandlerResult("connected_account.created", rec)
+
+
+async def create_onboarding_link(ctx: HandlerContext, data: c.CreateAccountLink) -> HandlerResult:
+    """An onboarding link for the account's holder. Its URL is a bearer credential: in
+    this command's outcome only (HandlerResult.unkept), never in a table, the ledger or
+    a log. A replay of the command (a redelivery, the same id sent again) is answered
+    from what was kept: ``url`` null; send a new command id for a new link. (Making a
+    new link on a replay would hand a live credential to whoever repeats an id, once per
+    repeat, and give one command two answers.)"""
+    _connected_accounts_supported(ctx)
+    rec = ctx.load(ConnectedAccountRecord, data.connected_account_id)
+    if rec.status == "rejected":
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"connected account {rec.id} is rejected: it cannot be onboarded",
+        )
+    ctx.at_provider(rec)
+    req = gw.CreateAccountLink(
+        provider_account_id=rec.provider_account_id,
+        refresh_url=data.refresh_url,
+        return_url=data.return_url,
+    )
+    res = await _gateway(
+        ctx,
+        "create_account_link",
+        lambda: ctx.gateway.create_account_link(req, idempotency_key=ctx.idem),
+    )
+    if res.expires_at.timestamp() <= time.time():
+        # The provider's answer kept under the key from an earlier try (a parked command
+        # re-driven later): expired. A link changes nothing at the provider, so a new one
+        # is asked for under a key of this attempt's own.
+        fresh = f"{ctx.idem}:{int(time.time())}"
+        res = await _gateway(
+            ctx,
+            "create_account_link",
+            lambda: ctx.gateway.create_account_link(req, idempotency_key=fresh),
+        )
+    return HandlerResult(
+        "connected_account.onboarding_link_created",
+        extra={
+            "connected_account_id": rec.id,
+            "url": None,
+            "expires_at": res.expires_at.isoformat(),
+        },
+        unkept={"url": res.url},
+    )
+
+
+async def refresh_connected_account(
+    ctx: HandlerContext, data: c.RefreshConnectedAccount
+) -> HandlerResult:
+    """The account as its provider holds it now: enabled, restricted or rejected since,
+    and what its holder must still give. A read: asked again, it answers afresh. A
+    rejected one is final: refused before any call. Needs only the provider's capability
+    (gw.UNNARROWED_OPERATIONS: an account made stays the tenant's to read back)."""
+    rec = ctx.load(ConnectedAccountRecord, data.connected_account_id)
+    if rec.status == "rejected":
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"connected account {rec.id} is rejected: it can change no more",
+        )
+    ctx.at_provider(rec)
+    req = gw.RetrieveConnectedAccount(provider_account_id=rec.provider_account_id)
+    res = await _gateway(
+        ctx,
+        "retrieve_connected_account",
+        lambda: ctx.gateway.retrieve_connected_account(req, idempotency_key=ctx.idem),
+    )
+    previous = rec.status
+    _take_account(ctx, rec, res)
+    return HandlerResult("connected_account.updated", rec, extra={"previous_status": previous})
+
+
 HANDLERS: dict[str, Handler] = {
     "customer.create": create_customer,
     "customer.update": update_customer,
@@ -2792,4 +2959,7 @@ HANDLERS: dict[str, Handler] = {
     "tax_rate.create": create_tax_rate,
     "tax_rate.archive": archive_tax_rate,
     "tax.calculate": calculate_tax,
+    "connected_account.create": create_connected_account,
+    "connected_account.onboarding_link": create_onboarding_link,
+    "connected_account.refresh": refresh_connected_account,
 }

@@ -1394,6 +1394,9 @@ class CommandProcessor(ProviderWindow):
         self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
         why = None if result.rejected is None else result.rejected.reason
         self._count(cmd.tenant_id, cmd.command_type, stored.type, why)
+        if result.unkept and result.rejected is None:
+            # (emitted, never stored: a replay is answered from ``stored``, without it)
+            stored = StoredOutcome(type=stored.type, data={**stored.data, **result.unkept})
         return [self._outcome(cmd, stored)]
 
     def _own_refresh(self, rec: Inbound, cmd: CommandRef) -> bool:
@@ -2885,7 +2888,13 @@ _CREATED_ENTITY = {
 
 # The commands a provider's webhook brings (web/webhooks.py), sealed as paystream's own.
 _WEBHOOK_REFRESHES = frozenset(
-    {"payment.refresh", "refund.refresh", "subscription.refresh", "payout.refresh"}
+    {
+        "payment.refresh",
+        "refund.refresh",
+        "subscription.refresh",
+        "payout.refresh",
+        "connected_account.refresh",
+    }
 )
 
 

@@ -43,6 +43,7 @@ CREATES: dict[str, tuple[str, str]] = {
     "subscription.create": ("subscription", "subscription_id"),
     "payout.create": ("payout", "payout_id"),
     "tax_rate.create": ("tax_rate", "tax_rate_id"),
+    "connected_account.create": ("connected_account", "connected_account_id"),
 }
 
 

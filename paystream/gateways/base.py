@@ -21,6 +21,7 @@ from paystream.gateways.errors import UnsupportedOperation
 from paystream.money import Money
 
 __all__ = [
+    "CONNECTED_ACCOUNT_REF_KEY",
     "METADATA_KEYS_MAX",
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
@@ -30,6 +31,7 @@ __all__ = [
     "SUBSCRIPTION_REF_KEY",
     "UNNARROWED_OPERATIONS",
     "AcceptDispute",
+    "AccountLinkResult",
     "ArchiveTaxRate",
     "AttachPaymentMethod",
     "BalanceAmount",
@@ -40,6 +42,11 @@ __all__ = [
     "Capability",
     "CaptureMethod",
     "CapturePayment",
+    "ConnectedAccountResult",
+    "ConnectedAccountStatus",
+    "ConnectedAccountType",
+    "CreateAccountLink",
+    "CreateConnectedAccount",
     "CreateCustomer",
     "CreatePayment",
     "CreatePayout",
@@ -64,6 +71,7 @@ __all__ = [
     "RefundResult",
     "RefundStatus",
     "RetrieveBalance",
+    "RetrieveConnectedAccount",
     "RetrieveCustomer",
     "RetrievePayment",
     "RetrievePayout",
@@ -76,9 +84,11 @@ __all__ = [
     "TaxRateResult",
     "UpdateCustomer",
     "UpdateSubscription",
+    "connected_account_ref",
     "merged_metadata",
     "payment_ref",
     "payout_ref",
+    "read_connected_account_ref",
     "read_payment_ref",
     "read_payout_ref",
     "read_refund_ref",
@@ -122,6 +132,8 @@ REFUND_REF_KEY = "paystream_refund"
 SUBSCRIPTION_REF_KEY = "paystream_subscription"
 # A payout's (Stripe's payout.* events carry the Payout with its metadata).
 PAYOUT_REF_KEY = "paystream_payout"
+# A connected account's (Stripe's account.updated events carry the Account, metadata too).
+CONNECTED_ACCOUNT_REF_KEY = "paystream_connected_account"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 
 
@@ -160,6 +172,19 @@ def payout_ref(metadata: Mapping[str, str], tenant_id: str, payout_id: str) -> d
     """As ``payment_ref``, for a payout (one not found from a webhook is read back by
     ``payout.refresh``)."""
     return _with_ref(PAYOUT_REF_KEY, metadata, tenant_id, payout_id)
+
+
+def connected_account_ref(
+    metadata: Mapping[str, str], tenant_id: str, account_id: str
+) -> dict[str, str]:
+    """As ``payment_ref``, for a connected account (one not found from a webhook is read
+    back by ``connected_account.refresh``)."""
+    return _with_ref(CONNECTED_ACCOUNT_REF_KEY, metadata, tenant_id, account_id)
+
+
+def read_connected_account_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, connected account id) from an Account's metadata, if it names them."""
+    return _read_ref(CONNECTED_ACCOUNT_REF_KEY, metadata)
 
 
 def _with_ref(key: str, metadata: Mapping[str, str], tenant_id: str, own_id: str) -> dict[str, str]:
@@ -452,6 +477,53 @@ class RetrieveBalance(_Req):
     """Read the account's balance (a read: no key of its own)."""
 
 
+class ConnectedAccountStatus(StrEnum):
+    """paystream's statuses of a connected account, derived from its provider's flags
+    (tables/state_machines.connected_account_status): pending → enabled | restricted |
+    rejected; enabled ↔ restricted; rejected is final."""
+
+    PENDING = "pending"
+    ENABLED = "enabled"
+    RESTRICTED = "restricted"
+    REJECTED = "rejected"
+
+
+class ConnectedAccountType(StrEnum):
+    """Stripe Connect's account types paystream makes: ``express`` (onboarded and managed
+    in Stripe's own pages) or ``custom`` (the platform collects everything)."""
+
+    EXPRESS = "express"
+    CUSTOM = "custom"
+
+
+class CreateConnectedAccount(_Req):
+    """A merchant's account under the tenant's platform account (Stripe: POST
+    /v1/accounts, on the platform's own key; never under a connected account)."""
+
+    type: ConnectedAccountType = ConnectedAccountType.EXPRESS
+    country: str  # ISO 3166-1 alpha-2
+    email: str | None = None
+    business_type: str | None = None  # individual | company | non_profit | government_entity
+    # Capabilities requested: card_payments, transfers.
+    capabilities: tuple[str, ...] = ()
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class CreateAccountLink(_Req):
+    """A short-lived onboarding URL for the account's holder (Stripe: POST
+    /v1/account_links, type account_onboarding). A bearer credential: never logged."""
+
+    provider_account_id: str
+    refresh_url: str
+    return_url: str
+
+
+class RetrieveConnectedAccount(_Req):
+    """Read a connected account back (a read: no key of its own)."""
+
+    provider_account_id: str
+
+
 class RetrieveSubscription(_Req):
     """Read a subscription back with its invoices (renewals made since): a read, with no
     effect of paystream's and no key of its own (the provider bills renewals on its own
@@ -587,6 +659,31 @@ class PayoutResult(_Res):
     failure_message: str | None = None
 
 
+class ConnectedAccountResult(_Res):
+    """A connected account as its provider holds it: what it may do now, and what its
+    holder still has to give (requirements' names only, never their values)."""
+
+    provider_account_id: str
+    type: str
+    country: str
+    charges_enabled: bool
+    payouts_enabled: bool
+    details_submitted: bool
+    # requirements.currently_due: the names of what is due now (Stripe's field paths).
+    currently_due: tuple[str, ...] = ()
+    # requirements.disabled_reason (requirements.past_due, rejected.fraud, ...): None
+    # while nothing disables it.
+    disabled_reason: str | None = None
+
+
+class AccountLinkResult(_Res):
+    """An onboarding link: ``url`` is a bearer credential for the account's onboarding,
+    valid until ``expires_at`` (Stripe: minutes) and for one visit."""
+
+    url: str
+    expires_at: datetime
+
+
 class BalanceAmount(_Res):
     """One currency's balance: minor units, either may be negative (refunds and lost
     disputes taken from an available balance that held less)."""
@@ -617,6 +714,7 @@ KEYLESS_OPERATIONS = frozenset(
         "retrieve_subscription",
         "retrieve_payout",
         "retrieve_balance",
+        "retrieve_connected_account",
     }
 )
 
@@ -654,6 +752,9 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "retrieve_balance": Capability.PAYOUTS,
     "create_tax_rate": Capability.TAX,
     "archive_tax_rate": Capability.TAX,
+    "create_connected_account": Capability.CONNECTED_ACCOUNTS,
+    "create_account_link": Capability.CONNECTED_ACCOUNTS,
+    "retrieve_connected_account": Capability.CONNECTED_ACCOUNTS,
 }
 
 # Operations that stop, or read back, what the provider already holds for the tenant:
@@ -674,6 +775,9 @@ UNNARROWED_OPERATIONS = frozenset(
         # A payout made stays the tenant's to stop or read back (its money is on its way).
         "cancel_payout",
         "retrieve_payout",
+        # A connected account made stays the tenant's to read back (its merchant onboards
+        # whatever the tenant's options say now).
+        "retrieve_connected_account",
     }
 )
 
@@ -861,6 +965,26 @@ class PaymentGateway(Protocol):
 
     async def archive_tax_rate(self, req: ArchiveTaxRate, *, idempotency_key: str) -> TaxRateResult:
         """Deactivate the rate (Stripe: active=false): applied to nothing new."""
+        ...
+
+    async def create_connected_account(
+        self, req: CreateConnectedAccount, *, idempotency_key: str
+    ) -> ConnectedAccountResult:
+        """A connected account under the tenant's platform account (not under a connected
+        account: a tenant acting for one is refused `unsupported` before any call)."""
+        ...
+
+    async def create_account_link(
+        self, req: CreateAccountLink, *, idempotency_key: str
+    ) -> AccountLinkResult:
+        """An onboarding link for the account (never logged: a bearer URL)."""
+        ...
+
+    async def retrieve_connected_account(
+        self, req: RetrieveConnectedAccount, *, idempotency_key: str
+    ) -> ConnectedAccountResult:
+        """The connected account as the provider holds it now (a read: see
+        retrieve_payment)."""
         ...
 
     async def knows_request(

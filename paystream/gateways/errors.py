@@ -198,12 +198,20 @@ def unsupported_message(
 class UnsupportedOperation(GatewayError):
     """The provider has no such capability, or the tenant's ``capabilities`` option left
     it out (``left_out``: that capability's name); answered as a clear `unsupported`
-    outcome."""
+    outcome. ``message``: a reason of the tenant's setup other than a capability's (a
+    Stripe tenant acting for a connected account cannot make connected accounts)."""
 
-    def __init__(self, provider: str, operation: str, *, left_out: str | None = None) -> None:
+    def __init__(
+        self,
+        provider: str,
+        operation: str,
+        *,
+        left_out: str | None = None,
+        message: str | None = None,
+    ) -> None:
         super().__init__(
             ErrorCode.UNSUPPORTED,
-            unsupported_message(provider, operation, left_out=left_out),
+            message or unsupported_message(provider, operation, left_out=left_out),
             provider=provider,
             retryable=False,
             reached_provider=False,

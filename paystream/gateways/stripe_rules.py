@@ -20,10 +20,13 @@ from paystream.money import (
 )
 
 __all__ = [
+    "ACCOUNT_BUSINESS_TYPES",
+    "ACCOUNT_CAPABILITIES",
     "MINIMUM_CHARGE",
     "STRIPE_HUNDREDTHS",
     "STRIPE_WHOLE_UNIT_PAYOUTS",
     "THREE_DECIMAL_INCREMENT",
+    "account_link_url_problem",
     "below_minimum_charge",
     "chargeable_increment",
     "from_stripe_units",
@@ -246,6 +249,34 @@ def payment_parameters_problem(
             return "return_url must be an absolute URL (https://..., or an app's own scheme)"
         if scheme in _SCRIPT_SCHEMES:
             return f"return_url may not be a {scheme}: URL"
+    return None
+
+
+# Stripe Connect: the business types an account takes, and the capabilities paystream
+# requests for one (Stripe's names; an account's requested capabilities).
+ACCOUNT_BUSINESS_TYPES = frozenset({"individual", "company", "non_profit", "government_entity"})
+ACCOUNT_CAPABILITIES = frozenset({"card_payments", "transfers"})
+_LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def account_link_url_problem(name: str, url: str) -> str | None:
+    """Why an account link's ``refresh_url`` or ``return_url`` (``name``) is refused: an
+    absolute https URL (Stripe's live mode takes nothing else), or http to a loopback
+    host only (a platform's development machine). The merchant's browser is sent there
+    from the onboarding, so a plain-http host elsewhere would be seen and changed on the
+    way."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:  # ("Invalid IPv6 URL": an unclosed "[")
+        return f"{name} is not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return f"{name} must be an absolute https:// URL"
+    if scheme == "http" and not (host in _LOOPBACK_HOSTS or host.startswith("127.")):
+        return f"{name} must be https (http only to localhost or 127.0.0.1)"
+    if parts.username is not None or parts.password is not None:
+        return f"{name} may not hold a user name or password"
     return None
 
 

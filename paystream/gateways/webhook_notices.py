@@ -15,6 +15,7 @@ from paystream.streams.codec import valid_unicode
 
 __all__ = [
     "BadWebhook",
+    "ConnectedAccountNotice",
     "DisputeNotice",
     "PaymentNotice",
     "PayoutNotice",
@@ -151,6 +152,27 @@ class PayoutNotice:
     provider_payout_id: str
     status: str | None  # the payout's status in the event (None: one not known here)
     account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedAccountNotice:
+    """An ``account.updated`` about a connected account that names paystream's in its
+    metadata, heard on the platform's Connect endpoint."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the account's metadata names them
+    connected_account_id: str
+    provider_account_id: str
+    # What the event says of it (compared with what paystream holds: an event bringing
+    # nothing new is dropped): its flags, requirements due now and disabled reason.
+    flags: tuple[bool, bool, bool] | None  # charges, payouts enabled; details submitted
+    currently_due: tuple[str, ...] | None
+    disabled_reason: str | None
+    # The connected account it happened on, other than the account itself (None: the
+    # platform's own, or the account's own event on the platform's Connect endpoint).
+    account: str | None
     created: int | None = None  # when the provider made the event (unix seconds), if it says
 
 

@@ -87,6 +87,7 @@ TABLE_NAMES = (
     "payouts",
     "tax_rates",
     "tax_calculations",
+    "connected_accounts",
     "idempotency",
     "limits",
     "insights",

@@ -31,4 +31,7 @@ COMMAND_TYPES: tuple[str, ...] = (
     "tax_rate.create",
     "tax_rate.archive",
     "tax.calculate",
+    "connected_account.create",
+    "connected_account.onboarding_link",
+    "connected_account.refresh",
 )

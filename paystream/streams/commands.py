@@ -27,7 +27,11 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from paystream.errors import validator_said
-from paystream.gateways.stripe_rules import payout_descriptor_problem
+from paystream.gateways.stripe_rules import (
+    ACCOUNT_CAPABILITIES,
+    account_link_url_problem,
+    payout_descriptor_problem,
+)
 from paystream.money import MAX_MINOR_AMOUNT, Currency
 from paystream.streams.command_types import COMMAND_TYPES
 from paystream.streams.pan import luhn_valid, redact_card_numbers
@@ -46,6 +50,9 @@ __all__ = [
     "CancelSubscription",
     "CapturePayment",
     "CommandData",
+    "ConnectedAccountType",
+    "CreateAccountLink",
+    "CreateConnectedAccount",
     "CreateCustomer",
     "CreatePayment",
     "CreatePayout",
@@ -57,6 +64,7 @@ __all__ = [
     "EraseCustomer",
     "ExportCustomer",
     "PayoutMethod",
+    "RefreshConnectedAccount",
     "RefreshPayment",
     "RefreshPayout",
     "RefreshSubscription",
@@ -530,6 +538,73 @@ class RetrieveBalance(CommandData):
     out) and ``pending`` (captured, not yet settled)."""
 
 
+class ConnectedAccountType(StrEnum):
+    EXPRESS = "express"  # onboarded and managed in Stripe's own pages
+    CUSTOM = "custom"  # the platform collects everything and answers for it
+
+
+def _account_capabilities(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError("a capability is named once")
+    unknown = sorted(set(names) - ACCOUNT_CAPABILITIES)
+    if unknown:
+        raise ValueError(
+            f"capabilities are {' and '.join(sorted(ACCOUNT_CAPABILITIES))}, not "
+            f"{', '.join(unknown)}"
+        )
+    return names
+
+
+def _link_url(name: str) -> Any:
+    def check(url: str) -> str:
+        problem = account_link_url_problem(name, url)
+        if problem is not None:
+            raise ValueError(problem)
+        return url
+
+    return AfterValidator(check)
+
+
+class CreateConnectedAccount(CommandData):
+    """A merchant's connected account under the tenant's platform account (Stripe
+    Connect), ``pending`` until its holder onboards (connected_account.onboarding_link)."""
+
+    connected_account_id: EntityId | None = None
+    type: ConnectedAccountType = ConnectedAccountType.EXPRESS
+    # ISO 3166-1 alpha-2 (upper case): where the merchant's business is.
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    email: Email | None = None
+    # (stripe_rules.ACCOUNT_BUSINESS_TYPES: the simulator's too)
+    business_type: Literal["individual", "company", "non_profit", "government_entity"] | None = None
+    # Requested: card_payments, transfers (each once).
+    capabilities: Annotated[
+        list[str],
+        Field(max_length=len(ACCOUNT_CAPABILITIES)),
+        AfterValidator(_account_capabilities),
+    ] = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
+    HASH_BY_DUMP: ClassVar[bool] = True
+
+
+class CreateAccountLink(CommandData):
+    """A short-lived onboarding URL for the account's holder, answered in this command's
+    outcome only: never kept, logged, or answered again (a replay answers without it)."""
+
+    connected_account_id: EntityId
+    # Where the holder is sent: back once onboarding is left (return_url), or to ask for
+    # a new link once this one expired or was used (refresh_url). https, or http to a
+    # loopback host (a development machine).
+    refresh_url: Annotated[str, StringConstraints(max_length=2048), _link_url("refresh_url")]
+    return_url: Annotated[str, StringConstraints(max_length=2048), _link_url("return_url")]
+
+
+class RefreshConnectedAccount(CommandData):
+    """Read a connected account back from its provider: enabled, restricted or rejected
+    since, and what it still has to give."""
+
+    connected_account_id: EntityId
+
+
 # type suffix (after COMMAND_PREFIX) → model. The registry is the list of supported commands.
 COMMANDS: dict[str, type[CommandData]] = {
     "customer.create": CreateCustomer,
@@ -558,6 +633,9 @@ COMMANDS: dict[str, type[CommandData]] = {
     "tax_rate.create": CreateTaxRate,
     "tax_rate.archive": ArchiveTaxRate,
     "tax.calculate": CalculateTax,
+    "connected_account.create": CreateConnectedAccount,
+    "connected_account.onboarding_link": CreateAccountLink,
+    "connected_account.refresh": RefreshConnectedAccount,
 }
 if set(COMMANDS) != set(COMMAND_TYPES):  # (a command added to one and not to the other)
     raise RuntimeError(
@@ -575,6 +653,7 @@ PROVIDER_READS = frozenset(
         "subscription.refresh",
         "payout.refresh",
         "balance.retrieve",
+        "connected_account.refresh",
     }
 )
 

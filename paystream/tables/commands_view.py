@@ -36,6 +36,7 @@ _KINDS = {
     "payout": "payouts",
     "tax_rate": "tax_rates",
     "tax_calculation": "tax_calculations",
+    "connected_account": "connected_accounts",
 }
 
 

@@ -15,6 +15,7 @@ from paystream.tables.changelog import BatchedChangelogTable
 
 __all__ = [
     "batched_table",
+    "connected_accounts",
     "customers",
     "disputes",
     "idempotency",
@@ -77,6 +78,9 @@ payouts = batched_table("payouts", "tenant:payout id → payout record")
 tax_rates = batched_table("tax_rates", "tenant:tax rate id → tax rate record")
 tax_calculations = batched_table(
     "tax_calculations", "tenant:tax calculation id → tax calculation record"
+)
+connected_accounts = batched_table(
+    "connected_accounts", "tenant:connected account id → connected account record"
 )
 idempotency = batched_table("idempotency", "tenant:idempotency key → in-flight/done record")
 limits = batched_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")

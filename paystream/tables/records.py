@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "APPLIED_MEMORY",
     "EMISSION_KEYS",
+    "ConnectedAccountRecord",
     "CustomerRecord",
     "DisputeRecord",
     "EntityRecord",
@@ -489,3 +490,25 @@ class IdempotencyRecord(BaseModel):
     # A rejection's: the customer the command was about (its data named one), so that
     # erasing them also erases the request hash, a hash of their personal data.
     customer_id: str | None = None
+
+
+class ConnectedAccountRecord(EntityRecord):
+    """A merchant's account under the tenant's platform account (Stripe Connect), as its
+    provider last answered (statuses: pending, enabled, restricted, rejected; derived by
+    state_machines.connected_account_status; moves: CONNECTED_ACCOUNT_MOVES). Its email
+    goes to the provider only (read it there), and no onboarding link is ever kept."""
+
+    entity_type: str = "connected_account"
+    status: str
+    type: str  # express | custom
+    country: str
+    business_type: str | None = None
+    capabilities: list[str] = Field(default_factory=list)  # requested
+    metadata: dict[str, str] = Field(default_factory=dict)
+    provider_account_id: str
+    charges_enabled: bool = False
+    payouts_enabled: bool = False
+    details_submitted: bool = False
+    # requirements.currently_due: the names of what its holder must give now.
+    currently_due: list[str] = Field(default_factory=list)
+    disabled_reason: str | None = None

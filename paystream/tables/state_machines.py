@@ -5,6 +5,7 @@ from __future__ import annotations
 from paystream.errors import PaystreamError
 
 __all__ = [
+    "CONNECTED_ACCOUNT_MOVES",
     "INVOICE_MOVES",
     "PAYMENT_TRANSITIONS",
     "PAYOUT_MOVES",
@@ -12,11 +13,13 @@ __all__ = [
     "SUBSCRIPTION_TRANSITIONS",
     "TAX_RATE_TRANSITIONS",
     "InvalidState",
+    "check_connected_account_move",
     "check_payment_transition",
     "check_payout_move",
     "check_subscription_move",
     "check_subscription_transition",
     "check_tax_rate_transition",
+    "connected_account_status",
     "invoice_moves",
 ]
 
@@ -136,3 +139,42 @@ TAX_RATE_TRANSITIONS: dict[str, frozenset[str]] = {
 def check_tax_rate_transition(status: str, verb: str) -> None:
     if verb not in TAX_RATE_TRANSITIONS.get(status, frozenset()):
         raise InvalidState(f"cannot {verb} a tax rate that is {status}")
+
+
+# connected account status → the statuses it may move to. A new account is pending (its
+# holder has not finished onboarding); then enabled (charges and payouts), restricted
+# (submitted, but something disables it or is past due: new requirements come due for an
+# enabled one too, and met, it is enabled again) or rejected (by the provider or the
+# platform: final, as Stripe's rejected.* reasons are). Onboarding is never undone: a
+# read answering pending after it (a stale read) is refused, never recorded.
+CONNECTED_ACCOUNT_MOVES: dict[str, frozenset[str]] = {
+    "pending": frozenset({"pending", "enabled", "restricted", "rejected"}),
+    "enabled": frozenset({"enabled", "restricted", "rejected"}),
+    "restricted": frozenset({"restricted", "enabled", "rejected"}),
+    "rejected": frozenset({"rejected"}),
+}
+
+
+def connected_account_status(
+    charges_enabled: bool,
+    payouts_enabled: bool,
+    details_submitted: bool,
+    disabled_reason: str | None,
+) -> str:
+    """A connected account's status from its provider's flags: rejected by a
+    ``rejected.*`` disabled_reason; enabled with charges and payouts both enabled;
+    pending while its holder has not submitted its details (a new account's
+    ``requirements.past_due`` included); restricted otherwise (submitted, and one of the
+    two disabled: a reason such as ``requirements.past_due`` or ``under_review``)."""
+    if disabled_reason is not None and disabled_reason.startswith("rejected."):
+        return "rejected"
+    if charges_enabled and payouts_enabled:
+        return "enabled"
+    if not details_submitted:
+        return "pending"
+    return "restricted"
+
+
+def check_connected_account_move(status: str, to: str) -> None:
+    if to not in CONNECTED_ACCOUNT_MOVES.get(status, frozenset()):
+        raise InvalidState(f"a connected account that is {status} cannot become {to}")

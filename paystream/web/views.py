@@ -62,6 +62,7 @@ _ENTITY_TABLES = {
     "payouts": t.payouts,
     "tax_rates": t.tax_rates,
     "tax_calculations": t.tax_calculations,
+    "connected_accounts": t.connected_accounts,
 }
 # What a lookup may name: an entity's kind, or "commands" (what became of a command).
 _KINDS = frozenset({*_ENTITY_TABLES, "commands"})

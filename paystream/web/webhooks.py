@@ -3,15 +3,18 @@
 A verified event about a payment paystream made becomes a ``payment.refresh`` command on
 the tenant's partition (one about a refund, a ``refund.refresh``; one about a Stripe
 subscription or its invoice, a ``subscription.refresh``; one about a Stripe payout, a
-``payout.refresh``), so the payment (or refund, subscription, payout) is read back from
-the provider and its outcome
+``payout.refresh``; a Stripe ``account.updated`` about a connected account paystream
+made, heard on the platform's Connect endpoint, a ``connected_account.refresh``), so
+the payment (or refund, subscription, payout, account) is read back from the provider
+and its outcome
 goes out as any command's does: in order with the tenant's other commands, once (its
 command id derives from the event's id, so a webhook sent again is answered from the
 idempotency record), and through every rule of the pipeline. An event that brings
 nothing paystream has not read (the success of a payment it charged itself, a refund's
 success it was answered, a dispute's status it holds, a subscription's status and period
 or an invoice's status it holds, a payout's status it holds or a payout failed or
-canceled here) is acknowledged and dropped.
+canceled here, an account's flags and requirements it holds or an account rejected
+here) is acknowledged and dropped.
 
 A dispute's event (``charge.dispute.*``) names no payment of paystream's: its Dispute
 carries none of paystream's metadata. Its PaymentIntent does, and is read from Stripe
@@ -76,6 +79,7 @@ from paystream.gateways.stripe.webhooks import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
     TOLERANCE_SECONDS,
+    connected_account_notice,
     dispute_notice,
     disputed_payment_notice,
     payment_notice,
@@ -86,6 +90,7 @@ from paystream.gateways.stripe.webhooks import (
 )
 from paystream.gateways.webhook_notices import (
     BadWebhook,
+    ConnectedAccountNotice,
     DisputeNotice,
     PaymentNotice,
     PayoutNotice,
@@ -98,6 +103,7 @@ from paystream.log_limits import ThrottledLog
 from paystream.origin_seal import ORIGIN_HEADER, OriginSeals
 from paystream.streams.codec import KafkaRecord
 from paystream.streams.commands import (
+    RefreshConnectedAccount,
     RefreshPayment,
     RefreshPayout,
     RefreshRefund,
@@ -142,7 +148,7 @@ _DISPUTED_PAYMENT_READ = {"stripe": "read_payment_intent", "square": "read_payme
 
 
 # What a verified event may be about, once a dispute's is read as its payment's.
-_Notice = PaymentNotice | RefundNotice | SubscriptionNotice | PayoutNotice
+_Notice = PaymentNotice | RefundNotice | SubscriptionNotice | PayoutNotice | ConnectedAccountNotice
 
 
 class _Unavailable(Exception):
@@ -258,7 +264,10 @@ class WebhookView(View):
         else:
             notice = found_notice
         if notice is None:
-            why = "not an event about a payment, refund, subscription or payout paystream made"
+            why = (
+                "not an event about a payment, refund, subscription, payout or connected "
+                "account paystream made"
+            )
             return self._ignored(provider, tenant, why)
         what = _kind(notice)
         if notice.tenant_id != tenant:
@@ -503,6 +512,7 @@ def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | Disp
         or refund_notice(event)
         or subscription_notice(event)
         or payout_notice(event)
+        or connected_account_notice(event)
         or dispute_notice(event)
     )
 
@@ -543,6 +553,8 @@ def _kind(notice: _Notice) -> str:
         return "subscription"
     if isinstance(notice, PayoutNotice):
         return "payout"
+    if isinstance(notice, ConnectedAccountNotice):
+        return "connected account"
     return "refund" if isinstance(notice, RefundNotice) else "payment"
 
 
@@ -551,6 +563,8 @@ def _entity_id(notice: _Notice) -> str:
         return notice.subscription_id
     if isinstance(notice, PayoutNotice):
         return notice.payout_id
+    if isinstance(notice, ConnectedAccountNotice):
+        return notice.connected_account_id
     return notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
 
 
@@ -562,6 +576,8 @@ async def _known_already(tenant: str, row: dict[str, Any], notice: _Notice) -> s
         return await _subscription_known_already(tenant, row, notice)
     if isinstance(notice, PayoutNotice):
         return _payout_known_already(row, notice)
+    if isinstance(notice, ConnectedAccountNotice):
+        return _account_known_already(row, notice)
     if row.get("provider_payment_id") != notice.provider_payment_id:
         return "the payment is another provider payment's"
     status = str(row.get("status"))
@@ -852,6 +868,34 @@ def _payout_known_already(row: dict[str, Any], notice: PayoutNotice) -> str | No
     return None
 
 
+def _account_known_already(row: dict[str, Any], notice: ConnectedAccountNotice) -> str | None:
+    """Why an account event's refresh would bring nothing: it is another provider
+    account's, the account is rejected here (final), or the event says what paystream
+    holds (its flags, requirements due and disabled reason: the echo of what a refresh
+    read). One this version cannot read whole is read."""
+    if row.get("provider_account_id") != notice.provider_account_id:
+        return "the connected account is another provider account's"
+    if row.get("status") == "rejected":
+        return "the connected account is rejected already"
+    held = (
+        (row.get("charges_enabled"), row.get("payouts_enabled"), row.get("details_submitted")),
+        tuple(row.get("currently_due") or ()),
+        row.get("disabled_reason"),
+    )
+    if (
+        notice.flags is not None
+        and notice.currently_due is not None
+        and held
+        == (
+            notice.flags,
+            notice.currently_due,
+            notice.disabled_reason,
+        )
+    ):
+        return "the connected account is as recorded already"
+    return None
+
+
 # Dropped events named in the log, at most, per tenant and minute (the rest counted).
 DROPPED_NAMED_PER_MINUTE = 20
 
@@ -892,6 +936,10 @@ async def _entity_row(tenant: str, notice: _Notice) -> dict[str, Any] | None:
         return await _row(tenant, t.subscriptions, "subscriptions", notice.subscription_id)
     if isinstance(notice, PayoutNotice):
         return await _row(tenant, t.payouts, "payouts", notice.payout_id)
+    if isinstance(notice, ConnectedAccountNotice):
+        return await _row(
+            tenant, t.connected_accounts, "connected_accounts", notice.connected_account_id
+        )
     return await _row(tenant, t.payments, "payments", notice.payment_id)
 
 
@@ -942,6 +990,10 @@ def _refresh(provider: str, tenant: str, notice: _Notice) -> tuple[str, KafkaRec
     elif isinstance(notice, PayoutNotice):
         command_type, body = "payout.refresh", {"payout_id": notice.payout_id}
         model = RefreshPayout
+    elif isinstance(notice, ConnectedAccountNotice):
+        command_type = "connected_account.refresh"
+        body = {"connected_account_id": notice.connected_account_id}
+        model = RefreshConnectedAccount
     else:
         command_type, body = "payment.refresh", {"payment_id": notice.payment_id}
         model = RefreshPayment

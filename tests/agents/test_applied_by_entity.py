@@ -165,6 +165,18 @@ async def _taxed_subscription(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
     return await _with_card(h, t, {"tax_rate_ids": [rate]})
 
 
+async def _onboarded(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    """A connected account its holder onboarded since (enabled at the next read)."""
+    body = {"country": "US", "email": "shop+enabled@example.com"}
+    account = await _made(h, t, "connected_account.create", body)
+    links = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
+    out = await h.send(
+        "connected_account.onboarding_link", t, {"connected_account_id": account, **links}
+    )
+    assert kind(out) == "connected_account.onboarding_link_created", data(out)
+    return "connected_account.refresh", {"connected_account_id": account}
+
+
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
     if command_type == "dispute.submit_evidence":
@@ -215,6 +227,13 @@ SCENARIOS: dict[str, Setup] = {
     "tax_rate.archive": lambda h, t: _with_rate(h, t, "tax_rate.archive"),
     "tax.calculate": lambda h, t: _with_rate(h, t, "tax.calculate"),
     "payment.create (taxed)": _taxed_payment,
+    "connected_account.create": lambda h, t: _none(
+        "connected_account.create", {"country": "US", "connected_account_id": "ca9"}
+    ),
+    "connected_account.create (derived id)": lambda h, t: _none(
+        "connected_account.create", {"country": "DE", "capabilities": ["transfers"]}
+    ),
+    "connected_account.refresh (onboarded)": _onboarded,
 }
 
 
@@ -238,6 +257,7 @@ def _entities(h: Harness) -> dict[str, Any]:
             "payouts",
             "tax_rates",
             "tax_calculations",
+            "connected_accounts",
         )
     }
 
@@ -361,8 +381,9 @@ async def test_a_new_charge_over_a_lowered_limit_is_still_refused(harness: Harne
 
 async def test_every_command_that_changes_an_entity_is_covered() -> None:
     """A new command type must show that its handler finds its own effect before it
-    calls the provider (customer.export and balance.retrieve change nothing)."""
-    unchanging = {"customer.export", "balance.retrieve"}
+    calls the provider (customer.export, balance.retrieve and an onboarding link change
+    nothing: a link's replay answers without its URL, tests/agents/test_connected_accounts.py)."""
+    unchanging = {"customer.export", "balance.retrieve", "connected_account.onboarding_link"}
     assert {name.split(" ")[0] for name in SCENARIOS} == set(COMMANDS) - unchanging
 
 

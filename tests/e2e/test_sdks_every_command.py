@@ -186,9 +186,28 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 await over_kafka("tax_rate.archive", {"tax_rate_id": "old"})
                 await over_http("tax_rate.archive", {"tax_rate_id": "vat"})
 
+            async def connected() -> None:
+                # Connected accounts: made, a link (its URL answered once), read back enabled.
+                made = await over_kafka(
+                    "connected_account.create",
+                    {"connected_account_id": "ca1", "country": "FR",
+                     "email": "owner+enabled@bakery.example", "capabilities": ["transfers"]},
+                )  # fmt: skip
+                assert made["object"]["status"] == "pending", made
+                link = await over_http(
+                    "connected_account.onboarding_link",
+                    {"connected_account_id": "ca1", "refresh_url": "https://p.example/r",
+                     "return_url": "https://p.example/d"},
+                )  # fmt: skip
+                assert link["url"].startswith("https://"), link
+                read = await over_kafka(
+                    "connected_account.refresh", {"connected_account_id": "ca1"}
+                )
+                assert read["object"]["status"] == "enabled", read
+
             for chains in (
                 (customer, canceled, disputed),
-                (captured_and_refunded, subscriptions_then_payouts, taxed),
+                (captured_and_refunded, subscriptions_then_payouts, taxed, connected),
             ):
                 async with asyncio.TaskGroup() as group:  # (one failing stops the others)
                     for chain in chains:

@@ -667,7 +667,9 @@ async def test_a_refund_failed_event_reads_the_refund_back(
     assert read_back.get_data()["previous_status"] == "succeeded"
 
 
-_NOT_OURS = "not an event about a payment, refund, subscription or payout paystream made"
+_NOT_OURS = (
+    "not an event about a payment, refund, subscription, payout or connected account paystream made"
+)
 
 
 @pytest.mark.parametrize(

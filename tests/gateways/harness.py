@@ -314,6 +314,28 @@ class Harness:
         ):
             resp.raise_for_status()
 
+    async def onboard(self, provider_account_id: str, outcome: str = "enabled") -> None:
+        """The connected account's holder finishes onboarding (``outcome``: enabled,
+        restricted or rejected): the simulator's provider action; at localstripe the
+        FAKE accounts' control route (tests/fixtures/localstripe_server.py)."""
+        if self.name == "simulator":
+            sim = self.gateway
+            assert isinstance(sim, SimulatorGateway)
+            await sim.complete_onboarding(provider_account_id, outcome)
+            return
+        if self.name != "stripe":
+            raise AssertionError(f"no connected accounts at {self.name}")
+        auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{self._stripe_url}/_fake/accounts/{provider_account_id}/onboard",
+                data={"outcome": outcome},
+                headers=auth,
+            ) as resp,
+        ):
+            resp.raise_for_status()
+
     async def stripe_object(self, path: str) -> dict[str, Any]:
         """``GET /v1/{path}`` at localstripe, as Stripe holds it (what no result names)."""
         auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}

@@ -7,6 +7,7 @@ with Stripe's documented responses).
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -20,6 +21,10 @@ from paystream.gateways.base import (
     Capability,
     CaptureMethod,
     CapturePayment,
+    ConnectedAccountResult,
+    ConnectedAccountType,
+    CreateAccountLink,
+    CreateConnectedAccount,
     CreateCustomer,
     CreatePayment,
     CreatePayout,
@@ -35,6 +40,7 @@ from paystream.gateways.base import (
     PayoutStatus,
     RefundStatus,
     RetrieveBalance,
+    RetrieveConnectedAccount,
     RetrieveCustomer,
     RetrievePayment,
     RetrievePayout,
@@ -124,6 +130,7 @@ PADDLE_NO_SUBSCRIPTIONS = (
     "the Paddle gateway has no subscriptions (Paddle makes them at checkout of a price)"
 )
 PADDLE_NO_PAYOUTS = "Paddle pays the seller out itself: no payouts or balance"
+NO_CONNECTED_ACCOUNTS = "no connected accounts (Stripe Connect's): unsupported"
 
 
 def key() -> str:
@@ -1509,3 +1516,124 @@ async def test_payouts_outside_capabilities_are_unsupported(harness: Harness) ->
             await call
     for call in lasting if harness.name not in ("square", "paddle") else []:
         await expect(ErrorCode.NOT_FOUND, call)
+
+
+# ---- connected accounts (Stripe Connect) -----------------------------------------------
+# (At Stripe: the FAKE accounts of tests/fixtures/localstripe_server.py, localstripe has none.)
+
+
+async def make_account(
+    h: Harness, *, idempotency_key: str | None = None, **kw: object
+) -> ConnectedAccountResult:
+    fields: dict[str, object] = {
+        "country": "US",
+        "email": "merchant@example.com",
+        "business_type": "individual",
+        "capabilities": ("card_payments", "transfers"),
+        "metadata": {"shop": "7"},
+        **kw,
+    }
+    req = CreateConnectedAccount.model_validate(fields)
+    return await h.gateway.create_connected_account(req, idempotency_key=idempotency_key or key())
+
+
+async def read_account(h: Harness, acct: ConnectedAccountResult) -> ConnectedAccountResult:
+    req = RetrieveConnectedAccount(provider_account_id=acct.provider_account_id)
+    return await h.gateway.retrieve_connected_account(req, idempotency_key=key())
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_a_connected_account_is_made_pending_with_requirements_due(harness: Harness) -> None:
+    acct = await make_account(harness)
+    assert acct.provider_account_id.startswith("acct_")
+    assert (acct.type, acct.country) == ("express", "US")
+    assert not (acct.charges_enabled or acct.payouts_enabled or acct.details_submitted)
+    assert "external_account" in acct.currently_due
+    assert acct.disabled_reason == "requirements.past_due"
+    assert await read_account(harness, acct) == acct
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_a_connected_account_create_replayed_under_its_key_is_the_same(
+    harness: Harness,
+) -> None:
+    k = key()
+    first = await make_account(harness, idempotency_key=k, type=ConnectedAccountType.CUSTOM)
+    again = await make_account(harness, idempotency_key=k, type=ConnectedAccountType.CUSTOM)
+    assert again.provider_account_id == first.provider_account_id and first.type == "custom"
+    await expect(ErrorCode.IDEMPOTENCY_ERROR, make_account(harness, idempotency_key=k))
+    other = await make_account(harness)
+    assert other.provider_account_id != first.provider_account_id
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+@pytest.mark.parametrize("outcome", ["enabled", "restricted", "rejected"])
+async def test_an_onboarded_account_reads_back_as_its_holder_left_it(
+    harness: Harness, outcome: str
+) -> None:
+    acct = await make_account(harness)
+    await harness.onboard(acct.provider_account_id, outcome)
+    read = await read_account(harness, acct)
+    assert read.details_submitted
+    assert (read.charges_enabled, read.payouts_enabled) == ((outcome == "enabled",) * 2)
+    expected = {"enabled": None, "restricted": "requirements.past_due"}
+    assert read.disabled_reason == expected.get(outcome, "rejected.fraud")
+    assert bool(read.currently_due) is (outcome == "restricted")
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_an_onboarding_link_is_a_short_lived_url(harness: Harness) -> None:
+    acct = await make_account(harness)
+    req = CreateAccountLink(
+        provider_account_id=acct.provider_account_id,
+        refresh_url="https://platform.example/reauth",
+        return_url="https://platform.example/return",
+    )
+    link = await harness.gateway.create_account_link(req, idempotency_key=key())
+    assert link.url.startswith("https://") and acct.provider_account_id in link.url
+    lifetime = link.expires_at.timestamp() - time.time()
+    assert 0 < lifetime <= 15 * 60, lifetime
+    other = await harness.gateway.create_account_link(req, idempotency_key=key())
+    assert other.url != link.url
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_an_unknown_connected_account_is_not_found(harness: Harness) -> None:
+    missing = "acct_missing0000"
+    read = RetrieveConnectedAccount(provider_account_id=missing)
+    link = CreateAccountLink(
+        provider_account_id=missing,
+        refresh_url="https://platform.example/reauth",
+        return_url="https://platform.example/return",
+    )
+    gw = harness.gateway
+    await expect(ErrorCode.NOT_FOUND, gw.retrieve_connected_account(read, idempotency_key=key()))
+    await expect(ErrorCode.NOT_FOUND, gw.create_account_link(link, idempotency_key=key()))
+
+
+@over_gateways()
+async def test_connected_accounts_outside_capabilities_are_unsupported(harness: Harness) -> None:
+    gw = harness.build(capabilities=[Capability.CUSTOMERS.value, Capability.PAYMENTS.value])
+    assert Capability.CONNECTED_ACCOUNTS not in gw.capabilities
+    link = CreateAccountLink(
+        provider_account_id="acct_x",
+        refresh_url="https://platform.example/reauth",
+        return_url="https://platform.example/return",
+    )
+    calls = [
+        gw.create_connected_account(CreateConnectedAccount(country="US"), idempotency_key=key()),
+        gw.create_account_link(link, idempotency_key=key()),
+    ]
+    # Reading one back needs only the provider's capability (an account made stays the
+    # tenant's to read): it reaches the provider, which does not know acct_x; Square and
+    # Paddle have none at all.
+    read = gw.retrieve_connected_account(
+        RetrieveConnectedAccount(provider_account_id="acct_x"), idempotency_key=key()
+    )
+    if harness.name in ("square", "paddle"):
+        calls.append(read)
+    else:
+        await expect(ErrorCode.NOT_FOUND, read)
+    for call in calls:
+        with pytest.raises(UnsupportedOperation):
+            await call

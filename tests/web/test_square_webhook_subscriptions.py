@@ -14,7 +14,9 @@ from tests.web.test_square_webhook_view import TENANT, _post, seen
 
 __all__ = ["seen"]
 
-_NOT_OURS = "not an event about a payment, refund, subscription or payout paystream made"
+_NOT_OURS = (
+    "not an event about a payment, refund, subscription, payout or connected account paystream made"
+)
 
 
 def _subscription(**more: Any) -> dict[str, Any]:

@@ -311,8 +311,8 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
 
 # (Listed in the answer: a singular "payment" got a bare "unknown kind".)
 _KINDS = (
-    "; kinds: customers, disputes, invoices, payment_methods, payments, payouts, refunds, "
-    "subscriptions, tax_calculations, tax_rates, commands"
+    "; kinds: connected_accounts, customers, disputes, invoices, payment_methods, payments, "
+    "payouts, refunds, subscriptions, tax_calculations, tax_rates, commands"
 )
 
 
@@ -332,6 +332,7 @@ _KINDS = (
         ("/v1/tenants/acme/payouts/{pid}", "no such payout"),
         ("/v1/tenants/acme/tax_rates/{pid}", "no such tax_rate"),
         ("/v1/tenants/acme/tax_calculations/{pid}", "no such tax_calculation"),
+        ("/v1/tenants/acme/connected_accounts/{pid}", "no such connected_account"),
         ("/v1/tenants/acme/widgets/{pid}", "unknown kind" + _KINDS),
         # bookkeeping tables are not entity kinds
         ("/v1/tenants/acme/idempotency/{pid}", "unknown kind" + _KINDS),

@@ -876,6 +876,24 @@ class PaddleGateway:
             )
         return mapping.refund(found[0])
 
+    # ---- connected accounts: none at this provider (its capabilities lack
+    # CONNECTED_ACCOUNTS, so the handler answers `unsupported` before any call) --------
+
+    async def create_connected_account(
+        self, req: gw_base.CreateConnectedAccount, *, idempotency_key: str
+    ) -> gw_base.ConnectedAccountResult:
+        raise UnsupportedOperation(PROVIDER, "create_connected_account")
+
+    async def create_account_link(
+        self, req: gw_base.CreateAccountLink, *, idempotency_key: str
+    ) -> gw_base.AccountLinkResult:
+        raise UnsupportedOperation(PROVIDER, "create_account_link")
+
+    async def retrieve_connected_account(
+        self, req: gw_base.RetrieveConnectedAccount, *, idempotency_key: str
+    ) -> gw_base.ConnectedAccountResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_connected_account")
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:

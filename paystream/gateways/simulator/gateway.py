@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -21,6 +22,7 @@ from paystream.errors import ConfigurationError
 from paystream.gateways.base import (
     KEYLESS_OPERATIONS,
     AcceptDispute,
+    AccountLinkResult,
     ArchiveTaxRate,
     AttachPaymentMethod,
     BalanceResult,
@@ -30,6 +32,9 @@ from paystream.gateways.base import (
     Capability,
     CaptureMethod,
     CapturePayment,
+    ConnectedAccountResult,
+    CreateAccountLink,
+    CreateConnectedAccount,
     CreateCustomer,
     CreatePayment,
     CreatePayout,
@@ -47,6 +52,7 @@ from paystream.gateways.base import (
     PayoutResult,
     RefundResult,
     RetrieveBalance,
+    RetrieveConnectedAccount,
     RetrieveCustomer,
     RetrievePayment,
     RetrievePayout,
@@ -90,6 +96,7 @@ SIMULATOR_CAPABILITIES = frozenset(
         Capability.INVOICES,
         Capability.PAYOUTS,
         Capability.TAX,
+        Capability.CONNECTED_ACCOUNTS,
     }
 )
 
@@ -420,6 +427,32 @@ class SimulatorGateway:
             lambda tx: ops.archive_tax_rate(tx, req, idempotency_key), TaxRateResult,
         )  # fmt: skip
 
+    async def create_connected_account(
+        self, req: CreateConnectedAccount, *, idempotency_key: str
+    ) -> ConnectedAccountResult:
+        return await self._run(
+            "create_connected_account", req, idempotency_key,
+            lambda tx: ops.create_connected_account(tx, req, idempotency_key),
+            ConnectedAccountResult,
+        )  # fmt: skip
+
+    async def create_account_link(
+        self, req: CreateAccountLink, *, idempotency_key: str
+    ) -> AccountLinkResult:
+        return await self._run(
+            "create_account_link", req, idempotency_key,
+            lambda tx: ops.create_account_link(tx, req, idempotency_key), AccountLinkResult,
+        )  # fmt: skip
+
+    async def retrieve_connected_account(
+        self, req: RetrieveConnectedAccount, *, idempotency_key: str
+    ) -> ConnectedAccountResult:
+        return await self._run(
+            "retrieve_connected_account", req, idempotency_key,
+            lambda tx: ops.retrieve_connected_account(tx, req), ConnectedAccountResult,
+            keyed=False,
+        )  # fmt: skip
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
@@ -448,6 +481,18 @@ class SimulatorGateway:
         return await self._provider_action(
             f"3ds:{payment_id}", {"succeed": succeed},
             lambda tx: ops.complete_authentication(tx, payment_id, succeed), PaymentResult,
+        )  # fmt: skip
+
+    async def complete_onboarding(
+        self, provider_account_id: str, outcome: str = "enabled"
+    ) -> ConnectedAccountResult:
+        """The account's holder finishes onboarding (``outcome``: enabled, restricted or
+        rejected), as its visit to an onboarding link would: the next read shows it.
+        Each call is a visit of its own (an account may be restricted, then enabled)."""
+        return await self._provider_action(
+            f"onboard:{provider_account_id}:{uuid.uuid4().hex}", {"outcome": outcome},
+            lambda tx: ops.complete_onboarding(tx, provider_account_id, outcome),
+            ConnectedAccountResult,
         )  # fmt: skip
 
     async def resolve_dispute(self, dispute_id: str, *, won: bool) -> DisputeResult:

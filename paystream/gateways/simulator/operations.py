@@ -26,6 +26,8 @@ from paystream.gateways.base import (
     CancelSubscription,
     CaptureMethod,
     CapturePayment,
+    CreateAccountLink,
+    CreateConnectedAccount,
     CreateCustomer,
     CreatePayment,
     CreatePayout,
@@ -37,6 +39,7 @@ from paystream.gateways.base import (
     DisputeStatus,
     PaymentStatus,
     RetrieveBalance,
+    RetrieveConnectedAccount,
     RetrieveCustomer,
     RetrievePayment,
     RetrievePayout,
@@ -52,7 +55,10 @@ from paystream.gateways.simulator import results
 from paystream.gateways.simulator.cards import Behaviour, RefundBehaviour, TestCard, card_for_token
 from paystream.gateways.simulator.store import PROVIDER, Effect, Refusal, Tx
 from paystream.gateways.stripe_rules import (
+    ACCOUNT_BUSINESS_TYPES,
+    ACCOUNT_CAPABILITIES,
     MINIMUM_CHARGE,
+    account_link_url_problem,
     below_minimum_charge,
     payment_parameters_problem,
     payout_amount_problem,
@@ -67,6 +73,7 @@ from paystream.tax import Line, Rate, calculate, parse_percentage
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
     "DISPUTE_EVIDENCE_FILE_FIELDS",
+    "ONBOARDING_TAGS",
     "accept_dispute",
     "advance_clock",
     "archive_tax_rate",
@@ -76,6 +83,9 @@ __all__ = [
     "cancel_subscription",
     "capture_payment",
     "complete_authentication",
+    "complete_onboarding",
+    "create_account_link",
+    "create_connected_account",
     "create_customer",
     "create_payment",
     "create_payout",
@@ -84,8 +94,10 @@ __all__ = [
     "create_tax_rate",
     "delete_customer",
     "detach_payment_method",
+    "onboarding_tag",
     "resolve_dispute",
     "retrieve_balance",
+    "retrieve_connected_account",
     "retrieve_customer",
     "retrieve_payment",
     "retrieve_payout",
@@ -1302,3 +1314,99 @@ async def archive_tax_rate(tx: Tx, req: ArchiveTaxRate, key: str) -> dict[str, A
     tx.put(txr)
     tx.effect(Effect.of("tax_rate.archived", key, txr["id"]))
     return {"ok": results.tax_rate(txr)}
+
+
+# ---- connected accounts ---------------------------------------------------------------
+#
+# A new account is `pending` as Stripe's are: nothing enabled, nothing submitted, its
+# requirements currently due. Its holder "onboards" once an account link is made for it
+# (the simulator has no browser): as its email's tag says, `+enabled` (charges and
+# payouts enabled, nothing due), `+restricted` (submitted; a document still due, past
+# due: neither enabled) or `+rejected` (rejected.fraud). Without a tag the holder never
+# finishes: the account stays pending. (`SimulatorGateway.complete_onboarding` moves one
+# by hand, as the holder's visit would.)
+
+ONBOARDING_TAGS = ("enabled", "restricted", "rejected")
+_ACCOUNT_LINK_SECONDS = 300  # Stripe's account links expire after a few minutes
+# What a new account must still give (Stripe's requirement names; none of their values).
+_DUE_ALWAYS = ("business_profile.url", "external_account", "tos_acceptance.date",
+               "tos_acceptance.ip")  # fmt: skip
+_DUE_BY_TYPE = {
+    None: ("business_type",),
+    "individual": ("individual.dob.day", "individual.first_name", "individual.last_name"),
+    "company": ("company.name", "company.tax_id", "representative.first_name"),
+    "non_profit": ("company.name", "company.tax_id", "representative.first_name"),
+    "government_entity": ("company.name", "representative.first_name"),
+}
+_ONBOARDED: dict[str, dict[str, Any]] = {
+    "enabled": {"charges_enabled": True, "payouts_enabled": True, "details_submitted": True,
+                "currently_due": [], "disabled_reason": None},
+    "restricted": {"charges_enabled": False, "payouts_enabled": False,
+                   "details_submitted": True,
+                   "currently_due": ["individual.verification.document"],
+                   "disabled_reason": "requirements.past_due"},
+    "rejected": {"charges_enabled": False, "payouts_enabled": False, "details_submitted": True,
+                 "currently_due": [], "disabled_reason": "rejected.fraud"},
+}  # fmt: skip
+
+
+def onboarding_tag(email: str | None) -> str | None:
+    """The onboarding an account's email asks the simulator for (``+enabled`` etc. in
+    its local part), or None."""
+    local = (email or "").partition("@")[0].lower()
+    return next((tag for tag in ONBOARDING_TAGS if f"+{tag}" in local), None)
+
+
+async def create_connected_account(tx: Tx, req: CreateConnectedAccount, key: str) -> dict[str, Any]:
+    if not re.fullmatch(r"[A-Z]{2}", req.country):
+        raise _invalid("country must be an ISO 3166-1 alpha-2 code")
+    if req.business_type is not None and req.business_type not in ACCOUNT_BUSINESS_TYPES:
+        raise _invalid(f"business_type may not be {req.business_type!r}")
+    unknown = set(req.capabilities) - ACCOUNT_CAPABILITIES
+    if unknown:
+        raise _invalid(f"capabilities not requestable: {', '.join(sorted(unknown))}")
+    problem = payment_parameters_problem(None, None, req.metadata)
+    if problem is not None:
+        raise _invalid(problem)
+    acct = {
+        "object": "account",
+        "id": _new_id("acct"),
+        **req.model_dump(mode="json"),
+        "onboards_as": onboarding_tag(req.email),
+        "charges_enabled": False,
+        "payouts_enabled": False,
+        "details_submitted": False,
+        "currently_due": sorted({*_DUE_ALWAYS, *_DUE_BY_TYPE[req.business_type]}),
+        "disabled_reason": "requirements.past_due",
+    }
+    tx.put(acct)
+    tx.effect(Effect.of("account.created", key, acct["id"]))
+    return {"ok": results.connected_account(acct)}
+
+
+async def create_account_link(tx: Tx, req: CreateAccountLink, key: str) -> dict[str, Any]:
+    for name, url in (("refresh_url", req.refresh_url), ("return_url", req.return_url)):
+        problem = account_link_url_problem(name, url)
+        if problem is not None:
+            raise _invalid(problem)
+    acct = await _must(tx, req.provider_account_id, "account")
+    onboards_as = acct.get("onboards_as")
+    if onboards_as is not None and not acct["details_submitted"]:
+        tx.put({**acct, **_ONBOARDED[onboards_as]})  # (its holder's visit, at once)
+    now = await clock_now(tx)
+    url = f"https://connect.simulator.invalid/setup/{acct['id']}/{_new_id('al')}"
+    tx.effect(Effect.of("account_link.created", key, acct["id"]))
+    return {"ok": {"url": url, "expires_at": now + _ACCOUNT_LINK_SECONDS}}
+
+
+async def retrieve_connected_account(tx: Tx, req: RetrieveConnectedAccount) -> dict[str, Any]:
+    return {"ok": results.connected_account(await _must(tx, req.provider_account_id, "account"))}
+
+
+async def complete_onboarding(tx: Tx, account_id: str, outcome: str) -> dict[str, Any]:
+    """The holder finishes onboarding as ``outcome`` (one of ONBOARDING_TAGS)."""
+    if outcome not in _ONBOARDED:
+        raise _invalid(f"outcome must be one of {', '.join(ONBOARDING_TAGS)}")
+    acct = {**await _must(tx, account_id, "account"), **_ONBOARDED[outcome]}
+    tx.put(acct)
+    return {"ok": results.connected_account(acct)}

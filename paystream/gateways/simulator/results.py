@@ -7,6 +7,7 @@ from typing import Any
 from paystream.gateways.simulator.cards import card_for_token
 
 __all__ = [
+    "connected_account",
     "customer",
     "customer_details",
     "dispute",
@@ -116,6 +117,19 @@ def invoice(inv: dict[str, Any]) -> dict[str, Any]:
         "subtotal": inv.get("subtotal"),
         "tax": inv.get("tax"),
         "total": inv.get("total"),
+    }
+
+
+def connected_account(acct: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider_account_id": acct["id"],
+        "type": acct["type"],
+        "country": acct["country"],
+        "charges_enabled": acct["charges_enabled"],
+        "payouts_enabled": acct["payouts_enabled"],
+        "details_submitted": acct["details_submitted"],
+        "currently_due": acct["currently_due"],
+        "disabled_reason": acct["disabled_reason"],
     }
 
 

@@ -78,6 +78,7 @@ STRIPE_CAPABILITIES = frozenset(
         Capability.INVOICES,
         Capability.PAYOUTS,
         Capability.TAX,
+        Capability.CONNECTED_ACCOUNTS,
         Capability.WEBHOOKS,
     }
 )
@@ -212,8 +213,12 @@ class StripeGateway:
         capabilities: frozenset[Capability] = STRIPE_CAPABILITIES,
         http_client: stripe.HTTPClient | None = None,
         stripe_version: str | None = None,
+        connected_account: str | None = None,
     ) -> None:
         self.capabilities = capabilities
+        # The connected account this tenant acts for (Stripe-Account on every call), or
+        # None: the platform's own (which alone makes connected accounts).
+        self.connected_account = connected_account
         # Invoices name their PaymentIntent in ``payments`` (to be expanded) from API
         # version 2025-03-31.basil (the SDK's own is later, when the tenant pins none).
         version = stripe_version or stripe.api_version
@@ -249,6 +254,7 @@ class StripeGateway:
             capabilities=_capabilities(ctx.options),
             http_client=http_client,
             stripe_version=ctx.options.get("stripe_version"),
+            connected_account=ctx.connected_account,
         )
 
     async def _call(
@@ -835,6 +841,76 @@ class StripeGateway:
             ),
         )
         return mapping.tax_rate(obj)
+
+    # ---- connected accounts (Connect) --------------------------------------------------
+
+    def _platform_only(self, operation: str) -> None:
+        """Connected accounts are the platform's: made, linked and read on its own key.
+        A tenant acting for a connected account (Stripe-Account) would ask Stripe to make
+        accounts under a merchant's account: refused `unsupported` before any call (the
+        tenant's setup, not the command: not remembered)."""
+        if self.connected_account is not None:
+            raise UnsupportedOperation(
+                PROVIDER,
+                operation,
+                message=(
+                    "connected accounts are made and read on the platform's own Stripe key: "
+                    "this tenant acts for the connected account "
+                    f"{self.connected_account} (--connected-account); send it for a tenant "
+                    "configured without one"
+                ),
+            )
+
+    async def create_connected_account(
+        self, req: gw_base.CreateConnectedAccount, *, idempotency_key: str
+    ) -> gw_base.ConnectedAccountResult:
+        """``POST /v1/accounts`` (https://docs.stripe.com/api/accounts/create): an
+        ``express`` or ``custom`` account in ``country``, its requested capabilities,
+        under the command's key."""
+        self._platform_only("create_connected_account")
+        _refuse_unsent(payment_parameters_problem(None, None, req.metadata))
+        params = _without_none(
+            type=req.type.value,
+            country=req.country,
+            email=req.email,
+            business_type=req.business_type,
+            capabilities={name: {"requested": True} for name in req.capabilities} or None,
+            metadata=req.metadata,
+        )
+        obj = await self._call(
+            "create_connected_account",
+            lambda: self._v1.accounts.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.connected_account(obj)
+
+    async def create_account_link(
+        self, req: gw_base.CreateAccountLink, *, idempotency_key: str
+    ) -> gw_base.AccountLinkResult:
+        """``POST /v1/account_links`` (type ``account_onboarding``): a bearer URL, valid for
+        minutes and one visit. Never logged; its answer is only returned."""
+        self._platform_only("create_account_link")
+        params = {
+            "account": req.provider_account_id,
+            "type": "account_onboarding",
+            "refresh_url": req.refresh_url,
+            "return_url": req.return_url,
+        }
+        obj = await self._call(
+            "create_account_link",
+            lambda: self._v1.account_links.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.account_link(obj)
+
+    async def retrieve_connected_account(
+        self, req: gw_base.RetrieveConnectedAccount, *, idempotency_key: str
+    ) -> gw_base.ConnectedAccountResult:
+        """``GET /v1/accounts/{id}`` (a GET: no key)."""
+        self._platform_only("retrieve_connected_account")
+        aid = req.provider_account_id
+        obj = await self._call(
+            "retrieve_connected_account", lambda: self._v1.accounts.retrieve_async(aid)
+        )
+        return mapping.connected_account(obj)
 
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paystream.gateways.base import (
+    AccountLinkResult,
     BalanceAmount,
     BalanceResult,
+    ConnectedAccountResult,
     CustomerDetails,
     CustomerResult,
     DisputeResult,
@@ -31,7 +33,9 @@ from paystream.gateways.stripe_rules import from_stripe_units
 from paystream.money import Money
 
 __all__ = [
+    "account_link",
     "balance",
+    "connected_account",
     "customer",
     "dispute",
     "dispute_status",
@@ -595,3 +599,30 @@ def balance(obj: Mapping[str, Any]) -> BalanceResult:
             for code in sorted(set(available) | set(pending))
         )
     )
+
+
+def connected_account(obj: Mapping[str, Any]) -> ConnectedAccountResult:
+    """An Account (https://docs.stripe.com/api/accounts/object): what it may do, and the
+    names of its requirements due now (``requirements.currently_due``; never values)."""
+    requirements = obj.get("requirements")
+    reqs: Mapping[str, Any] = requirements if isinstance(requirements, Mapping) else {}
+    due = reqs.get("currently_due")
+    reason = reqs.get("disabled_reason")
+    return ConnectedAccountResult(
+        provider_account_id=str(obj["id"]),
+        type=str(obj.get("type") or "express"),
+        country=str(obj.get("country") or ""),
+        charges_enabled=bool(obj.get("charges_enabled")),
+        payouts_enabled=bool(obj.get("payouts_enabled")),
+        details_submitted=bool(obj.get("details_submitted")),
+        currently_due=tuple(str(d) for d in due) if isinstance(due, list) else (),
+        disabled_reason=str(reason) if isinstance(reason, str) and reason else None,
+    )
+
+
+def account_link(obj: Mapping[str, Any]) -> AccountLinkResult:
+    """An AccountLink: its url and when it expires (epoch seconds)."""
+    expires = obj.get("expires_at")
+    if not isinstance(expires, int) or isinstance(expires, bool):
+        raise _unknown("account link expiry", expires)
+    return AccountLinkResult(url=str(obj["url"]), expires_at=_epoch(expires))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import stripe
 
 from paystream.gateways.base import (
+    read_connected_account_ref,
     read_payment_ref,
     read_payout_ref,
     read_refund_ref,
@@ -37,6 +38,7 @@ from paystream.gateways.stripe.mapping import (
 )
 from paystream.gateways.webhook_notices import (
     BadWebhook,
+    ConnectedAccountNotice,
     DisputeNotice,
     PaymentNotice,
     PayoutNotice,
@@ -49,6 +51,7 @@ from paystream.gateways.webhook_notices import (
 
 __all__ = [
     "BODY_READ_SECONDS",
+    "FOLLOWED_ACCOUNT_EVENTS",
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_EVENTS",
     "FOLLOWED_PAYOUT_EVENTS",
@@ -58,11 +61,13 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TOLERANCE_SECONDS",
     "BadWebhook",
+    "ConnectedAccountNotice",
     "DisputeNotice",
     "PaymentNotice",
     "PayoutNotice",
     "RefundNotice",
     "SubscriptionNotice",
+    "connected_account_notice",
     "dispute_notice",
     "disputed_payment_notice",
     "payment_notice",
@@ -132,6 +137,9 @@ FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
 FOLLOWED_PAYOUT_EVENTS = frozenset(
     {"payout.paid", "payout.failed", "payout.canceled", "payout.updated"}
 )
+# A connected account's event on the platform's Connect endpoint: its holder onboarded,
+# a requirement came due or was met, Stripe enabled, restricted or rejected it.
+FOLLOWED_ACCOUNT_EVENTS = frozenset({"account.updated"})
 _SUBSCRIPTION_OBJECT = {
     "invoice.paid": "invoice",
     "invoice.payment_failed": "invoice",
@@ -222,6 +230,36 @@ def _notice(
         obj["id"],
         None if status is None else status.value,
         account,
+        _created(event),
+    )
+
+
+def connected_account_notice(event: dict[str, Any]) -> ConnectedAccountNotice | None:
+    """What an ``account.updated`` says of paystream's connected account; None for
+    another event, or an account paystream did not make. The event a Connect endpoint
+    hears names the account it happened on: the account itself is the platform's own
+    business (no other account), any other is not."""
+    found = _followed(event, FOLLOWED_ACCOUNT_EVENTS, "account", read_connected_account_ref)
+    if found is None:
+        return None
+    event_id, event_type, obj, ref, account = found
+    flags = tuple(obj.get(k) for k in ("charges_enabled", "payouts_enabled", "details_submitted"))
+    requirements = obj.get("requirements")
+    reqs: dict[str, Any] = requirements if isinstance(requirements, dict) else {}
+    due = reqs.get("currently_due")
+    reason = reqs.get("disabled_reason")
+    return ConnectedAccountNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        obj["id"],
+        (bool(flags[0]), bool(flags[1]), bool(flags[2]))
+        if all(isinstance(f, bool) for f in flags)
+        else None,
+        tuple(str(d) for d in due) if isinstance(due, list) else None,
+        reason if isinstance(reason, str) and reason else None,
+        None if account == obj["id"] else account,
         _created(event),
     )
 
