@@ -589,7 +589,10 @@ def _delivery_order(batch: ProcessedBatch) -> list[list[OutRecord]]:
 # landed without its decision, the redelivery answered the same command id a second time
 # (another event, same entity version: the ledger kept the first as current). Decided
 # first, a redelivery replays its answer, whatever else of the batch landed.
-_DECIDED_FIRST = READ_ONLY | PROVIDER_READS
+# An onboarding link writes no entity either (its URL is kept nowhere): its outcome landed
+# without its decision, the redelivery made a second link, a second answer (another URL)
+# to one command id; decided first, it is answered from its decision (`url` null).
+_DECIDED_FIRST = READ_ONLY | PROVIDER_READS | {"connected_account.onboarding_link"}
 
 
 def _decided_without_entity(emit: Emit) -> bool:

@@ -50,6 +50,9 @@ class EntityType(StrEnum):
     # by `paystream ledger backfill`).
     TAX_RATE = "tax_rate"
     TAX_CALCULATION = "tax_calculation"
+    # A table of its own since migration 0016, which came with the entity (no events of
+    # it were stored before: nothing to backfill).
+    CONNECTED_ACCOUNT = "connected_account"
 
 
 # Column -> (python type, required) per entity; the row's other columns are bookkeeping.
@@ -175,6 +178,22 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "line_items": (list, False),
         "expires_at": (datetime, False),
         "provider": (str, False),
+        "created_by": (str, False),
+    },
+    EntityType.CONNECTED_ACCOUNT: {
+        "status": (str, True),
+        "type": (str, False),
+        "country": (str, False),
+        "business_type": (str, False),
+        "capabilities": (list, False),
+        "metadata": (dict, False),
+        "provider": (str, False),
+        "provider_account_id": (str, False),
+        "charges_enabled": (bool, False),
+        "payouts_enabled": (bool, False),
+        "details_submitted": (bool, False),
+        "currently_due": (list, False),
+        "disabled_reason": (str, False),
         "created_by": (str, False),
     },
 }

@@ -31,6 +31,7 @@ __all__ = [
     "AuditLegacy",
     "AuditLog",
     "Base",
+    "ConnectedAccount",
     "Customer",
     "DataKey",
     "Dispute",
@@ -379,6 +380,41 @@ class TaxRate(_Entity, Base):
     )
     provider: Mapped[str | None] = mapped_column(Text)
     provider_tax_rate_id: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
+class ConnectedAccount(_Entity, Base):
+    """A connected account's latest state (migration 0016): a merchant's account under the
+    tenant's platform account, as its record has it (status pending | enabled |
+    restricted | rejected; what its provider last said: the flags, the names of the
+    requirements due, the disabled reason). Its email is the provider's alone, and no
+    onboarding link is ever stored: nothing here is a customer's personal data."""
+
+    __tablename__ = "connected_accounts"
+    __table_args__ = (
+        _tenant_fk(),
+        Index(None, "tenant_id", "status", "updated_at"),
+        Index(None, "tenant_id", "provider", "provider_account_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    connected_account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text)
+    type: Mapped[str | None] = mapped_column(Text)
+    country: Mapped[str | None] = mapped_column(Text)
+    business_type: Mapped[str | None] = mapped_column(Text)
+    capabilities: Mapped[list[str] | None] = mapped_column(JSONB(none_as_null=True))
+    # ("metadata" is the declarative base's own attribute: the column keeps the name.)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_account_id: Mapped[str | None] = mapped_column(Text)
+    charges_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    payouts_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    details_submitted: Mapped[bool | None] = mapped_column(Boolean)
+    currently_due: Mapped[list[str] | None] = mapped_column(JSONB(none_as_null=True))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(Text)
 
 

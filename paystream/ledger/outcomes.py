@@ -35,7 +35,6 @@ __all__ = [
     "EVENT_ID_CONFLICT",
     "FORBIDDEN_DATA",
     "NEXT_ACTION_REDACTED",
-    "NOT_IN_LEDGER",
     "OUTCOMES_SKIPPED",
     "PERSONAL_DATA_REDACTED",
     "STALLED",
@@ -111,14 +110,7 @@ ENTITYLESS_OUTCOMES = frozenset(
         "connected_account.onboarding_link_created",
     )
 )
-# Entity types whose outcomes the ledger does not store yet (no table, no migration):
-# skipped and counted under their outcome's type, never dead-lettered. A connected
-# account's record is in the worker's tables (`connected_accounts`) and its outcomes on
-# the events topic; its ledger table is still to come.
-NOT_IN_LEDGER = frozenset({"connected_account"})
-_NOT_IN_LEDGER_OUTCOMES = frozenset(
-    f"com.paystream.connected_account.{kind}" for kind in ("created", "updated")
-)
+
 ERASURES_REFUSED = Counter(
     "paystream_ledger_erasures_refused_total",
     "Customer erasures the database refused: the customer's data key was not deleted.",
@@ -213,10 +205,6 @@ def outcome_to_ledger_events(
         "time": when,
     }
     entity_type, entity_id, version, obj = _entity_part(event_id, data, "data")
-    if entity_type in NOT_IN_LEDGER:
-        kind = outcome.get_type()
-        OUTCOMES_SKIPPED.labels(kind if kind in _NOT_IN_LEDGER_OUTCOMES else "other").inc()
-        return []
     primary = _snapshot(entity_type, obj)
     if isinstance(data.get("error"), Mapping) and "error" not in primary:
         # A failed payment's provider error belongs with the event that recorded it.

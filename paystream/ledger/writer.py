@@ -20,6 +20,7 @@ from paystream.ledger.events import EntityType, LedgerEvent
 from paystream.ledger.keys import customer_data_keys
 from paystream.ledger.models import (
     Base,
+    ConnectedAccount,
     Customer,
     Dispute,
     EntityBackfill,
@@ -37,7 +38,7 @@ from paystream.ledger.models import (
 )
 from paystream.ledger.pii import seal_customer_columns, seal_event_data
 from paystream.ledger.session import tenant_session
-from paystream.tables.state_machines import PAYOUT_MOVES
+from paystream.tables.state_machines import CONNECTED_ACCOUNT_MOVES, PAYOUT_MOVES
 from paystream.tenancy.crypto import MasterKeyring
 
 __all__ = ["ENTITY_TABLES", "WriteResult", "backfill_entities", "summarise", "write_events"]
@@ -54,6 +55,7 @@ ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
     EntityType.PAYOUT: (Payout, "payout_id"),
     EntityType.TAX_RATE: (TaxRate, "tax_rate_id"),
     EntityType.TAX_CALCULATION: (TaxCalculation, "tax_calculation_id"),
+    EntityType.CONNECTED_ACCOUNT: (ConnectedAccount, "connected_account_id"),
 }
 _ENCRYPTED = "encrypted"
 
@@ -351,17 +353,28 @@ async def _insert_events(
     await execute_in_chunks(session, pg_insert(table_of(Event)).on_conflict_do_nothing(), rows)
 
 
-def _payouts_move_forward(
+# The entities whose status moves only as their state machine says, checked by the
+# ledger too: model -> (what it is called, its moves).
+_STATUS_MOVES: dict[type[Base], tuple[str, Mapping[str, frozenset[str]]]] = {
+    Payout: ("payout", PAYOUT_MOVES),
+    ConnectedAccount: ("connected account", CONNECTED_ACCOUNT_MOVES),
+}
+
+
+def _statuses_move_forward(
+    kind: str,
+    moves: Mapping[str, frozenset[str]],
     before: Mapping[str, Mapping[str, Any]],
     events: list[LedgerEvent],
     history: Mapping[tuple[EntityType, str], list[LedgerEvent]],
 ) -> None:
-    """Refuse (as data: the event is dead-lettered) a payout's version that moves its
-    status where no payout goes (PAYOUT_MOVES): failed and canceled are final, so a
-    later version of a failed payout that says `paid` is never recorded (its amount was
-    given back to the balance); paid -> failed is taken (a bank returns a payout). The
-    forward-only trigger checks versions only; the worker never emits such a move, so
-    this is the ledger's own defence (review h74m)."""
+    """Refuse (as data: the event is dead-lettered) a version that moves the entity's
+    status where none goes (``moves``). A payout's (PAYOUT_MOVES): failed and canceled
+    are final, so a later version of a failed payout that says `paid` is never recorded
+    (its amount was given back to the balance); paid -> failed is taken (a bank returns a
+    payout). A connected account's (CONNECTED_ACCOUNT_MOVES): rejected is final, and
+    onboarding is never undone. The forward-only trigger checks versions only; the
+    worker never emits such a move, so this is the ledger's own defence (review h74m)."""
     for e in events:
         prior = before.get(e.entity_id)
         stored = int(prior["version"]) if prior is not None else 0
@@ -370,10 +383,10 @@ def _payouts_move_forward(
         for version in sorted(v for v in steps if stored < v <= e.version):
             step = steps[version]
             to = str(step.columns.get("status"))
-            if status is not None and to not in PAYOUT_MOVES.get(status, frozenset()):
+            if status is not None and to not in moves.get(status, frozenset()):
                 raise InvalidEventError(
                     step.event_id,
-                    f"payout {e.entity_id} version {version}: a payout that is {status} "
+                    f"{kind} {e.entity_id} version {version}: a {kind} that is {status} "
                     f"cannot become {to}",
                 )
             status = to
@@ -414,8 +427,9 @@ async def _upsert(
             row |= seal_customer_columns(keys.get(e.entity_id), tenant_id, e.entity_id, e.data)
         return row
 
-    if model is Payout:
-        _payouts_move_forward(before, events, history)
+    checked = _STATUS_MOVES.get(model)
+    if checked is not None:
+        _statuses_move_forward(*checked, before, events, history)
     await _move_created_back(session, table, id_col, before, events, first_seen)
     rows = [image(e) for e in events]
     # created_at is set once (moved only back, above); erased_at belongs to

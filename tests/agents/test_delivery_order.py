@@ -77,8 +77,13 @@ async def test_a_batch_without_one_is_produced_in_one_go(monkeypatch: pytest.Mon
         _batch("payment.succeeded", command="payment.refresh"),
         # a refund the provider failed: its payment read, not written (review finding)
         _batch("refund.failed", command="refund.create", entities=t.refunds),
+        # an onboarding link: no entity, its URL kept nowhere (run again: a second link)
+        _batch(
+            "connected_account.onboarding_link_created",
+            command="connected_account.onboarding_link",
+        ),
     ],
-    ids=["export", "park", "refresh", "refund_failed"],
+    ids=["export", "park", "refresh", "refund_failed", "onboarding_link"],
 )
 async def test_other_answers_without_an_entity_land_their_decisions_first(
     monkeypatch: pytest.MonkeyPatch, batch: ProcessedBatch

@@ -295,3 +295,28 @@ async def wipe_audit_chain(conn: Any, tenant: str) -> None:
         await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
         await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant})
         await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+
+
+def connected_account(
+    make: EventFactory, tenant_id: str, account_id: str, version: int = 1, **data: Any
+) -> LedgerEvent:
+    """A connected account's snapshot as the pipeline publishes one
+    (ConnectedAccountRecord): pending with its requirements, unless ``data`` says."""
+    snapshot = {
+        "tenant_id": tenant_id, "id": account_id, "version": version, "provider": "simulator",
+        "created_by": "cmd_ca", "status": "pending", "type": "express", "country": "US",
+        "business_type": None, "capabilities": ["transfers"], "metadata": {"shop": "7"},
+        "provider_account_id": f"acct_{account_id}", "charges_enabled": False,
+        "payouts_enabled": False, "details_submitted": False,
+        "currently_due": ["external_account"], "disabled_reason": "requirements.past_due",
+        **data,
+    }  # fmt: skip
+    kind = "created" if version == 1 else "updated"
+    return make(
+        tenant_id,
+        "connected_account",
+        account_id,
+        version,
+        snapshot,
+        type=f"com.paystream.connected_account.{kind}",
+    )

@@ -42,8 +42,13 @@ def _app(url: str) -> AsyncEngine:
 
 def _as_of_0014(monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer of the version before 0015: payments' and invoices' rows without the
-    new columns (its events carried the tax in their data all the same), no tax tables."""
-    for entity_type in (EntityType.TAX_RATE, EntityType.TAX_CALCULATION):
+    new columns (its events carried the tax in their data all the same), no tax tables
+    (nor 0016's connected accounts)."""
+    for entity_type in (
+        EntityType.TAX_RATE,
+        EntityType.TAX_CALCULATION,
+        EntityType.CONNECTED_ACCOUNT,
+    ):
         monkeypatch.delitem(writer.ENTITY_TABLES, entity_type)
     for entity_type, model in (
         (EntityType.PAYMENT, Payment),
@@ -133,7 +138,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0015"
+        assert await current(url) == head() == "0016"
 
     asyncio.run(before())
 
@@ -193,7 +198,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
     problems, refusal, at = asyncio.run(after_then_down())
     assert problems == []
     assert refusal is not None and refusal.startswith("migration 0015 down: tax_rates, ")
-    assert at == "0015"
+    assert at == "0016"  # (the whole downgrade rolled back: at head)
 
 
 def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> None:
@@ -226,7 +231,7 @@ def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> No
                 await app.dispose()
         return counts[0], counts[1], counts[2], await current(url)
 
-    assert asyncio.run(go()) == (1, 0, 1, "0015")
+    assert asyncio.run(go()) == (1, 0, 1, "0016")
 
 
 async def _count(app: AsyncEngine, tenant: str) -> object:

@@ -21,7 +21,13 @@ from paystream.ledger import (
 )
 from paystream.ledger.models import TENANT_TABLES, Payment
 from paystream.tenancy.crypto import MasterKeyring
-from tests.ledger.factories import EventFactory, LedgerDb, tax_calculation, tax_rate
+from tests.ledger.factories import (
+    EventFactory,
+    LedgerDb,
+    connected_account,
+    tax_calculation,
+    tax_rate,
+)
 
 # Every test here writes under the session keyring: the record of master keys seen (0012),
 # written by the module's fixture, is kept (tests/ledger/conftest.py).
@@ -35,7 +41,8 @@ async def two_tenants(
     app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring
 ) -> None:
     """Tenants a and b each with a customer, a payment method, payments, a refund, a
-    dispute, a subscription, an invoice, a payout, a tax rate and a tax calculation."""
+    dispute, a subscription, an invoice, a payout, a tax rate, a tax calculation and a
+    connected account."""
     make = EventFactory()
     events = []
     for t in ("a", "b"):
@@ -51,6 +58,7 @@ async def two_tenants(
             make.payout(t, "po_1"),
             tax_rate(make, t, "vat"),
             tax_calculation(make, t, "taxcalc_1", {"vat": 200}),
+            connected_account(make, t, "ca_1"),
         ]
     await write_events(app_engine, events, keyring=keyring)
     # The audit records only the owner writes (a migration, `keys rotate`): one each.
