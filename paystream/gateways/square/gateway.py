@@ -1080,8 +1080,8 @@ class SquareGateway:
     ) -> gw_base.SubscriptionResult:
         """The subscription with its invoices (newest first, at most INVOICES_LISTED_MAX;
         ``found``: as just read): the ones its invoice_ids name (``_invoices_of``); each
-        paid one's payment from its order's tender. An incomplete one ended (never paid:
-        paystream's create scheduled its end) has its unpaid invoice canceled, as Stripe
+        paid one's payment from its order's tender. An incomplete one ended (never paid,
+        no trial: paystream's create scheduled its end) has its unpaid invoice canceled, as Stripe
         voids an expired incomplete's; any other ended one's are left as they are (the
         seller's to collect: review h78f F7)."""
         variation = await self._variation(str(sub.get("plan_variation_id")))
@@ -1090,7 +1090,10 @@ class SquareGateway:
         base = phase.get("pricing", {}).get("price_money") if isinstance(phase, Mapping) else None
         if found is None:
             found = await self._invoices_of(sub)
-        if sub.get("status") in _ENDED and found and subscriptions.never_paid(found):
+        incomplete = found and subscriptions.never_paid(found) and not subscriptions.was_trial(sub)
+        if sub.get("status") in _ENDED and incomplete:
+            # (a trial's was never an incomplete: its first charge came after the create,
+            # so its end was a cancel at period end's, whose invoices are kept: h78l L3)
             found = [await self._voided(i) if i.get("status") in _UNPAID else i for i in found]
         payments = await self._tendered(found)
         start = subscriptions.start_of(sub)

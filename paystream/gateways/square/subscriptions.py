@@ -38,6 +38,7 @@ __all__ = [
     "phase_cadence",
     "start_of",
     "subscription",
+    "was_trial",
 ]
 
 PROVIDER = "square"
@@ -155,6 +156,14 @@ def start_of(sub: Mapping[str, Any]) -> date:
     return _day(sub.get("start_date"))
 
 
+def was_trial(sub: Mapping[str, Any]) -> bool:
+    """The subscription started later than the day it was made: a trial's (paystream's
+    create starts a trial's billing so). Its first charge comes after the create, which
+    so never scheduled its end (an incomplete's: review h78l M2)."""
+    start = _day(sub.get("start_date"))
+    return start > _day(str(sub.get("created_at") or start.isoformat())[:10])
+
+
 def money_of(obj: Any) -> Money | None:
     """A Money object's amount, or None where it holds none."""
     if not isinstance(obj, Mapping) or not isinstance(obj.get("amount"), int):
@@ -211,6 +220,9 @@ def _status(
     invoice is open with a decline. Its first charge declined, with its end scheduled
     (paystream's create does so: nothing more billed), it is incomplete; that invoice
     canceled too (paystream's cancel of it), canceled: nothing was billed, nor will be.
+    A trial's first charge comes after the create, which scheduled no end: declined, it
+    is past due, and stays so once canceled at its period's end (never past_due ->
+    incomplete, a move back: review h78l M2).
     PENDING before its first invoice, a trial's (a later start_date), is trialing. CANCELED,
     DEACTIVATED (a billing issue Square stopped it for) and COMPLETED are canceled."""
     status = sub.get("status")
@@ -224,7 +236,7 @@ def _status(
     declined = bool(invoices) and invoices[0].status is InvoiceStatus.OPEN
     declined = declined and invoices[0].failure_code is not None
     if never_paid and sub.get("canceled_date") and invoices:
-        if declined:
+        if declined and not trial:
             return SubscriptionStatus.INCOMPLETE
         if all(i.status is InvoiceStatus.VOID for i in invoices):
             return SubscriptionStatus.CANCELED
@@ -256,7 +268,7 @@ def subscription(
     made = _day(str(sub.get("created_at") or start.isoformat())[:10])
     through = sub.get("charged_through_date")
     never = never_paid(raw)
-    status = _status(sub, invoices, never, start > made)
+    status = _status(sub, invoices, never, was_trial(sub))
     if through:
         begins, ends = period_of(start, cadence, _day(through) + _DAY_AFTER)
     elif status is SubscriptionStatus.TRIALING:
