@@ -911,9 +911,24 @@ class SquareGateway:
         if name is not None:
             # (its events find paystream's subscription by it: a WEBHOOKS tenant's only)
             params["source"] = {"name": name}
+        start = None
         if req.trial_days:
-            params["start_date"] = (await self.today() + timedelta(days=req.trial_days)).isoformat()
-        obj = await self._call(op, _bind(self._sq.subscriptions.create, params))
+            # Square starts (bills) it at the start of that UTC day: a day more than the
+            # trial, so that no trial is cut short by the time of day it was made (review
+            # h78l L4): it lasts trial_days to trial_days + 1.
+            start = await self.today() + timedelta(days=req.trial_days + 1)
+            params["start_date"] = start.isoformat()
+        try:
+            obj = await self._call(op, _bind(self._sq.subscriptions.create, params))
+        except GatewayError as exc:
+            if start is None or exc.code is not ErrorCode.IDEMPOTENCY_ERROR:
+                raise
+            # The key is spent by another body: a try whose answer was lost before a UTC
+            # midnight sent the day before's start date (review h78l H1). Within the
+            # key's day no earlier one: that body is answered with the subscription it
+            # made (any other body under the key is refused again).
+            params["start_date"] = (start - timedelta(days=1)).isoformat()
+            obj = await self._call(op, _bind(self._sq.subscriptions.create, params))
         sid = str(self._part(obj, "subscription")["id"])
         # (read back: a replayed create answers the subscription as it was made)
         sub = await self._read_subscription(sid)

@@ -374,20 +374,21 @@ async def test_a_subscription_ended_at_square_keeps_its_unpaid_invoice(square_ur
 
 
 async def test_a_trial_is_a_later_start_date(square_url: str) -> None:
-    """Review h78f F4b: a trial of ``trial_days`` is a start_date that far on, on
-    Square's clock: PENDING, nothing invoiced or charged until then, `trialing` with
-    its trial_end; from that date billed as any."""
+    """Review h78f F4b: a trial of ``trial_days`` is a start_date that far on and a day
+    more (review h78l L4: never cut short by the time of day it was made), on Square's
+    clock: PENDING, nothing invoiced or charged until then, `trialing` with its
+    trial_end; from that date billed as any."""
     gw = gateway_at(square_url)
     gw.today = lambda: square_today(square_url)
     today = await square_today(square_url)
     sub = await subscribe(gw, trial_days=10)
-    ends = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=10)
+    ends = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=11)
     assert sub.status is SubscriptionStatus.TRIALING and sub.invoices == ()
     assert (sub.trial_end, sub.current_period_end) == (ends, ends)
     assert sub.current_period_start < ends and not sub.cancel_at_period_end
     held = await fake(square_url, "GET", f"/v2/subscriptions/{sub.provider_subscription_id}")
-    assert held["subscription"]["start_date"] == (today + timedelta(days=10)).isoformat()
-    await advance_square_clock(square_url, 9 * DAY)
+    assert held["subscription"]["start_date"] == (today + timedelta(days=11)).isoformat()
+    await advance_square_clock(square_url, 10 * DAY)
     assert (await read(gw, sub)).status is SubscriptionStatus.TRIALING
     await advance_square_clock(square_url, DAY)
     billed = await read(gw, sub)
@@ -407,7 +408,7 @@ async def test_a_trial_canceled_at_its_end_is_never_billed(square_url: str) -> N
     )
     ends = await gw.cancel_subscription(req, idempotency_key=key())
     assert ends.status is SubscriptionStatus.TRIALING and ends.cancel_at_period_end
-    await advance_square_clock(square_url, 3 * DAY + 60)
+    await advance_square_clock(square_url, 4 * DAY + 60)
     ended = await read(gw, sub)
     assert ended.status is SubscriptionStatus.CANCELED and ended.invoices == ()
     assert ended.canceled_at == sub.trial_end
