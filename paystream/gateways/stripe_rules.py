@@ -29,6 +29,7 @@ __all__ = [
     "account_link_url_problem",
     "below_minimum_charge",
     "chargeable_increment",
+    "custom_account_capabilities_problem",
     "from_stripe_units",
     "payment_parameters_problem",
     "payout_amount_problem",
@@ -257,6 +258,12 @@ def payment_parameters_problem(
 ACCOUNT_BUSINESS_TYPES = frozenset({"individual", "company", "non_profit", "government_entity"})
 ACCOUNT_CAPABILITIES = frozenset({"card_payments", "transfers"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def custom_account_capabilities_problem() -> str:
+    """Why a custom account without requested capabilities is refused: Stripe requires
+    ``capabilities`` for an account without a Stripe-hosted dashboard (custom ones)."""
+    return "a custom account requests at least one capability (card_payments, transfers)"
 
 
 def account_link_url_problem(name: str, url: str) -> str | None:

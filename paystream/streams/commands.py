@@ -30,6 +30,7 @@ from paystream.errors import validator_said
 from paystream.gateways.stripe_rules import (
     ACCOUNT_CAPABILITIES,
     account_link_url_problem,
+    custom_account_capabilities_problem,
     payout_descriptor_problem,
 )
 from paystream.money import MAX_MINOR_AMOUNT, Currency
@@ -584,6 +585,14 @@ class CreateConnectedAccount(CommandData):
     ] = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=dict)
     HASH_BY_DUMP: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _custom_requests_capabilities(self) -> CreateConnectedAccount:
+        # Stripe's create requires capabilities for an account without a Stripe-hosted
+        # dashboard (custom): refused here rather than `provider_rejected` by Stripe alone.
+        if self.type is ConnectedAccountType.CUSTOM and not self.capabilities:
+            raise ValueError(custom_account_capabilities_problem())
+        return self
 
 
 class CreateAccountLink(CommandData):

@@ -265,6 +265,17 @@ async def test_invalid_commands_are_refused(
     assert await _gateway(harness, t).effects() == []
 
 
+async def test_a_custom_account_requests_a_capability(harness: Harness) -> None:
+    """Stripe requires capabilities for a custom account (no Stripe-hosted dashboard):
+    refused before any call, not answered created here and provider_rejected on Stripe
+    (review h78m F3)."""
+    t = harness.add_tenant()
+    out = await harness.send("connected_account.create", t, {"country": "US", "type": "custom"})
+    rejected = _rejected(out, "validation_error")
+    assert "at least one capability" in str(rejected["errors"]), rejected
+    assert await _gateway(harness, t).effects() == []
+
+
 async def test_a_loopback_http_link_is_allowed(harness: Harness) -> None:
     t = harness.add_tenant()
     acct = await _account(harness, t)

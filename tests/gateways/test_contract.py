@@ -1567,6 +1567,14 @@ async def test_a_connected_account_create_replayed_under_its_key_is_the_same(
 
 
 @over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_a_custom_account_without_capabilities_is_refused(harness: Harness) -> None:
+    """Stripe requires capabilities for an account without a Stripe-hosted dashboard
+    (custom): the simulator refuses it as Stripe does (review h78m F3)."""
+    made = make_account(harness, type=ConnectedAccountType.CUSTOM, capabilities=())
+    await expect(ErrorCode.INVALID_REQUEST, made)
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
 @pytest.mark.parametrize("outcome", ["enabled", "restricted", "rejected"])
 async def test_an_onboarded_account_reads_back_as_its_holder_left_it(
     harness: Harness, outcome: str

@@ -26,6 +26,7 @@ from paystream.gateways.base import (
     CancelSubscription,
     CaptureMethod,
     CapturePayment,
+    ConnectedAccountType,
     CreateAccountLink,
     CreateConnectedAccount,
     CreateCustomer,
@@ -60,6 +61,7 @@ from paystream.gateways.stripe_rules import (
     MINIMUM_CHARGE,
     account_link_url_problem,
     below_minimum_charge,
+    custom_account_capabilities_problem,
     payment_parameters_problem,
     payout_amount_problem,
     payout_descriptor_problem,
@@ -1365,6 +1367,8 @@ async def create_connected_account(tx: Tx, req: CreateConnectedAccount, key: str
     unknown = set(req.capabilities) - ACCOUNT_CAPABILITIES
     if unknown:
         raise _invalid(f"capabilities not requestable: {', '.join(sorted(unknown))}")
+    if req.type is ConnectedAccountType.CUSTOM and not req.capabilities:
+        raise _invalid(custom_account_capabilities_problem())  # (as Stripe refuses it)
     problem = payment_parameters_problem(None, None, req.metadata)
     if problem is not None:
         raise _invalid(problem)
