@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from paystream import worker
+from paystream import log_limits, worker
 from paystream.agents import pipeline
 from paystream.agents.pipeline import Inbound
 from paystream.log_limits import ThrottledLog
@@ -22,6 +22,9 @@ pytestmark = pytest.mark.asyncio
 async def test_dead_letters_then_silence_have_their_count_written_by_the_workers_timer(
     harness: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # (earlier tests' held-back counts written now, outside the capture: the timer
+    # flushes every ThrottledLog of the process, the replaced one too)
+    log_limits.flush_all(final=True)
     now = [0.0]
     monkeypatch.setattr(
         pipeline, "_throttled", ThrottledLog(pipeline.log, interval=60, clock=lambda: now[0])
