@@ -60,6 +60,7 @@ from paystream.tables.records import (
 from paystream.tables.state_machines import (
     InvalidState,
     check_connected_account_move,
+    check_invoice_transition,
     check_payment_transition,
     check_payout_move,
     check_subscription_move,
@@ -2521,6 +2522,275 @@ async def retrieve_balance(ctx: HandlerContext, data: c.RetrieveBalance) -> Hand
     return HandlerResult("balance.retrieved", extra={"balances": balances})
 
 
+# ---- one-off invoices -----------------------------------------------------------------
+
+_INVOICES = gw.Capability.INVOICES
+_INVOICE_PAID = gw.InvoiceStatus.PAID.value
+_INVOICE_VOID = gw.InvoiceStatus.VOID.value
+# An invoice's status, as a provider's answer moves it → its outcome.
+_INVOICE_OUTCOME = {
+    gw.InvoiceStatus.DRAFT: "invoice.updated",
+    gw.InvoiceStatus.OPEN: "invoice.updated",
+    gw.InvoiceStatus.PAID: "invoice.paid",
+    gw.InvoiceStatus.VOID: "invoice.voided",
+}
+
+
+def _invoices_supported(ctx: HandlerContext) -> None:
+    """An invoice's create: `unsupported` before anything is asked of the provider, for
+    a tenant whose gateway lacks invoices (Square, Paddle; or a tenant whose
+    capabilities leave them out). Not remembered: the tenant's setup, not the command.
+    A finalize or a pay needs the tenant's capability too (the gateway checks it before
+    any call); a void or a refresh of an invoice already made needs only its provider's
+    (gw.UNNARROWED_OPERATIONS), as a payout's cancel."""
+    _capability_required(ctx, _INVOICES, "invoices")
+
+
+def _one_off_invoice(ctx: HandlerContext, invoice_id: str) -> InvoiceRecord:
+    """The tenant's one-off invoice ``invoice_id``: a subscription's invoice is its
+    provider's to collect (read back by subscription.refresh), never finalized, paid or
+    voided by these commands."""
+    rec = ctx.load(InvoiceRecord, invoice_id)
+    if rec.subscription_id is not None:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"invoice {rec.id} is subscription {rec.subscription_id}'s: its provider "
+            "collects it (subscription.refresh reads it back, subscription.cancel voids it)",
+        )
+    return rec
+
+
+def _invoice_transition(rec: InvoiceRecord, verb: str) -> None:
+    try:
+        check_invoice_transition(rec.status, verb)
+    except InvalidState as exc:
+        raise Rejection(RejectReason.INVALID_STATE, f"invoice {rec.id}: {exc}") from exc
+
+
+def _take_invoice(ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult) -> None:
+    """The provider's answer, unless it would move the invoice where it cannot go (a
+    stale read: open after paid), which is refused (not remembered: asked again, it
+    answers afresh)."""
+    status = res.status.value
+    if not invoice_moves(rec.status, status):
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"invoice {rec.id}: an invoice that is {rec.status} cannot become {status} "
+            f"({ctx.gateway.provider}'s answer)",
+            remember=False,
+        )
+    rec.status = status
+    rec.amount = res.amount.amount
+    rec.due_date = res.due_date or rec.due_date
+    rec.provider_payment_id = res.provider_payment_id or rec.provider_payment_id
+    rec.failure_code, rec.failure_message = res.failure_code, res.failure_message
+    if res.tax is not None:
+        rec.subtotal, rec.tax, rec.total = res.subtotal, res.tax, res.total
+
+
+def _invoice_moved(
+    ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult, outcome: str | None = None
+) -> HandlerResult:
+    """An invoice moved to its provider's answer: ``outcome``, else the one its new
+    status names, with the status it had before in ``previous_status``."""
+    previous = rec.status
+    _take_invoice(ctx, rec, res)
+    return HandlerResult(
+        outcome or _INVOICE_OUTCOME[res.status], rec, extra={"previous_status": previous}
+    )
+
+
+def _invoice_method(
+    ctx: HandlerContext, payment_method_id: str, customer_id: str
+) -> PaymentMethodRecord:
+    """A saved payment method an invoice is charged to: the same customer's, attached
+    (one let through, the provider may have charged it: taken as it is)."""
+    pm = ctx.load(PaymentMethodRecord, payment_method_id)
+    if not pm.attached and not ctx.let_through:
+        raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")
+    if pm.customer_id != customer_id:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"payment method {pm.id} belongs to another customer than {customer_id}",
+        )
+    ctx.at_provider(pm)
+    return pm
+
+
+async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerResult:
+    """A draft one-off invoice at the tenant's provider (nothing charged)."""
+    iid = data.invoice_id or ctx.new_id(InvoiceRecord, "in")
+    ctx.ensure_new(InvoiceRecord, iid)
+    _invoices_supported(ctx)
+    customer = (
+        ctx.load(CustomerRecord, data.customer_id)
+        if ctx.let_through
+        else _live_customer(ctx, data.customer_id)
+    )
+    ctx.at_provider(customer)
+    pm = (
+        None
+        if data.payment_method_id is None
+        else _invoice_method(ctx, data.payment_method_id, customer.id)
+    )
+    tax_rates = _applied_rates(ctx, data.tax_rate_ids or ())
+    req = gw.CreateInvoice(
+        provider_customer_id=customer.provider_customer_id,
+        currency=data.currency,
+        lines=tuple(
+            gw.InvoiceLine(
+                description=line.description, unit_amount=line.amount, quantity=line.quantity
+            )
+            for line in data.line_items
+        ),
+        tax_rates=tuple(
+            gw.TaxRateRef(
+                provider_tax_rate_id=r.provider_tax_rate_id,
+                percentage=r.percentage,
+                inclusive=r.inclusive,
+            )
+            for r in tax_rates
+        ),
+        collection_method=data.collection_method.value,
+        days_until_due=data.days_until_due,
+        provider_payment_method_id=None if pm is None else pm.provider_payment_method_id,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    # As payment.create's: a chosen id is the key's scope (one invoice per id, however
+    # often it is sent), else the command's. (A gateway that makes an invoice in several
+    # calls derives each call's key from this one.)
+    key = ctx.create_key("invoice", data.invoice_id)
+    try:
+        res = await _gateway(
+            ctx, "create_invoice", lambda: ctx.gateway.create_invoice(req, idempotency_key=key)
+        )
+    except GatewayError as exc:
+        if _chosen_id_taken(ctx, exc, data.invoice_id):
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"invoice id {iid} is taken at the provider by an earlier create of other "
+                "parameters: one refused, or one still parked (`paystream dlq list`); "
+                "create this invoice under a new id",
+            ) from exc
+        raise
+    rec = InvoiceRecord(
+        **_base(ctx, iid),
+        customer_id=customer.id,
+        status=res.status.value,
+        amount=res.amount.amount,
+        currency=res.amount.currency,
+        provider_invoice_id=res.provider_invoice_id,
+        subtotal=res.subtotal if res.tax is not None else None,
+        tax=res.tax,
+        total=res.total if res.tax is not None else None,
+        line_items=[line.model_dump(mode="json") for line in data.line_items],
+        tax_rate_ids=[r.id for r in tax_rates] or None,
+        collection_method=data.collection_method.value,
+        payment_method_id=None if pm is None else pm.id,
+        days_until_due=data.days_until_due,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    return HandlerResult("invoice.created", rec)
+
+
+async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> HandlerResult:
+    """A draft made open: its total fixed, to be paid (`invoice.pay`, or by the customer
+    on the provider's page: a sent invoice)."""
+    rec = _one_off_invoice(ctx, data.invoice_id)
+    if not ctx.let_through:
+        _invoice_transition(rec, "finalize")
+    ctx.at_provider(rec)
+    req = gw.FinalizeInvoice(provider_invoice_id=rec.provider_invoice_id)
+    res = await _gateway(
+        ctx,
+        "finalize_invoice",
+        lambda: ctx.gateway.finalize_invoice(req, idempotency_key=ctx.idem),
+    )
+    return _invoice_moved(ctx, rec, res, "invoice.finalized")
+
+
+async def pay_invoice(ctx: HandlerContext, data: c.PayInvoice) -> HandlerResult:
+    """Charge an open invoice to its saved payment method (or ``payment_method_id``). A
+    decline is `invoice.payment_failed` (the card's answer in ``error``, as a
+    payment.failed's); the invoice stays open: pay it again under a new command id (with
+    another card, say). A pay redelivered, or re-driven after a crash, is sent under the
+    same key: the provider answers with its first answer, never a second charge."""
+    rec = _one_off_invoice(ctx, data.invoice_id)
+    if rec.status in (_INVOICE_PAID, _INVOICE_VOID):
+        # Even let through (re-driven after a refresh recorded it paid): invoice.paid was
+        # emitted when that was recorded, and is emitted once per invoice.
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"invoice {rec.id} is already {rec.status}"
+            + (": refund its payment to give the money back" if rec.status == "paid" else ""),
+        )
+    if not ctx.let_through:
+        _invoice_transition(rec, "pay")
+    method_id = data.payment_method_id or rec.payment_method_id
+    if method_id is None:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"invoice {rec.id} names no payment method: send invoice.pay with "
+            f"payment_method_id (a saved one of customer {rec.customer_id}'s)",
+        )
+    pm = _invoice_method(ctx, method_id, rec.customer_id)
+    ctx.at_provider(rec)
+    req = gw.PayInvoice(
+        provider_invoice_id=rec.provider_invoice_id,
+        provider_payment_method_id=pm.provider_payment_method_id,
+    )
+    try:
+        res = await _gateway(
+            ctx, "pay_invoice", lambda: ctx.gateway.pay_invoice(req, idempotency_key=ctx.idem)
+        )
+    except GatewayError as exc:
+        if exc.retryable or not _is_card_error(exc):
+            raise
+        # The card's answer: recorded on the invoice, which stays open (its provider
+        # made a failed payment: its id names it).
+        rec.failure_code = exc.decline_code or exc.code.value
+        rec.failure_message = exc.message
+        rec.provider_payment_id = exc.provider_payment_id or rec.provider_payment_id
+        return HandlerResult("invoice.payment_failed", rec, error=exc)
+    rec.payment_method_id = pm.id
+    return _invoice_moved(ctx, rec, res)
+
+
+async def void_invoice(ctx: HandlerContext, data: c.VoidInvoice) -> HandlerResult:
+    """A draft or open invoice voided: never to be paid. A paid one is refused
+    (`invalid_state`): refund its payment instead."""
+    rec = _one_off_invoice(ctx, data.invoice_id)
+    if rec.status == _INVOICE_VOID:
+        raise Rejection(RejectReason.INVALID_STATE, f"invoice {rec.id} is already void")
+    if not ctx.let_through:
+        _invoice_transition(rec, "void")
+    ctx.at_provider(rec)
+    req = gw.VoidInvoice(provider_invoice_id=rec.provider_invoice_id)
+    res = await _gateway(
+        ctx, "void_invoice", lambda: ctx.gateway.void_invoice(req, idempotency_key=ctx.idem)
+    )
+    return _invoice_moved(ctx, rec, res)
+
+
+async def refresh_invoice(ctx: HandlerContext, data: c.RefreshInvoice) -> HandlerResult:
+    """A one-off invoice as its provider holds it now: paid by its customer (a sent one,
+    on the provider's page) or voided there since. A read: asked again, the provider
+    answers afresh. One paid or void is final: refused before any call, so that its
+    `invoice.paid` or `invoice.voided` is emitted once, however often it is read."""
+    rec = _one_off_invoice(ctx, data.invoice_id)
+    _invoice_transition(rec, "refresh")
+    ctx.at_provider(rec)
+    req = gw.RetrieveInvoice(provider_invoice_id=rec.provider_invoice_id)
+    res = await _gateway(
+        ctx,
+        "retrieve_invoice",
+        lambda: ctx.gateway.retrieve_invoice(req, idempotency_key=ctx.idem),
+    )
+    return _invoice_moved(ctx, rec, res)
+
+
 # ---- tax ------------------------------------------------------------------------------
 
 _TAX = gw.Capability.TAX
@@ -2956,6 +3226,11 @@ HANDLERS: dict[str, Handler] = {
     "payout.cancel": cancel_payout,
     "payout.refresh": refresh_payout,
     "balance.retrieve": retrieve_balance,
+    "invoice.create": create_invoice,
+    "invoice.finalize": finalize_invoice,
+    "invoice.pay": pay_invoice,
+    "invoice.void": void_invoice,
+    "invoice.refresh": refresh_invoice,
     "tax_rate.create": create_tax_rate,
     "tax_rate.archive": archive_tax_rate,
     "tax.calculate": calculate_tax,

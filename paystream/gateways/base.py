@@ -48,6 +48,7 @@ __all__ = [
     "CreateAccountLink",
     "CreateConnectedAccount",
     "CreateCustomer",
+    "CreateInvoice",
     "CreatePayment",
     "CreatePayout",
     "CreateRefund",
@@ -59,9 +60,12 @@ __all__ = [
     "DetachPaymentMethod",
     "DisputeResult",
     "DisputeStatus",
+    "FinalizeInvoice",
     "GatewayContext",
+    "InvoiceLine",
     "InvoiceResult",
     "InvoiceStatus",
+    "PayInvoice",
     "PaymentGateway",
     "PaymentMethodResult",
     "PaymentResult",
@@ -73,6 +77,7 @@ __all__ = [
     "RetrieveBalance",
     "RetrieveConnectedAccount",
     "RetrieveCustomer",
+    "RetrieveInvoice",
     "RetrievePayment",
     "RetrievePayout",
     "RetrieveRefund",
@@ -84,6 +89,7 @@ __all__ = [
     "TaxRateResult",
     "UpdateCustomer",
     "UpdateSubscription",
+    "VoidInvoice",
     "connected_account_ref",
     "merged_metadata",
     "payment_ref",
@@ -266,9 +272,12 @@ class SubscriptionStatus(StrEnum):
 
 
 class InvoiceStatus(StrEnum):
+    DRAFT = "draft"  # a one-off invoice not finalized yet (its lines may change)
     PAID = "paid"
-    OPEN = "open"  # its payment failed; the provider may retry it
-    VOID = "void"  # never to be paid (its subscription canceled)
+    # Finalized, not paid: a subscription's whose payment failed (the provider may retry
+    # it), or a one-off invoice finalized, charged or sent for payment.
+    OPEN = "open"
+    VOID = "void"  # never to be paid (its subscription canceled, or voided)
 
 
 # The invoices a subscription read lists at most (newest first).
@@ -524,6 +533,51 @@ class RetrieveConnectedAccount(_Req):
     provider_account_id: str
 
 
+class InvoiceLine(_Req):
+    description: str
+    unit_amount: int  # minor units, in the invoice's currency
+    quantity: int = 1
+
+
+class CreateInvoice(_Req):
+    """A draft one-off invoice of ``lines`` to a customer (not charged: see
+    pay_invoice). ``provider_payment_method_id``: the saved method it is to be charged
+    to (Stripe's default_payment_method); ``days_until_due``: a sent invoice's."""
+
+    provider_customer_id: str
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    tax_rates: tuple[TaxRateRef, ...] = ()
+    collection_method: str = "charge_automatically"  # | send_invoice
+    days_until_due: int | None = None
+    provider_payment_method_id: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class FinalizeInvoice(_Req):
+    provider_invoice_id: str
+
+
+class PayInvoice(_Req):
+    """Charge an open invoice (off-session) to ``provider_payment_method_id``, else the
+    method it names (a money-moving call: keyed). A decline is raised as the card's
+    error (402), the invoice left open."""
+
+    provider_invoice_id: str
+    provider_payment_method_id: str | None = None
+
+
+class VoidInvoice(_Req):
+    provider_invoice_id: str
+
+
+class RetrieveInvoice(_Req):
+    """Read an invoice back (a read: no key of its own)."""
+
+    provider_invoice_id: str
+
+
 class RetrieveSubscription(_Req):
     """Read a subscription back with its invoices (renewals made since): a read, with no
     effect of paystream's and no key of its own (the provider bills renewals on its own
@@ -603,13 +657,15 @@ class RefundResult(_Res):
 
 
 class InvoiceResult(_Res):
-    """One period's invoice of a subscription."""
+    """One period's invoice of a subscription, or a one-off invoice (no period)."""
 
     provider_invoice_id: str
     status: InvoiceStatus
     amount: Money
-    period_start: datetime
-    period_end: datetime
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    # A sent one-off invoice's, once finalized.
+    due_date: datetime | None = None
     # The provider's payment for it (its last attempt), where it names one.
     provider_payment_id: str | None = None
     failure_code: str | None = None
@@ -715,6 +771,7 @@ KEYLESS_OPERATIONS = frozenset(
         "retrieve_payout",
         "retrieve_balance",
         "retrieve_connected_account",
+        "retrieve_invoice",
     }
 )
 
@@ -722,7 +779,14 @@ KEYLESS_OPERATIONS = frozenset(
 # it twice (what a customer record or a dispute's evidence sent again does not).
 # (A subscription's create charges its first invoice.)
 MONEY_MOVING_OPERATIONS = frozenset(
-    {"create_payment", "capture_payment", "create_refund", "create_subscription", "create_payout"}
+    {
+        "create_payment",
+        "capture_payment",
+        "create_refund",
+        "create_subscription",
+        "create_payout",
+        "pay_invoice",
+    }
 )
 
 OPERATION_CAPABILITY: dict[str, Capability] = {
@@ -755,6 +819,11 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_connected_account": Capability.CONNECTED_ACCOUNTS,
     "create_account_link": Capability.CONNECTED_ACCOUNTS,
     "retrieve_connected_account": Capability.CONNECTED_ACCOUNTS,
+    "create_invoice": Capability.INVOICES,
+    "finalize_invoice": Capability.INVOICES,
+    "pay_invoice": Capability.INVOICES,
+    "void_invoice": Capability.INVOICES,
+    "retrieve_invoice": Capability.INVOICES,
 }
 
 # Operations that stop, or read back, what the provider already holds for the tenant:
@@ -778,6 +847,9 @@ UNNARROWED_OPERATIONS = frozenset(
         # A connected account made stays the tenant's to read back (its merchant onboards
         # whatever the tenant's options say now).
         "retrieve_connected_account",
+        # An invoice made stays the tenant's to void or read back (its customer has it).
+        "void_invoice",
+        "retrieve_invoice",
     }
 )
 
@@ -985,6 +1057,30 @@ class PaymentGateway(Protocol):
     ) -> ConnectedAccountResult:
         """The connected account as the provider holds it now (a read: see
         retrieve_payment)."""
+        ...
+
+    async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:
+        """A draft one-off invoice of the request's lines (nothing charged)."""
+        ...
+
+    async def finalize_invoice(
+        self, req: FinalizeInvoice, *, idempotency_key: str
+    ) -> InvoiceResult:
+        """A draft made open: its total fixed (a sent one's due date counted from now)."""
+        ...
+
+    async def pay_invoice(self, req: PayInvoice, *, idempotency_key: str) -> InvoiceResult:
+        """Charge an open invoice's amount due; a decline raises the card's error."""
+        ...
+
+    async def void_invoice(self, req: VoidInvoice, *, idempotency_key: str) -> InvoiceResult:
+        """A draft or open invoice voided: never to be paid."""
+        ...
+
+    async def retrieve_invoice(
+        self, req: RetrieveInvoice, *, idempotency_key: str
+    ) -> InvoiceResult:
+        """The invoice as the provider holds it now (a read: see retrieve_payment)."""
         ...
 
     async def knows_request(

@@ -34,4 +34,9 @@ COMMAND_TYPES: tuple[str, ...] = (
     "connected_account.create",
     "connected_account.onboarding_link",
     "connected_account.refresh",
+    "invoice.create",
+    "invoice.finalize",
+    "invoice.pay",
+    "invoice.void",
+    "invoice.refresh",
 )

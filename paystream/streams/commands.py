@@ -55,6 +55,7 @@ __all__ = [
     "CreateAccountLink",
     "CreateConnectedAccount",
     "CreateCustomer",
+    "CreateInvoice",
     "CreatePayment",
     "CreatePayout",
     "CreateRefund",
@@ -64,8 +65,13 @@ __all__ = [
     "DetachPaymentMethod",
     "EraseCustomer",
     "ExportCustomer",
+    "FinalizeInvoice",
+    "InvoiceCollection",
+    "InvoiceLineItem",
+    "PayInvoice",
     "PayoutMethod",
     "RefreshConnectedAccount",
+    "RefreshInvoice",
     "RefreshPayment",
     "RefreshPayout",
     "RefreshSubscription",
@@ -75,6 +81,7 @@ __all__ = [
     "TaxLineItem",
     "UpdateCustomer",
     "UpdateSubscription",
+    "VoidInvoice",
     "validation_errors",
 ]
 
@@ -614,6 +621,99 @@ class RefreshConnectedAccount(CommandData):
     connected_account_id: EntityId
 
 
+# ---- one-off invoices ---------------------------------------------------------------
+
+# The most line items one invoice holds (Stripe lists up to 250 per invoice).
+MAX_INVOICE_LINES = 250
+# Stripe's days_until_due: how long a customer sent an invoice has to pay it.
+MAX_DAYS_UNTIL_DUE = 365
+
+
+class InvoiceCollection(StrEnum):
+    """How an invoice is collected (Stripe's collection_method)."""
+
+    # `invoice.pay` charges the invoice's saved payment method (one given at create).
+    CHARGE_AUTOMATICALLY = "charge_automatically"
+    # The customer is sent the invoice to pay within ``days_until_due`` (the provider's
+    # hosted page); `invoice.pay` may still charge a saved method of theirs.
+    SEND_INVOICE = "send_invoice"
+
+
+class InvoiceLineItem(CommandData):
+    description: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    amount: Amount  # the unit amount, minor units
+    quantity: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 1
+
+
+class CreateInvoice(CommandData):
+    """A draft one-off invoice to ``customer_id`` of ``line_items`` in ``currency``: its
+    lines may be changed at the provider until `invoice.finalize` makes it open (its
+    total fixed), then `invoice.pay` charges it, or `invoice.void` voids it. Tax rates
+    (`tax_rate.create`) apply to every line, as a subscription's: exclusive ones added,
+    inclusive ones contained. ``charge_automatically`` (the default) needs the
+    customer's saved ``payment_method_id`` (attached); ``send_invoice`` needs
+    ``days_until_due``."""
+
+    invoice_id: EntityId | None = None
+    customer_id: EntityId
+    currency: Currency
+    line_items: Annotated[list[InvoiceLineItem], Field(min_length=1, max_length=MAX_INVOICE_LINES)]
+    tax_rate_ids: TaxRateIds | None = None
+    payment_method_id: EntityId | None = None
+    collection_method: InvoiceCollection = InvoiceCollection.CHARGE_AUTOMATICALLY
+    days_until_due: Annotated[StrictInt, Field(ge=1, le=MAX_DAYS_UNTIL_DUE)] | None = None
+    description: ShortText | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    HASH_BY_DUMP: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _collectable(self) -> CreateInvoice:
+        total = sum(line.amount * line.quantity for line in self.line_items)
+        if total > MAX_MINOR_AMOUNT:
+            raise ValueError("the line items' amounts times quantities add up to too much")
+        automatic = self.collection_method is InvoiceCollection.CHARGE_AUTOMATICALLY
+        if automatic and self.payment_method_id is None:
+            raise ValueError(
+                "collection_method charge_automatically needs payment_method_id (a saved "
+                "payment method of the customer's); or send_invoice with days_until_due"
+            )
+        if automatic and self.days_until_due is not None:
+            raise ValueError("days_until_due is for collection_method send_invoice only")
+        if not automatic and self.days_until_due is None:
+            raise ValueError("collection_method send_invoice needs days_until_due")
+        return self
+
+
+class FinalizeInvoice(CommandData):
+    """Finalize a draft invoice: ``open``, its total fixed, payable."""
+
+    invoice_id: EntityId
+
+
+class PayInvoice(CommandData):
+    """Charge an open invoice's total to its saved payment method, or to
+    ``payment_method_id`` (another saved method of the same customer's). A decline is
+    `invoice.payment_failed`: the invoice stays open, to be paid again."""
+
+    invoice_id: EntityId
+    payment_method_id: EntityId | None = None
+
+
+class VoidInvoice(CommandData):
+    """Void an open (or draft) invoice: never to be paid. A paid one is refunded instead
+    (`refund.create` of its payment)."""
+
+    invoice_id: EntityId
+
+
+class RefreshInvoice(CommandData):
+    """Read a one-off invoice back from its provider: paid by the customer (a sent
+    invoice paid on the provider's page), or voided there since."""
+
+    invoice_id: EntityId
+
+
 # type suffix (after COMMAND_PREFIX) → model. The registry is the list of supported commands.
 COMMANDS: dict[str, type[CommandData]] = {
     "customer.create": CreateCustomer,
@@ -645,6 +745,11 @@ COMMANDS: dict[str, type[CommandData]] = {
     "connected_account.create": CreateConnectedAccount,
     "connected_account.onboarding_link": CreateAccountLink,
     "connected_account.refresh": RefreshConnectedAccount,
+    "invoice.create": CreateInvoice,
+    "invoice.finalize": FinalizeInvoice,
+    "invoice.pay": PayInvoice,
+    "invoice.void": VoidInvoice,
+    "invoice.refresh": RefreshInvoice,
 }
 if set(COMMANDS) != set(COMMAND_TYPES):  # (a command added to one and not to the other)
     raise RuntimeError(
@@ -663,6 +768,7 @@ PROVIDER_READS = frozenset(
         "payout.refresh",
         "balance.retrieve",
         "connected_account.refresh",
+        "invoice.refresh",
     }
 )
 

@@ -366,17 +366,20 @@ class SubscriptionRecord(EntityRecord):
 
 
 class InvoiceRecord(EntityRecord):
-    """One period's charge of a subscription, made by its provider (at create, or a
-    renewal read back by subscription.refresh)."""
+    """An invoice: one period's charge of a subscription, made by its provider (at
+    create, or a renewal read back by subscription.refresh); or a one-off invoice
+    (`invoice.create`: ``subscription_id`` None, its own line items), draft until
+    finalized."""
 
     entity_type: str = "invoice"
-    subscription_id: str
+    # None: a one-off invoice (its period too).
+    subscription_id: str | None = None
     customer_id: str
-    status: str  # paid | open | void (InvoiceStatus)
+    status: str  # draft | open | paid | void (InvoiceStatus)
     amount: int
     currency: str
-    period_start: datetime
-    period_end: datetime
+    period_start: datetime | None = None
+    period_end: datetime | None = None
     provider_invoice_id: str
     provider_payment_id: str | None = None
     failure_code: str | None = None
@@ -389,6 +392,18 @@ class InvoiceRecord(EntityRecord):
     subtotal: int | None = None
     tax: int | None = None
     total: int | None = None
+    # A one-off invoice's (invoice.create), stored only when set: its lines as sent
+    # (description, amount per unit, quantity), the tax rates on every line, how it is
+    # collected, the saved payment method `invoice.pay` charges, and a sent one's due
+    # date (from finalization, as the provider counts days_until_due).
+    line_items: list[dict[str, Any]] | None = None
+    tax_rate_ids: list[str] | None = None
+    collection_method: str | None = None
+    payment_method_id: str | None = None
+    days_until_due: int | None = None
+    due_date: datetime | None = None
+    description: str | None = None
+    metadata: dict[str, str] | None = None
 
 
 class TaxRateRecord(EntityRecord):

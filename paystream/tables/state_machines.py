@@ -7,6 +7,7 @@ from paystream.errors import PaystreamError
 __all__ = [
     "CONNECTED_ACCOUNT_MOVES",
     "INVOICE_MOVES",
+    "INVOICE_TRANSITIONS",
     "PAYMENT_TRANSITIONS",
     "PAYOUT_MOVES",
     "SUBSCRIPTION_MOVES",
@@ -14,6 +15,7 @@ __all__ = [
     "TAX_RATE_TRANSITIONS",
     "InvalidState",
     "check_connected_account_move",
+    "check_invoice_transition",
     "check_payment_transition",
     "check_payout_move",
     "check_subscription_move",
@@ -84,9 +86,11 @@ SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
     "canceled": frozenset({"canceled"}),
 }
 
-# invoice status → the statuses it may move to: an open one is paid (a retry) or voided;
-# paid and void are final.
+# invoice status → the statuses it may move to: a draft (a one-off invoice's) is
+# finalized (open), or voided; an open one is paid (a retry) or voided; paid and void
+# are final.
 INVOICE_MOVES: dict[str, frozenset[str]] = {
+    "draft": frozenset({"draft", "open", "paid", "void"}),
     "open": frozenset({"open", "paid", "void"}),
     "paid": frozenset({"paid"}),
     "void": frozenset({"void"}),
@@ -107,6 +111,33 @@ def check_subscription_move(status: str, to: str) -> None:
 def invoice_moves(status: str, to: str) -> bool:
     """May an invoice recorded ``status`` take ``to`` (a provider's read)?"""
     return to in INVOICE_MOVES.get(status, frozenset())
+
+
+# A one-off invoice's commands → the statuses each may act on (Stripe's: finalize a
+# draft; pay an open one (Stripe's pay finalizes a draft first: paystream asks for
+# invoice.finalize, so the total charged is one the tenant saw); void a draft or an
+# open one (a paid one is refunded instead); read back a draft or an open one (paid and
+# void are final: their outcome is emitted once).
+INVOICE_TRANSITIONS: dict[str, frozenset[str]] = {
+    "finalize": frozenset({"draft"}),
+    "pay": frozenset({"open"}),
+    "void": frozenset({"draft", "open"}),
+    "refresh": frozenset({"draft", "open"}),
+}
+
+_INVOICE_INSTEAD = {
+    ("pay", "draft"): ": finalize it first (invoice.finalize)",
+    ("void", "paid"): ": refund its payment instead (refund.create)",
+    ("finalize", "open"): ": it is finalized already",
+    ("refresh", "paid"): ": it can change no more (refund its payment to give it back)",
+    ("refresh", "void"): ": it can change no more",
+}
+
+
+def check_invoice_transition(status: str, verb: str) -> None:
+    if status not in INVOICE_TRANSITIONS[verb]:
+        instead = _INVOICE_INSTEAD.get((verb, status), "")
+        raise InvalidState(f"cannot {verb} an invoice that is {status}{instead}")
 
 
 # payout status → the statuses it may move to (Stripe's payout lifecycle): pending →

@@ -26,6 +26,7 @@ from paystream.gateways.base import (
     CreateAccountLink,
     CreateConnectedAccount,
     CreateCustomer,
+    CreateInvoice,
     CreatePayment,
     CreatePayout,
     CreateRefund,
@@ -33,7 +34,11 @@ from paystream.gateways.base import (
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
+    FinalizeInvoice,
+    InvoiceLine,
+    InvoiceResult,
     InvoiceStatus,
+    PayInvoice,
     PaymentResult,
     PaymentStatus,
     PayoutResult,
@@ -42,6 +47,7 @@ from paystream.gateways.base import (
     RetrieveBalance,
     RetrieveConnectedAccount,
     RetrieveCustomer,
+    RetrieveInvoice,
     RetrievePayment,
     RetrievePayout,
     RetrieveRefund,
@@ -51,6 +57,7 @@ from paystream.gateways.base import (
     SubscriptionStatus,
     UpdateCustomer,
     UpdateSubscription,
+    VoidInvoice,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.money import Money
@@ -1645,3 +1652,113 @@ async def test_connected_accounts_outside_capabilities_are_unsupported(harness: 
     for call in calls:
         with pytest.raises(UnsupportedOperation):
             await call
+
+
+# ---- one-off invoices ------------------------------------------------------------------
+
+SQUARE_NO_INVOICES = "the Square gateway has no invoices: its capabilities lack them"
+PADDLE_NO_INVOICES = "Paddle bills at checkout: no invoices"
+INVOICE_LINES = (
+    InvoiceLine(description="Consulting, hours", unit_amount=1500, quantity=2),
+    InvoiceLine(description="Setup fee", unit_amount=500),
+)
+
+
+async def invoice_request(h: Harness, *, token: str = "pm_card_visa") -> CreateInvoice:
+    cus = await customer(h)
+    pm = await h.gateway.attach_payment_method(
+        AttachPaymentMethod(provider_customer_id=cus, token=await h.token(token)),
+        idempotency_key=key(),
+    )
+    return CreateInvoice(
+        provider_customer_id=cus,
+        currency="USD",
+        lines=INVOICE_LINES,
+        provider_payment_method_id=pm.provider_payment_method_id,
+        description="one-off",
+        metadata={"order": "o-1"},
+    )
+
+
+async def draft_invoice(h: Harness, *, token: str = "pm_card_visa") -> InvoiceResult:
+    req = await invoice_request(h, token=token)
+    return await h.gateway.create_invoice(req, idempotency_key=key())
+
+
+async def finalized(h: Harness, draft: InvoiceResult) -> InvoiceResult:
+    req = FinalizeInvoice(provider_invoice_id=draft.provider_invoice_id)
+    return await h.gateway.finalize_invoice(req, idempotency_key=key())
+
+
+@over_gateways(square_lacks=SQUARE_NO_INVOICES, paddle_lacks=PADDLE_NO_INVOICES)
+async def test_an_invoice_is_drafted_finalized_and_paid_once(harness: Harness) -> None:
+    k, made = key(), await invoice_request(harness)
+    draft = await harness.gateway.create_invoice(made, idempotency_key=k)
+    assert draft.status is InvoiceStatus.DRAFT and draft.amount == usd(3500)
+    assert draft.period_start is None and draft.provider_payment_id is None
+    # Made again under its key: the same invoice, its lines not added twice.
+    again = await harness.gateway.create_invoice(made, idempotency_key=k)
+    assert (again.provider_invoice_id, again.amount) == (draft.provider_invoice_id, usd(3500))
+    opened = await finalized(harness, draft)
+    assert opened.status is InvoiceStatus.OPEN and opened.amount == usd(3500)
+    with pytest.raises(GatewayError) as twice:
+        await finalized(harness, draft)
+    assert twice.value.code is ErrorCode.INVALID_STATE
+    pay_key = key()
+    req = PayInvoice(provider_invoice_id=draft.provider_invoice_id)
+    paid = await harness.gateway.pay_invoice(req, idempotency_key=pay_key)
+    assert paid.status is InvoiceStatus.PAID and paid.amount == usd(3500)
+    assert paid.provider_payment_id
+    replayed = await harness.gateway.pay_invoice(req, idempotency_key=pay_key)
+    assert replayed.provider_payment_id == paid.provider_payment_id
+    await expect(ErrorCode.INVALID_STATE, harness.gateway.pay_invoice(req, idempotency_key=key()))
+    await expect(
+        ErrorCode.INVALID_STATE,
+        harness.gateway.void_invoice(
+            VoidInvoice(provider_invoice_id=draft.provider_invoice_id), idempotency_key=key()
+        ),
+    )
+    read = await harness.gateway.retrieve_invoice(
+        RetrieveInvoice(provider_invoice_id=draft.provider_invoice_id), idempotency_key=key()
+    )
+    assert (
+        read.status is InvoiceStatus.PAID and read.provider_payment_id == paid.provider_payment_id
+    )
+
+
+@over_gateways(square_lacks=SQUARE_NO_INVOICES, paddle_lacks=PADDLE_NO_INVOICES)
+async def test_a_declined_invoice_payment_leaves_it_open(harness: Harness) -> None:
+    draft = await draft_invoice(harness, token="pm_card_chargeCustomerFail")
+    await finalized(harness, draft)
+    req = PayInvoice(provider_invoice_id=draft.provider_invoice_id)
+    declined = await expect(
+        ErrorCode.CARD_DECLINED, harness.gateway.pay_invoice(req, idempotency_key=key())
+    )
+    assert declined.http_status == 402 and declined.provider_payment_id
+    read = await harness.gateway.retrieve_invoice(
+        RetrieveInvoice(provider_invoice_id=draft.provider_invoice_id), idempotency_key=key()
+    )
+    assert read.status is InvoiceStatus.OPEN
+
+
+@over_gateways(square_lacks=SQUARE_NO_INVOICES, paddle_lacks=PADDLE_NO_INVOICES)
+async def test_an_invoice_voided_stays_void(harness: Harness) -> None:
+    draft = await draft_invoice(harness)
+    req = VoidInvoice(provider_invoice_id=draft.provider_invoice_id)
+    voided = await harness.gateway.void_invoice(req, idempotency_key=key())
+    assert voided.status is InvoiceStatus.VOID
+    # Voided again once its key's answer is gone: the void invoice is the answer.
+    assert (await harness.gateway.void_invoice(req, idempotency_key=key())).status is (
+        InvoiceStatus.VOID
+    )
+    pay = PayInvoice(provider_invoice_id=draft.provider_invoice_id)
+    await expect(ErrorCode.INVALID_STATE, harness.gateway.pay_invoice(pay, idempotency_key=key()))
+
+
+@over_gateways()
+async def test_invoices_need_their_capability(harness: Harness) -> None:
+    gw = harness.build(capabilities=[Capability.CUSTOMERS.value, Capability.PAYMENTS.value])
+    req = CreateInvoice(provider_customer_id="cus_x", currency="USD", lines=INVOICE_LINES)
+    with pytest.raises(UnsupportedOperation) as info:
+        await gw.create_invoice(req, idempotency_key=key())
+    assert info.value.code is ErrorCode.UNSUPPORTED and not info.value.retryable

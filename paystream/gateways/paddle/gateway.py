@@ -1005,5 +1005,33 @@ class PaddleGateway:
     ) -> gw_base.TaxRateResult:
         raise UnsupportedOperation(PROVIDER, "archive_tax_rate")
 
+    # ---- one-off invoices: not built for this provider (no INVOICES capability: the
+    # handler answers `unsupported` before any call) ---------------------------------
+
+    async def create_invoice(
+        self, req: gw_base.CreateInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        raise UnsupportedOperation(PROVIDER, "create_invoice")
+
+    async def finalize_invoice(
+        self, req: gw_base.FinalizeInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        raise UnsupportedOperation(PROVIDER, "finalize_invoice")
+
+    async def pay_invoice(
+        self, req: gw_base.PayInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        raise UnsupportedOperation(PROVIDER, "pay_invoice")
+
+    async def void_invoice(
+        self, req: gw_base.VoidInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        raise UnsupportedOperation(PROVIDER, "void_invoice")
+
+    async def retrieve_invoice(
+        self, req: gw_base.RetrieveInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        raise UnsupportedOperation(PROVIDER, "retrieve_invoice")
+
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -36,6 +36,7 @@ from paystream.gateways.base import (
     CreateAccountLink,
     CreateConnectedAccount,
     CreateCustomer,
+    CreateInvoice,
     CreatePayment,
     CreatePayout,
     CreateRefund,
@@ -46,7 +47,10 @@ from paystream.gateways.base import (
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeResult,
+    FinalizeInvoice,
     GatewayContext,
+    InvoiceResult,
+    PayInvoice,
     PaymentMethodResult,
     PaymentResult,
     PayoutResult,
@@ -54,6 +58,7 @@ from paystream.gateways.base import (
     RetrieveBalance,
     RetrieveConnectedAccount,
     RetrieveCustomer,
+    RetrieveInvoice,
     RetrievePayment,
     RetrievePayout,
     RetrieveRefund,
@@ -63,11 +68,13 @@ from paystream.gateways.base import (
     TaxRateResult,
     UpdateCustomer,
     UpdateSubscription,
+    VoidInvoice,
     require_capability,
     require_operation,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.registry import GatewayDeps
+from paystream.gateways.simulator import invoices
 from paystream.gateways.simulator import operations as ops
 from paystream.gateways.simulator.options import SimulatorOptions
 from paystream.gateways.simulator.store import (
@@ -450,6 +457,42 @@ class SimulatorGateway:
         return await self._run(
             "retrieve_connected_account", req, idempotency_key,
             lambda tx: ops.retrieve_connected_account(tx, req), ConnectedAccountResult,
+            keyed=False,
+        )  # fmt: skip
+
+    async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:
+        return await self._run(
+            "create_invoice", req, idempotency_key,
+            lambda tx: invoices.create_invoice(tx, req, idempotency_key), InvoiceResult,
+        )  # fmt: skip
+
+    async def finalize_invoice(
+        self, req: FinalizeInvoice, *, idempotency_key: str
+    ) -> InvoiceResult:
+        return await self._run(
+            "finalize_invoice", req, idempotency_key,
+            lambda tx: invoices.finalize_invoice(tx, req, idempotency_key), InvoiceResult,
+        )  # fmt: skip
+
+    async def pay_invoice(self, req: PayInvoice, *, idempotency_key: str) -> InvoiceResult:
+        return await self._run(
+            "pay_invoice", req, idempotency_key,
+            lambda tx: invoices.pay_invoice(tx, req, idempotency_key), InvoiceResult,
+        )  # fmt: skip
+
+    async def void_invoice(self, req: VoidInvoice, *, idempotency_key: str) -> InvoiceResult:
+        return await self._run(
+            "void_invoice", req, idempotency_key,
+            lambda tx: invoices.void_invoice(tx, req, idempotency_key), InvoiceResult,
+        )  # fmt: skip
+
+    async def retrieve_invoice(
+        self, req: RetrieveInvoice, *, idempotency_key: str
+    ) -> InvoiceResult:
+        # A read, as retrieve_payment: no key kept, every call answers afresh.
+        return await self._run(
+            "retrieve_invoice", req, idempotency_key,
+            lambda tx: invoices.retrieve_invoice(tx, req), InvoiceResult,
             keyed=False,
         )  # fmt: skip
 

@@ -111,6 +111,7 @@ def invoice(inv: dict[str, Any]) -> dict[str, Any]:
         "amount": _money(inv),
         "period_start": inv["period_start"],
         "period_end": inv["period_end"],
+        "due_date": inv.get("due_date"),
         "provider_payment_id": inv.get("payment_intent"),
         "failure_code": inv.get("failure_code"),
         "failure_message": inv.get("failure_message"),

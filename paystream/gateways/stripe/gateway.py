@@ -806,6 +806,155 @@ class StripeGateway:
         obj = await self._call("retrieve_balance", lambda: self._v1.balance.retrieve_async())
         return mapping.balance(obj)
 
+    # ---- one-off invoices ------------------------------------------------------------
+
+    async def create_invoice(
+        self, req: gw_base.CreateInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        """A draft Invoice, then one InvoiceItem per line with ``invoice=`` its id (each
+        under a key derived from the create's: a replay finds the same invoice and adds
+        no line twice), read back with its totals. ``pending_invoice_items_behavior=
+        exclude``: an item of the customer's pending elsewhere is not swept in."""
+        _require_hundredths("create_invoice", gw_base.Money(amount=1, currency=req.currency))
+        _refuse_unsent(
+            withdrawn_currency_problem(gw_base.Money(amount=1, currency=req.currency))
+            or payment_parameters_problem(None, None, req.metadata)
+        )
+        params = _without_none(
+            customer=req.provider_customer_id,
+            currency=req.currency.lower(),
+            collection_method=req.collection_method,
+            days_until_due=req.days_until_due,
+            default_payment_method=req.provider_payment_method_id,
+            default_tax_rates=[r.provider_tax_rate_id for r in req.tax_rates] or None,
+            description=req.description,
+            metadata=req.metadata,
+            pending_invoice_items_behavior="exclude",
+            auto_advance=False,  # (finalized by invoice.finalize, never by Stripe's hour)
+        )
+        made = await self._call(
+            "create_invoice",
+            lambda: self._v1.invoices.create_async(
+                params, self._opts(_derived_key(idempotency_key, "invoice"))
+            ),
+        )
+        invoice_id = str(made["id"])
+        for n, line in enumerate(req.lines):
+            await self._invoice_item(
+                req, invoice_id, line, _derived_key(idempotency_key, f"line{n}")
+            )
+        return mapping.one_off_invoice(await self._read_invoice("create_invoice", invoice_id))
+
+    async def _invoice_item(
+        self, req: gw_base.CreateInvoice, invoice_id: str, line: gw_base.InvoiceLine, key: str
+    ) -> None:
+        item = {
+            "customer": req.provider_customer_id,
+            "invoice": invoice_id,
+            "currency": req.currency.lower(),
+            "description": line.description,
+            "quantity": line.quantity,
+            "unit_amount_decimal": str(line.unit_amount),
+        }
+        await self._call(
+            "create_invoice",
+            lambda: self._v1.invoice_items.create_async(item, self._opts(key)),
+        )
+
+    async def finalize_invoice(
+        self, req: gw_base.FinalizeInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        """``POST /v1/invoices/{id}/finalize``. Refused, the invoice is read back: one no
+        longer a draft is ``invalid_state`` (Stripe names no code of its own for it)."""
+        iid = req.provider_invoice_id
+        try:
+            obj = await self._call(
+                "finalize_invoice",
+                lambda: self._v1.invoices.finalize_invoice_async(
+                    iid, {"auto_advance": False}, self._opts(idempotency_key)
+                ),
+            )
+        except GatewayError as exc:
+            await self._refused_for_status("finalize_invoice", iid, exc, "draft")
+            raise
+        return mapping.one_off_invoice(obj)
+
+    async def pay_invoice(
+        self, req: gw_base.PayInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        """``POST /v1/invoices/{id}/pay`` off session, with the payment method given (a
+        decline is Stripe's 402 card error, mapped as a payment's; the invoice stays
+        open). Refused otherwise, the invoice is read back: paid or void is
+        ``invalid_state``."""
+        iid = req.provider_invoice_id
+        params = _without_none(payment_method=req.provider_payment_method_id, off_session=True)
+        try:
+            obj = await self._call(
+                "pay_invoice",
+                lambda: self._v1.invoices.pay_async(iid, params, self._opts(idempotency_key)),
+            )
+        except GatewayError as exc:
+            if exc.http_status != 402:
+                await self._refused_for_status("pay_invoice", iid, exc, "open", "draft")
+            raise
+        return mapping.one_off_invoice(obj)
+
+    async def void_invoice(
+        self, req: gw_base.VoidInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        """``POST /v1/invoices/{id}/void``: refused, read back: one void already is the
+        answer (a void sent again once its key's answer is gone), a paid one
+        ``invalid_state``."""
+        iid = req.provider_invoice_id
+        try:
+            obj = await self._call(
+                "void_invoice",
+                lambda: self._v1.invoices.void_invoice_async(
+                    iid, None, self._opts(idempotency_key)
+                ),
+            )
+        except GatewayError as exc:
+            held = await self._refused_for_status("void_invoice", iid, exc, "open", "draft")
+            if held is not None and held.get("status") == "void":
+                return mapping.one_off_invoice(held)
+            raise
+        return mapping.one_off_invoice(obj)
+
+    async def retrieve_invoice(
+        self, req: gw_base.RetrieveInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        # A GET: Stripe keys no read, so no key is sent.
+        return mapping.one_off_invoice(
+            await self._read_invoice("retrieve_invoice", req.provider_invoice_id)
+        )
+
+    async def _read_invoice(self, operation: str, invoice_id: str) -> dict[str, Any]:
+        return await self._call(operation, lambda: self._v1.invoices.retrieve_async(invoice_id))
+
+    async def _refused_for_status(
+        self, operation: str, invoice_id: str, exc: GatewayError, *allowed: str
+    ) -> dict[str, Any] | None:
+        """After a refused invoice action: the invoice read back (None when the refusal
+        is not about its state: retryable, or another error than a request's), and
+        ``invalid_state`` raised when its status is not one the action takes."""
+        if exc.retryable or exc.code not in (ErrorCode.INVALID_REQUEST, ErrorCode.INVALID_STATE):
+            return None
+        held = await self._read_invoice("retrieve_invoice", invoice_id)
+        status = held.get("status")
+        if status in allowed:
+            return held  # (refused for something else: the request's own fault)
+        if operation == "void_invoice" and status == "void":
+            return held
+        raise GatewayError(
+            ErrorCode.INVALID_STATE,
+            f"cannot {operation.removesuffix('_invoice')} an invoice that is {status} "
+            f"({exc.message})",
+            provider=PROVIDER,
+            retryable=False,
+            http_status=exc.http_status,
+            provider_request_id=exc.provider_request_id,
+        ) from exc
+
     # ---- tax rates -------------------------------------------------------------------
 
     async def create_tax_rate(

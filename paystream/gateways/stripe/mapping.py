@@ -405,6 +405,26 @@ def invoice(
     )
 
 
+def one_off_invoice(obj: Mapping[str, Any]) -> InvoiceResult:
+    """A one-off Invoice (paystream's invoice.*): a draft too, with no period; a sent
+    one's ``due_date`` once finalized. (A decline is the pay call's card error, not
+    read here.)"""
+    raw = obj.get("status")
+    status = InvoiceStatus.DRAFT if raw == _DRAFT else invoice_status(raw)
+    if status is None:
+        raise _unknown("invoice", raw)
+    amount = obj.get("amount_paid") if status is InvoiceStatus.PAID else obj.get("amount_due")
+    due = obj.get("due_date")
+    return InvoiceResult(
+        provider_invoice_id=str(obj["id"]),
+        status=status,
+        amount=Money(amount=int(amount or 0), currency=str(obj["currency"])),
+        due_date=_epoch(due) if due else None,
+        provider_payment_id=invoice_payment_intent(obj),
+        **_invoice_tax(obj),
+    )
+
+
 def _invoice_tax(obj: Mapping[str, Any]) -> dict[str, Any]:
     """An invoice's subtotal, tax and total, when TaxRates taxed it: its tax amounts
     (``total_tax_amounts`` before API version 2025-03-31.basil, ``total_taxes`` since),

@@ -1,0 +1,240 @@
+"""The simulator's one-off invoices, as Stripe Invoicing's: a draft of line items to a
+customer, finalized (open: its total fixed, a sent one's due date counted), charged off
+session to a saved card of the customer's (a decline leaves it open, the card's error
+answered and kept under the call's key), or voided. Its card behaviours are Stripe's test
+cards', as a subscription's renewals are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paystream.gateways.base import (
+    CreateInvoice,
+    FinalizeInvoice,
+    PayInvoice,
+    RetrieveInvoice,
+    VoidInvoice,
+)
+from paystream.gateways.errors import ErrorCode
+from paystream.gateways.simulator import operations as ops
+from paystream.gateways.simulator import results
+from paystream.gateways.simulator.cards import Behaviour, card_for_token
+from paystream.gateways.simulator.store import Effect, Tx
+from paystream.gateways.stripe_rules import payment_parameters_problem, withdrawn_currency_problem
+from paystream.money import Money
+from paystream.tax import Line, Rate, calculate, parse_percentage
+
+__all__ = [
+    "create_invoice",
+    "finalize_invoice",
+    "pay_invoice",
+    "retrieve_invoice",
+    "void_invoice",
+]
+
+_COLLECTIONS = frozenset({"charge_automatically", "send_invoice"})
+
+
+def _totals(lines: list[dict[str, Any]], rates: list[dict[str, Any]], currency: str) -> Any:
+    """The invoice's subtotal, tax and total: every rate on every line (Stripe's
+    default_tax_rates), each tax to the currency's chargeable increment."""
+    applied = [
+        Rate(r["id"], parse_percentage(r["percentage"]), bool(r["inclusive"])) for r in rates
+    ]
+    return calculate(
+        [Line(line["unit_amount"], line["quantity"], applied) for line in lines], currency
+    )
+
+
+async def _attached_method(tx: Tx, pm_id: str, customer: str) -> dict[str, Any]:
+    pm = await ops._must(tx, pm_id, "payment_method")
+    if pm["customer"] is None:
+        raise ops._refuse(ErrorCode.INVALID_STATE, "a detached payment method cannot be used")
+    if pm["customer"] != customer:
+        raise ops._refuse(
+            ErrorCode.INVALID_REQUEST, "the payment method belongs to another customer"
+        )
+    return pm
+
+
+async def create_invoice(tx: Tx, req: CreateInvoice, key: str) -> dict[str, Any]:
+    if not req.lines:
+        raise ops._invalid("an invoice has at least one line item")
+    if any(line.unit_amount < 1 or line.quantity < 1 for line in req.lines):
+        raise ops._invalid("a line item's unit amount and quantity are at least 1")
+    if req.collection_method not in _COLLECTIONS:
+        raise ops._invalid(f"collection_method must be one of {sorted(_COLLECTIONS)}")
+    if (req.collection_method == "send_invoice") != (req.days_until_due is not None):
+        raise ops._invalid("days_until_due is given for collection_method send_invoice only")
+    currency = req.currency.upper()
+    problem = withdrawn_currency_problem(
+        Money(amount=1, currency=currency)
+    ) or payment_parameters_problem(None, None, req.metadata)
+    if problem is not None:
+        raise ops._invalid(problem)
+    if len({r.provider_tax_rate_id for r in req.tax_rates}) != len(req.tax_rates):
+        raise ops._invalid("a tax rate is applied once")
+    await ops._must(tx, req.provider_customer_id, "customer")
+    if req.provider_payment_method_id is not None:
+        await _attached_method(tx, req.provider_payment_method_id, req.provider_customer_id)
+    rates = []
+    for ref in req.tax_rates:
+        txr = await ops._must(tx, ref.provider_tax_rate_id, "tax_rate")
+        if not txr["active"]:
+            raise ops._refuse(ErrorCode.INVALID_STATE, f"tax rate {txr['id']} is archived")
+        rates.append(
+            {"id": txr["id"], "percentage": txr["percentage"], "inclusive": txr["inclusive"]}
+        )
+    lines = [line.model_dump() for line in req.lines]
+    calc = _totals(lines, rates, currency)
+    ops._check_amount(Money(amount=calc.amount_total, currency=currency))
+    invoice: dict[str, Any] = {
+        "object": "invoice",
+        "id": ops._new_id("in"),
+        "one_off": True,
+        "customer": req.provider_customer_id,
+        "status": "draft",
+        "currency": currency,
+        "lines": lines,
+        "tax_rates": rates,
+        "amount": calc.amount_total,
+        "collection_method": req.collection_method,
+        "days_until_due": req.days_until_due,
+        "due_date": None,
+        "payment_method": req.provider_payment_method_id,
+        "payment_intent": None,
+        "failure_code": None,
+        "failure_message": None,
+        "period_start": None,
+        "period_end": None,
+        "description": req.description,
+        "metadata": dict(req.metadata),
+        "created": await ops.clock_now(tx),
+    }
+    if rates:
+        invoice.update(subtotal=calc.amount_subtotal, tax=calc.amount_tax, total=calc.amount_total)
+    tx.put(invoice)
+    tx.effect(Effect.of("invoice.created", key, invoice["id"]))
+    return {"ok": results.invoice(invoice)}
+
+
+def _finalized(invoice: dict[str, Any], now: int) -> dict[str, Any]:
+    due = None
+    if invoice.get("days_until_due"):
+        due = now + int(invoice["days_until_due"]) * ops._DAY
+    return {**invoice, "status": "open", "due_date": due}
+
+
+async def finalize_invoice(tx: Tx, req: FinalizeInvoice, key: str) -> dict[str, Any]:
+    invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
+    if invoice["status"] != "draft":
+        raise ops._refuse(
+            ErrorCode.INVALID_STATE, f"this invoice is already finalized ({invoice['status']})"
+        )
+    invoice = _finalized(invoice, await ops.clock_now(tx))
+    tx.put(invoice)
+    tx.effect(Effect.of("invoice.finalized", key, invoice["id"]))
+    return {"ok": results.invoice(invoice)}
+
+
+async def pay_invoice(tx: Tx, req: PayInvoice, key: str) -> dict[str, Any]:
+    """Charge the invoice's amount off session (as Stripe's pay: a draft is finalized
+    first). A card that declines, or asks for 3-D Secure (off session: it cannot be
+    asked), leaves the invoice open with the failure, and answers the card's error."""
+    invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
+    if invoice["status"] == "paid":
+        raise ops._refuse(ErrorCode.INVALID_STATE, "invoice is already paid")
+    if invoice["status"] not in ("draft", "open"):
+        raise ops._refuse(
+            ErrorCode.INVALID_STATE, f"cannot pay an invoice that is {invoice['status']}"
+        )
+    now = await ops.clock_now(tx)
+    if invoice["status"] == "draft":
+        invoice = _finalized(invoice, now)
+    pm_id = req.provider_payment_method_id or invoice.get("payment_method")
+    if pm_id is None:
+        raise ops._refuse(ErrorCode.INVALID_REQUEST, "the invoice has no payment method to charge")
+    pm = await _attached_method(tx, pm_id, invoice["customer"])
+    card = card_for_token(pm["card"])
+    amount, currency = invoice["amount"], invoice["currency"]
+    pi: dict[str, Any] = {
+        "object": "payment_intent",
+        "id": ops._new_id("pi"),
+        "status": ops._SUCCEEDED,
+        "amount": amount,
+        "currency": currency,
+        "amount_captured": amount,
+        "amount_refunded": 0,
+        "customer": invoice["customer"],
+        "card": pm["card"],
+        "capture_method": ops._AUTOMATIC,
+        "charge_id": ops._new_id("ch"),
+        "failure_code": None,
+        "failure_message": None,
+        "next_action": None,
+        "dispute_id": None,
+    }
+    if card is None or card.behaviour in (Behaviour.DECLINE, Behaviour.REQUIRE_ACTION):
+        error = ErrorCode.AUTHENTICATION_REQUIRED
+        code, decline = "authentication_required", None
+        message = "The payment needs the customer's authentication (off-session)."
+        if card is not None and card.behaviour is Behaviour.DECLINE:
+            error = card.error or ErrorCode.CARD_DECLINED
+            code = card.decline_code or card.stripe_code or "card_declined"
+            decline, message = card.decline_code, card.message
+        pi.update(
+            status=ops._FAILED,
+            amount_captured=0,
+            charge_id=None,
+            failure_code=code,
+            failure_message=message,
+        )
+        tx.put(pi)
+        tx.put(
+            {
+                **invoice,
+                "payment_intent": pi["id"],
+                "failure_code": code,
+                "failure_message": message,
+            }
+        )
+        return {
+            "error": {
+                "code": error.value,
+                "message": message,
+                "decline_code": decline,
+                "http_status": 402,
+                "provider_payment_id": pi["id"],
+            }
+        }
+    tx.put(pi)
+    paid = {
+        **invoice,
+        "status": "paid",
+        "payment_intent": pi["id"],
+        "payment_method": pm_id,
+        "failure_code": None,
+        "failure_message": None,
+    }
+    tx.put(paid)
+    tx.effect(Effect.of("charge", key, pi["id"], amount, currency))
+    tx.settle_later(currency, amount)
+    return {"ok": results.invoice(paid)}
+
+
+async def void_invoice(tx: Tx, req: VoidInvoice, key: str) -> dict[str, Any]:
+    invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
+    if invoice["status"] == "void":
+        return {"ok": results.invoice(invoice)}  # (as Stripe's gateway reads one back)
+    if invoice["status"] not in ("draft", "open"):
+        raise ops._refuse(
+            ErrorCode.INVALID_STATE, f"cannot void an invoice that is {invoice['status']}"
+        )
+    invoice = {**invoice, "status": "void"}
+    tx.put(invoice)
+    tx.effect(Effect.of("invoice.voided", key, invoice["id"]))
+    return {"ok": results.invoice(invoice)}
+
+
+async def retrieve_invoice(tx: Tx, req: RetrieveInvoice) -> dict[str, Any]:
+    return {"ok": results.invoice(await ops._must(tx, req.provider_invoice_id, "invoice"))}

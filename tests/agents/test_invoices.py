@@ -1,0 +1,271 @@
+"""One-off invoices through the pipeline, on the real simulator: invoice.create (a draft),
+invoice.finalize, invoice.pay (a decline is invoice.payment_failed, the invoice left
+open), invoice.void, invoice.refresh; their refusals (illegal moves, another tenant's
+invoice, a subscription's invoice, a tenant without invoices) and their replays (one
+charge however often a pay is delivered or re-driven)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paystream.gateways import base as gw
+from paystream.gateways.errors import UnsupportedOperation
+from paystream.gateways.paddle.gateway import PADDLE_CAPABILITIES
+from paystream.gateways.simulator.gateway import SIMULATOR_CAPABILITIES
+from paystream.gateways.square.gateway import SQUARE_CAPABILITIES
+from paystream.streams.commands import COMMANDS, PROVIDER_READS
+from tests.agents.harness import Harness, data, kind, new_tenant_id, simulator_of
+
+pytestmark = pytest.mark.asyncio
+
+LINES = [
+    {"description": "Consulting, hours", "amount": 15000, "quantity": 3},
+    {"description": "Setup fee", "amount": 5000},
+]
+
+
+async def _made(h: Harness, t: str, command_type: str, body: dict[str, Any]) -> dict[str, Any]:
+    out = await h.send(command_type, t, body)
+    assert not kind(out).endswith("rejected"), data(out)
+    return data(out)["object"]
+
+
+async def _customer_with(h: Harness, t: str, token: str = "pm_card_visa") -> tuple[str, str]:
+    cus = await _made(h, t, "customer.create", {"email": "a@example.com"})
+    pm = await _made(h, t, "payment_method.attach", {"customer_id": cus["id"], "token": token})
+    return cus["id"], pm["id"]
+
+
+async def _draft(h: Harness, t: str, token: str = "pm_card_visa", **kw: Any) -> dict[str, Any]:
+    cus, pm = await _customer_with(h, t, token)
+    body = {"customer_id": cus, "payment_method_id": pm, "currency": "EUR", "line_items": LINES}
+    return await _made(h, t, "invoice.create", {**body, **kw})
+
+
+async def _charges(h: Harness, t: str) -> list[Any]:
+    return [e for e in await simulator_of(h, t).effects() if e.kind == "charge"]
+
+
+def _rejected(out: Any, reason: str) -> str:
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == reason, data(out)
+    return str(data(out)["message"])
+
+
+async def test_the_commands_are_registered() -> None:
+    names = {"invoice.create", "invoice.finalize", "invoice.pay", "invoice.void"}
+    assert names | {"invoice.refresh"} <= set(COMMANDS)
+    assert "invoice.refresh" in PROVIDER_READS and not names & PROVIDER_READS
+    assert "pay_invoice" in gw.MONEY_MOVING_OPERATIONS
+    assert {"void_invoice", "retrieve_invoice"} <= gw.UNNARROWED_OPERATIONS
+
+
+async def test_a_draft_finalized_and_paid_charges_its_total_once(harness: Harness) -> None:
+    t = harness.add_tenant()
+    draft = await _draft(harness, t, invoice_id="inv1", description="March", metadata={"o": "7"})
+    assert (draft["id"], draft["status"], draft["amount"], draft["currency"]) == (
+        "inv1", "draft", 50000, "EUR"
+    )  # fmt: skip
+    assert draft["subscription_id"] is None and draft["period_start"] is None
+    assert draft["line_items"] == [{**LINES[0]}, {**LINES[1], "quantity": 1}]
+    assert draft["collection_method"] == "charge_automatically"
+    assert draft["description"] == "March" and draft["metadata"] == {"o": "7"}
+    assert draft["provider_invoice_id"].startswith("in_")
+    assert await _charges(harness, t) == []  # a draft charges nothing
+
+    early = await harness.send("invoice.pay", t, {"invoice_id": "inv1"})
+    assert "finalize it first" in _rejected(early, "invalid_state")
+
+    opened = await harness.send("invoice.finalize", t, {"invoice_id": "inv1"})
+    assert kind(opened) == "invoice.finalized", data(opened)
+    assert data(opened)["object"]["status"] == "open"
+    assert data(opened)["previous_status"] == "draft"
+    again = await harness.send("invoice.finalize", t, {"invoice_id": "inv1"})
+    _rejected(again, "invalid_state")
+
+    paid = await harness.send("invoice.pay", t, {"invoice_id": "inv1"})
+    assert kind(paid) == "invoice.paid", data(paid)
+    obj = data(paid)["object"]
+    assert obj["status"] == "paid" and obj["provider_payment_id"].startswith("pi_")
+    assert data(paid)["previous_status"] == "open"
+    [charge] = await _charges(harness, t)
+    assert (charge.amount, charge.currency) == (50000, "EUR")
+    assert harness.tables.invoices[f"{t}:inv1"]["status"] == "paid"
+
+    # Paid is final: no second pay, no void (refund instead), no refresh.
+    assert "already paid" in _rejected(
+        await harness.send("invoice.pay", t, {"invoice_id": "inv1"}), "invalid_state"
+    )
+    assert "refund" in _rejected(
+        await harness.send("invoice.void", t, {"invoice_id": "inv1"}), "invalid_state"
+    )
+    _rejected(await harness.send("invoice.refresh", t, {"invoice_id": "inv1"}), "invalid_state")
+    assert len(await _charges(harness, t)) == 1
+
+
+async def test_a_decline_is_payment_failed_and_the_invoice_stays_open(harness: Harness) -> None:
+    t = harness.add_tenant()
+    draft = await _draft(harness, t, token="pm_card_chargeCustomerFail")
+    await _made(harness, t, "invoice.finalize", {"invoice_id": draft["id"]})
+    failed = await harness.send("invoice.pay", t, {"invoice_id": draft["id"]})
+    assert kind(failed) == "invoice.payment_failed", data(failed)
+    assert data(failed)["object"]["status"] == "open"
+    error = data(failed)["error"]
+    assert error["code"] == "card_declined" and error["decline_code"] == "generic_decline"
+    assert data(failed)["object"]["failure_code"] == "generic_decline"
+    assert await _charges(harness, t) == []
+    # Paid again under a new command id with another card of the customer's.
+    cus = draft["customer_id"]
+    other = await _made(
+        harness, t, "payment_method.attach", {"customer_id": cus, "token": "pm_card_visa"}
+    )
+    paid = await harness.send(
+        "invoice.pay", t, {"invoice_id": draft["id"], "payment_method_id": other["id"]}
+    )
+    assert kind(paid) == "invoice.paid", data(paid)
+    assert data(paid)["object"]["payment_method_id"] == other["id"]
+    assert len(await _charges(harness, t)) == 1
+
+
+async def test_a_pay_redelivered_charges_once(harness: Harness) -> None:
+    t = harness.add_tenant()
+    draft = await _draft(harness, t)
+    await _made(harness, t, "invoice.finalize", {"invoice_id": draft["id"]})
+    first = await harness.send("invoice.pay", t, {"invoice_id": draft["id"]}, command_id="pay-1")
+    again = await harness.send("invoice.pay", t, {"invoice_id": draft["id"]}, command_id="pay-1")
+    assert kind(first) == kind(again) == "invoice.paid"
+    assert data(first)["object"] == data(again)["object"]
+    assert len(await _charges(harness, t)) == 1
+
+
+async def test_a_pay_whose_answer_was_lost_is_answered_from_its_key(harness: Harness) -> None:
+    """The provider charged, its answer lost (retried, then parked): the pay re-driven is
+    sent under the same key and answered with the first charge, never a second."""
+    t = new_tenant_id()
+    harness.add_tenant(t)
+    draft = await _draft(harness, t)
+    await _made(harness, t, "invoice.finalize", {"invoice_id": draft["id"]})
+    key = f"ps:{t}:pay-lost"
+    harness.tenants[t] = {
+        **harness.tenants[t],
+        "gateway_options": {"lose_response_first": {key: 1}},
+    }
+    out = await harness.send("invoice.pay", t, {"invoice_id": draft["id"]}, command_id="pay-lost")
+    assert kind(out) == "invoice.paid", data(out)
+    assert len(await _charges(harness, t)) == 1
+    # (the answer was lost once, then given: two answers counted, this call a third)
+    assert await simulator_of(harness, t)._store.count_attempt(key, "answered") == 3
+
+
+async def test_void_and_its_refusals(harness: Harness) -> None:
+    t = harness.add_tenant()
+    draft = await _draft(harness, t, invoice_id="v1")
+    voided = await harness.send("invoice.void", t, {"invoice_id": "v1"})
+    assert kind(voided) == "invoice.voided", data(voided)
+    assert data(voided)["object"]["status"] == "void" and data(voided)["previous_status"] == "draft"
+    for command_type in ("invoice.void", "invoice.pay", "invoice.finalize", "invoice.refresh"):
+        _rejected(await harness.send(command_type, t, {"invoice_id": "v1"}), "invalid_state")
+    assert draft["status"] == "draft"
+
+
+async def test_an_open_invoice_voided(harness: Harness) -> None:
+    t = harness.add_tenant()
+    draft = await _draft(harness, t)
+    await _made(harness, t, "invoice.finalize", {"invoice_id": draft["id"]})
+    voided = await harness.send("invoice.void", t, {"invoice_id": draft["id"]})
+    assert kind(voided) == "invoice.voided" and data(voided)["previous_status"] == "open"
+
+
+async def test_refresh_reads_the_invoice_back(harness: Harness) -> None:
+    t = harness.add_tenant()
+    draft = await _draft(harness, t)
+    same = await harness.send("invoice.refresh", t, {"invoice_id": draft["id"]})
+    assert kind(same) == "invoice.updated" and data(same)["object"]["status"] == "draft"
+
+
+async def test_a_sent_invoice_is_due_days_after_finalizing(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cus, _ = await _customer_with(harness, t)
+    body = {"customer_id": cus, "currency": "USD", "line_items": LINES[1:]}
+    sent = await _made(
+        harness, t, "invoice.create",
+        {**body, "collection_method": "send_invoice", "days_until_due": 30},
+    )  # fmt: skip
+    assert sent["due_date"] is None and sent["payment_method_id"] is None
+    opened = await _made(harness, t, "invoice.finalize", {"invoice_id": sent["id"]})
+    assert opened["due_date"] is not None
+    nothing = await harness.send("invoice.pay", t, {"invoice_id": sent["id"]})
+    assert "payment_method_id" in _rejected(nothing, "invalid_state")
+
+
+async def test_a_taxed_invoice_carries_its_tax(harness: Harness) -> None:
+    t = harness.add_tenant()
+    rate = {"display_name": "VAT", "percentage": "20", "inclusive": False, "country": "FR"}
+    await _made(harness, t, "tax_rate.create", {**rate, "tax_rate_id": "vat"})
+    draft = await _draft(harness, t, tax_rate_ids=["vat"])
+    assert (draft["subtotal"], draft["tax"], draft["total"]) == (50000, 10000, 60000)
+    assert draft["amount"] == 60000 and draft["tax_rate_ids"] == ["vat"]
+
+
+async def test_create_refusals(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cus, pm = await _customer_with(harness, t)
+    other_cus, _ = await _customer_with(harness, t)
+    body = {"customer_id": other_cus, "payment_method_id": pm, "currency": "EUR",
+            "line_items": LINES}  # fmt: skip
+    assert "another customer" in _rejected(
+        await harness.send("invoice.create", t, body), "invalid_state"
+    )
+    _rejected(
+        await harness.send("invoice.create", t, {**body, "customer_id": "nobody"}), "not_found"
+    )
+    await _made(harness, t, "payment_method.detach", {"payment_method_id": pm})
+    _rejected(
+        await harness.send("invoice.create", t, {**body, "customer_id": cus}), "invalid_state"
+    )
+    bad = await harness.send("invoice.create", t, {**body, "payment_method_id": None})
+    _rejected(bad, "validation_error")
+    assert "needs payment_method_id" in data(bad)["errors"][0]["msg"]
+
+
+async def test_another_tenants_invoice_is_not_found(harness: Harness) -> None:
+    t, u = harness.add_tenant(), harness.add_tenant()
+    draft = await _draft(harness, t, invoice_id="mine")
+    for command_type in ("invoice.finalize", "invoice.pay", "invoice.void", "invoice.refresh"):
+        _rejected(await harness.send(command_type, u, {"invoice_id": draft["id"]}), "not_found")
+
+
+async def test_a_subscriptions_invoice_is_not_one_off(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cus, pm = await _customer_with(harness, t)
+    sub = await harness.send(
+        "subscription.create", t,
+        {"customer_id": cus, "payment_method_id": pm, "amount": 900, "currency": "EUR",
+         "interval": "month"},
+    )  # fmt: skip
+    [invoice] = data(sub)["related"]
+    out = await harness.send("invoice.void", t, {"invoice_id": invoice["entity_id"]})
+    assert "subscription" in _rejected(out, "invalid_state")
+
+
+async def test_a_tenant_without_invoices_is_refused_before_any_call(harness: Harness) -> None:
+    t = harness.add_tenant()
+    cus, pm = await _customer_with(harness, t)
+    narrowed = sorted(c.value for c in SIMULATOR_CAPABILITIES if c is not gw.Capability.INVOICES)
+    harness.tenants[t] = {**harness.tenants[t], "gateway_options": {"capabilities": narrowed}}
+    body = {"customer_id": cus, "payment_method_id": pm, "currency": "EUR", "line_items": LINES}
+    out = await harness.send("invoice.create", t, body)
+    assert "invoices" in _rejected(out, "unsupported")
+    assert [
+        e for e in await simulator_of(harness, t).effects() if e.kind.startswith("invoice")
+    ] == []
+
+
+@pytest.mark.parametrize("capabilities", [SQUARE_CAPABILITIES, PADDLE_CAPABILITIES])
+async def test_square_and_paddle_lack_invoices(capabilities: frozenset[gw.Capability]) -> None:
+    assert gw.Capability.INVOICES not in capabilities
+    for operation in ("create_invoice", "finalize_invoice", "pay_invoice", "void_invoice"):
+        with pytest.raises(UnsupportedOperation):
+            gw.require_operation(operation, capabilities, capabilities, "square")
