@@ -184,6 +184,40 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "Read the tenant's balance at its provider, per currency: `available` and "
         "`pending` (captured, not yet settled)."
     ),
+    "invoice.create": (
+        "Make a draft one-off invoice to `customer_id` of `line_items` (`description`, "
+        "`amount` per unit in minor units, `quantity`) in `currency`, taxed by "
+        "`tax_rate_ids` on every line (exclusive ones added, inclusive ones contained): "
+        "nothing is charged. `collection_method` `charge_automatically` (the default) "
+        "needs `payment_method_id` (a saved payment method of the customer's, attached), "
+        "`send_invoice` needs `days_until_due` (the customer pays it on the provider's "
+        "page). A tenant whose provider lacks invoices (Square, Paddle), or whose "
+        "`capabilities` leave them out, is refused `unsupported` before anything is asked."
+    ),
+    "invoice.finalize": (
+        "Finalize a `draft` invoice: `open`, its total fixed (a sent one's `due_date` "
+        "counted from now). Any other status is refused `invalid_state`."
+    ),
+    "invoice.pay": (
+        "Charge an `open` invoice's total to its saved payment method, or to "
+        "`payment_method_id` (another of the same customer's), off session: "
+        "`invoice.paid`, or `invoice.payment_failed` (the decline in `error`, as a "
+        "`payment.failed`'s; the invoice stays `open`: pay it again under a new command "
+        "id). A `draft` is refused `invalid_state` (finalize it first), a `paid` or `void` "
+        "one too. Sent under the command's key: redelivered or re-driven, it charges once."
+    ),
+    "invoice.void": (
+        "Void a `draft` or `open` invoice: never to be paid. A `paid` one is refused "
+        "`invalid_state` (refund its payment instead: `refund.create`)."
+    ),
+    "invoice.refresh": (
+        "Read a one-off invoice back from its provider (a sent invoice paid by its "
+        "customer, or one voided there since; `data.previous_status`: what paystream held "
+        "before). One `paid` or `void` is final: refused `invalid_state` before the "
+        "provider is asked, so its `invoice.paid` or `invoice.voided` is emitted once. A "
+        "subscription's invoices are read back by `subscription.refresh`: these commands "
+        "refuse them `invalid_state`."
+    ),
     "tax_rate.create": (
         "Make a tax rate at the tenant's provider (Stripe's TaxRate): `percentage` a "
         "decimal string (0 to 100, at most 4 decimal places; a JSON number is refused), "
@@ -306,6 +340,16 @@ _PAYOUT_PREVIOUS: Doc = {
     "previous_status": {
         "type": "string",
         "description": "answering `payout.cancel` or `payout.refresh`: the payout's status before",
+    },
+}
+
+# An invoice outcome answering a finalize, a pay, a void or a refresh says what
+# paystream held before.
+_INVOICE_PREVIOUS: Doc = {
+    "previous_status": {
+        "type": "string",
+        "description": "answering `invoice.finalize`, `invoice.pay`, `invoice.void` or "
+        "`invoice.refresh`: the invoice's status before",
     },
 }
 
@@ -465,6 +509,40 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
                 },
             }
         },
+    ),
+    "invoice.created": (
+        "invoice",
+        "The one-off invoice was made, `draft` (nothing charged): its `amount` due, "
+        "with `subtotal`, `tax` and `total` when taxed.",
+        {},
+    ),
+    "invoice.finalized": (
+        "invoice",
+        "The invoice is `open`: its total fixed, to be paid (`invoice.pay`, or by the "
+        "customer: a sent invoice, `due_date`).",
+        _INVOICE_PREVIOUS,
+    ),
+    "invoice.paid": (
+        "invoice",
+        "The invoice was paid (`provider_payment_id`: the provider's payment). Emitted "
+        "once per invoice: a pay or a refresh of a paid invoice is refused `invalid_state`.",
+        _INVOICE_PREVIOUS,
+    ),
+    "invoice.payment_failed": (
+        "invoice",
+        "`invoice.pay`'s charge was declined: `error` the provider's error as on "
+        "`payment.failed` (`object.failure_code` its decline); the invoice stays `open`.",
+        {},
+    ),
+    "invoice.voided": (
+        "invoice",
+        "The invoice was voided: never to be paid. Emitted once per invoice.",
+        _INVOICE_PREVIOUS,
+    ),
+    "invoice.updated": (
+        "invoice",
+        "`invoice.refresh` read the invoice back unchanged (`draft` or `open`).",
+        _INVOICE_PREVIOUS,
     ),
     "tax_rate.created": ("tax_rate", "The tax rate was made (`active`).", {}),
     "tax_rate.archived": (
@@ -1392,7 +1470,9 @@ def _insights_schemas() -> Doc:
                 "open one found paid since: once per invoice), invoice payments declined "
                 "(an invoice new and open, or voided with a failure: once per invoice), "
                 "subscriptions created (active or trialing, or an incomplete one read back "
-                "live) and canceled (live ones only). Present only when there are any",
+                "live) and canceled (live ones only). One-off invoices count as invoices "
+                "too: paid by `invoice.paid`, declined by each `invoice.payment_failed`. "
+                "Present only when there are any",
                 "additionalProperties": _object(
                     {
                         "created": {**count, "description": "subscriptions started"},
@@ -1453,7 +1533,8 @@ def _insights_schemas() -> Doc:
                 "description": "per ISO 4217 currency, tax collected in the window, in "
                 "minor units: `payments`, the `amount_tax` of payments that succeeded "
                 "(their share of what a partial capture took, rounded half up), and "
-                "`invoices`, the `tax` of subscription invoices paid; each once, as the "
+                "`invoices`, the `tax` of invoices paid (subscriptions' and one-off); "
+                "each once, as the "
                 "payments and invoices are counted (contained in `money`'s `captured` and "
                 "`subscriptions`' `invoices_paid_amount`; refunds take none back). Present "
                 "only when there is any",

@@ -334,6 +334,7 @@ def _emitted_outcomes() -> set[str]:
         literal
         | set(handlers._PAYMENT_OUTCOME.values())
         | set(handlers._PAYOUT_OUTCOME.values())
+        | set(handlers._INVOICE_OUTCOME.values())
         | {f"refund.{s.value}" for s in RefundStatus}
         | {"command.rejected"}
     )
@@ -829,3 +830,46 @@ async def test_every_connected_account_outcome_matches_its_published_payload(
     assert [u is None for u in urls] == [False, True] * 3
     statuses = {e.get_data()["object"]["status"] for e in outs if e.get_type().endswith("updated")}
     assert statuses == {"enabled", "restricted", "rejected"}
+
+
+@pytest.mark.asyncio
+async def test_every_invoice_outcome_matches_its_published_payload(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Each one-off invoice outcome (created, taxed and not; finalized; paid;
+    payment_failed; voided; updated), against its AsyncAPI payload."""
+    vat = {"display_name": "VAT", "percentage": "20", "inclusive": False, "country": "GB"}
+    lines = [{"description": "Hours", "amount": 1500, "quantity": 2}]
+    outs = []
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        await h.send("tax_rate.create", t, {**vat, "tax_rate_id": "vat"})
+        await h.send("customer.create", t, {"customer_id": "c1"})
+        for token, pm in (("pm_card_visa", "m1"), ("pm_card_chargeCustomerFail", "m2")):
+            await h.send(
+                "payment_method.attach", t,
+                {"customer_id": "c1", "token": token, "payment_method_id": pm},
+            )  # fmt: skip
+        base = {"customer_id": "c1", "currency": "GBP", "line_items": lines}
+        for iid, pm, extra in (("i1", "m1", {"tax_rate_ids": ["vat"]}), ("i2", "m2", {})):
+            body = {**base, "invoice_id": iid, "payment_method_id": pm, "metadata": {"k": "v"}}
+            outs.append(await h.send("invoice.create", t, {**body, **extra}))
+            outs.append(await h.send("invoice.finalize", t, {"invoice_id": iid}))
+            outs.append(await h.send("invoice.pay", t, {"invoice_id": iid}))
+        outs.append(await h.send("invoice.refresh", t, {"invoice_id": "i2"}))
+        outs.append(await h.send("invoice.void", t, {"invoice_id": "i2"}))
+    seen = set()
+    for event in outs:
+        outcome = event.get_type().removeprefix("com.paystream.")
+        assert outcome != "command.rejected", event.get_data()
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.paid",
+        "invoice.payment_failed",
+        "invoice.updated",
+        "invoice.voided",
+    }, seen

@@ -2588,16 +2588,12 @@ def _take_invoice(ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult
         rec.subtotal, rec.tax, rec.total = res.subtotal, res.tax, res.total
 
 
-def _invoice_moved(
-    ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult, outcome: str | None = None
-) -> HandlerResult:
-    """An invoice moved to its provider's answer: ``outcome``, else the one its new
-    status names, with the status it had before in ``previous_status``."""
+def _invoice_moved(ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult) -> HandlerResult:
+    """An invoice moved to its provider's answer: the outcome its new status names, with
+    the status it had before in ``previous_status``."""
     previous = rec.status
     _take_invoice(ctx, rec, res)
-    return HandlerResult(
-        outcome or _INVOICE_OUTCOME[res.status], rec, extra={"previous_status": previous}
-    )
+    return HandlerResult(_INVOICE_OUTCOME[res.status], rec, extra={"previous_status": previous})
 
 
 def _invoice_method(
@@ -2708,7 +2704,9 @@ async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> Hand
         "finalize_invoice",
         lambda: ctx.gateway.finalize_invoice(req, idempotency_key=ctx.idem),
     )
-    return _invoice_moved(ctx, rec, res, "invoice.finalized")
+    previous = rec.status
+    _take_invoice(ctx, rec, res)
+    return HandlerResult("invoice.finalized", rec, extra={"previous_status": previous})
 
 
 async def pay_invoice(ctx: HandlerContext, data: c.PayInvoice) -> HandlerResult:
