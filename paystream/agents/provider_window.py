@@ -44,6 +44,7 @@ CREATES: dict[str, tuple[str, str]] = {
     "payout.create": ("payout", "payout_id"),
     "tax_rate.create": ("tax_rate", "tax_rate_id"),
     "connected_account.create": ("connected_account", "connected_account_id"),
+    "invoice.create": ("invoice", "invoice_id"),
 }
 
 

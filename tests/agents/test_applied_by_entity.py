@@ -177,6 +177,25 @@ async def _onboarded(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
     return "connected_account.refresh", {"connected_account_id": account}
 
 
+_LINES = [{"description": "Hours", "amount": 1500, "quantity": 2}]
+
+
+async def _invoiced(
+    h: Harness, t: str, command_type: str, token: str = "pm_card_visa", **body: Any
+) -> tuple[str, dict[str, Any]]:
+    """A customer's saved card and, for a command about an invoice, a draft of it
+    (finalized for a pay)."""
+    cus = await _customer(h, t)
+    pm = await _made(h, t, "payment_method.attach", {"customer_id": cus, "token": token})
+    create = {"customer_id": cus, "payment_method_id": pm, "currency": "EUR", "line_items": _LINES}
+    if command_type == "invoice.create":
+        return command_type, {**create, **body}
+    invoice = await _made(h, t, "invoice.create", create)
+    if command_type == "invoice.pay":
+        await _made(h, t, "invoice.finalize", {"invoice_id": invoice})
+    return command_type, {"invoice_id": invoice}
+
+
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"dispute_id": await _dispute(h, t)}
     if command_type == "dispute.submit_evidence":
@@ -234,6 +253,15 @@ SCENARIOS: dict[str, Setup] = {
         "connected_account.create", {"country": "DE", "capabilities": ["transfers"]}
     ),
     "connected_account.refresh (onboarded)": _onboarded,
+    "invoice.create": lambda h, t: _invoiced(h, t, "invoice.create", invoice_id="in9"),
+    "invoice.create (derived id)": lambda h, t: _invoiced(h, t, "invoice.create"),
+    "invoice.finalize": lambda h, t: _invoiced(h, t, "invoice.finalize"),
+    "invoice.pay": lambda h, t: _invoiced(h, t, "invoice.pay"),
+    "invoice.pay (declined)": lambda h, t: _invoiced(
+        h, t, "invoice.pay", token="pm_card_chargeCustomerFail"
+    ),
+    "invoice.void": lambda h, t: _invoiced(h, t, "invoice.void"),
+    "invoice.refresh": lambda h, t: _invoiced(h, t, "invoice.refresh"),
 }
 
 
