@@ -104,8 +104,9 @@ def settled(record: Mapping[str, Any]) -> bool:
         # long it sits unchanged (a yearly one, say), so it stays.
         return record.get("status") == "canceled"
     if kind == "invoice":
-        # Never on its own: it goes with its subscription (see ``expired``).
-        return False
+        # A subscription's: never on its own, it goes with its subscription (see
+        # ``expired``). A one-off invoice (no subscription): paid or void, final.
+        return record.get("subscription_id") is None and _invoice_closed(record)
     if kind == "payout":
         # Canceled or failed: final. Paid: the bank may still return it for a few
         # business days (paid → failed), well within any retention (30 days at least):

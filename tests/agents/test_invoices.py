@@ -269,3 +269,14 @@ async def test_square_and_paddle_lack_invoices(capabilities: frozenset[gw.Capabi
     for operation in ("create_invoice", "finalize_invoice", "pay_invoice", "void_invoice"):
         with pytest.raises(UnsupportedOperation):
             gw.require_operation(operation, capabilities, capabilities, "square")
+
+
+async def test_retention_settles_a_paid_or_void_one_off_invoice_only() -> None:
+    from paystream.tables.retention import settled
+
+    for status in ("paid", "void"):
+        assert settled({"entity_type": "invoice", "status": status, "subscription_id": None})
+        # (a subscription's goes with its subscription)
+        assert not settled({"entity_type": "invoice", "status": status, "subscription_id": "s"})
+    for live in ("draft", "open"):
+        assert not settled({"entity_type": "invoice", "status": live, "subscription_id": None})
