@@ -69,7 +69,7 @@ from paystream.tables.state_machines import (
     connected_account_status,
     invoice_moves,
 )
-from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, Repricing
+from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, InvoiceCharge, Repricing
 
 if TYPE_CHECKING:
     from paystream.tracing import CommandTrace
@@ -83,6 +83,7 @@ __all__ = [
     "Rejection",
     "Tables",
     "entity_key",
+    "invoice_charge",
     "subscription_charge",
 ]
 
@@ -3198,6 +3199,23 @@ async def refresh_connected_account(
     previous = rec.status
     _take_account(ctx, rec, res)
     return HandlerResult("connected_account.updated", rec, extra={"previous_status": previous})
+
+
+def invoice_charge(
+    invoices: Mapping[str, Any], tenant_id: str, data: c.PayInvoice
+) -> InvoiceCharge:
+    """What the tenant limits hold an ``invoice.pay`` to: its one-off invoice's amount
+    due and currency, read from the invoice's table (local to its partition, as the
+    command is). Nothing (amount 0) for an invoice pay_invoice refuses whatever the
+    limits: unknown here, a subscription's, or not open (a draft, paid, void)."""
+    raw = invoices.get(entity_key(tenant_id, data.invoice_id))
+    if (
+        not isinstance(raw, Mapping)
+        or raw.get("subscription_id") is not None
+        or raw.get("status") != gw.InvoiceStatus.OPEN.value
+    ):
+        return InvoiceCharge(0, "")
+    return InvoiceCharge(int(raw.get("amount") or 0), str(raw.get("currency")))
 
 
 HANDLERS: dict[str, Handler] = {

@@ -62,6 +62,7 @@ from paystream.agents.handlers import (
     Tables,
     digest_shaped,
     entity_key,
+    invoice_charge,
     subscription_charge,
     subscription_repricing,
 )
@@ -1439,6 +1440,7 @@ class CommandProcessor(ProviderWindow):
         if at_turn is None:
             return waited, None
         tenant = at_turn
+        checked = self._limits_data(cmd, data) if cmd.command_type in MONEY_COMMANDS else data
         if (
             cmd.command_type in MONEY_COMMANDS
             and tenant.limits.daily_payment_volume
@@ -1446,8 +1448,8 @@ class CommandProcessor(ProviderWindow):
             and not self.limits.volume_room(
                 cmd.tenant_id,
                 tenant.limits,
-                str(data.currency),
-                charge_now(cmd.command_type, data, self._charge(cmd, data, False)),
+                str(checked.currency),
+                charge_now(cmd.command_type, checked, self._charge(cmd, checked, False)),
             )
             and _refused_while_others_hold(trial(tenant))
         ):
@@ -1536,8 +1538,11 @@ class CommandProcessor(ProviderWindow):
     def _limits_data(self, cmd: CommandRef, data: Any) -> Any:
         """What the limits decide a command by: a ``subscription.update``'s new amount in
         its subscription's currency (a Repricing: its data names no currency, and a new
-        price unchecked let a tenant capped at 100 bill any amount a period), or its
-        own data."""
+        price unchecked let a tenant capped at 100 bill any amount a period), an
+        ``invoice.pay``'s invoice's amount due (an InvoiceCharge), or its own data."""
+        if cmd.command_type == "invoice.pay":
+            # (its invoice's amount due: its data names none)
+            return invoice_charge(self.tables.invoices, cmd.tenant_id, data)
         if cmd.command_type != "subscription.update":
             return data
         repricing = subscription_repricing(self.tables.subscriptions, cmd.tenant_id, data)

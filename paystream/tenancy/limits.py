@@ -32,6 +32,11 @@ A tenant's registry record may carry :class:`TenantLimits`:
   charges nothing now (the new amount is billed from the next period on): nothing held
   or counted toward the day. An update that leaves the amount as it is passes
   unchecked (a cap lowered since does not stop a payment method or cancel change).
+* An ``invoice.pay`` is admitted as a payment of its invoice's amount due in its
+  currency (its data names neither: the pipeline reads the invoice from its table and
+  passes an :class:`InvoiceCharge`): held to ``max_payment_amount`` and
+  ``only_listed_currencies``, held against the day's volume, counted when
+  ``invoice.paid`` says it was paid, released otherwise.
 * ``only_listed_currencies``: the money limits name currencies, with no conversion; with
   this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
   currencies``) instead of moving unlimited.
@@ -77,6 +82,7 @@ __all__ = [
     "UNREAD",
     "VOLUME_OUTCOMES",
     "Admission",
+    "InvoiceCharge",
     "LimitGate",
     "LimitRejection",
     "Repricing",
@@ -102,11 +108,13 @@ VOLUME_OUTCOMES = frozenset(
         "payment.processing",
         # (its first invoice paid; one in a trial charged nothing, and held nothing)
         "subscription.created",
+        # (a one-off invoice charged by invoice.pay)
+        "invoice.paid",
     }
 )
 # The commands admitted as payments: their amount against ``max_payment_amount``, the
 # charge they make now against ``daily_payment_volume`` (see _money_of).
-MONEY_COMMANDS = frozenset({"payment.create", "subscription.create"})
+MONEY_COMMANDS = frozenset({"payment.create", "subscription.create", "invoice.pay"})
 
 _MILLI = 1000  # milli-tokens per command
 # Unanswered payments (in flight, parked) one tenant may hold against its daily volume at
@@ -193,6 +201,18 @@ class Repricing(NamedTuple):
     amount: int
     currency: str
     tax_rate_ids: tuple[str, ...] | None = None
+
+
+class InvoiceCharge(NamedTuple):
+    """What the limits hold an ``invoice.pay`` to, in place of its data (which names no
+    amount): the one-off invoice's amount due and its currency, read from its record by
+    the pipeline (handlers.invoice_charge), admitted as a payment of it (cap, listed
+    currencies, held and counted toward the day's volume when `invoice.paid`). ``amount``
+    0: nothing the handler would charge (no such invoice here, not open, a
+    subscription's): nothing checked, nothing held."""
+
+    amount: int
+    currency: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -791,6 +811,8 @@ def _quota(
 ) -> LimitRejection | None:
     if command_type not in MONEY_COMMANDS and not isinstance(data, Repricing):
         return None
+    if isinstance(data, InvoiceCharge) and not data.amount:
+        return None  # (the handler refuses it: nothing to charge)
     # (A subscription's per-period charge, ``charge`` with its tax, against the cap; its
     # charge now, none in a trial, against the day's volume.)
     currency = str(data.currency)

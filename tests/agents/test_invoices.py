@@ -280,3 +280,50 @@ async def test_retention_settles_a_paid_or_void_one_off_invoice_only() -> None:
         assert not settled({"entity_type": "invoice", "status": status, "subscription_id": "s"})
     for live in ("draft", "open"):
         assert not settled({"entity_type": "invoice", "status": live, "subscription_id": None})
+
+
+async def _open_invoice(h: Harness, t: str, **kw: Any) -> str:
+    draft = await _draft(h, t, **kw)
+    await _made(h, t, "invoice.finalize", {"invoice_id": draft["id"]})
+    return str(draft["id"])
+
+
+async def test_a_pay_over_the_tenants_cap_is_refused_before_any_charge(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"max_payment_amount": {"EUR": 10_000}})
+    invoice = await _open_invoice(harness, t)  # (50000 due: making it charges nothing)
+    out = await harness.send("invoice.pay", t, {"invoice_id": invoice})
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "quota_exceeded", data(out)
+    assert data(out)["limit"] == "max_payment_amount"
+    assert await _charges(harness, t) == []
+
+
+async def test_a_pay_in_a_currency_not_listed_is_refused(harness: Harness) -> None:
+    limits = {"max_payment_amount": {"USD": 10**6}, "only_listed_currencies": True}
+    t = harness.add_tenant(limits=limits)
+    invoice = await _open_invoice(harness, t)
+    out = await harness.send("invoice.pay", t, {"invoice_id": invoice})
+    assert data(out)["reason"] == "quota_exceeded" and data(out)["limit"] == "currencies"
+
+
+async def test_a_paid_invoice_counts_toward_the_days_volume_once(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"daily_payment_volume": {"EUR": 80_000}})
+    first, second = await _open_invoice(harness, t), await _open_invoice(harness, t)
+    paid = await harness.send("invoice.pay", t, {"invoice_id": first}, command_id="p1")
+    assert kind(paid) == "invoice.paid", data(paid)
+    again = await harness.send("invoice.pay", t, {"invoice_id": first}, command_id="p1")
+    assert kind(again) == "invoice.paid"  # (a redelivery: counted once)
+    volume = harness.processor.limits.table[f"{t}:limits"]["volume"]
+    assert volume == {"EUR": 50_000}, volume
+    over = await harness.send("invoice.pay", t, {"invoice_id": second})
+    assert data(over)["reason"] == "quota_exceeded", data(over)
+    assert data(over)["limit"] == "daily_payment_volume"
+    assert len(await _charges(harness, t)) == 1
+
+
+async def test_a_declined_pay_counts_nothing_toward_the_day(harness: Harness) -> None:
+    t = harness.add_tenant(limits={"daily_payment_volume": {"EUR": 80_000}})
+    invoice = await _open_invoice(harness, t, token="pm_card_chargeCustomerFail")
+    failed = await harness.send("invoice.pay", t, {"invoice_id": invoice})
+    assert kind(failed) == "invoice.payment_failed", data(failed)
+    state = harness.processor.limits.table[f"{t}:limits"]
+    assert not (state.get("volume") or {}).get("EUR") and not state.get("held")
