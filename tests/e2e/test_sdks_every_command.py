@@ -205,9 +205,24 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 )
                 assert read["object"]["status"] == "enabled", read
 
+            async def invoiced() -> None:
+                # One-off invoices (in CHF: no other chain's balance is touched).
+                lines = [{"description": "Hours", "amount": 1500, "quantity": 2}]
+                body = {"customer_id": "c1", "payment_method_id": "pm1", "currency": "CHF",
+                        "line_items": lines}  # fmt: skip
+                made = await over_kafka("invoice.create", {**body, "invoice_id": "i1"})
+                assert made["object"]["status"] == "draft", made
+                await over_http("invoice.refresh", {"invoice_id": "i1"})
+                await over_kafka("invoice.finalize", {"invoice_id": "i1"})
+                paid = await over_http("invoice.pay", {"invoice_id": "i1"})
+                assert paid["object"]["status"] == "paid" and paid["object"]["amount"] == 3000
+                await over_http("invoice.create", {**body, "invoice_id": "i2"})
+                await over_kafka("invoice.void", {"invoice_id": "i2"})
+                assert seen["invoice.void"] == "invoice.voided", seen
+
             for chains in (
                 (customer, canceled, disputed),
-                (captured_and_refunded, subscriptions_then_payouts, taxed, connected),
+                (captured_and_refunded, subscriptions_then_payouts, taxed, connected, invoiced),
             ):
                 async with asyncio.TaskGroup() as group:  # (one failing stops the others)
                     for chain in chains:
