@@ -105,8 +105,10 @@ def settled(record: Mapping[str, Any]) -> bool:
         return record.get("status") == "canceled"
     if kind == "invoice":
         # A subscription's: never on its own, it goes with its subscription (see
-        # ``expired``). A one-off invoice (no subscription): paid or void, final.
-        return record.get("subscription_id") is None and _invoice_closed(record)
+        # ``expired``). A one-off invoice (invoice.create: its collection method set, no
+        # subscription): paid or void, final.
+        one_off = record.get("collection_method") is not None and not record.get("subscription_id")
+        return one_off and _invoice_closed(record)
     if kind == "payout":
         # Canceled or failed: final. Paid: the bank may still return it for a few
         # business days (paid → failed), well within any retention (30 days at least):

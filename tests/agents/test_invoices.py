@@ -274,12 +274,14 @@ async def test_square_and_paddle_lack_invoices(capabilities: frozenset[gw.Capabi
 async def test_retention_settles_a_paid_or_void_one_off_invoice_only() -> None:
     from paystream.tables.retention import settled
 
+    one_off = {"entity_type": "invoice", "subscription_id": None, "collection_method": "x"}
     for status in ("paid", "void"):
-        assert settled({"entity_type": "invoice", "status": status, "subscription_id": None})
+        assert settled({**one_off, "status": status})
         # (a subscription's goes with its subscription)
         assert not settled({"entity_type": "invoice", "status": status, "subscription_id": "s"})
+        assert not settled({"entity_type": "invoice", "status": status})
     for live in ("draft", "open"):
-        assert not settled({"entity_type": "invoice", "status": live, "subscription_id": None})
+        assert not settled({**one_off, "status": live})
 
 
 async def _open_invoice(h: Harness, t: str, **kw: Any) -> str:
