@@ -290,6 +290,12 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.TaxRateRef,
         gw.CreateTaxRate,
         gw.ArchiveTaxRate,
+        gw.InvoiceLine,
+        gw.CreateInvoice,
+        gw.FinalizeInvoice,
+        gw.PayInvoice,
+        gw.VoidInvoice,
+        gw.RetrieveInvoice,
     }
 )
 

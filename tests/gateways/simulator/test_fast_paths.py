@@ -85,6 +85,25 @@ _REQUESTS: list[tuple[str, BaseModel]] = [
     ("retrieve_payout", gw.RetrievePayout(provider_payout_id="po_x")),
     ("retrieve_balance", gw.RetrieveBalance()),
     (
+        "create_invoice",
+        gw.CreateInvoice(
+            provider_customer_id="cus_x",
+            currency="EUR",
+            lines=(gw.InvoiceLine(description="Zoë's hours", unit_amount=1500, quantity=2),),
+            tax_rates=(
+                gw.TaxRateRef(provider_tax_rate_id="txr_x", percentage="20", inclusive=False),
+            ),
+            collection_method="send_invoice",
+            days_until_due=30,
+            metadata={"b": "1", "a": ""},
+        ),
+    ),
+    ("finalize_invoice", gw.FinalizeInvoice(provider_invoice_id="in_x")),
+    ("pay_invoice", gw.PayInvoice(provider_invoice_id="in_x", provider_payment_method_id="pm_x")),
+    ("pay_invoice", gw.PayInvoice(provider_invoice_id="in_x")),
+    ("void_invoice", gw.VoidInvoice(provider_invoice_id="in_x")),
+    ("retrieve_invoice", gw.RetrieveInvoice(provider_invoice_id="in_x")),
+    (
         "create_payment",
         gw.CreatePayment(
             amount=Money(amount=1234, currency="usd"),
