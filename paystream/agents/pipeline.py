@@ -2795,6 +2795,11 @@ _WRITTEN_WHEN_SET = (
     "tax",
     "total",
     "tax_rate_ids",
+    # (a one-off invoice's, left out of a subscription's invoices while None)
+    "line_items",
+    "collection_method",
+    "days_until_due",
+    "due_date",
 )
 
 
