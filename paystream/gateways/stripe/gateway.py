@@ -843,7 +843,8 @@ class StripeGateway:
             await self._invoice_item(
                 req, invoice_id, line, _derived_key(idempotency_key, f"line{n}")
             )
-        return mapping.one_off_invoice(await self._read_invoice("create_invoice", invoice_id))
+        read = await self._read_invoice("create_invoice", invoice_id)
+        return mapping.one_off_invoice(read, as_made=True)
 
     async def _invoice_item(
         self, req: gw_base.CreateInvoice, invoice_id: str, line: gw_base.InvoiceLine, key: str

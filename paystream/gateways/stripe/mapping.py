@@ -405,12 +405,16 @@ def invoice(
     )
 
 
-def one_off_invoice(obj: Mapping[str, Any]) -> InvoiceResult:
+def one_off_invoice(obj: Mapping[str, Any], *, as_made: bool = False) -> InvoiceResult:
     """A one-off Invoice (paystream's invoice.*): a draft too, with no period; a sent
     one's ``due_date`` once finalized. (A decline is the pay call's card error, not
-    read here.)"""
+    read here.) ``as_made``: the create's answer, the draft as it was made whatever has
+    become of it since: read back after its lines (a GET: no key), a create re-driven
+    after its invoice was finalized and paid (a crash lost both answers) reported it
+    paid, and the re-driven finalize and pay were refused instead of answered from
+    their keys."""
     raw = obj.get("status")
-    status = InvoiceStatus.DRAFT if raw == _DRAFT else invoice_status(raw)
+    status = InvoiceStatus.DRAFT if raw == _DRAFT or as_made else invoice_status(raw)
     if status is None:
         raise _unknown("invoice", raw)
     amount = obj.get("amount_paid") if status is InvoiceStatus.PAID else obj.get("amount_due")
@@ -419,8 +423,8 @@ def one_off_invoice(obj: Mapping[str, Any]) -> InvoiceResult:
         provider_invoice_id=str(obj["id"]),
         status=status,
         amount=Money(amount=int(amount or 0), currency=str(obj["currency"])),
-        due_date=_epoch(due) if due else None,
-        provider_payment_id=invoice_payment_intent(obj),
+        due_date=_epoch(due) if due and not as_made else None,
+        provider_payment_id=None if as_made else invoice_payment_intent(obj),
         **_invoice_tax(obj),
     )
 

@@ -77,3 +77,15 @@ def test_a_one_off_invoices_event_is_not_followed() -> None:
         "data": {"object": {**_INVOICE, "status": "paid", "metadata": {}}},
     }
     assert subscription_notice(event) is None
+
+
+def test_a_creates_answer_is_the_draft_as_made_whatever_became_of_it() -> None:
+    """Read back after its lines (a GET: no key), a create re-driven after a crash lost
+    its answer and its invoice's finalize and pay (tests/e2e/test_stripe_invoice_crash.py)
+    is the draft it made: reported paid, the re-driven finalize and pay were refused
+    instead of answered from their keys."""
+    paid = {**_INVOICE, "status": "paid", "amount_paid": 3000, "payment_intent": "pi_1",
+            "due_date": 1_767_225_600}  # fmt: skip
+    made = mapping.one_off_invoice(paid, as_made=True)
+    assert made.status is InvoiceStatus.DRAFT and made.amount.amount == 3000
+    assert made.provider_payment_id is None and made.due_date is None
