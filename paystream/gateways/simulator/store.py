@@ -296,6 +296,9 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.PayInvoice,
         gw.VoidInvoice,
         gw.RetrieveInvoice,
+        gw.CreateConnectedAccount,
+        gw.CreateAccountLink,
+        gw.RetrieveConnectedAccount,
     }
 )
 
