@@ -231,16 +231,19 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "Connect: `express` by default, or `custom`; `country`, `email`, `business_type`, "
         "the `capabilities` requested: `card_payments`, `transfers`). It starts `pending`, "
         "its requirements due (`currently_due`: names only) until its holder onboards. "
-        "Refused `unsupported` for Square and Paddle, and for a Stripe tenant acting for "
-        "a connected account (`--connected-account`): accounts are made on the "
-        "platform's own key."
+        "Refused `unsupported` for Square and Paddle, and for a Stripe (or simulator) "
+        "tenant acting for a connected account (`--connected-account`): accounts are made "
+        "on the platform's own key."
     ),
     "connected_account.onboarding_link": (
         "A short-lived onboarding link (`url`, until `expires_at`) for the account's "
         "holder; `refresh_url` and `return_url` are https (http to localhost only). The "
         "URL is a bearer credential: in this command's outcome only, never stored or "
-        "logged; a replay of the command (a redelivery, or its id sent again) answers "
-        "`url` null: send a new command id for a new link."
+        "logged; a replay of the command (a redelivery, its id sent again, or a new id "
+        "under the same idempotency key) answers `url` null: send a new command id and "
+        "a new idempotency key (or none: it defaults to the id) for a new link. An HTTP "
+        "sender answered 202 (its `Prefer: wait` ran out) finds the link made in the "
+        "command lookup, without its URL: it sends a new command the same way."
     ),
     "connected_account.refresh": (
         "Read a connected account back from its provider: `enabled` (charges and payouts), "
@@ -573,8 +576,9 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
             "url": {
                 "type": ["string", "null"],
                 "description": "the onboarding URL, a bearer credential for one visit "
-                "until `expires_at` (never log or store it); null in a replay: send a new "
-                "command id for a new link",
+                "until `expires_at` (never log or store it); null in a replay (the same "
+                "command id or idempotency key again): send a new command id and a new "
+                "idempotency key (or none) for a new link",
             },
             "expires_at": {"type": "string", "format": "date-time"},
         },
@@ -1658,7 +1662,9 @@ def _command_status_schema() -> Doc:
     outcome = {
         "type": "object",
         "description": "the outcome event the command was answered with (and a retry under "
-        "its key is): look its entity up for the details; a rejection's reason and message",
+        "its key is): look its entity up for the details; a rejection's reason and "
+        "message; an onboarding link's `message` that it was made, its URL kept nowhere "
+        "(in its outcome event only), and how to ask for another",
         "required": ["id", "type"],
         "properties": {
             "id": _STR,

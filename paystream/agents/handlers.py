@@ -59,7 +59,6 @@ from paystream.tables.records import (
 )
 from paystream.tables.state_machines import (
     InvalidState,
-    check_connected_account_move,
     check_invoice_transition,
     check_payment_transition,
     check_payout_move,
@@ -3054,23 +3053,18 @@ def _connected_accounts_supported(ctx: HandlerContext) -> None:
     _capability_required(ctx, _CONNECTED_ACCOUNTS, "connected accounts")
 
 
-def _take_account(
-    ctx: HandlerContext, rec: ConnectedAccountRecord, res: gw.ConnectedAccountResult
-) -> None:
-    """The provider's answer, its status derived (state_machines.connected_account_status),
-    unless it would move the account where it cannot go (onboarding undone: a stale read),
-    which is refused (not remembered: asked again, it answers afresh)."""
+def _take_account(rec: ConnectedAccountRecord, res: gw.ConnectedAccountResult) -> None:
+    """The provider's answer, its status derived from its flags and the account's status
+    (state_machines.connected_account_status): always a move the account may make, so a
+    read is never refused, a webhook's refresh included. (Once refused as a "stale read",
+    a custom account disabled after it was enabled stayed enabled here: review h78m F1.)"""
     status = connected_account_status(
-        res.charges_enabled, res.payouts_enabled, res.details_submitted, res.disabled_reason
+        res.charges_enabled,
+        res.payouts_enabled,
+        res.details_submitted,
+        res.disabled_reason,
+        was=rec.status,
     )
-    try:
-        check_connected_account_move(rec.status, status)
-    except InvalidState as exc:
-        raise Rejection(
-            RejectReason.INVALID_STATE,
-            f"connected account {rec.id}: {exc} ({ctx.gateway.provider}'s answer)",
-            remember=False,
-        ) from exc
     rec.status = status
     rec.charges_enabled, rec.payouts_enabled = res.charges_enabled, res.payouts_enabled
     rec.details_submitted = res.details_submitted
@@ -3126,15 +3120,17 @@ async def create_connected_account(
         metadata=dict(data.metadata),
         provider_account_id=res.provider_account_id,
     )
-    _take_account(ctx, rec, res)  # (pending may move anywhere)
+    _take_account(rec, res)
     return HandlerResult("connected_account.created", rec)
 
 
 async def create_onboarding_link(ctx: HandlerContext, data: c.CreateAccountLink) -> HandlerResult:
     """An onboarding link for the account's holder. Its URL is a bearer credential: in
     this command's outcome only (HandlerResult.unkept), never in a table, the ledger or
-    a log. A replay of the command (a redelivery, the same id sent again) is answered
-    from what was kept: ``url`` null; send a new command id for a new link. (Making a
+    a log. A replay of the command (a redelivery, the same id sent again, a new id under
+    the same idempotency key) is answered from what was kept: ``url`` null; send a new
+    command id and idempotency key for a new link (the command lookup says so: tables/
+    commands_view.LINK_NOT_KEPT). (Making a
     new link on a replay would hand a live credential to whoever repeats an id, once per
     repeat, and give one command two answers.)"""
     _connected_accounts_supported(ctx)
@@ -3197,7 +3193,7 @@ async def refresh_connected_account(
         lambda: ctx.gateway.retrieve_connected_account(req, idempotency_key=ctx.idem),
     )
     previous = rec.status
-    _take_account(ctx, rec, res)
+    _take_account(rec, res)
     return HandlerResult("connected_account.updated", rec, extra={"previous_status": previous})
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "payout_amount_problem",
     "payout_descriptor_problem",
     "payout_units_problem",
+    "platform_only_problem",
     "stripe_units_problem",
     "three_decimal_problem",
     "withdrawn_currency_problem",
@@ -258,6 +259,17 @@ def payment_parameters_problem(
 ACCOUNT_BUSINESS_TYPES = frozenset({"individual", "company", "non_profit", "government_entity"})
 ACCOUNT_CAPABILITIES = frozenset({"card_payments", "transfers"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def platform_only_problem(connected_account: str) -> str:
+    """Why a tenant acting for a connected account (Stripe-Account) is refused the
+    connected-account operations: Stripe makes, links and reads accounts on the
+    platform's own key, never under a merchant's."""
+    return (
+        "connected accounts are made and read on the platform's own Stripe key: this "
+        f"tenant acts for the connected account {connected_account} "
+        "(--connected-account); send it for a tenant configured without one"
+    )
 
 
 def custom_account_capabilities_problem() -> str:

@@ -373,8 +373,9 @@ def _statuses_move_forward(
     are final, so a later version of a failed payout that says `paid` is never recorded
     (its amount was given back to the balance); paid -> failed is taken (a bank returns a
     payout). A connected account's (CONNECTED_ACCOUNT_MOVES): rejected is final, and
-    onboarding is never undone. The forward-only trigger checks versions only; the
-    worker never emits such a move, so this is the ledger's own defence (review h74m)."""
+    pending, once left, is never entered again (the worker derives restricted then).
+    The forward-only trigger checks versions only; the worker never emits such a move,
+    so this is the ledger's own defence (review h74m)."""
     for e in events:
         prior = before.get(e.entity_id)
         stored = int(prior["version"]) if prior is not None else 0

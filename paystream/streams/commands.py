@@ -604,7 +604,9 @@ class CreateConnectedAccount(CommandData):
 
 class CreateAccountLink(CommandData):
     """A short-lived onboarding URL for the account's holder, answered in this command's
-    outcome only: never kept, logged, or answered again (a replay answers without it)."""
+    outcome only: never kept, logged, or answered again (a replay, under the same command
+    id or idempotency key, answers without it: send a new command id and a new
+    idempotency key, or none, for a new link)."""
 
     connected_account_id: EntityId
     # Where the holder is sent: back once onboarding is left (return_url), or to ask for

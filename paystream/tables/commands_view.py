@@ -19,7 +19,7 @@ from typing import Any
 
 from paystream.streams.outcomes import OUTCOME_PREFIX, outcome_id
 
-__all__ = ["command_id_key", "command_view"]
+__all__ = ["LINK_NOT_KEPT", "command_id_key", "command_view"]
 
 # What no command id or idempotency key holds (the pipeline refuses them: C0 and DEL).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -38,6 +38,14 @@ _KINDS = {
     "tax_calculation": "tax_calculations",
     "connected_account": "connected_accounts",
 }
+
+
+_LINK_MADE = "connected_account.onboarding_link_created"
+LINK_NOT_KEPT = (
+    "the onboarding link was made: its url was in the outcome event only (on the "
+    "events topic), and is kept nowhere; for a link, send the command again under a "
+    "new command id and a new idempotency key (or none: the key defaults to the id)"
+)
 
 
 def command_id_key(tenant_id: str, command_id: str) -> str:
@@ -110,6 +118,11 @@ def _outcome(
     entity_kind = _KINDS.get(kind.rpartition(".")[0])
     if entity_kind is not None and isinstance(data.get("entity_id"), str):
         shown["entity"] = {"kind": entity_kind, "id": data["entity_id"]}
+    if kind == _LINK_MADE and isinstance(data.get("connected_account_id"), str):
+        # The link's URL went out in its outcome event alone (kept nowhere): a sender
+        # whose wait ran out (202) learns here that it was made, and how to get one.
+        shown["entity"] = {"kind": "connected_accounts", "id": data["connected_account_id"]}
+        shown["message"] = LINK_NOT_KEPT
     return shown
 
 

@@ -14,7 +14,6 @@ __all__ = [
     "SUBSCRIPTION_TRANSITIONS",
     "TAX_RATE_TRANSITIONS",
     "InvalidState",
-    "check_connected_account_move",
     "check_invoice_transition",
     "check_payment_transition",
     "check_payout_move",
@@ -174,10 +173,11 @@ def check_tax_rate_transition(status: str, verb: str) -> None:
 
 # connected account status → the statuses it may move to. A new account is pending (its
 # holder has not finished onboarding); then enabled (charges and payouts), restricted
-# (submitted, but something disables it or is past due: new requirements come due for an
+# (not enabled: something disables it or is past due; new requirements come due for an
 # enabled one too, and met, it is enabled again) or rejected (by the provider or the
-# platform: final, as Stripe's rejected.* reasons are). Onboarding is never undone: a
-# read answering pending after it (a stale read) is refused, never recorded.
+# platform: final, as Stripe's rejected.* reasons are). Pending, once left, is left for
+# good: connected_account_status never derives it again (its `was`), so the provider's
+# answer is always a move taken here. The ledger checks these moves too.
 CONNECTED_ACCOUNT_MOVES: dict[str, frozenset[str]] = {
     "pending": frozenset({"pending", "enabled", "restricted", "rejected"}),
     "enabled": frozenset({"enabled", "restricted", "rejected"}),
@@ -191,21 +191,22 @@ def connected_account_status(
     payouts_enabled: bool,
     details_submitted: bool,
     disabled_reason: str | None,
+    was: str = "pending",
 ) -> str:
-    """A connected account's status from its provider's flags: rejected by a
-    ``rejected.*`` disabled_reason; enabled with charges and payouts both enabled;
-    pending while its holder has not submitted its details (a new account's
-    ``requirements.past_due`` included); restricted otherwise (submitted, and one of the
-    two disabled: a reason such as ``requirements.past_due`` or ``under_review``)."""
-    if disabled_reason is not None and disabled_reason.startswith("rejected."):
+    """A connected account's status from its provider's flags and the status it ``was``
+    (a new account's: pending), always one CONNECTED_ACCOUNT_MOVES takes from ``was``:
+    rejected by a ``rejected.*`` disabled_reason (and for good); enabled with charges and
+    payouts both enabled; pending while its holder has not submitted its details (a new
+    account's ``requirements.past_due`` included) and it was never anything else;
+    restricted otherwise. A custom account (no Stripe dashboard) may be enabled with its
+    details never submitted (the platform gave them through the API); disabled by Stripe
+    later, it is restricted, not pending again (review h78m F1)."""
+    if was == "rejected" or (
+        disabled_reason is not None and disabled_reason.startswith("rejected.")
+    ):
         return "rejected"
     if charges_enabled and payouts_enabled:
         return "enabled"
-    if not details_submitted:
+    if not details_submitted and was == "pending":
         return "pending"
     return "restricted"
-
-
-def check_connected_account_move(status: str, to: str) -> None:
-    if to not in CONNECTED_ACCOUNT_MOVES.get(status, frozenset()):
-        raise InvalidState(f"a connected account that is {status} cannot become {to}")

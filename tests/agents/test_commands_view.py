@@ -18,6 +18,7 @@ from tests.agents.harness import Harness, data, kind, new_tenant_id
 from tests.agents.test_let_through import _parked_after_a_charge
 
 _PAY = {"amount": 2500, "currency": "USD", "payment_method_token": "pm_card_visa"}
+_LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
 
 
 def _view(h: Harness, tenant: str, key: str, now: float | None = None) -> dict | None:  # type: ignore[type-arg]
@@ -150,7 +151,11 @@ async def test_every_shape_matches_the_documented_schema(harness: Harness) -> No
     await harness.send("payment.create", t, declined, command_id="f")
     three_ds = {**_PAY, "payment_method_token": "pm_card_threeDSecureRequired"}
     await harness.send("payment.create", t, three_ds, command_id="g")
-    views = [_view(harness, t, k) for k in "abcdefg"]
+    made = await harness.send("connected_account.create", t, {"country": "US"})
+    link = {"connected_account_id": data(made)["object"]["id"], **_LINK}
+    await harness.send("connected_account.onboarding_link", t, link, command_id="h")
+    views = [_view(harness, t, k) for k in "abcdefgh"]
+    assert views[-1] is not None and "message" in views[-1]["outcome"]  # (link: no url)
     parked, _ = await _parked_after_a_charge(harness)
     views.append(_view(harness, parked, "c1"))
     schema = openapi()["components"]["schemas"]["CommandStatus"]

@@ -6,6 +6,7 @@ an onboarding link's URL emitted once and kept nowhere (a replay answers without
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from paystream.settings import load_settings
 from paystream.streams import commands as c
 from paystream.streams.commands import COMMANDS, PROVIDER_READS
 from paystream.streams.outcomes import CommandRef, RejectReason
-from paystream.tables.state_machines import connected_account_status
+from paystream.tables.state_machines import CONNECTED_ACCOUNT_MOVES, connected_account_status
 from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION
@@ -360,3 +361,19 @@ async def test_the_status_is_derived_from_the_providers_flags(
     flags: tuple[bool, bool, bool, str | None], status: str
 ) -> None:
     assert connected_account_status(*flags) == status
+
+
+@pytest.mark.parametrize("was", sorted(CONNECTED_ACCOUNT_MOVES))
+async def test_the_status_derived_is_always_a_move_the_account_may_make(was: str) -> None:
+    """Whatever the provider answers, the status derived from it is one the account may
+    move to (so no read is refused): pending, once left, is never derived again (a
+    custom account enabled with its details never submitted, then disabled, is
+    restricted: review h78m F1), and rejected stays rejected."""
+    reasons = (None, "requirements.past_due", "under_review", "rejected.fraud")
+    for charges, payouts, submitted in itertools.product((False, True), repeat=3):
+        for reason in reasons:
+            status = connected_account_status(charges, payouts, submitted, reason, was)
+            assert status in CONNECTED_ACCOUNT_MOVES[was], (was, charges, payouts, reason)
+    assert connected_account_status(False, False, False, None, was) == (
+        was if was in ("pending", "rejected") else "restricted"
+    )

@@ -104,6 +104,33 @@ async def test_a_rejected_account_is_never_made_enabled(
     ]
     await write_events(app_engine, moves, keyring=keyring)
     assert (await verify_audit(app_engine, u, keyring)).problems == []
+    # A custom account enabled with its details never submitted, then disabled: taken
+    # restricted (as the worker derives it: review h78m F1); pending again never.
+    unsubmitted = {"details_submitted": False, "charges_enabled": False,
+                   "payouts_enabled": False}  # fmt: skip
+    v = f"ca-{uuid.uuid4().hex[:10]}"
+    await write_events(
+        app_engine,
+        [
+            connected_account(make_event, v, "ca3"),
+            connected_account(
+                make_event,
+                v,
+                "ca3",
+                version=2,
+                status="enabled",
+                currently_due=[],
+                charges_enabled=True,
+                payouts_enabled=True,
+                details_submitted=False,
+            ),
+            connected_account(make_event, v, "ca3", version=3, status="restricted", **unsubmitted),
+        ],
+        keyring=keyring,
+    )
+    pending = connected_account(make_event, v, "ca3", version=4, status="pending", **unsubmitted)
+    with pytest.raises(InvalidEventError, match="restricted cannot become pending"):
+        await write_events(app_engine, [pending], keyring=keyring)
 
 
 async def test_another_tenant_sees_none_and_cannot_write_them(

@@ -72,7 +72,7 @@ from paystream.gateways.base import (
     require_capability,
     require_operation,
 )
-from paystream.gateways.errors import ErrorCode, GatewayError
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.simulator import invoices
 from paystream.gateways.simulator import operations as ops
@@ -87,6 +87,7 @@ from paystream.gateways.simulator.store import (
     model_fingerprint,
     request_fingerprint,
 )
+from paystream.gateways.stripe_rules import platform_only_problem
 
 __all__ = ["SIMULATOR_CAPABILITIES", "SimulatorGateway"]
 
@@ -133,8 +134,13 @@ class SimulatorGateway:
         record_ttl_seconds: int = 24 * 3600,
         state_ttl_seconds: int = STATE_TTL_SECONDS,
         effects_cap: int = EFFECTS_CAP,
+        connected_account: str | None = None,
     ) -> None:
         self.options = options or SimulatorOptions()
+        # The account the tenant acts for (--connected-account), as a Stripe tenant's:
+        # nothing of the simulator's state is kept apart by it, but it refuses what
+        # Stripe refuses such a tenant (connected accounts: _platform_only).
+        self.connected_account = connected_account
         narrowed = self.options.capabilities
         if narrowed is not None and not narrowed <= SIMULATOR_CAPABILITIES:
             extra = ", ".join(sorted(narrowed - SIMULATOR_CAPABILITIES))
@@ -169,6 +175,7 @@ class SimulatorGateway:
             ctx.tenant_id,
             options=SimulatorOptions.parse(ctx.options),
             record_ttl_seconds=deps.settings.idempotency_ttl_seconds,
+            connected_account=ctx.connected_account,
         )
 
     # ---- the machinery every call goes through -------------------------------------
@@ -434,9 +441,19 @@ class SimulatorGateway:
             lambda tx: ops.archive_tax_rate(tx, req, idempotency_key), TaxRateResult,
         )  # fmt: skip
 
+    def _platform_only(self, operation: str) -> None:
+        """As StripeGateway's: a tenant acting for a connected account makes, links and
+        reads no connected accounts (Stripe would be asked to make them under a
+        merchant's account): `unsupported` before any call (review h78m F4)."""
+        if self.connected_account is not None:
+            raise UnsupportedOperation(
+                PROVIDER, operation, message=platform_only_problem(self.connected_account)
+            )
+
     async def create_connected_account(
         self, req: CreateConnectedAccount, *, idempotency_key: str
     ) -> ConnectedAccountResult:
+        self._platform_only("create_connected_account")
         return await self._run(
             "create_connected_account", req, idempotency_key,
             lambda tx: ops.create_connected_account(tx, req, idempotency_key),
@@ -446,6 +463,7 @@ class SimulatorGateway:
     async def create_account_link(
         self, req: CreateAccountLink, *, idempotency_key: str
     ) -> AccountLinkResult:
+        self._platform_only("create_account_link")
         return await self._run(
             "create_account_link", req, idempotency_key,
             lambda tx: ops.create_account_link(tx, req, idempotency_key), AccountLinkResult,
@@ -454,6 +472,7 @@ class SimulatorGateway:
     async def retrieve_connected_account(
         self, req: RetrieveConnectedAccount, *, idempotency_key: str
     ) -> ConnectedAccountResult:
+        self._platform_only("retrieve_connected_account")
         return await self._run(
             "retrieve_connected_account", req, idempotency_key,
             lambda tx: ops.retrieve_connected_account(tx, req), ConnectedAccountResult,

@@ -53,6 +53,7 @@ from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
 from paystream.gateways.stripe_rules import (
     payment_parameters_problem,
     payout_amount_problem,
+    platform_only_problem,
     stripe_units_problem,
     three_decimal_problem,
     withdrawn_currency_problem,
@@ -1001,14 +1002,7 @@ class StripeGateway:
         tenant's setup, not the command: not remembered)."""
         if self.connected_account is not None:
             raise UnsupportedOperation(
-                PROVIDER,
-                operation,
-                message=(
-                    "connected accounts are made and read on the platform's own Stripe key: "
-                    "this tenant acts for the connected account "
-                    f"{self.connected_account} (--connected-account); send it for a tenant "
-                    "configured without one"
-                ),
+                PROVIDER, operation, message=platform_only_problem(self.connected_account)
             )
 
     async def create_connected_account(
