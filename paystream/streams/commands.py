@@ -703,8 +703,8 @@ class PayInvoice(CommandData):
 
 
 class VoidInvoice(CommandData):
-    """Void an open (or draft) invoice: never to be paid. A paid one is refunded instead
-    (`refund.create` of its payment)."""
+    """Void an open (or draft) invoice: never to be paid. A paid one is refunded instead,
+    at its provider (its payment is the provider's, not a paystream payment)."""
 
     invoice_id: EntityId
 

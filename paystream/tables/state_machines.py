@@ -126,7 +126,8 @@ INVOICE_TRANSITIONS: dict[str, frozenset[str]] = {
 
 _INVOICE_INSTEAD = {
     ("pay", "draft"): ": finalize it first (invoice.finalize)",
-    ("void", "paid"): ": refund its payment instead (refund.create)",
+    # (refund.create takes a paystream payment; an invoice's is its provider's)
+    ("void", "paid"): ": refund its payment at its provider instead",
     ("finalize", "open"): ": it is finalized already",
     ("refresh", "paid"): ": it can change no more (refund its payment to give it back)",
     ("refresh", "void"): ": it can change no more",

@@ -474,6 +474,11 @@ class LimitGate:
         moved, and release what it held. Not called for a parked payment: it keeps its
         hold until it is re-driven and answered."""
         if admission.currency is None:
+            # Nothing held by this delivery; but one of its earlier deliveries may have
+            # held (an invoice.pay parked while its invoice was open, re-driven once a
+            # refresh read it paid: admitted as an InvoiceCharge of 0). Its answer
+            # releases that hold, which would else stay against the day (review h78o M1).
+            self._release(admission)
             return
         key = self.key(admission.tenant_id)
         state = dict(self.table.get(key) or _fresh(-1))
@@ -494,6 +499,17 @@ class LimitGate:
             decided["counted"] = True
         _add_volume(state, admission.day, admission.currency, admission.amount)
         self.table[key] = state
+
+    def _release(self, admission: Admission) -> None:
+        """Drop the hold ``admission`` names, if there is one (nothing counted)."""
+        if admission.hold is None:
+            return
+        key = self.key(admission.tenant_id)
+        state = self.table.get(key) or {}
+        if admission.hold in (state.get("held") or ()):  # (no copy made for most commands)
+            held = dict(state["held"])
+            del held[admission.hold]
+            self.table[key] = {**state, "held": held}
 
     def account_answered(
         self,

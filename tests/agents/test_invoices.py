@@ -17,6 +17,7 @@ from paystream.gateways.simulator.gateway import SIMULATOR_CAPABILITIES
 from paystream.gateways.square.gateway import SQUARE_CAPABILITIES
 from paystream.streams.commands import COMMANDS, PROVIDER_READS
 from tests.agents.harness import Harness, data, kind, new_tenant_id, simulator_of
+from tests.agents.test_let_through import _answer, _command
 
 pytestmark = pytest.mark.asyncio
 
@@ -329,3 +330,41 @@ async def test_a_declined_pay_counts_nothing_toward_the_day(harness: Harness) ->
     assert kind(failed) == "invoice.payment_failed", data(failed)
     state = harness.processor.limits.table[f"{t}:limits"]
     assert not (state.get("volume") or {}).get("EUR") and not state.get("held")
+
+
+async def test_a_parked_pays_hold_is_released_once_it_is_answered(harness: Harness) -> None:
+    """A pay parked after its provider charged (answers lost), its invoice read back paid
+    by invoice.refresh, then re-driven: refused "already paid", and the 50000 its first
+    delivery held against the day is released (its re-drive is admitted as an
+    InvoiceCharge of 0, the invoice no longer open: review h78o M1)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(
+        t,
+        limits={"daily_payment_volume": {"EUR": 80_000}},
+        gateway_options={"lose_response_first": {f"ps:{t}:pay-1": 3}},
+    )
+    invoice = await _open_invoice(h, t)
+    pay = {"invoice_id": invoice}
+    parked = await h.processor.process(_command(t, "invoice.pay", pay, "pay-1"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    assert h.processor.limits.table[f"{t}:limits"]["held"]
+    assert kind(await h.send("invoice.refresh", t, pay)) == "invoice.paid"
+    redriven = await _answer(h, _command(t, "invoice.pay", pay, "pay-1"))
+    assert "already paid" in _rejected(redriven, "invalid_state")
+    assert not h.processor.limits.table[f"{t}:limits"]["held"]
+    assert len(await _charges(h, t)) == 1
+
+
+async def test_a_paid_invoices_void_names_no_command_that_cannot_refund_it(
+    harness: Harness,
+) -> None:
+    """refund.create takes a paystream payment; an invoice's payment is its provider's
+    (review h78o L2): the refusal does not send the tenant there."""
+    t = harness.add_tenant()
+    invoice = await _open_invoice(harness, t)
+    await _made(harness, t, "invoice.pay", {"invoice_id": invoice})
+    message = _rejected(
+        await harness.send("invoice.void", t, {"invoice_id": invoice}), "invalid_state"
+    )
+    assert "refund its payment at its provider" in message and "refund.create" not in message
