@@ -68,7 +68,7 @@ from paystream.tables.state_machines import (
     connected_account_status,
     invoice_moves,
 )
-from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, InvoiceCharge, Repricing
+from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, InvoiceCharge, InvoiceTotal, Repricing
 
 if TYPE_CHECKING:
     from paystream.tracing import CommandTrace
@@ -83,6 +83,7 @@ __all__ = [
     "Tables",
     "entity_key",
     "invoice_charge",
+    "invoice_total",
     "subscription_charge",
 ]
 
@@ -2765,7 +2766,12 @@ async def void_invoice(ctx: HandlerContext, data: c.VoidInvoice) -> HandlerResul
     if not ctx.let_through:
         _invoice_transition(rec, "void")
     ctx.at_provider(rec)
-    req = gw.VoidInvoice(provider_invoice_id=rec.provider_invoice_id)
+    req = gw.VoidInvoice(
+        provider_invoice_id=rec.provider_invoice_id,
+        draft_amount=Money(amount=rec.amount, currency=rec.currency)
+        if rec.status == gw.InvoiceStatus.DRAFT.value
+        else None,
+    )
     res = await _gateway(
         ctx, "void_invoice", lambda: ctx.gateway.void_invoice(req, idempotency_key=ctx.idem)
     )
@@ -3195,6 +3201,34 @@ async def refresh_connected_account(
     previous = rec.status
     _take_account(rec, res)
     return HandlerResult("connected_account.updated", rec, extra={"previous_status": previous})
+
+
+def invoice_total(
+    rates_table: Mapping[str, Any], tenant_id: str, data: c.CreateInvoice
+) -> InvoiceTotal:
+    """What the tenant limits hold an ``invoice.create`` to: its total with its tax
+    rates' exclusive tax, as its provider will bill it (paystream.tax, every rate on
+    every line), in its currency. The rates are read from the tenant's tax rate table
+    (local to its partition, as the command is); one unknown or archived, which
+    create_invoice refuses, leaves the untaxed total, as subscription_charge does."""
+    rates: list[taxes.Rate] = []
+    for rate_id in data.tax_rate_ids or ():
+        raw = rates_table.get(entity_key(tenant_id, rate_id))
+        if not isinstance(raw, Mapping) or raw.get("status") != "active":
+            rates = []
+            break
+        try:
+            percentage = taxes.parse_percentage(str(raw.get("percentage")))
+        except ValueError:
+            rates = []
+            break
+        rates.append(taxes.Rate(rate_id, percentage, bool(raw.get("inclusive"))))
+    lines = [taxes.Line(line.amount, line.quantity, rates) for line in data.line_items]
+    try:
+        total = taxes.calculate(lines, data.currency).amount_total
+    except ValueError:  # (a rate named twice: the command's model refuses it first)
+        total = sum(line.amount * line.quantity for line in data.line_items)
+    return InvoiceTotal(total, data.currency)
 
 
 def invoice_charge(

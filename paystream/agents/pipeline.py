@@ -63,6 +63,7 @@ from paystream.agents.handlers import (
     digest_shaped,
     entity_key,
     invoice_charge,
+    invoice_total,
     subscription_charge,
     subscription_repricing,
 )
@@ -1539,10 +1540,14 @@ class CommandProcessor(ProviderWindow):
         """What the limits decide a command by: a ``subscription.update``'s new amount in
         its subscription's currency (a Repricing: its data names no currency, and a new
         price unchecked let a tenant capped at 100 bill any amount a period), an
-        ``invoice.pay``'s invoice's amount due (an InvoiceCharge), or its own data."""
+        ``invoice.pay``'s invoice's amount due (an InvoiceCharge), an ``invoice.create``'s
+        total (an InvoiceTotal), or its own data."""
         if cmd.command_type == "invoice.pay":
             # (its invoice's amount due: its data names none)
             return invoice_charge(self.tables.invoices, cmd.tenant_id, data)
+        if cmd.command_type == "invoice.create":
+            # (its total with exclusive tax: a sent invoice is paid on the provider's page)
+            return invoice_total(self.tables.tax_rates, cmd.tenant_id, data)
         if cmd.command_type != "subscription.update":
             return data
         repricing = subscription_repricing(self.tables.subscriptions, cmd.tenant_id, data)

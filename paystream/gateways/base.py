@@ -570,6 +570,9 @@ class PayInvoice(_Req):
 
 class VoidInvoice(_Req):
     provider_invoice_id: str
+    # The invoice as recorded, when a draft: a provider that deletes a draft instead of
+    # voiding it (Stripe) answers a void sent again, the draft gone, as void with it.
+    draft_amount: Money | None = None
 
 
 class RetrieveInvoice(_Req):

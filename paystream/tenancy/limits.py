@@ -37,6 +37,10 @@ A tenant's registry record may carry :class:`TenantLimits`:
   passes an :class:`InvoiceCharge`): held to ``max_payment_amount`` and
   ``only_listed_currencies``, held against the day's volume, counted when
   ``invoice.paid`` says it was paid, released otherwise.
+* An ``invoice.create`` is held to ``max_payment_amount`` and ``only_listed_currencies``
+  as a payment of its total with its exclusive tax (an :class:`InvoiceTotal`, worked out
+  by the pipeline): a ``send_invoice`` invoice is paid by its customer on the provider's
+  page, never by an ``invoice.pay``. It charges nothing now: nothing held or counted.
 * ``only_listed_currencies``: the money limits name currencies, with no conversion; with
   this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
   currencies``) instead of moving unlimited.
@@ -83,6 +87,7 @@ __all__ = [
     "VOLUME_OUTCOMES",
     "Admission",
     "InvoiceCharge",
+    "InvoiceTotal",
     "LimitGate",
     "LimitRejection",
     "Repricing",
@@ -213,6 +218,22 @@ class InvoiceCharge(NamedTuple):
 
     amount: int
     currency: str
+
+
+class InvoiceTotal(NamedTuple):
+    """What the limits hold an ``invoice.create`` to, in place of its data (its lines):
+    the one-off invoice's total with its exclusive tax, in its currency
+    (handlers.invoice_total). Checked as a payment of it against ``max_payment_amount``
+    and ``only_listed_currencies``, as a :class:`Repricing` is: a ``send_invoice``
+    invoice is paid on the provider's page, never by an ``invoice.pay`` the limits see
+    (review h78o M4). It charges nothing now: nothing held or counted toward the day."""
+
+    amount: int
+    currency: str
+
+
+# The data the quotas check as a price, though its command charges nothing now.
+_PRICED = (Repricing, InvoiceTotal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,9 +641,10 @@ class LimitGate:
 def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:
     """What a money command charges at once: a payment its ``amount``; a subscription its
     first period's charge (``amount``: with its exclusive tax; None: ``data.amount``), or
-    nothing while a free trial runs (``trial_days``); a :class:`Repricing` nothing (billed
+    nothing while a free trial runs (``trial_days``); an :class:`InvoiceTotal` nothing (a
+    draft), a :class:`Repricing` nothing (billed
     from the next period on)."""
-    if isinstance(data, Repricing):
+    if isinstance(data, _PRICED):
         return 0
     if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
         return 0
@@ -825,7 +847,7 @@ def _quota(
     hold: str,
     charge: int | None = None,
 ) -> LimitRejection | None:
-    if command_type not in MONEY_COMMANDS and not isinstance(data, Repricing):
+    if command_type not in MONEY_COMMANDS and not isinstance(data, _PRICED):
         return None
     if isinstance(data, InvoiceCharge) and not data.amount:
         return None  # (the handler refuses it: nothing to charge)

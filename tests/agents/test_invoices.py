@@ -292,8 +292,10 @@ async def _open_invoice(h: Harness, t: str, **kw: Any) -> str:
 
 
 async def test_a_pay_over_the_tenants_cap_is_refused_before_any_charge(harness: Harness) -> None:
-    t = harness.add_tenant(limits={"max_payment_amount": {"EUR": 10_000}})
-    invoice = await _open_invoice(harness, t)  # (50000 due: making it charges nothing)
+    t = harness.add_tenant()
+    invoice = await _open_invoice(harness, t)  # (50000 due)
+    # A cap set since the invoice was made (invoice.create is held to it too).
+    harness.add_tenant(t, limits={"max_payment_amount": {"EUR": 10_000}})
     out = await harness.send("invoice.pay", t, {"invoice_id": invoice})
     assert kind(out) == "command.rejected" and data(out)["reason"] == "quota_exceeded", data(out)
     assert data(out)["limit"] == "max_payment_amount"
@@ -302,8 +304,9 @@ async def test_a_pay_over_the_tenants_cap_is_refused_before_any_charge(harness: 
 
 async def test_a_pay_in_a_currency_not_listed_is_refused(harness: Harness) -> None:
     limits = {"max_payment_amount": {"USD": 10**6}, "only_listed_currencies": True}
-    t = harness.add_tenant(limits=limits)
+    t = harness.add_tenant()
     invoice = await _open_invoice(harness, t)
+    harness.add_tenant(t, limits=limits)  # (set since: invoice.create is held to it too)
     out = await harness.send("invoice.pay", t, {"invoice_id": invoice})
     assert data(out)["reason"] == "quota_exceeded" and data(out)["limit"] == "currencies"
 

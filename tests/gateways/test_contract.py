@@ -1744,14 +1744,30 @@ async def test_a_declined_invoice_payment_leaves_it_open(harness: Harness) -> No
 @over_gateways(square_lacks=SQUARE_NO_INVOICES, paddle_lacks=PADDLE_NO_INVOICES)
 async def test_an_invoice_voided_stays_void(harness: Harness) -> None:
     draft = await draft_invoice(harness)
-    req = VoidInvoice(provider_invoice_id=draft.provider_invoice_id)
-    voided = await harness.gateway.void_invoice(req, idempotency_key=key())
-    assert voided.status is InvoiceStatus.VOID
-    # Voided again once its key's answer is gone: the void invoice is the answer.
-    assert (await harness.gateway.void_invoice(req, idempotency_key=key())).status is (
-        InvoiceStatus.VOID
-    )
+    # (A draft: Stripe voids only finalized invoices, and the gateway deletes a draft.)
+    req = VoidInvoice(provider_invoice_id=draft.provider_invoice_id, draft_amount=draft.amount)
+    k = key()
+    voided = await harness.gateway.void_invoice(req, idempotency_key=k)
+    assert (voided.status, voided.amount) == (InvoiceStatus.VOID, usd(3500))
+    # Voided again under its key, or once its key's answer is gone: void is the answer.
+    for again_key in (k, key()):
+        again = await harness.gateway.void_invoice(req, idempotency_key=again_key)
+        assert (again.status, again.amount) == (InvoiceStatus.VOID, usd(3500))
     pay = PayInvoice(provider_invoice_id=draft.provider_invoice_id)
+    # (Stripe's draft is deleted: gone. The simulator keeps it, void.)
+    gone = ErrorCode.NOT_FOUND if harness.name == "stripe" else ErrorCode.INVALID_STATE
+    await expect(gone, harness.gateway.pay_invoice(pay, idempotency_key=key()))
+
+
+@over_gateways(square_lacks=SQUARE_NO_INVOICES, paddle_lacks=PADDLE_NO_INVOICES)
+async def test_an_open_invoice_voided_stays_void(harness: Harness) -> None:
+    opened = await finalized(harness, await draft_invoice(harness))
+    req = VoidInvoice(provider_invoice_id=opened.provider_invoice_id)
+    for k in (key(), key()):
+        assert (await harness.gateway.void_invoice(req, idempotency_key=k)).status is (
+            InvoiceStatus.VOID
+        )
+    pay = PayInvoice(provider_invoice_id=opened.provider_invoice_id)
     await expect(ErrorCode.INVALID_STATE, harness.gateway.pay_invoice(pay, idempotency_key=key()))
 
 
