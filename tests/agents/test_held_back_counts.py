@@ -25,6 +25,7 @@ async def test_dead_letters_then_silence_have_their_count_written_by_the_workers
     # (earlier tests' held-back counts written now, outside the capture: the timer
     # flushes every ThrottledLog of the process, the replaced one too)
     log_limits.flush_all(final=True)
+    caplog.clear()  # (caplog holds every record since the test began, not only at_level's)
     now = [0.0]
     monkeypatch.setattr(
         pipeline, "_throttled", ThrottledLog(pipeline.log, interval=60, clock=lambda: now[0])
