@@ -20,6 +20,7 @@ __all__ = [
     "PaymentNotice",
     "PayoutNotice",
     "RefundNotice",
+    "SubscriptionInvoiceNotice",
     "SubscriptionNotice",
     "disputed_payment",
     "plain_id",
@@ -139,6 +140,41 @@ class SubscriptionNotice:
     # (paystream's name; None for a draft or one this version does not know).
     provider_invoice_id: str | None = None
     invoice_status: str | None = None
+    # Whether that open invoice's charge was declined (Square's UNPAID, against SCHEDULED
+    # or PAYMENT_PENDING: both open here, told apart by the record's failure_code); None
+    # where the provider's status says no more than ``invoice_status``.
+    invoice_declined: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInvoiceNotice:
+    """A followed event about an invoice a provider subscription billed, which names only
+    that provider subscription (a Square invoice's ``subscription_id``): whose it is only
+    paystream's record of that subscription says (web/webhooks.py finds it)."""
+
+    event_id: str
+    event_type: str
+    provider_subscription_id: str
+    provider_invoice_id: str
+    invoice_status: str | None  # paystream's name (None: one this version does not know)
+    account: str | None  # at Square, the invoice's location
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+    invoice_declined: bool | None = None  # (as SubscriptionNotice's)
+
+    def as_subscription(self, tenant_id: str, subscription_id: str) -> SubscriptionNotice:
+        """The event as one about paystream's subscription ``subscription_id``."""
+        return SubscriptionNotice(
+            self.event_id,
+            self.event_type,
+            tenant_id,
+            subscription_id,
+            self.provider_subscription_id,
+            self.account,
+            self.created,
+            provider_invoice_id=self.provider_invoice_id,
+            invoice_status=self.invoice_status,
+            invoice_declined=self.invoice_declined,
+        )
 
 
 @dataclass(frozen=True, slots=True)

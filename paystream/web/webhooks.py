@@ -95,6 +95,7 @@ from paystream.gateways.webhook_notices import (
     PaymentNotice,
     PayoutNotice,
     RefundNotice,
+    SubscriptionInvoiceNotice,
     SubscriptionNotice,
 )
 from paystream.ids import derived_id
@@ -261,6 +262,16 @@ class WebhookView(View):
             except _DisputeUnread as exc:
                 metrics.WEBHOOK_DISPUTE_READS_FAILED.labels(provider, tenant, exc.why).inc()
                 return self._unavailable(provider, tenant, str(exc))
+        elif isinstance(found_notice, SubscriptionInvoiceNotice):
+            if found_notice.account != expected:
+                # (known before its subscription is looked up, or read from Square)
+                return self._ignored(provider, tenant, f"another {where}'s invoice")
+            if found.status is TenantStatus.SUSPENDED:
+                return self._unavailable(provider, tenant, "the tenant is suspended")
+            try:
+                notice = await _invoiced_subscription(found, found_notice)
+            except _Unavailable as exc:
+                return self._unavailable(provider, tenant, str(exc))
         else:
             notice = found_notice
         if notice is None:
@@ -307,6 +318,7 @@ class WebhookView(View):
                     raise _Unavailable(f"the {what} is not recorded here yet")
                 return self._dropped(provider, tenant, notice, what)
             if row is not None:
+                _remember_square_subscription(provider, tenant, row, notice)
                 stale = await _known_already(tenant, row, notice)
                 if stale is not None:
                     return self._ignored(provider, tenant, stale)
@@ -495,7 +507,9 @@ def _notification_url(tenant: Tenant) -> str | None:
     return f"{base.rstrip('/')}/webhooks/square/{quote(tenant.tenant_id, safe='')}"
 
 
-def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | DisputeNotice | None:
+def _notice(
+    provider: str, tenant: str, event: dict[str, Any]
+) -> _Notice | DisputeNotice | SubscriptionInvoiceNotice | None:
     """What a verified event says of the tenant's payment, refund, subscription or
     dispute."""
     if provider == "square":
@@ -504,6 +518,7 @@ def _notice(provider: str, tenant: str, event: dict[str, Any]) -> _Notice | Disp
             or square_webhooks.refund_notice(event, tenant)
             or square_webhooks.subscription_notice(event, tenant)
             or square_webhooks.dispute_notice(event)
+            or square_webhooks.invoice_notice(event)
         )
     if provider == "paddle":
         return paddle_webhooks.payment_notice(event) or paddle_webhooks.refund_notice(event, tenant)
@@ -838,6 +853,10 @@ async def _invoice_known_already(tenant: str, notice: SubscriptionNotice) -> str
         return None
     if held.get("status") != notice.invoice_status:
         return None
+    if notice.invoice_declined is not None and notice.invoice_declined != bool(
+        held.get("failure_code")
+    ):
+        return None  # (open, and now declined, or no longer: read)
     return f"the invoice is {notice.invoice_status} already"
 
 
@@ -1028,3 +1047,103 @@ async def _send(tenant: str, command: tuple[str, KafkaRecord]) -> str:
     except NotProduced:
         raise _Unavailable("the command could not be produced") from None
     return command_id
+
+
+class _SquareSubscriptions:
+    """paystream's subscription each Square subscription id is, per tenant, as its
+    record was found to hold it (a subscription event's source name, or a read, checked
+    against the record): an invoice event names Square's id only, and this spares its
+    read from Square. Bounded (the oldest forgotten: read again). Never the check
+    itself: the record is looked up for every event, and must hold that Square id."""
+
+    MOST = 100_000
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], str] = {}
+
+    def get(self, tenant: str, provider_subscription_id: str) -> str | None:
+        return self._ids.get((tenant, provider_subscription_id))
+
+    def remember(self, tenant: str, provider_subscription_id: str, subscription_id: str) -> None:
+        key = (tenant, provider_subscription_id)
+        if key not in self._ids and len(self._ids) >= self.MOST:
+            del self._ids[next(iter(self._ids))]
+        self._ids[key] = subscription_id
+
+
+_square_subscriptions = _SquareSubscriptions()
+
+
+def _remember_square_subscription(
+    provider: str, tenant: str, row: dict[str, Any], notice: _Notice
+) -> None:
+    """A Square subscription's id, once the tenant's record is found to hold it."""
+    if (
+        provider == "square"
+        and isinstance(notice, SubscriptionNotice)
+        and row.get("provider_subscription_id") == notice.provider_subscription_id
+    ):
+        _square_subscriptions.remember(
+            tenant, notice.provider_subscription_id, notice.subscription_id
+        )
+
+
+async def _invoiced_subscription(
+    tenant: Tenant, notice: SubscriptionInvoiceNotice
+) -> SubscriptionNotice | None:
+    """A Square invoice event as one about the paystream subscription its Square
+    subscription is: one the tenant's record was found to hold before, else the Square
+    subscription read with the tenant's key for its source name (bounded as a dispute's
+    payment read is: _Unavailable past the reads in flight or the tenant's pace, or when
+    Square cannot answer now). None for a subscription paystream did not make. The
+    caller then checks the tenant's record holds that Square id."""
+    known = _square_subscriptions.get(tenant.tenant_id, notice.provider_subscription_id)
+    if known is not None:
+        return notice.as_subscription(tenant.tenant_id, known)
+    if not _dispute_reads.take():
+        raise _Unavailable("the provider reads of webhooks are all in flight")
+    try:
+        if not _dispute_read_pace.take(tenant.tenant_id, *_refresh_pace(tenant)):
+            raise _Unavailable("the tenant's invoice events come too fast")
+        subscription = await _read_invoiced_subscription(tenant, notice)
+    finally:
+        _dispute_reads.give_back()
+    if subscription is None:
+        return None
+    return square_webhooks.invoiced_subscription_notice(notice, subscription, tenant.tenant_id)
+
+
+async def _read_invoiced_subscription(
+    tenant: Tenant, notice: SubscriptionInvoiceNotice
+) -> dict[str, Any] | None:
+    """The Square subscription an invoice event names, as Square answers it; None for
+    one Square does not find at the tenant's location."""
+    pool = GatewayPool(GatewayDeps(settings=settings), open_secret=_opener())
+    try:
+        async with asyncio.timeout(DISPUTE_READ_SECONDS):
+            read = getattr(pool.get(tenant), "read_subscription", None)
+            if read is None:
+                return None  # (not Square's gateway: nothing to read)
+            return dict(await read(notice.provider_subscription_id))
+    except (GatewayError, TimeoutError) as exc:
+        if isinstance(exc, GatewayError) and exc.code is ErrorCode.NOT_FOUND:
+            return None
+        why = exc.code.value if isinstance(exc, GatewayError) else "timed out"
+        _throttled.warning(
+            ("invoice read", tenant.tenant_id),
+            "webhook %s for %s: the Square subscription its invoice names cannot be "
+            "read: %s; answered 503",
+            notice.event_id, tenant.tenant_id, why,
+        )  # fmt: skip
+        raise _Unavailable("the invoice's subscription cannot be read from Square") from None
+    except (CryptoError, ConfigurationError) as exc:
+        _throttled.warning(
+            ("invoice read", tenant.tenant_id),
+            "webhook %s for %s: the Square subscription its invoice names cannot be "
+            "read: the tenant's provider key cannot be used (%s: paystream doctor); "
+            "answered 503",
+            notice.event_id, tenant.tenant_id, type(exc).__name__,
+        )  # fmt: skip
+        raise _Unavailable("the tenant's provider key cannot be used") from None
+    finally:
+        await pool.aclose()

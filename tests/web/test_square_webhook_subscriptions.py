@@ -1,14 +1,21 @@
 """Square's subscription events at the webhook view: paystream's subscription named by
 the Square subscription's ``source.name``; another tenant's, another location's, one
 paystream did not make and one whose record holds another Square subscription bring no
-refresh; invoice events stay ignored (an invoice names Square's subscription only)."""
+refresh. An invoice event names Square's subscription only: paystream's is the one the
+tenant's record holds it for (read from Square for its source name, once), and an
+invoice recorded as the event has it brings no refresh."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+import paystream.web.webhooks as wh
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.square import webhooks as sq
+from paystream.ids import invoice_id as derived_invoice_id
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, square_event
 from tests.web.test_square_webhook_view import TENANT, _post, seen
 
@@ -62,14 +69,142 @@ async def test_subscription_events_not_the_tenants_bring_nothing(seen: SimpleNam
     assert seen.sent == []
 
 
-async def test_invoice_events_stay_ignored(seen: SimpleNamespace) -> None:
-    invoice = {"id": "inv:0-1", "status": "UNPAID", "location_id": FAKE_SQUARE_LOCATION,
-               "subscription_id": "sqsub1"}  # fmt: skip
-    for event_type in (
-        "invoice.payment_made",
-        "invoice.scheduled_charge_failed",
-        "invoice.canceled",
-    ):
-        status, body = await _post(square_event(event_type, invoice))
-        assert (status, body.get("why")) == (200, _NOT_OURS), body
+def _invoice(status: str = "UNPAID", **more: Any) -> dict[str, Any]:
+    return {"id": "inv:0-1", "status": status, "location_id": FAKE_SQUARE_LOCATION,
+            "subscription_id": "sqsub1", **more}  # fmt: skip
+
+
+@pytest.fixture
+def square(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """Square as the webhook view reads it for an invoice's subscription (RetrieveSubscription
+    with the tenant's key), and the tenant's recorded invoices."""
+    state = SimpleNamespace(subscription=_subscription(), reads=0, error=None, invoices={})
+    seen.row = {"provider_subscription_id": "sqsub1", "status": "active"}
+
+    class Square:
+        async def read_subscription(self, provider_subscription_id: str) -> dict[str, Any]:
+            state.reads += 1
+            if state.error is not None:
+                raise state.error
+            if state.subscription is None or state.subscription["id"] != provider_subscription_id:
+                raise GatewayError(ErrorCode.NOT_FOUND, "not found", provider="square")
+            return dict(state.subscription)
+
+    class Pool:
+        def __init__(self, deps: Any, open_secret: Any = None) -> None:
+            pass
+
+        def get(self, tenant: Any) -> Square:
+            return Square()
+
+        async def aclose(self) -> None:
+            pass
+
+    async def row(tenant: str, table: Any, kind: str, entity_id: str) -> Any:
+        assert kind == "invoices", kind
+        return state.invoices.get(entity_id)
+
+    monkeypatch.setattr(wh, "GatewayPool", Pool)
+    monkeypatch.setattr(wh, "_row", row)
+    monkeypatch.setattr(wh, "_square_subscriptions", wh._SquareSubscriptions())
+    return state
+
+
+def _record(square: SimpleNamespace, status: str, failure_code: str | None = None) -> None:
+    invoice_id = derived_invoice_id(TENANT, "sub_1", "inv:0-1")
+    square.invoices[invoice_id] = {"provider_invoice_id": "inv:0-1", "subscription_id": "sub_1",
+                                   "status": status, "failure_code": failure_code}  # fmt: skip
+
+
+async def test_a_declined_then_paid_renewal_brings_its_subscriptions_refresh(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    """A renewal's invoice events name Square's subscription only: it is read once (its
+    source name names paystream's), and each brings the subscription's refresh until
+    the invoice is recorded as the event has it."""
+    declined = square_event("invoice.scheduled_charge_failed", _invoice(), event_id="ev-d")
+    status, body = await _post(declined)
+    assert (status, body.get("action")) == (200, "refresh"), body
+    [(_, notice)] = seen.sent
+    assert (notice.subscription_id, notice.provider_subscription_id, notice.provider_invoice_id,
+            notice.invoice_status, notice.invoice_declined) == (
+        "sub_1", "sqsub1", "inv:0-1", "open", True)  # fmt: skip
+    # The same decline again (invoice.updated), once the refresh recorded it: nothing to
+    # read, from Square or by a refresh.
+    _record(square, "open", "card_declined")
+    status, body = await _post(square_event("invoice.updated", _invoice(), event_id="ev-u"))
+    assert (status, body.get("why")) == (200, "the invoice is open already"), body
+    # Recorded open while its charge was under way: the decline is news.
+    _record(square, "open")
+    status, body = await _post(square_event("invoice.updated", _invoice(), event_id="ev-u2"))
+    assert (status, body.get("action")) == (200, "refresh"), body
+    # Paid from Square's email: read.
+    _record(square, "open", "card_declined")
+    paid = square_event("invoice.payment_made", _invoice("PAID"), event_id="ev-p")
+    status, body = await _post(paid)
+    assert (status, body.get("action")) == (200, "refresh"), body
+    _record(square, "paid")
+    status, body = await _post(square_event("invoice.updated", _invoice("PAID")))
+    assert (status, body.get("why")) == (200, "the invoice is paid already"), body
+    assert [n.event_id for _, n in seen.sent] == ["ev-d", "ev-u2", "ev-p"]
+    assert square.reads == 1  # (the Square subscription once: then known)
+
+
+async def test_a_subscription_event_spares_its_invoices_read(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    status, body = await _post(square_event("subscription.updated", _subscription()))
+    assert (status, body.get("action")) == (200, "refresh"), body
+    status, body = await _post(square_event("invoice.payment_made", _invoice("PAID")))
+    assert (status, body.get("action")) == (200, "refresh"), body
+    assert [n.subscription_id for _, n in seen.sent] == ["sub_1", "sub_1"]
+    assert square.reads == 0
+
+
+async def test_invoice_events_of_subscriptions_not_the_tenants_bring_nothing(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    # Another location's: not read.
+    other_location = _invoice(location_id="LOTHER")
+    status, body = await _post(
+        square_event("invoice.payment_made", other_location, location_id="LOTHER")
+    )
+    assert (status, body.get("why")) == (200, "another location's invoice"), body
+    assert square.reads == 0
+    # A subscription Square does not find (another seller's, or none).
+    status, body = await _post(square_event("invoice.payment_made", _invoice(subscription_id="x")))
+    assert (status, body.get("why")) == (200, _NOT_OURS), body
+    # Made by another application of the seller's, or by none.
+    square.subscription = _subscription(source={"name": "My Application"})
+    status, body = await _post(square_event("invoice.payment_made", _invoice()))
+    assert (status, body.get("why")) == (200, _NOT_OURS), body
+    # Another tenant's on the same location.
+    square.subscription = _subscription(source={"name": sq.subscription_source("globex", "sub_1")})
+    status, body = await _post(square_event("invoice.payment_made", _invoice()))
+    assert (status, body.get("why")) == (200, "another tenant's subscription"), body
+    # Named paystream's, but the tenant's record holds another Square subscription (a
+    # source name edited or forged): the record decides.
+    square.subscription = _subscription()
+    seen.row = {"provider_subscription_id": "sqsub2", "status": "active"}
+    status, body = await _post(square_event("invoice.payment_made", _invoice()))
+    assert (status, body.get("why")) == (
+        200, "the subscription is another provider subscription's"
+    ), body  # fmt: skip
+    # (nor is that name remembered: read again)
+    status, body = await _post(square_event("invoice.payment_made", _invoice()))
+    assert body.get("action") == "ignored", body
+    # An invoice no subscription billed, and a draft's event.
+    one_off = {k: v for k, v in _invoice().items() if k != "subscription_id"}
+    status, body = await _post(square_event("invoice.payment_made", one_off))
+    assert (status, body.get("why")) == (200, _NOT_OURS), body
+    assert seen.sent == []
+    assert square.reads == 5
+
+
+async def test_an_invoices_subscription_square_cannot_read_now_is_sent_again(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    square.error = GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "down", provider="square")
+    status, body = await _post(square_event("invoice.payment_made", _invoice()))
+    assert (status, body.get("error")) == (503, "unavailable"), body
     assert seen.sent == []

@@ -956,6 +956,12 @@ class SquareGateway:
         )
         return self._own(self._part(obj, "subscription"), "subscription", subscription_id)
 
+    async def read_subscription(self, provider_subscription_id: str) -> dict[str, Any]:
+        """The Square subscription as Square answers it (its source name names
+        paystream's subscription): an invoice event's, read by web/webhooks.py. Another
+        location's reads as not found."""
+        return await self._read_subscription(provider_subscription_id)
+
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:

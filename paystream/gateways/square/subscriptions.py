@@ -32,6 +32,7 @@ __all__ = [
     "cadence_for",
     "cancel_action",
     "invoice",
+    "invoice_status",
     "money_of",
     "never_paid",
     "period_of",
@@ -169,6 +170,16 @@ def money_of(obj: Any) -> Money | None:
     if not isinstance(obj, Mapping) or not isinstance(obj.get("amount"), int):
         return None
     return Money(amount=int(obj["amount"]), currency=str(obj.get("currency")))
+
+
+def invoice_status(raw: Any) -> tuple[InvoiceStatus, bool] | None:
+    """A Square invoice status as a subscription invoice's (its status, and whether an
+    open one's charge was declined), as ``invoice`` reads it; None for a DRAFT or a
+    status this version does not know."""
+    status = _INVOICE_STATUS.get(str(raw))
+    if status is None:
+        return None
+    return status, status is InvoiceStatus.OPEN and raw not in _IN_FLIGHT
 
 
 def invoice(

@@ -25,8 +25,10 @@ reference names paystream's: it is read from Square (web/webhooks.py), as a Stri
 dispute's PaymentIntent is. A subscription is named in its ``source.name``
 (CreateSubscription's SubscriptionSource, "the place that a subscription originates", up
 to 255 characters; Square's default the application's name): ``paystream [ps:<tenant
-tag>:<subscription id>]``. Its invoices are not followed: an invoice names Square's
-subscription only, which is paystream's only once read from Square (docs/square.md).
+tag>:<subscription id>]``. An invoice it billed names Square's subscription only
+(``subscription_id``): web/webhooks.py finds paystream's subscription by that Square id
+(one a subscription event of the tenant's named, else the Square subscription read with
+the tenant's key for its source name), and only where paystream's record holds it.
 
 A webhook is a hint, not a record to apply: paystream reads the object back from Square
 (``payment.refresh``, ``refund.refresh``) rather than trusting the event's copy.
@@ -45,11 +47,13 @@ from typing import Any
 
 from paystream.gateways.base import DisputeStatus
 from paystream.gateways.square.mapping import dispute_status, payment_status, refund_status
+from paystream.gateways.square.subscriptions import invoice_status
 from paystream.gateways.webhook_notices import (
     BadWebhook,
     DisputeNotice,
     PaymentNotice,
     RefundNotice,
+    SubscriptionInvoiceNotice,
     SubscriptionNotice,
     disputed_payment,
     plain_id,
@@ -58,6 +62,7 @@ from paystream.gateways.webhook_notices import (
 
 __all__ = [
     "FOLLOWED_DISPUTE_EVENTS",
+    "FOLLOWED_INVOICE_EVENTS",
     "FOLLOWED_PAYMENT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
     "FOLLOWED_SUBSCRIPTION_EVENTS",
@@ -67,12 +72,15 @@ __all__ = [
     "SIGNATURE_HEADER",
     "dispute_notice",
     "disputed_payment_notice",
+    "invoice_notice",
+    "invoiced_subscription_notice",
     "payment_notice",
     "payment_reference",
     "refund_notice",
     "refund_reason",
     "signature",
     "subscription_notice",
+    "subscription_reference",
     "subscription_source",
     "tenant_tag",
     "verified_event",
@@ -111,6 +119,18 @@ FOLLOWED_DISPUTE_EVENTS = frozenset(
 # Subscription is updated": its status, its cancel scheduled or deleted, its price or
 # card). Each is read back by subscription.refresh.
 FOLLOWED_SUBSCRIPTION_EVENTS = frozenset({"subscription.created", "subscription.updated"})
+# A subscription's invoice paid (a renewal charged, or paid by the customer from Square's
+# email), its automatic charge failed (a renewal declined: the subscription stays ACTIVE
+# at Square, with no subscription.updated), changed, or canceled (in the Dashboard).
+# Each is its subscription's refresh unless the invoice is recorded as the event has it.
+FOLLOWED_INVOICE_EVENTS = frozenset(
+    {
+        "invoice.payment_made",
+        "invoice.scheduled_charge_failed",
+        "invoice.updated",
+        "invoice.canceled",
+    }
+)
 
 _TAG = re.compile(r"[0-9a-f]{4}")
 _TAG_LEN = 4
@@ -336,12 +356,12 @@ def subscription_notice(event: dict[str, Any], tenant_id: str) -> SubscriptionNo
     What it says of the subscription is not read: each is a refresh (the endpoint
     checks that paystream's record holds this Square subscription)."""
 
-    def named(obj: dict[str, Any]) -> tuple[str, str] | None:
-        source = obj.get("source")
-        name = source.get("name") if isinstance(source, dict) else None
-        return _read_refund_reason(name, tenant_id)
-
-    found = _named(event, FOLLOWED_SUBSCRIPTION_EVENTS, "subscription", named)
+    found = _named(
+        event,
+        FOLLOWED_SUBSCRIPTION_EVENTS,
+        "subscription",
+        lambda obj: subscription_reference(obj, tenant_id),
+    )
     if found is None:
         return None
     event_id, event_type, obj, ref = found
@@ -394,3 +414,48 @@ def disputed_payment_notice(
     if ref is None or payment.get("id") != notice.provider_payment_id:
         return None
     return disputed_payment(notice, ref, payment_status(payment.get("status")))
+
+
+def invoice_notice(event: dict[str, Any]) -> SubscriptionInvoiceNotice | None:
+    """What a followed invoice event says of a Square subscription's invoice; None for
+    another event, or an invoice no subscription billed (not paystream's: one-off
+    invoices are not made on Square). Whose subscription it is, the invoice does not
+    say: web/webhooks.py finds it."""
+    found = _event_object(event, FOLLOWED_INVOICE_EVENTS, "invoice")
+    if found is None:
+        return None
+    event_id, event_type, obj = found
+    subscription_id, invoice_id = obj.get("subscription_id"), obj.get("id")
+    if not plain_id(subscription_id) or not plain_id(invoice_id):
+        return None
+    read = invoice_status(obj.get("status"))
+    return SubscriptionInvoiceNotice(
+        event_id,
+        event_type,
+        subscription_id,
+        invoice_id,
+        None if read is None else read[0].value,
+        _location(obj, event),
+        _epoch(event.get("created_at")),
+        None if read is None else read[1],
+    )
+
+
+def subscription_reference(obj: Mapping[str, Any], tenant_id: str) -> tuple[str, str] | None:
+    """(tenant, subscription id) a Square subscription's source name names: ``tenant_id``
+    when its tag is the tenant's, else the tag (another tenant's); None for one
+    paystream did not make."""
+    source = obj.get("source")
+    return _read_refund_reason(source.get("name") if isinstance(source, dict) else None, tenant_id)
+
+
+def invoiced_subscription_notice(
+    notice: SubscriptionInvoiceNotice, subscription: Mapping[str, Any], tenant_id: str
+) -> SubscriptionNotice | None:
+    """The invoice event as one about paystream's subscription, named by the Square
+    subscription's source name (as Square answers it now); None for one paystream did
+    not make."""
+    ref = subscription_reference(subscription, tenant_id)
+    if ref is None or subscription.get("id") != notice.provider_subscription_id:
+        return None
+    return notice.as_subscription(ref[0], ref[1])
