@@ -6,6 +6,8 @@ undone by deleting its action."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
@@ -13,8 +15,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+from tests.fixtures.square_fake import (
+    FAKE_SQUARE_LOCATION,
+    FAKE_SQUARE_MERCHANT,
+    FAKE_SQUARE_TOKEN,
+    square_signature,
+)
 
 DAY = 24 * 3600
 
@@ -159,3 +167,75 @@ async def test_a_cancel_waits_for_the_periods_end_and_is_undone_by_its_action(
     assert len(await square.invoices(sub)) == 1  # (nothing billed past the cancel)
     status, _ = await square.call("PUT", f"/v2/subscriptions/{sub['id']}", {"subscription": {}})
     assert status == 400
+
+
+async def test_its_billing_notifies_a_webhook_subscription_signed_and_retried(
+    square: Square,
+) -> None:
+    """A webhook subscription hears the fake's billing as Square's invoice events: the
+    first period charged (invoice.payment_made), a renewal declined
+    (invoice.scheduled_charge_failed, the invoice UNPAID), paid from the email
+    (invoice.payment_made, PAID), each signed over the subscription's URL and sent again
+    until answered 2xx."""
+    heard: list[dict[str, Any]] = []
+    answers = iter([503])  # (the first notification is refused once: sent again)
+    url, key = "https://pay.example.com/webhooks/square/t", "sq-fake-hook-key"
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        signed = request.headers.get("x-square-hmacsha256-signature")
+        assert signed == square_signature(url, body, key)
+        status = next(answers, 200)
+        heard.append({**json.loads(body), "answered": status})
+        return web.json_response({}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hook = await square.ok("POST", "/_fake/webhook_subscriptions", {
+        "url": url, "signature_key": key, "post_to": f"http://127.0.0.1:{port}/hook"})  # fmt: skip
+    try:
+        sub = await square.subscribe()
+
+        async def of_sub(n: int) -> list[tuple[str, str, int]]:
+            for _ in range(200):
+                invoices = [(e, e["data"]["object"]["invoice"]) for e in heard]
+                mine = [(e["type"], i["status"], e["answered"])
+                        for e, i in invoices if i["subscription_id"] == sub["id"]]  # fmt: skip
+                if len(mine) >= n:
+                    return mine
+                await asyncio.sleep(0.05)
+            raise AssertionError(heard)
+
+        assert await of_sub(2) == [
+            ("invoice.payment_made", "PAID", 503),
+            ("invoice.payment_made", "PAID", 200),
+        ]
+        first = heard[0]
+        assert (first["data"]["type"], first["location_id"]) == ("invoice", FAKE_SQUARE_LOCATION)
+        assert heard[1]["event_id"] == first["event_id"]  # (the same event, sent again)
+        async with square.session.post(
+            f"{square.url}/_fake/cards/{sub['card_id']}/decline", json={}
+        ) as resp:
+            assert resp.status == 200
+        await square.advance(7 * DAY + 60)
+        assert (await of_sub(3))[2] == ("invoice.scheduled_charge_failed", "UNPAID", 200)
+        newest, _ = await square.invoices(sub)
+        async with square.session.post(f"{square.url}/_fake/invoices/{newest['id']}/pay") as r:
+            assert r.status == 200
+        assert (await of_sub(4))[3] == ("invoice.payment_made", "PAID", 200)
+        async with square.session.get(f"{square.url}/_fake/webhook_deliveries") as r:
+            deliveries = (await r.json())[FAKE_SQUARE_MERCHANT]
+        assert [d["answers"] for d in deliveries if d["event_id"] == first["event_id"]] == [
+            [503, 200]
+        ]
+    finally:
+        async with square.session.delete(
+            f"{square.url}/_fake/webhook_subscriptions/{hook['subscription']['id']}"
+        ) as r:
+            assert r.status == 200
+        await runner.cleanup()
