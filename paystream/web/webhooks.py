@@ -1050,11 +1050,12 @@ async def _send(tenant: str, command: tuple[str, KafkaRecord]) -> str:
 
 
 class _SquareSubscriptions:
-    """paystream's subscription each Square subscription id is, per tenant, as its
-    record was found to hold it (a subscription event's source name, or a read, checked
-    against the record): an invoice event names Square's id only, and this spares its
-    read from Square. Bounded (the oldest forgotten: read again). Never the check
-    itself: the record is looked up for every event, and must hold that Square id."""
+    """paystream's subscription each Square subscription id names, per tenant (a
+    subscription event's source name, once the tenant's record was found to hold that
+    Square id; or the source name read from Square for an invoice event): an invoice
+    event names Square's id only, and this spares its read from Square. Bounded (the
+    oldest forgotten: read again). Never the check itself: the record is looked up for
+    every event, and must hold that Square id."""
 
     MOST = 100_000
 
@@ -1110,7 +1111,14 @@ async def _invoiced_subscription(
         _dispute_reads.give_back()
     if subscription is None:
         return None
-    return square_webhooks.invoiced_subscription_notice(notice, subscription, tenant.tenant_id)
+    found = square_webhooks.invoiced_subscription_notice(notice, subscription, tenant.tenant_id)
+    if found is not None and found.tenant_id == tenant.tenant_id:
+        # (read once: an event sent again while the create's answer is recorded, and the
+        # renewal's later ones, need no read; the record is still checked for each)
+        _square_subscriptions.remember(
+            tenant.tenant_id, notice.provider_subscription_id, found.subscription_id
+        )
+    return found
 
 
 async def _read_invoiced_subscription(

@@ -23,10 +23,15 @@ import pytest_asyncio
 
 from paystream.client import PaystreamClient
 from paystream.ids import derived_id
+from paystream.ids import invoice_id as derived_invoice_id
 from paystream.tenancy.crypto import MasterKey
 from tests.e2e.gateway_e2e import add_tenant_with_cli, outcome
 from tests.fixtures.pipeline import Deployment
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+from tests.fixtures.square_fake import (
+    FAKE_SQUARE_LOCATION,
+    FAKE_SQUARE_MERCHANT,
+    FAKE_SQUARE_TOKEN,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -306,3 +311,137 @@ async def square_call(square_url: str, path: str, body: dict[str, Any] | None = 
         answer = await resp.json()
         assert resp.status == 200, answer
         return answer
+
+
+async def test_a_renewal_declined_then_paid_comes_by_its_invoice_events(
+    deployed: tuple[Deployment, str], client: PaystreamClient, square_url: str
+) -> None:
+    """The fake notifies by itself, as a webhook subscription at Square does: a renewal
+    declined (invoice.scheduled_charge_failed) makes the subscription past_due, and paid
+    from Square's email (invoice.payment_made) active again, no refresh sent by anyone;
+    an event for an invoice recorded as it says (the create's own, a duplicate) brings
+    no refresh; invoices of a subscription paystream did not make, or another tenant's,
+    change nothing."""
+    _, base_url = deployed
+    hook = await fake(square_url, "/_fake/webhook_subscriptions", {
+        "url": PUBLIC_URL, "signature_key": SIGNATURE_KEY,
+        "post_to": f"{base_url}/webhooks/square/{TENANT}",
+        "event_types": ["invoice.payment_made", "invoice.scheduled_charge_failed"]})  # fmt: skip
+    try:
+        await _renewal_declined_then_paid(base_url, client, square_url)
+    finally:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.delete(
+                f"{square_url}/_fake/webhook_subscriptions/{hook['subscription']['id']}"
+            ) as resp,
+        ):
+            assert resp.status == 200
+
+
+async def _renewal_declined_then_paid(
+    base_url: str, client: PaystreamClient, square_url: str
+) -> None:
+    cus = await client.command("customer.create", TENANT, {"email": "renew@shop.test"})
+    card = await client.command(
+        "payment_method.attach",
+        TENANT,
+        {"customer_id": cus.get_data()["object"]["id"], "token": "cnon:card-nonce-ok"},
+    )
+    made = await client.command(
+        "subscription.create",
+        TENANT,
+        {"customer_id": cus.get_data()["object"]["id"],
+         "payment_method_id": card.get_data()["object"]["id"],
+         "amount": 800, "currency": "USD", "interval": "week"},
+    )  # fmt: skip
+    assert outcome(made) == "subscription.created", made.get_data()
+    sub = made.get_data()["object"]
+    sqid = sub["provider_subscription_id"]
+    [first_invoice] = (await square_subscription(square_url, sqid))["invoice_ids"]
+    # The first charge's invoice.payment_made: sent again (503) until the create is
+    # recorded, then what paystream holds: no refresh.
+    first = await delivered(square_url, first_invoice, "invoice.payment_made")
+    assert (first["status"], first["body"].get("why")) == (200, "the invoice is paid already")
+
+    card_id = card.get_data()["object"]["provider_payment_method_id"]
+    await fake(square_url, f"/_fake/cards/{card_id}/decline")
+    await fake(square_url, "/_fake/clock", {"seconds": 7 * 24 * 3600 + 60})
+    renewal = (await square_subscription(square_url, sqid))["invoice_ids"][0]
+    failed = await delivered(square_url, renewal, "invoice.scheduled_charge_failed")
+    assert (failed["status"], failed["body"].get("action")) == (200, "refresh"), failed
+    now = await entity(base_url, "subscriptions", sub["id"], "past_due")
+    invoice_id = derived_invoice_id(TENANT, sub["id"], renewal)
+    assert now["latest_invoice_id"] == invoice_id
+    held = await entity(base_url, "invoices", invoice_id, "open")
+    assert held["failure_code"] == "card_declined"
+
+    # The same news again (Square's invoice.updated; a replay of the same event): no
+    # second refresh.
+    _, status, answer = await notify(square_url, base_url, "invoice.updated", renewal)
+    assert (status, answer.get("why")) == (200, "the invoice is open already"), answer
+    replay = await fake(square_url, "/_fake/webhooks", {
+        "type": "invoice.scheduled_charge_failed", "id": renewal,
+        "event_id": failed["event_id"], "url": PUBLIC_URL, "signature_key": SIGNATURE_KEY,
+        "post_to": f"{base_url}/webhooks/square/{TENANT}"})  # fmt: skip
+    assert replay["body"].get("why") == "the event was received already", replay
+
+    # Invoices of subscriptions at the tenant's location paystream did not make: another
+    # application's, and one another tenant's record names (its tag in the source name).
+    other_tag = hashlib.sha256(b"another-tenant").hexdigest()[:4]
+    for source, why in (
+        ("Another App", "not an event about a payment"),
+        (f"paystream [ps:{other_tag}:{sub['id']}]", "another tenant's subscription"),
+    ):
+        other = await square_call(square_url, "/v2/subscriptions", {
+            "idempotency_key": uuid.uuid4().hex, "location_id": FAKE_SQUARE_LOCATION,
+            "customer_id": cus.get_data()["object"]["provider_customer_id"],
+            "plan_variation_id": (await square_subscription(square_url, sqid))[
+                "plan_variation_id"],
+            "source": {"name": source}})  # fmt: skip
+        [its_invoice] = other["subscription"]["invoice_ids"]
+        _, status, answer = await notify(
+            square_url, base_url, "invoice.scheduled_charge_failed", its_invoice
+        )
+        assert (status, answer.get("action")) == (200, "ignored"), answer
+        assert answer["why"].startswith(why), answer
+    assert (await entity(base_url, "subscriptions", sub["id"], "past_due"))["status"] == "past_due"
+
+    # Paid from Square's email: invoice.payment_made, and the subscription is active.
+    await fake(square_url, f"/_fake/invoices/{renewal}/pay")
+    paid = await delivered(square_url, renewal, "invoice.payment_made")
+    assert (paid["status"], paid["body"].get("action")) == (200, "refresh"), paid
+    await entity(base_url, "subscriptions", sub["id"], "active")
+    assert (await entity(base_url, "invoices", invoice_id, "paid"))["status"] == "paid"
+
+
+async def delivered(square_url: str, invoice_id: str, event_type: str) -> dict[str, Any]:
+    """The fake's own notification of ``event_type`` about the invoice, once answered 2xx
+    (the fake sends it again until it is)."""
+    for _ in range(600):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{square_url}/_fake/webhook_deliveries") as resp,
+        ):
+            sent = (await resp.json())[FAKE_SQUARE_MERCHANT]
+        done = [d for d in sent if (d["id"], d["type"]) == (invoice_id, event_type)
+                and d["status"] is not None and 200 <= d["status"] < 300]  # fmt: skip
+        if done:
+            return dict(done[-1])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {event_type} about {invoice_id} answered 2xx")
+
+
+async def entity(base_url: str, kind: str, entity_id: str, status: str) -> dict[str, Any]:
+    """The tenant's entity as the worker's view shows it, once at ``status``."""
+    found: Any = None
+    for _ in range(300):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{base_url}/v1/tenants/{TENANT}/{kind}/{entity_id}") as resp,
+        ):
+            found = await resp.json() if resp.status == 200 else None
+        if found is not None and found.get("status") == status:
+            return dict(found)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{kind} {entity_id} never {status}: {found}")
