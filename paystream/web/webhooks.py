@@ -32,7 +32,10 @@ configuration (the tenant's ``webhook_url`` option, else PAYSTREAM_WEBHOOK_BASE_
 posted to); its payment is named by the Square payment's reference_id, its refund by
 the end of the refund's reason, its subscription by the Square subscription's
 source name, and a dispute's payment by the disputed Square payment, read with the
-tenant's key as a Stripe dispute's PaymentIntent is. Events of another
+tenant's key as a Stripe dispute's PaymentIntent is. A subscription's invoice names only
+Square's subscription: paystream's is the one a subscription event of the tenant's named,
+else the one the Square subscription's source name names (read with the tenant's key
+alike), and the tenant's record must hold that Square id. Events of another
 location than the tenant's are ignored (Square's location ids are unique across sellers,
 so another seller's are too), as a Stripe endpoint ignores another account's.
 
