@@ -1076,6 +1076,8 @@ class _SquareSubscriptions:
 
 
 _square_subscriptions = _SquareSubscriptions()
+# What it holds for a Square subscription read and found no subscription of the tenant's.
+_NOT_PAYSTREAMS = ""
 
 
 def _remember_square_subscription(
@@ -1102,6 +1104,8 @@ async def _invoiced_subscription(
     Square cannot answer now). None for a subscription paystream did not make. The
     caller then checks the tenant's record holds that Square id."""
     known = _square_subscriptions.get(tenant.tenant_id, notice.provider_subscription_id)
+    if known == _NOT_PAYSTREAMS:
+        return None  # (read before: made by another application, or another tenant's)
     if known is not None:
         return notice.as_subscription(tenant.tenant_id, known)
     if not _dispute_reads.take():
@@ -1115,12 +1119,15 @@ async def _invoiced_subscription(
     if subscription is None:
         return None
     found = square_webhooks.invoiced_subscription_notice(notice, subscription, tenant.tenant_id)
-    if found is not None and found.tenant_id == tenant.tenant_id:
-        # (read once: an event sent again while the create's answer is recorded, and the
-        # renewal's later ones, need no read; the record is still checked for each)
-        _square_subscriptions.remember(
-            tenant.tenant_id, notice.provider_subscription_id, found.subscription_id
-        )
+    # Read once: an event sent again while the create's answer is recorded, and the
+    # renewal's later ones, need no read (the record is still checked for each); nor
+    # do another application's subscriptions' (a source name is set at the create).
+    ours = found is not None and found.tenant_id == tenant.tenant_id
+    _square_subscriptions.remember(
+        tenant.tenant_id,
+        notice.provider_subscription_id,
+        found.subscription_id if found is not None and ours else _NOT_PAYSTREAMS,
+    )
     return found
 
 

@@ -319,9 +319,9 @@ async def test_a_renewal_declined_then_paid_comes_by_its_invoice_events(
     """The fake notifies by itself, as a webhook subscription at Square does: a renewal
     declined (invoice.scheduled_charge_failed) makes the subscription past_due, and paid
     from Square's email (invoice.payment_made) active again, no refresh sent by anyone;
-    an event for an invoice recorded as it says (the create's own, a duplicate) brings
-    no refresh; invoices of a subscription paystream did not make, or another tenant's,
-    change nothing."""
+    an event saying what is recorded (the create's own invoice's and subscription's, a
+    duplicate, the renewal's subscription.updated) brings no refresh; invoices of a
+    subscription paystream did not make, or another tenant's, change nothing."""
     _, base_url = deployed
     hook = await fake(square_url, "/_fake/webhook_subscriptions", {
         "url": PUBLIC_URL, "signature_key": SIGNATURE_KEY,
@@ -363,6 +363,9 @@ async def _renewal_declined_then_paid(
     # recorded, then what paystream holds: no refresh.
     first = await delivered(square_url, first_invoice, "invoice.payment_made")
     assert (first["status"], first["body"].get("why")) == (200, "the invoice is paid already")
+    # So is the create's own subscription.created (review h78l L5).
+    _, status, answer = await notify(square_url, base_url, "subscription.created", sqid)
+    assert answer.get("why") == "the subscription is active already, as the event says", answer
 
     card_id = card.get_data()["object"]["provider_payment_method_id"]
     await fake(square_url, f"/_fake/cards/{card_id}/decline")
@@ -413,6 +416,9 @@ async def _renewal_declined_then_paid(
     assert (paid["status"], paid["body"].get("action")) == (200, "refresh"), paid
     await entity(base_url, "subscriptions", sub["id"], "active")
     assert (await entity(base_url, "invoices", invoice_id, "paid"))["status"] == "paid"
+    # The renewal's subscription.updated after its invoice's event: nothing new.
+    _, status, answer = await notify(square_url, base_url, "subscription.updated", sqid)
+    assert answer.get("why") == "the subscription is active already, as the event says", answer
 
 
 async def delivered(square_url: str, invoice_id: str, event_type: str) -> dict[str, Any]:

@@ -77,8 +77,10 @@ def _invoice(status: str = "UNPAID", **more: Any) -> dict[str, Any]:
 @pytest.fixture
 def square(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Square as the webhook view reads it for an invoice's subscription (RetrieveSubscription
-    with the tenant's key), and the tenant's recorded invoices."""
-    state = SimpleNamespace(subscription=_subscription(), reads=0, error=None, invoices={})
+    with the tenant's key), and the tenant's recorded invoices and payment methods."""
+    state = SimpleNamespace(
+        subscription=_subscription(), reads=0, error=None, invoices={}, methods={}
+    )
     seen.row = {"provider_subscription_id": "sqsub1", "status": "active"}
 
     class Square:
@@ -101,8 +103,8 @@ def square(seen: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> SimpleName
             pass
 
     async def row(tenant: str, table: Any, kind: str, entity_id: str) -> Any:
-        assert kind == "invoices", kind
-        return state.invoices.get(entity_id)
+        held = {"invoices": state.invoices, "payment_methods": state.methods}[kind]
+        return held.get(entity_id)
 
     monkeypatch.setattr(wh, "GatewayPool", Pool)
     monkeypatch.setattr(wh, "_row", row)
@@ -174,33 +176,70 @@ async def test_invoice_events_of_subscriptions_not_the_tenants_bring_nothing(
     # A subscription Square does not find (another seller's, or none).
     status, body = await _post(square_event("invoice.payment_made", _invoice(subscription_id="x")))
     assert (status, body.get("why")) == (200, _NOT_OURS), body
-    # Made by another application of the seller's, or by none.
-    square.subscription = _subscription(source={"name": "My Application"})
-    status, body = await _post(square_event("invoice.payment_made", _invoice()))
-    assert (status, body.get("why")) == (200, _NOT_OURS), body
+    # Made by another application of the seller's, or by none: read once.
+    square.subscription = _subscription(id="sqapp", source={"name": "My Application"})
+    for _ in range(2):
+        status, body = await _post(
+            square_event("invoice.payment_made", _invoice(subscription_id="sqapp"))
+        )
+        assert (status, body.get("why")) == (200, _NOT_OURS), body
+    assert square.reads == 2
     # Another tenant's on the same location.
-    square.subscription = _subscription(source={"name": sq.subscription_source("globex", "sub_1")})
-    status, body = await _post(square_event("invoice.payment_made", _invoice()))
+    square.subscription = _subscription(
+        id="sqglobex", source={"name": sq.subscription_source("globex", "sub_1")}
+    )
+    status, body = await _post(
+        square_event("invoice.payment_made", _invoice(subscription_id="sqglobex"))
+    )
     assert (status, body.get("why")) == (200, "another tenant's subscription"), body
     # Named paystream's, but the tenant's record holds another Square subscription (a
-    # source name edited or forged): the record decides.
+    # source name edited or forged): the record decides, for each event.
     square.subscription = _subscription()
     seen.row = {"provider_subscription_id": "sqsub2", "status": "active"}
-    status, body = await _post(square_event("invoice.payment_made", _invoice()))
-    assert (status, body.get("why")) == (
-        200, "the subscription is another provider subscription's"
-    ), body  # fmt: skip
-    # (its name remembered from the read, the record still decides)
-    status, body = await _post(square_event("invoice.payment_made", _invoice()))
-    assert (status, body.get("why")) == (
-        200, "the subscription is another provider subscription's"
-    ), body  # fmt: skip
-    # An invoice no subscription billed, and a draft's event.
+    for _ in range(2):
+        status, body = await _post(square_event("invoice.payment_made", _invoice()))
+        assert (status, body.get("why")) == (
+            200, "the subscription is another provider subscription's"
+        ), body  # fmt: skip
+    # An invoice no subscription billed.
     one_off = {k: v for k, v in _invoice().items() if k != "subscription_id"}
     status, body = await _post(square_event("invoice.payment_made", one_off))
     assert (status, body.get("why")) == (200, _NOT_OURS), body
     assert seen.sent == []
     assert square.reads == 4
+
+
+async def test_a_subscription_event_saying_what_is_recorded_brings_no_refresh(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    """The echo of paystream's own create, cancel or update, or a renewal's event once the
+    renewal is recorded (review h78l L5): its status, period end (the day after
+    charged_through_date), cancel, price and card as recorded. Any of them moved is
+    read; so is an ACTIVE one recorded past_due (ACTIVE is either)."""
+    seen.row = {"provider_subscription_id": "sqsub1", "status": "active", "amount": 700,
+                "cancel_at_period_end": False, "payment_method_id": "pm_1",
+                "current_period_end": "2030-01-08T00:00:00+00:00"}  # fmt: skip
+    square.methods["pm_1"] = {"provider_payment_method_id": "ccof1"}
+    held = {"charged_through_date": "2030-01-07", "card_id": "ccof1",
+            "price_override_money": {"amount": 700, "currency": "USD"}}  # fmt: skip
+    status, body = await _post(square_event("subscription.updated", _subscription(**held)))
+    assert body.get("why") == "the subscription is active already, as the event says", body
+    moved = [
+        {"charged_through_date": "2030-01-14"},
+        {"canceled_date": "2030-01-07"},
+        {"price_override_money": {"amount": 900, "currency": "USD"}},
+        {"card_id": "ccof2"},
+        {"status": "PAUSED"},
+    ]
+    for change in moved:
+        status, body = await _post(
+            square_event("subscription.updated", _subscription(**{**held, **change}))
+        )
+        assert (status, body.get("action")) == (200, "refresh"), (change, body)
+    seen.row = {**seen.row, "status": "past_due"}
+    status, body = await _post(square_event("subscription.updated", _subscription(**held)))
+    assert (status, body.get("action")) == (200, "refresh"), body
+    assert len(seen.sent) == len(moved) + 1
 
 
 async def test_an_invoices_subscription_square_cannot_read_now_is_sent_again(

@@ -42,7 +42,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from paystream.gateways.base import DisputeStatus
@@ -353,8 +353,9 @@ def refund_notice(event: dict[str, Any], tenant_id: str) -> RefundNotice | None:
 def subscription_notice(event: dict[str, Any], tenant_id: str) -> SubscriptionNotice | None:
     """What a followed subscription event says of paystream's subscription (named in its
     source's name); None for another event, or a subscription paystream did not make.
-    What it says of the subscription is not read: each is a refresh (the endpoint
-    checks that paystream's record holds this Square subscription)."""
+    What it says of the subscription (its status where the subscription alone tells
+    it, period end, cancel, price, card) lets the endpoint drop an event saying what is
+    recorded; it checks that paystream's record holds this Square subscription."""
 
     found = _named(
         event,
@@ -365,6 +366,9 @@ def subscription_notice(event: dict[str, Any], tenant_id: str) -> SubscriptionNo
     if found is None:
         return None
     event_id, event_type, obj, ref = found
+    price = obj.get("price_override_money")
+    amount = price.get("amount") if isinstance(price, dict) else None
+    card = obj.get("card_id")
     return SubscriptionNotice(
         event_id,
         event_type,
@@ -373,7 +377,40 @@ def subscription_notice(event: dict[str, Any], tenant_id: str) -> SubscriptionNo
         obj["id"],
         _location(obj, event),
         _epoch(event.get("created_at")),
+        status=_subscription_status(obj),
+        cancel_at_period_end=bool(obj.get("canceled_date")),
+        current_period_end=_period_end(obj.get("charged_through_date")),
+        amount=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+        provider_payment_method_id=card if plain_id(card) else None,
     )
+
+
+def _subscription_status(obj: Mapping[str, Any]) -> str | None:
+    """The status paystream records for the subscription as the event shows it, where
+    the subscription alone says it: ACTIVE is ``active`` (or ``past_due``, which its
+    invoices say: never taken as the same), PENDING before any invoice ``trialing``, an
+    ended one ``canceled``; None (read) for any other."""
+    status = obj.get("status")
+    if status == "ACTIVE":
+        return "active"
+    if status == "PENDING" and not obj.get("invoice_ids"):
+        return "trialing"
+    if status in ("CANCELED", "DEACTIVATED", "COMPLETED"):
+        return "canceled"
+    return None
+
+
+def _period_end(charged_through: Any) -> int | None:
+    """The current period's end (epoch seconds): the day after ``charged_through_date``,
+    the billed period's last day, at midnight UTC (as the gateway reads it); None for
+    none, or one not read."""
+    if not isinstance(charged_through, str) or len(charged_through) != 10:
+        return None
+    try:
+        day = date.fromisoformat(charged_through) + timedelta(days=1)
+    except ValueError:
+        return None
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
 def dispute_notice(event: dict[str, Any]) -> DisputeNotice | None:
