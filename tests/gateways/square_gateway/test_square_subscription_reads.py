@@ -10,9 +10,14 @@ import uuid
 import aiohttp
 
 from paystream.gateways.base import InvoiceStatus, SubscriptionStatus
+from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.square.gateway import SquareGateway
 from paystream.money import Money
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION, FAKE_SQUARE_TOKEN
+from tests.fixtures.square_fake import (
+    FAKE_SQUARE_LOCATION,
+    FAKE_SQUARE_LOCATION_2,
+    FAKE_SQUARE_TOKEN,
+)
 from tests.gateways.harness import advance_square_clock
 from tests.gateways.square_gateway.test_square_subscriptions import (
     DAY,
@@ -155,3 +160,28 @@ def _jpy(amount: int) -> Money:
 async def _variation_of(square_url: str, sid: str) -> str:
     held = await fake(square_url, "GET", f"/v2/subscriptions/{sid}")
     return str(held["subscription"]["plan_variation_id"])
+
+
+async def test_an_invoice_events_subscription_is_read_at_the_tenants_location_only(
+    square_url: str,
+) -> None:
+    """read_subscription (web/webhooks.py's read of an invoice event's subscription, for
+    its source name): the tenant's location's subscription as Square answers it;
+    another location's (another tenant on the seller) reads as not found."""
+    here, there = gateway_at(square_url), gateway_at(square_url, FAKE_SQUARE_LOCATION_2)
+    try:
+        made = await subscribe(here)
+        found = await here.read_subscription(made.provider_subscription_id)
+        assert (found["id"], found["location_id"]) == (
+            made.provider_subscription_id,
+            FAKE_SQUARE_LOCATION,
+        )
+        try:
+            await there.read_subscription(made.provider_subscription_id)
+        except GatewayError as exc:
+            assert exc.code is ErrorCode.NOT_FOUND
+        else:
+            raise AssertionError("another location's subscription was read")
+    finally:
+        await here.aclose()
+        await there.aclose()
