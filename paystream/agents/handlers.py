@@ -938,6 +938,10 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     ctx.ensure_new(PaymentRecord, pid)
     _dispute_applied(ctx, pid)  # raised at charge (_new_dispute)
     amount_tax = None if data.tax_calculation_id is None else _payment_tax(ctx, data, pid)
+    # (No table read for a payment without a destination: the hot path unchanged.)
+    destination = (
+        None if data.connected_account_id is None else _destination(ctx, data.connected_account_id)
+    )
     # Let through before, the provider may have charged under this key: a customer
     # deleted or a payment method detached since must not turn that into a rejection.
     # The provider answers with what it did (or refuses, as it would have then).
@@ -994,6 +998,8 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
                 if _WEBHOOKS in ctx.gateway.capabilities
                 else dict(d["metadata"])
             ),
+            "destination_account": destination,
+            "application_fee_amount": d["application_fee_amount"],
         },
     )
     customer_id = customer.id if customer else None
@@ -1049,6 +1055,36 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
         amount_tax,
     )
     return HandlerResult(_PAYMENT_OUTCOME[status], rec, _new_dispute(ctx, rec, res))
+
+
+def _destination(ctx: HandlerContext, account_id: str) -> str:
+    """The provider's id of the connected account a destination charge pays: this
+    tenant's (another's, or none, is `not_found`), ``enabled`` (charges and payouts on at
+    the provider), made through the tenant's provider; refused `unsupported` for a gateway
+    without connected accounts (Square, Paddle) and for a tenant that itself acts for a
+    connected account (Stripe-Account: a destination charge is the platform's). All
+    before any provider call. One let through (the provider may have charged) is not
+    refused for a status changed since."""
+    _capability_required(ctx, _CONNECTED_ACCOUNTS, "destination charges (connected accounts)")
+    acting_for = getattr(ctx.gateway, "connected_account", None)
+    if acting_for is not None:
+        raise Rejection(
+            RejectReason.UNSUPPORTED,
+            "destination charges are the platform's: this tenant acts for the connected "
+            f"account {acting_for} (--connected-account); send it for a tenant configured "
+            "without one",
+            remember=False,
+        )
+    account = ctx.load(ConnectedAccountRecord, account_id)
+    if account.status != "enabled" and not ctx.let_through:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"connected account {account.id} is {account.status}: a destination charge "
+            "needs an enabled account (onboarding finished: connected_account.refresh)",
+            remember=False,
+        )
+    ctx.at_provider(account)
+    return account.provider_account_id
 
 
 def _payment_tax(ctx: HandlerContext, data: c.CreatePayment, payment_id: str) -> int | None:
@@ -1174,6 +1210,11 @@ def _new_payment(
             "customer_action_delivered": next_action is not None,
             "amount_tax": amount_tax,
             "tax_calculation_id": d["tax_calculation_id"],
+            "connected_account_id": d["connected_account_id"],
+            # (a destination charge's: 0 when none was named; the tenant's platform keeps it)
+            "application_fee_amount": (
+                None if d["connected_account_id"] is None else d["application_fee_amount"] or 0
+            ),
         },
     )
 
@@ -1272,12 +1313,24 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
         )
     if data.amount is not None and not ctx.let_through:
         _amount_in_tens(data.amount, rec.currency)
-    req = gw.CapturePayment(provider_payment_id=rec.provider_payment_id, amount=data.amount)
+    fee = rec.application_fee_amount
+    # A destination charge captured in part: Stripe collects at most the amount captured
+    # as its application fee ("capped at the total amount captured"). The capped fee is
+    # named on the capture, so that what the record says the platform kept is what was
+    # asked for, not left to the provider's cap.
+    capped = None if fee is None or data.amount is None or fee <= data.amount else data.amount
+    req = gw.CapturePayment(
+        provider_payment_id=rec.provider_payment_id,
+        amount=data.amount,
+        application_fee_amount=capped,
+    )
     before = rec.status
     res = await _gateway(
         ctx, "capture_payment", lambda: ctx.gateway.capture_payment(req, idempotency_key=ctx.idem)
     )
     _apply_payment_result(ctx, rec, res)
+    if capped is not None:
+        rec.application_fee_amount = capped
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,
@@ -1559,6 +1612,15 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
     rid = data.refund_id or ctx.new_id(RefundRecord, "re")
     ctx.ensure_new(RefundRecord, rid)
     ctx.at_provider(payment)
+    transfer_options = data.reverse_transfer is not None or data.refund_application_fee is not None
+    if transfer_options and payment.connected_account_id is None:
+        # (Stripe refuses both for a charge without a transfer; said here in the command's
+        # words, before any call: the payment's destination never changes.)
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"reverse_transfer and refund_application_fee are for a destination charge: "
+            f"payment {payment.id} names no connected_account_id",
+        )
     refundable = payment.amount_captured - payment.amount_refunded
     if not ctx.let_through:
         _refunds_allowed(ctx, payment, refundable, data.amount)
@@ -1581,6 +1643,8 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
             if _WEBHOOKS in ctx.gateway.capabilities
             else data.metadata
         ),
+        reverse_transfer=data.reverse_transfer,
+        refund_application_fee=data.refund_application_fee,
     )
     rec = RefundRecord(
         **_base(ctx, rid),

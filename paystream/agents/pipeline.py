@@ -2796,6 +2796,9 @@ _WRITTEN_WHEN_SET = (
     # (tax: a payment's, an invoice's, a subscription's rates)
     "amount_tax",
     "tax_calculation_id",
+    # (a destination charge's)
+    "connected_account_id",
+    "application_fee_amount",
     "subtotal",
     "tax",
     "total",

@@ -345,11 +345,19 @@ class CreatePayment(_Req):
     statement_descriptor: str | None = None
     return_url: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # A destination charge (Stripe Connect): the amount less the fee goes to this
+    # connected account of the platform's (the provider's id); the fee (minor units of
+    # ``amount``'s currency) stays with the platform. Both None for any other payment.
+    destination_account: str | None = None
+    application_fee_amount: int | None = None
 
 
 class CapturePayment(_Req):
     provider_payment_id: str
     amount: int | None = None  # minor units; None captures the full authorised amount
+    # A destination charge captured in part: the fee to collect (at most the amount
+    # captured, Stripe's cap); None keeps the fee the payment was created with.
+    application_fee_amount: int | None = None
 
 
 class CancelPayment(_Req):
@@ -377,6 +385,10 @@ class CreateRefund(_Req):
     amount: int | None = None  # minor units; None refunds what remains
     reason: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    # A destination charge's refund: the transfer to the connected account reversed by
+    # the refunded share, and the application fee refunded pro rata (Stripe's options).
+    reverse_transfer: bool | None = None
+    refund_application_fee: bool | None = None
 
 
 class SubmitDisputeEvidence(_Req):

@@ -207,13 +207,27 @@ class CreatePayment(CommandData):
     # A `tax.calculated` whose amount_total is this payment's amount: the payment carries
     # its tax (amount_tax), for what was collected to be reported.
     tax_calculation_id: EntityId | None = None
+    # A destination charge (Stripe Connect): the payment settles to this connected account
+    # of the tenant's (connected_account.create), less ``application_fee_amount`` (minor
+    # units of ``currency``, 0..amount), which the tenant's platform keeps.
+    connected_account_id: EntityId | None = None
+    application_fee_amount: Annotated[StrictInt, Field(ge=0, le=MAX_MINOR_AMOUNT)] | None = None
 
-    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"tax_calculation_id"})
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"tax_calculation_id", "connected_account_id", "application_fee_amount"}
+    )
 
     @model_validator(mode="after")
     def _one_payment_method(self) -> CreatePayment:
         if (self.payment_method_id is None) == (self.payment_method_token is None):
             raise ValueError("exactly one of payment_method_id or payment_method_token is required")
+        fee = self.application_fee_amount
+        if fee is not None and self.connected_account_id is None:
+            raise ValueError("application_fee_amount needs connected_account_id (a destination)")
+        if fee is not None and fee > self.amount:
+            raise ValueError(
+                f"application_fee_amount {fee} exceeds the payment's amount {self.amount}"
+            )
         return self
 
 
@@ -240,6 +254,14 @@ class CreateRefund(CommandData):
     amount: Amount | None = None
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # A destination charge's refund (Stripe's options): take the refunded share back from
+    # the connected account's transfer, and give the application fee back (pro rata).
+    reverse_transfer: StrictBool | None = None
+    refund_application_fee: StrictBool | None = None
+
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"reverse_transfer", "refund_application_fee"}
+    )
 
 
 class RefreshRefund(CommandData):

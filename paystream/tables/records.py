@@ -310,6 +310,11 @@ class PaymentRecord(EntityRecord):
     # calculation keeps its own figure. Stored only when set (pipeline._stored_fields).
     amount_tax: int | None = None
     tax_calculation_id: str | None = None
+    # A destination charge (Stripe Connect): the tenant's connected account it pays, and
+    # the application fee its platform keeps (at most the amount captured). Stored only
+    # when set (pipeline._stored_fields).
+    connected_account_id: str | None = None
+    application_fee_amount: int | None = None
 
 
 class RefundRecord(EntityRecord):

@@ -301,6 +301,8 @@ class SimulatorGateway:
                 Capability.MANUAL_CAPTURE, "create_payment(capture_method=manual)",
                 self.capabilities, SIMULATOR_CAPABILITIES, PROVIDER,
             )  # fmt: skip
+        if req.destination_account is not None:
+            self._platform_only("create_payment(transfer_data)")  # (as Stripe's gateway)
         return await self._run(
             "create_payment", req, idempotency_key,
             lambda tx: ops.create_payment(tx, req, idempotency_key), PaymentResult,

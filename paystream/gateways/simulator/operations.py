@@ -395,6 +395,7 @@ def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
         pi["amount_captured"] = pi["amount"]
         tx.effect(Effect.of("charge", key, pi["id"], pi["amount"], pi["currency"]))
         tx.settle_later(pi["currency"], pi["amount"])
+        pi = _transfer(tx, pi, key, pi["amount"])
     return _open_dispute_if_due(tx, pi)
 
 
@@ -442,11 +443,48 @@ async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]
     if card is None:
         card, token = await _card_for_payment(tx, req)
     method = req.capture_method
-    if card.behaviour is _PLAIN_CARD and (
+    if req.destination_account is not None:
+        await _check_destination(tx, req)
+    elif card.behaviour is _PLAIN_CARD and (
         method is _AUTOMATIC_CAPTURE or method is _MANUAL_CAPTURE
     ):
         return _charge(tx, req, key, token, method is _MANUAL_CAPTURE)
     return await _create_payment_full(tx, req, key, card, token)
+
+
+async def _check_destination(tx: Tx, req: CreatePayment) -> None:
+    """A destination charge's account and fee, as Stripe refuses them: an account of the
+    platform's that can take transfers (its charges and payouts enabled), a fee of 0 up
+    to the amount (a 400, in the keyed call: not kept under the key)."""
+    acct = await tx.get(str(req.destination_account))
+    if acct is None or acct.get("object") != "account":
+        raise _refuse(
+            ErrorCode.INVALID_REQUEST, f"No such destination: '{req.destination_account}'"
+        )
+    if not (acct["charges_enabled"] and acct["payouts_enabled"]):
+        raise _invalid(
+            f"the destination account {acct['id']} cannot receive transfers: its onboarding "
+            "is not finished (transfers capability inactive)"
+        )
+    fee = req.application_fee_amount
+    if fee is not None and not 0 <= fee <= req.amount.amount:
+        raise _invalid(f"application_fee_amount {fee} must be between 0 and the amount")
+
+
+def _transfer(tx: Tx, pi: dict[str, Any], key: str, captured: int) -> dict[str, Any]:
+    """A destination charge's money once captured: ``captured`` less the application fee
+    (at most what was captured, Stripe's cap) transferred to the connected account, the
+    fee kept by the platform: each an effect under the key (once, as every effect)."""
+    destination = pi.get("destination")
+    if destination is None:
+        return pi
+    fee = min(pi.get("application_fee_amount") or 0, captured)
+    currency = pi["currency"]
+    tx.effect(Effect.of("transfer", key, destination, captured - fee, currency))
+    if pi.get("application_fee_amount") is not None:
+        tx.effect(Effect.of("application_fee", key, pi["id"], fee, currency))
+    return {**pi, "application_fee_amount": pi.get("application_fee_amount") and fee,
+            "transferred": captured - fee}  # fmt: skip
 
 
 def _charge(tx: Tx, req: CreatePayment, key: str, token: str, manual: bool) -> dict[str, Any]:
@@ -506,6 +544,9 @@ async def _create_payment_full(
         "next_action": None,
         "dispute_id": None,
     }
+    if req.destination_account is not None:
+        pi["destination"] = req.destination_account
+        pi["application_fee_amount"] = req.application_fee_amount
     if card.behaviour is Behaviour.DECLINE:
         assert card.error is not None
         # As Stripe's last_payment_error reports it (and our Stripe mapping reads it):
@@ -620,8 +661,16 @@ async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, An
         _capture_minimum(amount, pi["currency"])
     # As at Stripe, what is not captured is released, so the payment is final.
     pi = {**pi, "status": _SUCCEEDED, "amount_captured": amount}
+    if req.application_fee_amount is not None and pi.get("destination") is not None:
+        if not 0 <= req.application_fee_amount <= amount:
+            raise _invalid(
+                f"application_fee_amount {req.application_fee_amount} must be between 0 and "
+                f"the amount captured {amount}"
+            )
+        pi["application_fee_amount"] = req.application_fee_amount
     tx.effect(Effect.of("capture", key, pi["id"], amount, pi["currency"]))
     tx.settle_later(pi["currency"], amount)
+    pi = _transfer(tx, pi, key, amount)
     pi = _open_dispute_if_due(tx, pi)
     tx.put(pi)
     dispute = await tx.get(pi["dispute_id"]) if pi.get("dispute_id") else None
@@ -703,11 +752,41 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
     if later is not RefundBehaviour.SUCCEED:
         # Not part of Stripe's object: what the refund becomes once read back.
         refund["settles_as"] = "succeeded" if later is RefundBehaviour.PENDING else "failed"
+    if (req.reverse_transfer or req.refund_application_fee) and pi.get("destination") is None:
+        raise _invalid(
+            "reverse_transfer and refund_application_fee need a charge with transfer_data"
+        )
     tx.put(refund)
     tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
     tx.effect(Effect.of("refund", key, refund["id"], amount, pi["currency"]))
+    if pi.get("destination") is not None:
+        _reverse(tx, pi, refund, key, req)
     tx.adjust_available(pi["currency"], -amount)  # (Stripe's balance may go negative)
     return {"ok": results.refund(refund)}
+
+
+def _reverse(
+    tx: Tx, pi: dict[str, Any], refund: dict[str, Any], key: str, req: CreateRefund
+) -> None:
+    """A destination charge's refund, as Stripe's options say: ``reverse_transfer`` takes
+    the refunded share of the transfer back from the connected account (amount refunded
+    times transferred / captured, rounded half up, never past what is still transferred);
+    ``refund_application_fee`` gives the fee back in the same proportion. Without them
+    the platform bears the refund. Each an effect under the refund's key."""
+    pi = dict(pi)  # (the read's value is the commit's check: changed on a copy)
+    captured, amount, currency = pi["amount_captured"], refund["amount"], pi["currency"]
+    if req.reverse_transfer:
+        transferred = pi.get("transferred", 0)
+        back = min((2 * amount * transferred + captured) // (2 * captured), transferred)
+        tx.effect(Effect.of("transfer_reversal", key, pi["destination"], back, currency))
+        pi["transferred"] = transferred - back
+    if req.refund_application_fee and pi.get("application_fee_amount"):
+        fee = pi["application_fee_amount"]
+        given = pi.get("application_fee_refunded", 0)
+        back = min((2 * amount * fee + captured) // (2 * captured), fee - given)
+        tx.effect(Effect.of("application_fee_refund", key, pi["id"], back, currency))
+        pi["application_fee_refunded"] = given + back
+    tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
 
 
 async def retrieve_refund(tx: Tx, req: RetrieveRefund) -> dict[str, Any]:

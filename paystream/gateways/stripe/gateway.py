@@ -435,6 +435,15 @@ class StripeGateway:
             metadata=req.metadata,
             expand=["latest_charge"],
         )
+        if req.destination_account is not None:
+            # A destination charge (https://docs.stripe.com/connect/destination-charges):
+            # charged on the platform, the amount less the fee transferred to the account.
+            # No on_behalf_of: the platform stays the settlement merchant (its statement
+            # descriptor, its fees), which a destination charge needs no more than this.
+            self._platform_only("create_payment(transfer_data)")
+            params["transfer_data"] = {"destination": req.destination_account}
+            if req.application_fee_amount is not None:
+                params["application_fee_amount"] = req.application_fee_amount
         return await self._payment(
             "create_payment",
             lambda: self._v1.payment_intents.create_async(params, self._opts(idempotency_key)),
@@ -446,7 +455,11 @@ class StripeGateway:
                 Capability.PARTIAL_CAPTURE, "capture_payment(amount=...)",
                 self.capabilities, STRIPE_CAPABILITIES, PROVIDER,
             )  # fmt: skip
-        params = _without_none(amount_to_capture=req.amount, expand=["latest_charge"])
+        params = _without_none(
+            amount_to_capture=req.amount,
+            application_fee_amount=req.application_fee_amount,
+            expand=["latest_charge"],
+        )
         return await self._payment(
             "capture_payment",
             lambda: self._v1.payment_intents.capture_async(
@@ -526,6 +539,8 @@ class StripeGateway:
             amount=req.amount,
             reason=req.reason,
             metadata=req.metadata,
+            reverse_transfer=req.reverse_transfer,
+            refund_application_fee=req.refund_application_fee,
         )
         obj = await self._call(
             "create_refund",

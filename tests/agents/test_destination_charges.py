@@ -1,0 +1,281 @@
+"""Destination charges (Stripe Connect) through the pipeline, on the real simulator: a
+payment naming a connected account of the tenant's and an application fee, the transfer
+and the fee as effects in the simulator's Redis ledger (once per key: a replay makes
+none), a partial capture's fee capped at what was captured, a refund's reversed transfer
+and refunded fee; every rejection before any provider call (another tenant's account,
+one not enabled, a fee without an account or above the amount, a tenant acting for a
+connected account, Square and Paddle, refund options on a payment without one)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection, Tables
+from paystream.agents.idempotency_keeping import request_hash
+from paystream.gateways.base import GatewayContext
+from paystream.gateways.registry import GatewayDeps, build_gateway
+from paystream.settings import load_settings
+from paystream.streams import commands as c
+from paystream.streams.outcomes import CommandRef, RejectReason
+from tests.agents.harness import Harness, data, kind, simulator_of
+from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION
+
+pytestmark = pytest.mark.asyncio
+
+LINK = {
+    "refresh_url": "https://platform.example/reauth",
+    "return_url": "https://platform.example/done",
+}
+
+
+def _rejected(out: Any, reason: str) -> str:
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == reason, data(out)
+    return str(data(out)["message"])
+
+
+async def _account(h: Harness, t: str, tag: str = "enabled") -> dict[str, Any]:
+    """A connected account of ``t``'s, onboarded as ``tag`` (the simulator's email tag)."""
+    body = {"country": "US", "email": f"shop+{tag}@example.com", "capabilities": ["transfers"]}
+    made = await h.send("connected_account.create", t, body)
+    assert kind(made) == "connected_account.created", data(made)
+    aid = data(made)["object"]["id"]
+    await h.send("connected_account.onboarding_link", t, {"connected_account_id": aid, **LINK})
+    read = await h.send("connected_account.refresh", t, {"connected_account_id": aid})
+    assert data(read)["object"]["status"] == tag, data(read)
+    return dict(data(read)["object"])
+
+
+def _pay(account_id: str | None, **kw: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"amount": 10_000, "currency": "USD",
+                            "payment_method_token": "pm_card_visa", **kw}  # fmt: skip
+    if account_id is not None:
+        body["connected_account_id"] = account_id
+    return body
+
+
+async def _money(h: Harness, t: str) -> list[tuple[str, int | None]]:
+    """The simulator's effects but the accounts' own: (kind, amount)."""
+    return [
+        (e.kind, e.amount)
+        for e in await simulator_of(h, t).effects()
+        if not e.kind.startswith("account")
+    ]
+
+
+async def test_a_destination_charge_transfers_less_the_fee_once(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    body = _pay(acct["id"], application_fee_amount=1_230)
+    out = await harness.send("payment.create", t, body, command_id="pay-1")
+    assert kind(out) == "payment.succeeded", data(out)
+    obj = data(out)["object"]
+    assert (obj["connected_account_id"], obj["application_fee_amount"]) == (acct["id"], 1_230)
+    assert await _money(harness, t) == [
+        ("charge", 10_000), ("transfer", 8_770), ("application_fee", 1_230)
+    ]  # fmt: skip
+    # Redelivered (the same command id): answered as it was, nothing moved again.
+    again = await harness.send("payment.create", t, body, command_id="pay-1")
+    assert data(again)["object"]["id"] == obj["id"], data(again)
+    assert len(await _money(harness, t)) == 3
+    transfer = [e for e in await simulator_of(harness, t).effects() if e.kind == "transfer"]
+    assert transfer[0].object_id == acct["provider_account_id"]
+
+
+async def test_without_a_fee_the_whole_amount_is_transferred(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    out = await harness.send("payment.create", t, _pay(acct["id"]))
+    assert data(out)["object"]["application_fee_amount"] == 0, data(out)
+    assert await _money(harness, t) == [("charge", 10_000), ("transfer", 10_000)]
+
+
+async def test_a_plain_payment_names_no_destination(harness: Harness) -> None:
+    t = harness.add_tenant()
+    out = await harness.send("payment.create", t, _pay(None))
+    assert kind(out) == "payment.succeeded", data(out)
+    obj = data(out)["object"]
+    assert "connected_account_id" not in obj and "application_fee_amount" not in obj, obj
+    assert await _money(harness, t) == [("charge", 10_000)]
+
+
+async def test_a_partial_capture_caps_the_fee_at_what_was_captured(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send(
+        "payment.create", t, _pay(acct["id"], application_fee_amount=4_000, capture="manual")
+    )
+    assert kind(made) == "payment.authorized", data(made)
+    pid = data(made)["object"]["id"]
+    assert await _money(harness, t) == [("authorization", 10_000)]  # (nothing moved yet)
+    out = await harness.send("payment.capture", t, {"payment_id": pid, "amount": 3_000})
+    assert kind(out) == "payment.succeeded", data(out)
+    assert data(out)["object"]["application_fee_amount"] == 3_000
+    assert (await _money(harness, t))[1:] == [
+        ("capture", 3_000), ("transfer", 0), ("application_fee", 3_000)
+    ]  # fmt: skip
+
+
+async def test_a_partial_capture_above_the_fee_keeps_it(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send(
+        "payment.create", t, _pay(acct["id"], application_fee_amount=500, capture="manual")
+    )
+    pid = data(made)["object"]["id"]
+    out = await harness.send("payment.capture", t, {"payment_id": pid, "amount": 6_000})
+    assert data(out)["object"]["application_fee_amount"] == 500, data(out)
+    assert (await _money(harness, t))[1:] == [
+        ("capture", 6_000), ("transfer", 5_500), ("application_fee", 500)
+    ]  # fmt: skip
+
+
+async def test_a_refund_reverses_the_transfer_and_refunds_the_fee(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send("payment.create", t, _pay(acct["id"], application_fee_amount=1_000))
+    pid = data(made)["object"]["id"]
+    body = {"payment_id": pid, "amount": 5_000, "reverse_transfer": True,
+            "refund_application_fee": True}  # fmt: skip
+    out = await harness.send("refund.create", t, body, command_id="re-1")
+    assert kind(out) == "refund.succeeded", data(out)
+    assert (await _money(harness, t))[3:] == [
+        ("refund", 5_000), ("transfer_reversal", 4_500), ("application_fee_refund", 500)
+    ]  # fmt: skip
+    await harness.send("refund.create", t, body, command_id="re-1")  # (redelivered)
+    assert len(await _money(harness, t)) == 6
+    # Without the options the platform bears the refund: nothing reversed.
+    rest = await harness.send("refund.create", t, {"payment_id": pid, "amount": 1_000})
+    assert kind(rest) == "refund.succeeded", data(rest)
+    assert (await _money(harness, t))[6:] == [("refund", 1_000)]
+
+
+async def test_refund_options_need_a_destination_charge(harness: Harness) -> None:
+    t = harness.add_tenant()
+    made = await harness.send("payment.create", t, _pay(None))
+    pid = data(made)["object"]["id"]
+    for option in ("reverse_transfer", "refund_application_fee"):
+        out = await harness.send("refund.create", t, {"payment_id": pid, option: True})
+        assert "destination charge" in _rejected(out, "validation_error")
+    assert await _money(harness, t) == [("charge", 10_000)]
+
+
+async def test_another_tenants_account_is_not_found(harness: Harness) -> None:
+    a, b = harness.add_tenant(), harness.add_tenant()
+    acct = await _account(harness, a)
+    theirs = await harness.send("payment.create", b, _pay(acct["id"]))
+    unknown = await harness.send("payment.create", b, _pay("ca_nobody"))
+    assert _rejected(theirs, "not_found") == f"no such connected account: {acct['id']}"
+    assert _rejected(unknown, "not_found") == "no such connected account: ca_nobody"
+    assert await _money(harness, b) == []
+
+
+@pytest.mark.parametrize("tag", ["restricted", "rejected"])
+async def test_an_account_not_enabled_is_refused(harness: Harness, tag: str) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t, tag)
+    message = _rejected(await harness.send("payment.create", t, _pay(acct["id"])), "invalid_state")
+    assert f"is {tag}" in message and "enabled" in message, message
+    assert await _money(harness, t) == []
+
+
+async def test_a_pending_account_is_refused(harness: Harness) -> None:
+    t = harness.add_tenant()
+    made = await harness.send("connected_account.create", t, {"country": "US"})
+    aid = data(made)["object"]["id"]
+    message = _rejected(await harness.send("payment.create", t, _pay(aid)), "invalid_state")
+    assert "is pending" in message, message
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"application_fee_amount": 10}, "needs connected_account_id"),
+        ({"connected_account_id": "ca_1", "application_fee_amount": 10_001}, "exceeds"),
+        ({"connected_account_id": "ca_1", "application_fee_amount": -1}, "greater than"),
+    ],
+)
+async def test_a_bad_fee_is_a_validation_error(
+    harness: Harness, extra: dict[str, Any], needle: str
+) -> None:
+    t = harness.add_tenant()
+    out = await harness.send("payment.create", t, {**_pay(None), **extra})
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "validation_error"
+    assert needle in str(data(out)), data(out)
+    assert await _money(harness, t) == []
+
+
+async def test_a_tenant_acting_for_a_connected_account_is_refused(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    harness.tenants[t] = {**harness.tenants[t], "connected_account": "acct_1Merchant"}
+    message = _rejected(await harness.send("payment.create", t, _pay(acct["id"])), "unsupported")
+    assert "acct_1Merchant" in message and "platform" in message, message
+    assert await _money(harness, t) == []
+
+
+async def test_a_tenant_narrowed_out_of_connected_accounts_is_refused(harness: Harness) -> None:
+    t = harness.add_tenant(gateway_options={"capabilities": ["customers", "payments"]})
+    message = _rejected(await harness.send("payment.create", t, _pay("ca_1")), "unsupported")
+    assert "connected_accounts" in message, message
+
+
+def _ctx(gateway: Any) -> HandlerContext:
+    cmd = CommandRef(
+        tenant_id="t1",
+        command_id="c1",
+        command_type="payment.create",
+        idempotency_key="k1",
+        time=datetime.now(UTC),
+    )
+    return HandlerContext(cmd=cmd, gateway=gateway, tables=Tables({}, {}, {}, {}, {}))
+
+
+@pytest.mark.parametrize("provider", ["square", "paddle"])
+async def test_square_and_paddle_answer_unsupported_before_any_call(
+    redis_url: str, provider: str
+) -> None:
+    """Their gateways reach nothing here (an address no server holds): a call made would
+    be `provider_unavailable`, not `unsupported`."""
+    import redis.asyncio as aredis
+
+    settings = load_settings(
+        square_api_base="http://127.0.0.1:1", paddle_api_base="http://127.0.0.1:1"
+    )
+    credential = "access_token" if provider == "square" else "api_key"
+    options = {"location_id": FAKE_SQUARE_LOCATION} if provider == "square" else {}
+    client = aredis.Redis.from_url(redis_url)
+    ctx = GatewayContext(
+        tenant_id="t1",
+        provider=provider,
+        credentials={credential: SecretStr("test-secret-not-real")},
+        options=options,
+    )
+    gateway = build_gateway(ctx, GatewayDeps(settings=settings, redis=client))
+    try:
+        body = c.CreatePayment.model_validate(_pay("ca_1", application_fee_amount=5))
+        with pytest.raises(Rejection) as refused:
+            await HANDLERS["payment.create"](_ctx(gateway), body)
+        assert refused.value.reason is RejectReason.UNSUPPORTED, refused.value
+        assert f"{provider} does not support" in str(refused.value), refused.value
+    finally:
+        await gateway.aclose()
+        await client.aclose()
+
+
+async def test_earlier_commands_keep_their_hashes() -> None:
+    """A payment or refund without the new fields hashes as before they existed."""
+    pay = c.CreatePayment.model_validate(_pay(None))
+    assert request_hash("payment.create", pay) == request_hash(
+        "payment.create", {k: v for k, v in pay.model_dump(mode="json").items()
+                           if k not in ("connected_account_id", "application_fee_amount")}
+    )  # fmt: skip
+    refund = c.CreateRefund(payment_id="p1")
+    assert request_hash("refund.create", refund) == request_hash(
+        "refund.create", {"payment_id": "p1", "refund_id": None, "amount": None,
+                          "reason": None, "metadata": {}}
+    )  # fmt: skip

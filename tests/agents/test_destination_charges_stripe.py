@@ -1,0 +1,128 @@
+"""Destination charges of a Stripe tenant through the pipeline, against localstripe with
+its FAKE of what it lacks (tests/fixtures/localstripe_server.py: transfer_data,
+application_fee_amount, the capture's fee, a refund's reverse_transfer and
+refund_application_fee): the PaymentIntent as Stripe holds it, a replay under its key, a
+partial capture's fee capped, the refund's options sent, and a tenant acting for a
+connected account refused before any request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from pydantic import SecretStr
+
+from tests.agents.conftest import running_harness
+from tests.agents.harness import Harness, data, kind
+from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
+
+pytestmark = pytest.mark.asyncio
+
+AUTH = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+
+
+@pytest_asyncio.fixture
+async def sh(redis_url: str, localstripe_url: str) -> AsyncIterator[Harness]:
+    async with running_harness(redis_url, stripe_api_base=localstripe_url) as h:
+        h.pool._open_secret = lambda tenant, name: SecretStr(LOCALSTRIPE_API_KEY)
+        yield h
+
+
+async def _get(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=AUTH) as resp:
+        resp.raise_for_status()
+        return dict(await resp.json())
+
+
+async def _enabled_account(
+    sh: Harness, t: str, stripe_url: str, onboard: bool = True
+) -> dict[str, Any]:
+    made = await sh.send(
+        "connected_account.create", t, {"country": "US", "capabilities": ["transfers"]}
+    )
+    acct = data(made)["object"]
+    if onboard:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{stripe_url}/_fake/accounts/{acct['provider_account_id']}/onboard",
+                data={"outcome": "enabled"},
+                headers=AUTH,
+            ) as resp,
+        ):
+            resp.raise_for_status()
+        read = await sh.send("connected_account.refresh", t, {"connected_account_id": acct["id"]})
+        acct = data(read)["object"]
+    return dict(acct)
+
+
+def _pay(account_id: str, **kw: Any) -> dict[str, Any]:
+    return {"amount": 10_000, "currency": "USD", "payment_method_token": "pm_card_visa",
+            "connected_account_id": account_id, **kw}  # fmt: skip
+
+
+async def test_a_destination_charge_at_stripe(sh: Harness, localstripe_url: str) -> None:
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    acct = await _enabled_account(sh, t, localstripe_url)
+    assert acct["status"] == "enabled", acct
+    out = await sh.send("payment.create", t, _pay(acct["id"], application_fee_amount=1_230),
+                        command_id="pay-1")  # fmt: skip
+    assert kind(out) == "payment.succeeded", data(out)
+    obj = data(out)["object"]
+    assert (obj["connected_account_id"], obj["application_fee_amount"]) == (acct["id"], 1_230)
+    pi = await _get(f"{localstripe_url}/v1/payment_intents/{obj['provider_payment_id']}")
+    assert pi["transfer_data"] == {"destination": acct["provider_account_id"]}, pi
+    assert pi["application_fee_amount"] == 1_230 and pi["on_behalf_of"] is None, pi
+    again = await sh.send("payment.create", t, _pay(acct["id"], application_fee_amount=1_230),
+                          command_id="pay-1")  # fmt: skip
+    assert data(again)["object"]["provider_payment_id"] == obj["provider_payment_id"]
+    # A refund with both options: sent to Stripe, kept on its Refund.
+    body = {"payment_id": obj["id"], "amount": 4_000, "reverse_transfer": True,
+            "refund_application_fee": True}  # fmt: skip
+    refund = await sh.send("refund.create", t, body)
+    assert kind(refund) == "refund.succeeded", data(refund)
+    held = await _get(
+        f"{localstripe_url}/v1/refunds/{data(refund)['object']['provider_refund_id']}"
+    )
+    assert (held["reverse_transfer"], held["refund_application_fee"]) == (True, True), held
+
+
+async def test_a_partial_capture_names_the_capped_fee(sh: Harness, localstripe_url: str) -> None:
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    acct = await _enabled_account(sh, t, localstripe_url)
+    made = await sh.send(
+        "payment.create", t, _pay(acct["id"], application_fee_amount=4_000, capture="manual")
+    )
+    assert kind(made) == "payment.authorized", data(made)
+    out = await sh.send(
+        "payment.capture", t, {"payment_id": data(made)["object"]["id"], "amount": 3_000}
+    )
+    assert kind(out) == "payment.succeeded", data(out)
+    assert data(out)["object"]["application_fee_amount"] == 3_000
+    pi = await _get(
+        f"{localstripe_url}/v1/payment_intents/{data(out)['object']['provider_payment_id']}"
+    )
+    assert pi["application_fee_amount"] == 3_000, pi
+
+
+async def test_an_account_not_enabled_is_refused_before_stripe(
+    sh: Harness, localstripe_url: str
+) -> None:
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    acct = await _enabled_account(sh, t, localstripe_url, onboard=False)
+    out = await sh.send("payment.create", t, _pay(acct["id"]))
+    assert data(out)["reason"] == "invalid_state" and "is pending" in data(out)["message"]
+
+
+async def test_a_tenant_acting_for_a_connected_account_is_refused(
+    sh: Harness, localstripe_url: str
+) -> None:
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    acct = await _enabled_account(sh, t, localstripe_url)
+    sh.tenants[t] = {**sh.tenants[t], "connected_account": "acct_1Merchant"}
+    out = await sh.send("payment.create", t, _pay(acct["id"]))
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "unsupported", data(out)
+    assert "acct_1Merchant" in data(out)["message"]
