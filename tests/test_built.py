@@ -46,6 +46,8 @@ _PAYMENT: dict[str, Any] = {
     "customer_action_delivered": True,
     "amount_tax": None,
     "tax_calculation_id": None,
+    "connected_account_id": None,
+    "application_fee_amount": None,
 }
 
 
@@ -75,6 +77,8 @@ def _same(made: BaseModel, validated: BaseModel) -> None:
                 "statement_descriptor": None,
                 "return_url": None,
                 "metadata": {"k": "v"},
+                "destination_account": "acct_1",
+                "application_fee_amount": 2,
             },
         ),
     ],

@@ -83,6 +83,9 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         # (0015: written only when set: a payment naming a tax calculation)
         "amount_tax": (int, False),
         "tax_calculation_id": (str, False),
+        # (0017: written only when set: a destination charge)
+        "connected_account_id": (str, False),
+        "application_fee_amount": (int, False),
     },
     EntityType.REFUND: {
         "payment_id": (str, False),

@@ -176,7 +176,9 @@ class Payment(_Entity, Base):
     __tablename__ = "payments"
     __table_args__ = (
         _tenant_fk(),
-        *_money_checks("amount", "amount_captured", "amount_refunded", "amount_tax"),
+        *_money_checks(
+            "amount", "amount_captured", "amount_refunded", "amount_tax", "application_fee_amount"
+        ),
         Index(None, "tenant_id", "customer_id"),
         Index(None, "tenant_id", "status", "updated_at"),
         Index(None, "tenant_id", "provider", "provider_payment_id"),
@@ -198,6 +200,10 @@ class Payment(_Entity, Base):
     # from, for a payment that named one (None: untaxed, or stored before tax).
     amount_tax: Mapped[int | None] = mapped_column(BigInteger)
     tax_calculation_id: Mapped[str | None] = mapped_column(Text)
+    # Migration 0017: a destination charge's connected account and the application fee
+    # its platform keeps (None: a payment without a destination).
+    connected_account_id: Mapped[str | None] = mapped_column(Text)
+    application_fee_amount: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Refund(_Entity, Base):

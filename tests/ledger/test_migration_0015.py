@@ -34,6 +34,8 @@ NEW = {
     EntityType.INVOICE: ("subtotal", "tax"),
     EntityType.SUBSCRIPTION: ("tax_rate_ids",),
 }
+# Columns a later revision added (0017: a destination charge's), unknown to 0014's writer.
+LATER = {EntityType.PAYMENT: ("connected_account_id", "application_fee_amount")}
 
 
 def _app(url: str) -> AsyncEngine:
@@ -43,7 +45,7 @@ def _app(url: str) -> AsyncEngine:
 def _as_of_0014(monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer of the version before 0015: payments' and invoices' rows without the
     new columns (its events carried the tax in their data all the same), no tax tables
-    (nor 0016's connected accounts)."""
+    (nor 0016's connected accounts, nor 0017's payment columns)."""
     for entity_type in (
         EntityType.TAX_RATE,
         EntityType.TAX_CALCULATION,
@@ -56,7 +58,9 @@ def _as_of_0014(monkeypatch: pytest.MonkeyPatch) -> None:
         (EntityType.SUBSCRIPTION, Subscription),
     ):
         fields = {
-            k: v for k, v in ledger_events._FIELDS[entity_type].items() if k not in NEW[entity_type]
+            k: v
+            for k, v in ledger_events._FIELDS[entity_type].items()
+            if k not in NEW[entity_type] + LATER.get(entity_type, ())
         }
         monkeypatch.setitem(ledger_events._FIELDS, entity_type, fields)
         table = model.__table__
@@ -66,7 +70,7 @@ def _as_of_0014(monkeypatch: pytest.MonkeyPatch) -> None:
             *(
                 Column(c.name, c.type, primary_key=c.primary_key)
                 for c in table.columns  # type: ignore[attr-defined]
-                if c.name not in NEW[entity_type]
+                if c.name not in NEW[entity_type] + LATER.get(entity_type, ())
             ),
         )
         monkeypatch.setitem(
@@ -138,7 +142,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0016"
+        assert await current(url) == head() == "0017"
 
     asyncio.run(before())
 
@@ -198,7 +202,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
     problems, refusal, at = asyncio.run(after_then_down())
     assert problems == []
     assert refusal is not None and refusal.startswith("migration 0015 down: tax_rates, ")
-    assert at == "0016"  # (the whole downgrade rolled back: at head)
+    assert at == "0017"  # (the whole downgrade rolled back: at head)
 
 
 def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> None:
@@ -231,7 +235,7 @@ def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> No
                 await app.dispose()
         return counts[0], counts[1], counts[2], await current(url)
 
-    assert asyncio.run(go()) == (1, 0, 1, "0016")
+    assert asyncio.run(go()) == (1, 0, 1, "0017")
 
 
 async def _count(app: AsyncEngine, tenant: str) -> object:
