@@ -1400,7 +1400,7 @@ def asyncapi() -> Doc:
 # The window's keys present only in windows that have any (insights/events.py).
 _WINDOW_OPTIONAL = (
     "payments_succeeded", "disputes", "subscriptions", "invoice_declines",
-    "payouts", "payout_failures", "tax_collected",
+    "payouts", "payout_failures", "tax_collected", "application_fees",
 )  # fmt: skip
 
 
@@ -1551,6 +1551,26 @@ def _insights_schemas() -> Doc:
                         "invoices": {
                             **count,
                             "description": "tax of invoices paid, in minor units",
+                        },
+                    }
+                ),
+            },
+            "application_fees": {
+                "type": "object",
+                "description": "per ISO 4217 currency, destination charges (payments on "
+                "behalf of a connected account) that succeeded in the window and the "
+                "application fees the tenant kept of them (at most what a partial capture "
+                "took), each once, as the payments are counted (contained in `money`'s "
+                "`captured`; refunds take none back). Present only when there are any",
+                "additionalProperties": _object(
+                    {
+                        "payments": {
+                            **count,
+                            "description": "destination charges that succeeded",
+                        },
+                        "amount": {
+                            **count,
+                            "description": "application fees kept, in minor units",
                         },
                     }
                 ),

@@ -81,6 +81,10 @@ class Observed:
     # worker's record says its share of a partial capture), a paid invoice's ``tax``,
     # once as they are counted.
     tax_collected: tuple[tuple[str, str, int], ...] = ()
+    # A destination charge that succeeded: the application fee its platform (the tenant)
+    # kept, in ``currency`` (the worker's record caps it at what a partial capture took);
+    # None for any other outcome. Counted once, as ``captured`` is.
+    application_fee: int | None = None
 
 
 # A payment's creation answered otherwise than succeeded: each is an attempt. A payment
@@ -181,6 +185,9 @@ def observe(event: CloudEvent) -> Observed | None:
         tax = _payment_tax(obj, facts["captured"])
         if tax and currency is not None:
             facts["tax_collected"] = ((currency, "payments", tax),)
+        if isinstance(obj.get("connected_account_id"), str) and currency is not None:
+            fee = _minor(obj.get("application_fee_amount"))  # (0: none, or malformed)
+            facts["application_fee"] = fee if fee <= facts["captured"] else 0
     elif outcome in ("refund.succeeded", "refund.pending"):
         # Pending: committed at the provider (the payment already counts it refunded);
         # left out, it was never counted (review). Read back (refund.refresh), it was

@@ -254,6 +254,12 @@ class TenantInsights:
         for currency, source, minor in seen.tax_collected:
             tax = agg.setdefault("tax_collected", {}).setdefault(currency, _new_tax())
             tax[source] += minor
+        # Application fees of destination charges that succeeded, per currency: how many,
+        # and how much the tenant's platform kept. Only in windows that have any.
+        if seen.application_fee is not None and seen.currency is not None:
+            fees = agg.setdefault("application_fees", {}).setdefault(seen.currency, _new_fees())
+            fees["payments"] += 1
+            fees["amount"] += seen.application_fee
         if seen.outcome == "payment.failed" and seen.decline_code:
             _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:
@@ -440,6 +446,10 @@ def _new_payouts() -> dict[str, int]:
 
 def _new_tax() -> dict[str, int]:
     return {"payments": 0, "invoices": 0}
+
+
+def _new_fees() -> dict[str, int]:
+    return {"payments": 0, "amount": 0}
 
 
 def _new_fraud_window() -> dict[str, Any]:
