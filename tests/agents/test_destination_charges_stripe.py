@@ -126,3 +126,39 @@ async def test_a_tenant_acting_for_a_connected_account_is_refused(
     out = await sh.send("payment.create", t, _pay(acct["id"]))
     assert kind(out) == "command.rejected" and data(out)["reason"] == "unsupported", data(out)
     assert "acct_1Merchant" in data(out)["message"]
+
+
+async def test_the_fake_refuses_as_stripe_does(sh: Harness, localstripe_url: str) -> None:
+    """localstripe's FAKE of destination charges: an unknown destination, one whose
+    onboarding is unfinished, a fee above the amount, and refund options on a charge
+    without a transfer are refused 400, as Stripe refuses them."""
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    pending = await _enabled_account(sh, t, localstripe_url, onboard=False)
+    base = {"amount": "1000", "currency": "usd", "payment_method": "pm_card_visa",
+            "confirm": "true", "payment_method_types[]": "card"}  # fmt: skip
+
+    async def post(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{localstripe_url}{path}", data=form, headers=AUTH) as resp,
+        ):
+            return resp.status, dict(await resp.json())
+
+    unknown = await post("/v1/payment_intents", {**base, "transfer_data[destination]": "acct_x"})
+    assert unknown[0] == 400 and "No such destination" in str(unknown[1]), unknown
+    status, body = await post(
+        "/v1/payment_intents",
+        {**base, "transfer_data[destination]": pending["provider_account_id"]},
+    )
+    assert status == 400 and "transfers" in str(body), body
+    status, body = await post(
+        "/v1/payment_intents",
+        {**base, "transfer_data[destination]": "acct_x", "application_fee_amount": "1001"},
+    )
+    assert status == 400 and "application_fee_amount" in str(body), body
+    status, plain = await post("/v1/payment_intents", base)
+    assert status == 200 and plain["transfer_data"] is None, plain
+    status, body = await post(
+        "/v1/refunds", {"payment_intent": plain["id"], "reverse_transfer": "true"}
+    )
+    assert status == 400 and "destination charge" in str(body), body
