@@ -897,6 +897,12 @@ def _apply_payment_result(ctx: HandlerContext, rec: PaymentRecord, res: gw.Payme
         rec.customer_action_delivered = True
     rec.failure_message = r["failure_message"]
     rec.next_action = r["next_action"]
+    fee = rec.application_fee_amount
+    if fee is not None and 0 < rec.amount_captured < fee:
+        # A destination charge captured for less than its fee (by payment.capture, or
+        # in the provider's dashboard, read back): Stripe collects at most what was
+        # captured ("capped at the total amount captured").
+        rec.application_fee_amount = rec.amount_captured
 
 
 def _tax_collected(
@@ -1330,7 +1336,7 @@ async def capture_payment(ctx: HandlerContext, data: c.CapturePayment) -> Handle
     )
     _apply_payment_result(ctx, rec, res)
     if capped is not None:
-        rec.application_fee_amount = capped
+        rec.application_fee_amount = capped  # (what the capture named)
     return HandlerResult(
         _PAYMENT_OUTCOME[res.status],
         rec,

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection, Tables
 from paystream.agents.idempotency_keeping import request_hash
+from paystream.gateways import base as gw
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.settings import load_settings
@@ -279,3 +280,22 @@ async def test_earlier_commands_keep_their_hashes() -> None:
         "refund.create", {"payment_id": "p1", "refund_id": None, "amount": None,
                           "reason": None, "metadata": {}}
     )  # fmt: skip
+
+
+async def test_a_capture_made_at_the_provider_is_read_back_with_the_fee_capped(
+    harness: Harness,
+) -> None:
+    """Captured in part outside paystream (the provider's dashboard) and read back by a
+    refresh: the fee recorded is what the provider collected, at most the capture."""
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send(
+        "payment.create", t, _pay(acct["id"], application_fee_amount=4_000, capture="manual")
+    )
+    obj = data(made)["object"]
+    capture = gw.CapturePayment(provider_payment_id=obj["provider_payment_id"], amount=2_500)
+    await simulator_of(harness, t).capture_payment(capture, idempotency_key="dashboard-1")
+    read = await harness.send("payment.refresh", t, {"payment_id": obj["id"]})
+    assert kind(read) == "payment.succeeded", data(read)
+    assert data(read)["object"]["application_fee_amount"] == 2_500
+    assert (await _money(harness, t))[-2:] == [("transfer", 0), ("application_fee", 2_500)]
