@@ -442,7 +442,7 @@ class StripeGateway:
             # descriptor, its fees), which a destination charge needs no more than this.
             self._platform_only("create_payment(transfer_data)")
             params["transfer_data"] = {"destination": req.destination_account}
-            if req.application_fee_amount is not None:
+            if req.application_fee_amount:  # (a fee of 0 is none: nothing to send)
                 params["application_fee_amount"] = req.application_fee_amount
         return await self._payment(
             "create_payment",

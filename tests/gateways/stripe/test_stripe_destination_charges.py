@@ -32,6 +32,16 @@ async def test_a_destination_charge_sends_transfer_data_and_the_fee() -> None:
     assert "on_behalf_of" not in form and "Stripe-Account" not in req["headers"]
 
 
+async def test_a_fee_of_0_is_not_sent() -> None:
+    gw, fake = gateway(answer(200, PI))
+    await gw.create_payment(
+        DESTINED.model_copy(update={"application_fee_amount": 0}), idempotency_key="k1"
+    )
+    [req] = fake.requests
+    assert req["form"]["transfer_data[destination]"] == ["acct_1Dest"]
+    assert "application_fee_amount" not in req["form"]
+
+
 async def test_a_plain_payment_sends_neither() -> None:
     gw, fake = gateway(answer(200, PI))
     await gw.create_payment(PAY, idempotency_key="k1")
