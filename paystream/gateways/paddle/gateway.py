@@ -79,6 +79,7 @@ from paystream.gateways.tenant_config import (
     refuse_unknown_options,
     required_credential,
 )
+from paystream.gateways.unsupported import NoConnectedAccounts, NoInvoices, NoPayouts, NoTaxRates
 from paystream.money import CURRENCY_EXPONENTS, format_minor
 from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS
 
@@ -207,8 +208,12 @@ def _refused(code: ErrorCode, message: str, *, reached: bool = True) -> GatewayE
     )
 
 
-class PaddleGateway:
-    """Paddle for one tenant (one seller's API key)."""
+class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
+    """Paddle for one tenant (one seller's API key).
+
+    Payouts, tax rates, connected accounts and one-off invoices are not built for it
+    (its capabilities lack them: the handler answers `unsupported` before any call):
+    gateways/unsupported.py answers them."""
 
     provider = PROVIDER
     offered = PADDLE_CAPABILITIES
@@ -876,24 +881,6 @@ class PaddleGateway:
             )
         return mapping.refund(found[0])
 
-    # ---- connected accounts: none at this provider (its capabilities lack
-    # CONNECTED_ACCOUNTS, so the handler answers `unsupported` before any call) --------
-
-    async def create_connected_account(
-        self, req: gw_base.CreateConnectedAccount, *, idempotency_key: str
-    ) -> gw_base.ConnectedAccountResult:
-        raise UnsupportedOperation(PROVIDER, "create_connected_account")
-
-    async def create_account_link(
-        self, req: gw_base.CreateAccountLink, *, idempotency_key: str
-    ) -> gw_base.AccountLinkResult:
-        raise UnsupportedOperation(PROVIDER, "create_account_link")
-
-    async def retrieve_connected_account(
-        self, req: gw_base.RetrieveConnectedAccount, *, idempotency_key: str
-    ) -> gw_base.ConnectedAccountResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_connected_account")
-
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
@@ -974,64 +961,6 @@ class PaddleGateway:
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
         raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
-
-    async def create_payout(
-        self, req: gw_base.CreatePayout, *, idempotency_key: str
-    ) -> gw_base.PayoutResult:
-        raise UnsupportedOperation(PROVIDER, "create_payout")
-
-    async def cancel_payout(
-        self, req: gw_base.CancelPayout, *, idempotency_key: str
-    ) -> gw_base.PayoutResult:
-        raise UnsupportedOperation(PROVIDER, "cancel_payout")
-
-    async def retrieve_payout(
-        self, req: gw_base.RetrievePayout, *, idempotency_key: str
-    ) -> gw_base.PayoutResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_payout")
-
-    async def retrieve_balance(
-        self, req: gw_base.RetrieveBalance, *, idempotency_key: str
-    ) -> gw_base.BalanceResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_balance")
-
-    async def create_tax_rate(
-        self, req: gw_base.CreateTaxRate, *, idempotency_key: str
-    ) -> gw_base.TaxRateResult:
-        raise UnsupportedOperation(PROVIDER, "create_tax_rate")
-
-    async def archive_tax_rate(
-        self, req: gw_base.ArchiveTaxRate, *, idempotency_key: str
-    ) -> gw_base.TaxRateResult:
-        raise UnsupportedOperation(PROVIDER, "archive_tax_rate")
-
-    # ---- one-off invoices: not built for this provider (no INVOICES capability: the
-    # handler answers `unsupported` before any call) ---------------------------------
-
-    async def create_invoice(
-        self, req: gw_base.CreateInvoice, *, idempotency_key: str
-    ) -> gw_base.InvoiceResult:
-        raise UnsupportedOperation(PROVIDER, "create_invoice")
-
-    async def finalize_invoice(
-        self, req: gw_base.FinalizeInvoice, *, idempotency_key: str
-    ) -> gw_base.InvoiceResult:
-        raise UnsupportedOperation(PROVIDER, "finalize_invoice")
-
-    async def pay_invoice(
-        self, req: gw_base.PayInvoice, *, idempotency_key: str
-    ) -> gw_base.InvoiceResult:
-        raise UnsupportedOperation(PROVIDER, "pay_invoice")
-
-    async def void_invoice(
-        self, req: gw_base.VoidInvoice, *, idempotency_key: str
-    ) -> gw_base.InvoiceResult:
-        raise UnsupportedOperation(PROVIDER, "void_invoice")
-
-    async def retrieve_invoice(
-        self, req: gw_base.RetrieveInvoice, *, idempotency_key: str
-    ) -> gw_base.InvoiceResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_invoice")
 
     async def aclose(self) -> None:
         await self._client.aclose()
