@@ -190,10 +190,12 @@ class _Lookup:
 @dataclass
 class _Try:
     """One try of a create, under its in-flight key (in_flight.py): whether its POST was
-    sent (from then its thread settles the key)."""
+    sent (from then its thread settles the key), and the call's deadline (the event
+    loop's time), past which no wait on Redis goes."""
 
     tag: str
     token: str
+    deadline: float | None = None
     sent: bool = False
 
 
@@ -473,17 +475,18 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
                 f"Paddle takes no payments in {req.amount.currency}",
                 reached=False,
             )
+        deadline = self._deadline()
         tag = request_tag(idempotency_key)
         params = params_digest(operation, req)
         self._not_dated_ahead()
         joined = self._lookups.get(tag)
         token = joined.token if joined is not None else new_token()
-        taken = await self._in_flight.take(tag, token, self._held_for)
+        taken = await self._in_flight.take(tag, token, self._held_for, deadline=deadline)
         if taken and joined is not None and self._lookups.get(tag) is joined:
             # (the key expired since that lookup began: another try may have sent since;
             # looked for afresh, under the key just taken)
             del self._lookups[tag]
-        attempt = _Try(tag, token)
+        attempt = _Try(tag, token, deadline)
         return await self._while_held(attempt, self._pay_once(req, params, attempt))
 
     async def _pay_once(self, req: CreatePayment, params: str, attempt: _Try) -> PaymentResult:
@@ -505,7 +508,7 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         # (its thread may first wait for a free one, up to the call's deadline: one more
         # timeout; past it the queued POST is cancelled, never sent)
         held_for = self._client.timeout + self._held_for
-        await self._in_flight.renew(attempt.tag, attempt.token, held_for)
+        await self._in_flight.renew(attempt.tag, attempt.token, held_for, deadline=attempt.deadline)
         attempt.sent = True
         loop = asyncio.get_running_loop()
         margin = self._client.landing_margin
@@ -563,6 +566,13 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         if req.provider_customer_id is not None:
             body["customer_id"] = req.provider_customer_id
         return body
+
+    def _deadline(self) -> float:
+        """The deadline of the call a create runs in (the loop's time): the call timeout
+        from now (the policy's limit, PAYSTREAM_GATEWAY_TIMEOUT_SECONDS, as the SDK's).
+        Each wait on Redis ends before it: after a long lookup, a renewal waited a whole
+        REDIS_WAIT_SECONDS ran past it, and a hung Redis was taken for Paddle's timeout."""
+        return asyncio.get_running_loop().time() + self._client.timeout
 
     @property
     def _held_for(self) -> float:
@@ -761,8 +771,8 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         require_operation(op, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
         tag = request_tag(idempotency_key)
         params = params_digest(op, req)
-        attempt = _Try(tag, new_token())
-        await self._in_flight.take(tag, attempt.token, self._held_for)
+        attempt = _Try(tag, new_token(), self._deadline())
+        await self._in_flight.take(tag, attempt.token, self._held_for, deadline=attempt.deadline)
         return await self._while_held(attempt, self._refund_once(req, params, attempt))
 
     async def _refund_once(self, req: CreateRefund, params: str, attempt: _Try) -> RefundResult:

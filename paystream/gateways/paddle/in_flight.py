@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 # default timeout (10 s) a beat each 10 s, 5 minutes of a POST's thread.
 KEEP_BEATS_MAX = 30
 # Longest a request to Redis is waited for (the gateway passes less under a short call
-# timeout). The worker's client has no socket timeout (agents/commands.py): a Redis that
+# timeout; a create's requests wait no longer than what is left of its call's deadline,
+# InFlight._wait). The worker's client has no socket timeout (agents/commands.py): a Redis that
 # hangs would hold a create until the call's deadline, read as Paddle's own timeout, and
 # open the tenant's Paddle circuit, parking its reads too (review h78b). Its settling
 # tasks would wait for ever, each on a connection of its own.
@@ -133,15 +134,18 @@ class InFlight:
             return None
         return max(left_ms, 0) / 1000
 
-    async def take(self, tag: str, token: str, seconds: float) -> bool:
+    async def take(
+        self, tag: str, token: str, seconds: float, *, deadline: float | None = None
+    ) -> bool:
         """Hold the key under ``token`` for ``seconds``: True when it was free, False when
         it held ``token`` already (this process's try, renewed); ``idempotency_error``
-        while another try holds it, ``provider_unavailable`` without Redis."""
+        while another try holds it, ``provider_unavailable`` without Redis (or none
+        answering before ``deadline``: ``_wait``)."""
         if self._redis is None:
             raise self._unavailable("REDIS_URL is not set")
         key = in_flight_key(self._tenant_id, tag)
         try:
-            left_ms = int(await self._eval(_TAKE, key, token, _ms(seconds)))
+            left_ms = int(await self._eval(_TAKE, key, token, _ms(seconds), deadline=deadline))
         except (RedisError, OSError) as exc:
             # (a SET whose answer was lost may have landed: ours to delete)
             self._settle(self._run(RELEASE_IF_HELD, key, token))
@@ -162,12 +166,16 @@ class InFlight:
             reached_provider=False,
         )
 
-    async def renew(self, tag: str, token: str, seconds: float) -> None:
+    async def renew(
+        self, tag: str, token: str, seconds: float, *, deadline: float | None = None
+    ) -> None:
         """Hold the key ``seconds`` more, before a POST: ``idempotency_error`` if it is no
-        longer this try's (it expired during a long lookup: another may have sent)."""
+        longer this try's (it expired during a long lookup: another may have sent);
+        ``provider_unavailable`` if Redis does not answer before ``deadline`` (``_wait``:
+        after a long lookup, less than a whole wait is left)."""
         key = in_flight_key(self._tenant_id, tag)
         try:
-            held = await self._eval(EXPIRE_IF_HELD, key, token, _ms(seconds))
+            held = await self._eval(EXPIRE_IF_HELD, key, token, _ms(seconds), deadline=deadline)
         except (RedisError, OSError) as exc:
             raise self._unavailable(type(exc).__name__) from exc
         if not held:
@@ -271,10 +279,21 @@ class InFlight:
             # (left to expire: a retry waits out its time to live, no more)
             log.warning("paddle in-flight key not updated (%s): left to expire", type(exc).__name__)
 
-    async def _eval(self, script: str, key: str, *args: Any) -> Any:
+    async def _eval(self, script: str, key: str, *args: Any, deadline: float | None = None) -> Any:
         """The script's answer; TimeoutError (an OSError) past the wait (module doc)."""
-        async with asyncio.timeout(self._wait_seconds):
+        async with asyncio.timeout(self._wait(deadline)):
             return await self._redis.eval(script, 1, key, *args)
+
+    def _wait(self, deadline: float | None) -> float:
+        """How long one request to Redis is waited for: the whole wait, or less when the
+        call's ``deadline`` (the loop's time) is nearer: what is left of it but a fifth of
+        the wait (room for the key's brief release after the refusal, ``release_briefly``,
+        and for the deadline timer's tick), so that a hung Redis is refused as one that
+        is down, never run into the deadline to be taken for Paddle's timeout."""
+        if deadline is None:
+            return self._wait_seconds
+        left = deadline - asyncio.get_running_loop().time() - self._wait_seconds / 5
+        return max(0.0, min(self._wait_seconds, left))
 
     def _settle(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)

@@ -21,19 +21,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aredis
 from aiohttp import web
-from pydantic import SecretStr
 
-from paystream.devstack._process import free_port
-from paystream.gateways.base import REQUEST_SENT_SINCE, CreatePayment, GatewayContext
+from paystream.gateways.base import REQUEST_SENT_SINCE, CreatePayment
 from paystream.gateways.errors import GatewayError
-from paystream.gateways.paddle import PaddleGateway
-from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.settings import load_settings
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.policy import CallPolicy
 from tests.fixtures.frozen_redis import own_redis
-from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY, PaddleFake
-from tests.gateways.paddle_gateway.wire import key, usd
+from tests.fixtures.paddle_fake import PaddleFake
+from tests.gateways.paddle_gateway.wire import key, serve, usd, workers_gateway
 
 CALL_TIMEOUT = 3.0
 # Paddle answers the POST this long after it came: inside the call's timeout.
@@ -53,11 +49,8 @@ class _SlowPaddleRedisHangs(PaddleFake):
 
 @pytest.fixture
 async def slow_paddle() -> AsyncIterator[str]:
-    runner = web.AppRunner(_SlowPaddleRedisHangs().app(), handler_cancellation=False)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
+    runner, url = await serve(_SlowPaddleRedisHangs())
+    yield url
     await runner.cleanup()
 
 
@@ -76,15 +69,8 @@ async def test_a_redis_hang_after_paddle_answered_is_not_paddles_timeout(
         assert rd.pid is not None
         _redis_pid[:] = [rd.pid]
         client = aredis.Redis.from_url(rd.url, socket_timeout=None)  # (as the worker's)
-        ctx = GatewayContext(
-            tenant_id=tenant,
-            provider="paddle",
-            credentials={"api_key": SecretStr(FAKE_PADDLE_API_KEY)},
-            options={},
-        )
         # (built as the worker builds it: its wait a quarter of the call timeout)
-        gw = build_gateway(ctx, GatewayDeps(settings=settings, redis=client))
-        assert isinstance(gw, PaddleGateway)
+        gw = workers_gateway(slow_paddle, tenant, client, settings)
         REQUEST_SENT_SINCE.set(time.time())
         req = CreatePayment(amount=usd(6100), provider_payment_method_id="checkout")
         k = key()

@@ -23,7 +23,17 @@ from paystream.money import Money
 from paystream.settings import load_settings
 from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY, PaddleFake
 
-__all__ = ["LosingClient", "decide", "effects", "gateway", "key", "serve", "usd", "use_redis"]
+__all__ = [
+    "LosingClient",
+    "decide",
+    "effects",
+    "gateway",
+    "key",
+    "serve",
+    "usd",
+    "use_redis",
+    "workers_gateway",
+]
 
 # The session's Redis (redis.asyncio.Redis), shared by every gateway built here as by a
 # fleet's workers: set by conftest.py.
@@ -110,6 +120,20 @@ async def serve(fake: PaddleFake) -> tuple[web.AppRunner, str]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
+
+
+def workers_gateway(url: str, tenant: str, redis: Any, settings: Any) -> PaddleGateway:
+    """A tenant's gateway against the fake at ``url``, built as the worker builds it
+    (``settings``' call timeout: its Redis wait a quarter of it) on ``redis``."""
+    ctx = GatewayContext(
+        tenant_id=tenant,
+        provider="paddle",
+        credentials={"api_key": SecretStr(FAKE_PADDLE_API_KEY)},
+        options={},
+    )
+    gw = build_gateway(ctx, GatewayDeps(settings=settings, redis=redis))
+    assert isinstance(gw, PaddleGateway)
+    return gw
 
 
 async def effects(url: str, seller: str = "seller-1") -> list[dict[str, Any]]:
