@@ -3315,7 +3315,7 @@ def invoice_charge(
         or raw.get("status") != gw.InvoiceStatus.OPEN.value
     ):
         return InvoiceCharge(0, "")
-    return InvoiceCharge(int(raw.get("amount") or 0), str(raw.get("currency")))
+    return InvoiceCharge(int(raw.get("amount") or 0), str(raw.get("currency")), data.invoice_id)
 
 
 HANDLERS: dict[str, Handler] = {

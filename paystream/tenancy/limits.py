@@ -36,7 +36,10 @@ A tenant's registry record may carry :class:`TenantLimits`:
   currency (its data names neither: the pipeline reads the invoice from its table and
   passes an :class:`InvoiceCharge`): held to ``max_payment_amount`` and
   ``only_listed_currencies``, held against the day's volume, counted when
-  ``invoice.paid`` says it was paid, released otherwise.
+  ``invoice.paid`` says it was paid, released otherwise. An invoice learnt paid by
+  another command (``invoice.refresh``: paid on the provider's page, or by a pay whose
+  answer was lost, parked) is counted then, once, and the holds of its pays released
+  (:meth:`LimitGate.count_learnt`).
 * An ``invoice.create`` is held to ``max_payment_amount`` and ``only_listed_currencies``
   as a payment of its total with its exclusive tax (an :class:`InvoiceTotal`, worked out
   by the pipeline): a ``send_invoice`` invoice is paid by its customer on the provider's
@@ -93,6 +96,7 @@ __all__ = [
     "Repricing",
     "TenantLimits",
     "charge_now",
+    "learnt_paid",
 ]
 
 # ``stored`` not given (kept_rejection, admit): the tenant's state is read from the table.
@@ -214,10 +218,13 @@ class InvoiceCharge(NamedTuple):
     the pipeline (handlers.invoice_charge), admitted as a payment of it (cap, listed
     currencies, held and counted toward the day's volume when `invoice.paid`). ``amount``
     0: nothing the handler would charge (no such invoice here, not open, a
-    subscription's): nothing checked, nothing held."""
+    subscription's): nothing checked, nothing held. ``invoice_id``: its hold names the
+    invoice, released when another command learns the invoice paid and counts it
+    (:meth:`LimitGate.count_learnt`)."""
 
     amount: int
     currency: str
+    invoice_id: str = ""
 
 
 class InvoiceTotal(NamedTuple):
@@ -452,6 +459,9 @@ class LimitGate:
             elif currency in limits.daily_payment_volume:
                 state["held"] = _holds_of_day(state, day)
                 state["held"][hold_of_this] = [day, currency, charged, owner]
+                if isinstance(data, InvoiceCharge) and data.invoice_id:
+                    # (the invoice it pays: count_learnt releases it)
+                    state["held"][hold_of_this].append(_invoice_tag(data.invoice_id))
             else:
                 charged = 0  # (none counted while its currency is not limited: from then)
         # (The keys in the order kept decisions have always had them.)
@@ -521,6 +531,39 @@ class LimitGate:
         _add_volume(state, admission.day, admission.currency, admission.amount)
         self.table[key] = state
 
+    def count_learnt(
+        self,
+        admission: Admission,
+        limits: TenantLimits,
+        currency: str,
+        amount: int,
+        invoice_id: str,
+    ) -> None:
+        """A one-off invoice learnt paid by a command that did not charge it (an
+        ``invoice.refresh``; an ``invoice.finalize`` its provider paid at once): its
+        ``amount`` counted toward the day's volume, once (this record's decision says so
+        when it is delivered again), and the holds of pays of it released (one parked
+        after its provider charged: that charge is this one, now counted; re-driven, it
+        is refused "already paid"). A paid invoice counts once however it is learnt: an
+        ``invoice.pay`` answered `invoice.paid` counts through :meth:`settle`, and no
+        command moves an invoice to paid twice (review h78o M1b)."""
+        key = self.key(admission.tenant_id)
+        raw = self.table.get(key)
+        if raw is None:
+            return
+        state = dict(raw)
+        released = _without_invoice_holds(state, invoice_id)
+        kept = state.get("decided") or {}
+        decided = kept.get(str(admission.offset)) if admission.offset >= 0 else None
+        counts = bool(amount) and currency in limits.daily_payment_volume
+        if counts and not (decided is not None and decided.get("counted")):
+            if decided is not None:
+                decided["counted"] = True
+            _add_volume(state, admission.day, currency, amount)
+        elif not released:
+            return
+        self.table[key] = state
+
     def _release(self, admission: Admission) -> None:
         """Drop the hold ``admission`` names, if there is one (nothing counted)."""
         if admission.hold is None:
@@ -556,6 +599,20 @@ class LimitGate:
         key = self.key(tenant_id)
         state = self._state(self.table.get(key), rec)
         decided = _kept(state, rec)
+        obj = outcome_data.get("object") or {}
+        learnt = learnt_paid(command_type, outcome_type, obj)
+        if decided is not None and learnt:
+            # (its count lost with its settle: counted now, once)
+            if decided.get("admit"):
+                admission = Admission(tenant_id, rec.offset, decided["day"])
+                self.count_learnt(
+                    admission,
+                    limits,
+                    str(obj.get("currency")),
+                    int(obj.get("amount") or 0),
+                    str(obj["id"]),
+                )
+            return
         if decided is not None:
             # Decided already. Admitted but not settled (its answer kept, its settle
             # lost): settled now, counting once and releasing its hold.
@@ -573,6 +630,8 @@ class LimitGate:
                     outcome_type if command_type in MONEY_COMMANDS else "command.rejected",
                 )
             return
+        if learnt:
+            _without_invoice_holds(state, str(obj.get("id")))
         held = dict(state.get("held") or {})
         owner = None if request is None else _tag(request)
         held.pop(_hold_of(state, hold_key or rec.command_id, owner), None)
@@ -587,11 +646,9 @@ class LimitGate:
         else:
             _spend(state, limits, at_ms)
         state["at_ms"] = at_ms
-        obj = outcome_data.get("object") or {}
         counted = False
         if (
-            command_type in MONEY_COMMANDS
-            and outcome_type in VOLUME_OUTCOMES
+            ((command_type in MONEY_COMMANDS and outcome_type in VOLUME_OUTCOMES) or learnt)
             and obj.get("currency") in limits.daily_payment_volume
             and not (command_type == "subscription.create" and obj.get("status") == "trialing")
         ):
@@ -649,6 +706,35 @@ def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:
     if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
         return 0
     return int(data.amount) if amount is None else amount
+
+
+def learnt_paid(command_type: str, outcome_type: str, obj: Mapping[str, Any]) -> bool:
+    """Is this outcome a one-off invoice learnt paid by a command that did not charge
+    it (see :meth:`LimitGate.count_learnt`)? ``obj``: the outcome's object."""
+    return (
+        outcome_type == "invoice.paid"
+        and command_type not in MONEY_COMMANDS
+        and obj.get("subscription_id") is None
+        and bool(obj.get("id"))
+    )
+
+
+def _invoice_tag(invoice_id: str) -> str:
+    return _tag(f"invoice\x1f{invoice_id}")
+
+
+def _without_invoice_holds(state: dict[str, Any], invoice_id: str) -> bool:
+    """Drop from ``state`` the holds of pays of ``invoice_id`` (an InvoiceCharge's hold
+    names its invoice); whether there were any."""
+    held = state.get("held")
+    if not held:
+        return False
+    tag = _invoice_tag(invoice_id)
+    kept = {t: h for t, h in held.items() if not (len(h) >= 5 and h[4] == tag)}
+    if len(kept) == len(held):
+        return False
+    state["held"] = kept
+    return True
 
 
 def _now_ms() -> int:

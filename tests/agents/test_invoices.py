@@ -371,3 +371,60 @@ async def test_a_paid_invoices_void_names_no_command_that_cannot_refund_it(
         await harness.send("invoice.void", t, {"invoice_id": invoice}), "invalid_state"
     )
     assert "refund its payment at its provider" in message and "refund.create" not in message
+
+
+async def _parked_pay_read_paid(h: Harness, t: str) -> tuple[str, Any]:
+    """An invoice of 50000 EUR whose pay (command pay-1) charged and was parked (its
+    answers lost), then read back paid by an invoice.refresh (a record of its own, kept
+    to deliver again): the invoice and that record."""
+    invoice = await _open_invoice(h, t)
+    pay = {"invoice_id": invoice}
+    parked = await h.processor.process(_command(t, "invoice.pay", pay, "pay-1"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    refresh = _command(t, "invoice.refresh", pay, "refresh-1")
+    assert kind(await _answer(h, refresh)) == "invoice.paid"
+    return invoice, refresh
+
+
+async def test_an_invoice_read_back_paid_counts_toward_the_day_once(harness: Harness) -> None:
+    """A pay parked after its provider charged, its invoice then read paid by
+    invoice.refresh: that charge counts toward the day's volume (review h78o M1b), once,
+    whether the refresh is delivered again or the pay re-driven; its hold goes as it is
+    counted (not held and counted both)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(
+        t,
+        limits={"daily_payment_volume": {"EUR": 80_000}},
+        gateway_options={"lose_response_first": {f"ps:{t}:pay-1": 3}},
+    )
+    invoice, refresh = await _parked_pay_read_paid(h, t)
+    state = h.processor.limits.table[f"{t}:limits"]
+    assert state["volume"] == {"EUR": 50_000} and not state["held"], state
+    await h.processor.process(refresh)  # (redelivered: a crash before its commit)
+    redriven = await _answer(h, _command(t, "invoice.pay", {"invoice_id": invoice}, "pay-1"))
+    assert "already paid" in _rejected(redriven, "invalid_state")
+    state = h.processor.limits.table[f"{t}:limits"]
+    assert state["volume"] == {"EUR": 50_000} and not state["held"], state
+    # (another 50000 would take the day to 100000: over 80000)
+    over = await harness.send("invoice.pay", t, {"invoice_id": await _open_invoice(h, t)})
+    assert data(over)["reason"] == "quota_exceeded", data(over)
+    assert data(over)["limit"] == "daily_payment_volume"
+    assert len(await _charges(h, t)) == 1
+
+
+async def test_an_invoice_paid_on_its_providers_page_counts_toward_the_day(
+    harness: Harness,
+) -> None:
+    """A sent invoice (send_invoice) paid by its customer at the provider, read back by
+    invoice.refresh: counted toward the day's volume, as paystream learnt of its charge."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"EUR": 80_000}})
+    invoice = await _open_invoice(h, t)
+    provider_invoice = h.processor.tables.invoices[f"{t}:{invoice}"]["provider_invoice_id"]
+    await simulator_of(h, t).pay_invoice(
+        gw.PayInvoice(provider_invoice_id=provider_invoice, provider_payment_method_id=None),
+        idempotency_key="paid-on-its-page",
+    )
+    assert kind(await h.send("invoice.refresh", t, {"invoice_id": invoice})) == "invoice.paid"
+    assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}

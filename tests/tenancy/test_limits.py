@@ -13,6 +13,7 @@ from paystream.tenancy.limits import (
     MAX_FUTURE_SKEW_MS,
     REPLAY_MEMORY,
     Admission,
+    InvoiceCharge,
     LimitGate,
     LimitRejection,
     Record,
@@ -472,3 +473,40 @@ def test_same_without_any_limit_before() -> None:
     assert isinstance(g.pay(900_000, currency="EUR"), Admission)
     g.limits = TenantLimits(daily_payment_volume={"EUR": 500_000})
     assert isinstance(g.pay(10_000, at_ms=T0 + 60_000, currency="EUR"), Admission)
+
+
+def test_an_invoice_learnt_paid_is_counted_once_and_its_pays_hold_released() -> None:
+    """An invoice.pay parked (its InvoiceCharge held, naming its invoice); an
+    invoice.refresh learns the invoice paid: counted once however often that record is
+    delivered, the pay's hold released (review h78o M1b)."""
+    g = Gate(TenantLimits(daily_payment_volume={"EUR": 80_000}))
+    pay = g.send(T0, "invoice.pay", InvoiceCharge(50_000, "EUR", "in_1"))
+    assert isinstance(pay, Admission) and g.state["held"]
+    rec = g.record(T0)
+    for _ in range(2):  # (its record delivered again: its decision says it counted)
+        refresh = g.gate.admit("t1", g.limits, rec, "invoice.refresh", None)
+        assert isinstance(refresh, Admission)
+        g.gate.count_learnt(refresh, g.limits, "EUR", 50_000, "in_1")
+    assert g.state["volume"] == {"EUR": 50_000} and not g.state["held"]
+    # (a pay of another invoice keeps its hold)
+    other = g.send(T0, "invoice.pay", InvoiceCharge(20_000, "EUR", "in_2"))
+    assert isinstance(other, Admission)
+    again = g.send(T0, "invoice.refresh")
+    assert isinstance(again, Admission)
+    g.gate.count_learnt(again, g.limits, "EUR", 0, "in_1")
+    assert len(g.state["held"]) == 1 and g.state["volume"] == {"EUR": 50_000}
+
+
+def test_an_invoice_learnt_paid_answered_from_its_record_is_counted_once() -> None:
+    """A refresh answered invoice.paid from its idempotency record, the limits' state of
+    it lost: accounted as it was, its invoice counted once."""
+    g = Gate(TenantLimits(daily_payment_volume={"EUR": 80_000}))
+    rec = g.record(T0)
+    paid = {"object": {"id": "in_1", "amount": 30_000, "currency": "EUR", "subscription_id": None}}
+    for _ in range(2):
+        g.gate.account_answered("t1", g.limits, rec, "invoice.refresh", "invoice.paid", paid)
+    assert g.state["volume"] == {"EUR": 30_000}
+    # (a subscription's invoice is its provider's renewal: not counted)
+    of_sub = {"object": {**paid["object"], "id": "in_2", "subscription_id": "sub_1"}}
+    g.gate.account_answered("t1", g.limits, g.record(T0), "invoice.refresh", "invoice.paid", of_sub)
+    assert g.state["volume"] == {"EUR": 30_000}
