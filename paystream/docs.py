@@ -196,7 +196,9 @@ COMMAND_SUMMARIES: dict[str, str] = {
     ),
     "invoice.finalize": (
         "Finalize a `draft` invoice: `open`, its total fixed (a sent one's `due_date` "
-        "counted from now). Any other status is refused `invalid_state`."
+        "counted from now): `invoice.finalized`; or `invoice.paid` when nothing is left "
+        "to charge (its customer's credit balance at the provider covers it: paid as it "
+        "is finalized, nothing charged). Any other status is refused `invalid_state`."
     ),
     "invoice.pay": (
         "Charge an `open` invoice's total to its saved payment method, or to "
@@ -527,8 +529,10 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "invoice.paid": (
         "invoice",
-        "The invoice was paid (`provider_payment_id`: the provider's payment). Emitted "
-        "once per invoice: a pay or a refresh of a paid invoice is refused `invalid_state`.",
+        "The invoice was paid (`provider_payment_id`: the provider's payment; none, and "
+        "`amount` 0, for one its customer's credit balance covered as it was finalized). "
+        "Emitted once per invoice: a pay or a refresh of a paid invoice is refused "
+        "`invalid_state`.",
         _INVOICE_PREVIOUS,
     ),
     "invoice.payment_failed": (

@@ -2607,6 +2607,11 @@ _INVOICE_OUTCOME = {
 }
 
 
+# Statuses a finalize may reach that are answered as such (invoice.paid, invoice.voided),
+# not invoice.finalized (open; or a draft, read back stale).
+_FINAL_AT_FINALIZE = frozenset({gw.InvoiceStatus.PAID, gw.InvoiceStatus.VOID})
+
+
 def _invoices_supported(ctx: HandlerContext) -> None:
     """An invoice's create: `unsupported` before anything is asked of the provider, for
     a tenant whose gateway lacks invoices (Square, Paddle; or a tenant whose
@@ -2777,7 +2782,13 @@ async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> Hand
     )
     previous = rec.status
     _take_invoice(ctx, rec, res)
-    return HandlerResult("invoice.finalized", rec, extra={"previous_status": previous})
+    # The status it reached: finalized is paid at once when nothing is left to charge
+    # (Stripe: a customer's credit balance covers it), and answered as paid, its
+    # invoice.paid emitted once here (counted as paid: analytics, the day's volume).
+    extra = {"previous_status": previous}
+    if res.status in _FINAL_AT_FINALIZE:
+        return HandlerResult(_INVOICE_OUTCOME[res.status], rec, extra=extra)
+    return HandlerResult("invoice.finalized", rec, extra=extra)
 
 
 async def pay_invoice(ctx: HandlerContext, data: c.PayInvoice) -> HandlerResult:

@@ -467,13 +467,28 @@ def _one_off_invoice(
     (`invoice.paid` is emitted once per invoice), with its tax; each declined pay (a
     charge attempt of its own, as a `payment.failed`)."""
     found = _entity_money(tenant, obj)
+    if found is None and outcome == "invoice.paid":
+        found = _paid_by_credit(tenant, obj)
     if found is None or obj.get("subscription_id") is not None:
         return (), (), ()
+    if outcome == "invoice.paid" and not found[1]:
+        return (found,), (), ()  # (nothing charged: no tax collected by a charge either)
     if outcome == "invoice.payment_failed":
         return (), ((found[0], _decline_label(obj.get("failure_code"))),), ()
     tax = _minor(obj.get("tax"))
     taxed = ((found[0], tax),) if tax and tax <= max(found[1], _minor(obj.get("total"))) else ()
     return (found,), (), taxed
+
+
+def _paid_by_credit(tenant: str, obj: Any) -> tuple[str, int] | None:
+    """A one-off invoice paid with nothing left to charge (its customer's credit balance
+    covered it as it was finalized: its amount 0, exactly): counted paid, of 0."""
+    if not isinstance(obj, dict) or obj.get("tenant_id") != tenant:
+        return None
+    currency, amount = obj.get("currency"), obj.get("amount")
+    if obj.get("status") != _PAID.value or type(amount) is not int or amount != 0:
+        return None
+    return (currency, 0) if isinstance(currency, str) and currency in CURRENCY_EXPONENTS else None
 
 
 def _payment_tax(obj: dict[str, Any], captured: int) -> int:

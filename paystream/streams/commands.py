@@ -710,7 +710,8 @@ class CreateInvoice(CommandData):
 
 
 class FinalizeInvoice(CommandData):
-    """Finalize a draft invoice: ``open``, its total fixed, payable."""
+    """Finalize a draft invoice: ``open``, its total fixed, payable; or paid at once when
+    nothing is left to charge (its customer's credit balance covers it)."""
 
     invoice_id: EntityId
 

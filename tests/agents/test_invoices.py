@@ -15,6 +15,7 @@ from paystream.gateways.errors import UnsupportedOperation
 from paystream.gateways.paddle.gateway import PADDLE_CAPABILITIES
 from paystream.gateways.simulator.gateway import SIMULATOR_CAPABILITIES
 from paystream.gateways.square.gateway import SQUARE_CAPABILITIES
+from paystream.money import Money
 from paystream.streams.commands import COMMANDS, PROVIDER_READS
 from tests.agents.harness import Harness, data, kind, new_tenant_id, simulator_of
 from tests.agents.test_let_through import _answer, _command
@@ -428,3 +429,52 @@ async def test_an_invoice_paid_on_its_providers_page_counts_toward_the_day(
     )
     assert kind(await h.send("invoice.refresh", t, {"invoice_id": invoice})) == "invoice.paid"
     assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
+
+
+async def _credited_draft(h: Harness, t: str, credit: int) -> dict[str, Any]:
+    """A draft of 50000 EUR whose customer holds ``credit`` EUR on their balance at the
+    provider (the seller's dashboard: the simulator's credit_customer)."""
+    draft = await _draft(h, t)
+    customer = h.processor.tables.customers[f"{t}:{draft['customer_id']}"]
+    await simulator_of(h, t).credit_customer(
+        customer["provider_customer_id"], Money(amount=credit, currency="EUR")
+    )
+    return draft
+
+
+async def test_an_invoice_its_customers_credit_covers_is_paid_as_it_is_finalized(
+    harness: Harness,
+) -> None:
+    """Finalized with nothing left to charge (its customer's credit balance covers it),
+    the invoice is paid at once, as at Stripe: answered invoice.paid, not
+    invoice.finalized (review L1), nothing charged; a pay of it is refused."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"EUR": 80_000}})
+    draft = await _credited_draft(h, t, 60_000)
+    out = await h.send("invoice.finalize", t, {"invoice_id": draft["id"]})
+    assert kind(out) == "invoice.paid", data(out)
+    assert data(out)["previous_status"] == "draft"
+    obj = data(out)["object"]
+    assert (obj["status"], obj["amount"], obj["currency"]) == ("paid", 0, "EUR"), obj
+    assert await _charges(h, t) == []
+    pay = await h.send("invoice.pay", t, {"invoice_id": draft["id"]})
+    assert "already paid" in _rejected(pay, "invalid_state")
+    state = h.processor.limits.table[f"{t}:limits"]
+    assert not (state.get("volume") or {}).get("EUR") and not state.get("held"), state
+
+
+async def test_a_credit_that_covers_part_of_an_invoice_lowers_what_its_pay_charges(
+    harness: Harness,
+) -> None:
+    """Credit short of the invoice: finalized open with the rest due, which its pay
+    charges and the day's volume counts."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"EUR": 80_000}})
+    draft = await _credited_draft(h, t, 20_000)
+    out = await h.send("invoice.finalize", t, {"invoice_id": draft["id"]})
+    assert kind(out) == "invoice.finalized", data(out)
+    assert data(out)["object"]["amount"] == 30_000
+    paid = await h.send("invoice.pay", t, {"invoice_id": draft["id"]})
+    assert kind(paid) == "invoice.paid", data(paid)
+    assert [c.amount for c in await _charges(h, t)] == [30_000]
+    assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 30_000}

@@ -51,8 +51,28 @@ def test_other_invoice_outcomes_count_nothing(kind: str) -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"tenant_id": "other"}, {"currency": "XXX"}, {"amount": 0}, {"subscription_id": "sub1"}],
+    [
+        {"tenant_id": "other"},
+        {"currency": "XXX"},
+        {"amount": None},
+        {"amount": -5},
+        {"subscription_id": "sub1"},
+    ],
 )
 def test_a_malformed_or_foreign_invoice_counts_nothing(fields: dict[str, Any]) -> None:
     seen = _observe(_invoice("invoice.paid", _inv("paid", **fields)))
     assert seen.invoices_paid == () and seen.tax_collected == ()
+
+
+def test_an_invoice_paid_by_its_customers_credit_counts_paid_of_nothing() -> None:
+    """Finalized with nothing left to charge (its customer's credit balance covered it):
+    paid, its amount 0 (review L1). Counted paid, of 0, and no tax collected by it (a
+    window's tax is contained in what its invoices were paid)."""
+    seen = _observe(
+        _invoice("invoice.paid", _inv("paid", amount=0, tax=600, total=3600), "invoice.finalize")
+    )
+    assert seen.invoices_paid == (("EUR", 0),)
+    assert seen.tax_collected == ()
+    # (0 is a paid invoice's only: an open one of 0 is no outcome of paystream's)
+    seen = _observe(_invoice("invoice.paid", _inv("open", amount=0), "invoice.finalize"))
+    assert seen.invoices_paid == ()

@@ -88,6 +88,7 @@ from paystream.gateways.simulator.store import (
     request_fingerprint,
 )
 from paystream.gateways.stripe_rules import platform_only_problem
+from paystream.money import Money
 
 __all__ = ["SIMULATOR_CAPABILITIES", "SimulatorGateway"]
 
@@ -558,6 +559,19 @@ class SimulatorGateway:
             lambda tx: ops.complete_onboarding(tx, provider_account_id, outcome),
             ConnectedAccountResult,
         )  # fmt: skip
+
+    async def credit_customer(self, provider_customer_id: str, amount: Money) -> CustomerResult:
+        """The seller credits a customer's balance (as in Stripe's dashboard): applied to
+        their one-off invoices as they are finalized, one it covers paid at once. Each
+        call is a credit of its own."""
+        return await self._provider_action(
+            f"credit:{provider_customer_id}:{uuid.uuid4().hex}",
+            {"amount": amount.amount, "currency": amount.currency},
+            lambda tx: invoices.credit_customer(
+                tx, provider_customer_id, amount.amount, amount.currency
+            ),
+            CustomerResult,
+        )
 
     async def resolve_dispute(self, dispute_id: str, *, won: bool) -> DisputeResult:
         """The card network decides a dispute."""

@@ -125,13 +125,51 @@ def _finalized(invoice: dict[str, Any], now: int) -> dict[str, Any]:
     return {**invoice, "status": "open", "due_date": due}
 
 
+async def _credited(tx: Tx, invoice: dict[str, Any]) -> dict[str, Any]:
+    """A one-off invoice as it is finalized, its customer's credit in its currency (their
+    balance, ``credit_customer``) applied to what it charges, as Stripe applies a
+    customer's credit balance at finalization: its ``amount`` due lowered by it, and
+    ``paid`` at once, charging nothing, when the credit covers it all (Stripe marks an
+    invoice whose amount due is 0 paid when it is finalized)."""
+    customer = await ops._must(tx, invoice["customer"], "customer")
+    credit = dict(customer.get("credit") or {})
+    held = int(credit.get(invoice["currency"], 0))
+    applied = min(held, int(invoice["amount"]))
+    if not applied:
+        return invoice
+    credit[invoice["currency"]] = held - applied
+    tx.put({**customer, "credit": credit})
+    due = int(invoice["amount"]) - applied
+    return {
+        **invoice,
+        "amount": due,
+        "credit_applied": applied,
+        "status": "paid" if due == 0 else invoice["status"],
+    }
+
+
+async def credit_customer(tx: Tx, customer_id: str, amount: int, currency: str) -> dict[str, Any]:
+    """Provider-side (the seller's dashboard, as Stripe's customer balance adjustments):
+    ``amount`` of credit in ``currency`` on the customer's balance, applied to their
+    one-off invoices as they are finalized (``_credited``)."""
+    if amount < 1:
+        raise ops._invalid("a credit is at least 1")
+    customer = await ops._must(tx, customer_id, "customer")
+    credit = dict(customer.get("credit") or {})
+    code = currency.upper()
+    credit[code] = int(credit.get(code, 0)) + amount
+    customer = {**customer, "credit": credit}
+    tx.put(customer)
+    return {"ok": results.customer(customer)}
+
+
 async def finalize_invoice(tx: Tx, req: FinalizeInvoice, key: str) -> dict[str, Any]:
     invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
     if invoice["status"] != "draft":
         raise ops._refuse(
             ErrorCode.INVALID_STATE, f"this invoice is already finalized ({invoice['status']})"
         )
-    invoice = _finalized(invoice, await ops.clock_now(tx))
+    invoice = await _credited(tx, _finalized(invoice, await ops.clock_now(tx)))
     tx.put(invoice)
     tx.effect(Effect.of("invoice.finalized", key, invoice["id"]))
     return {"ok": results.invoice(invoice)}
@@ -150,7 +188,11 @@ async def pay_invoice(tx: Tx, req: PayInvoice, key: str) -> dict[str, Any]:
         )
     now = await ops.clock_now(tx)
     if invoice["status"] == "draft":
-        invoice = _finalized(invoice, now)
+        invoice = await _credited(tx, _finalized(invoice, now))
+        if invoice["status"] == "paid":  # (its credit covered it: nothing to charge)
+            tx.put(invoice)
+            tx.effect(Effect.of("invoice.paid", key, invoice["id"]))
+            return {"ok": results.invoice(invoice)}
     pm_id = req.provider_payment_method_id or invoice.get("payment_method")
     if pm_id is None:
         raise ops._refuse(ErrorCode.INVALID_REQUEST, "the invoice has no payment method to charge")
