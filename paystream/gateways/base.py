@@ -269,6 +269,9 @@ class SubscriptionStatus(StrEnum):
     CANCELED = "canceled"
     # The first invoice's payment was declined at create: never active (subscription.failed).
     INCOMPLETE = "incomplete"
+    # Made, its first period not paid yet: its customer pays at the provider's checkout
+    # (``next_action``; Paddle's, whose subscriptions start so). Never billed until then.
+    REQUIRES_ACTION = "requires_action"
 
 
 class InvoiceStatus(StrEnum):
@@ -716,6 +719,9 @@ class SubscriptionResult(_Res):
     # The payment method it bills (Stripe: its default_payment_method); None when the
     # provider names none (Stripe then bills the customer's default).
     provider_payment_method_id: str | None = None
+    # ``requires_action``: where its customer pays the first period (a checkout URL, as
+    # a payment's next_action).
+    next_action: dict[str, Any] | None = None
 
 
 class PayoutResult(_Res):

@@ -71,6 +71,8 @@ SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
     "past_due": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
     # (its first invoice declined: no period paid for to end, so canceled now only)
     "incomplete": frozenset({"cancel", "refresh"}),
+    # (its customer has not paid the first period at checkout: nothing to end or change)
+    "requires_action": frozenset({"cancel", "refresh"}),
     "canceled": frozenset(),
 }
 
@@ -82,6 +84,7 @@ SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
     "active": frozenset({"active", "past_due", "canceled"}),
     "past_due": frozenset({"past_due", "active", "canceled"}),
     "incomplete": frozenset({"incomplete", "active", "canceled"}),
+    "requires_action": frozenset({"requires_action", "active", "trialing", "canceled"}),
     "canceled": frozenset({"canceled"}),
 }
 

@@ -134,7 +134,8 @@ PADDLE_NO_KEYS = (
     "again when sent again"
 )
 PADDLE_NO_SUBSCRIPTIONS = (
-    "the Paddle gateway has no subscriptions (Paddle makes them at checkout of a price)"
+    "a Paddle subscription starts at checkout, not from a saved card "
+    "(tests/gateways/paddle_gateway/test_subscriptions.py)"
 )
 PADDLE_NO_PAYOUTS = "Paddle pays the seller out itself: no payouts or balance"
 NO_CONNECTED_ACCOUNTS = "no connected accounts (Stripe Connect's): unsupported"

@@ -63,7 +63,7 @@ from paystream.gateways.base import (
     require_operation,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
-from paystream.gateways.paddle import mapping
+from paystream.gateways.paddle import mapping, subscriptions
 from paystream.gateways.paddle.client import PaddleClient, lost_answer
 from paystream.gateways.paddle.errors import PROVIDER, paddle_code, unreadable
 from paystream.gateways.paddle.in_flight import REDIS_WAIT_SECONDS, InFlight, new_token
@@ -101,10 +101,17 @@ __all__ = [
 # What Paddle offers through the calls this gateway makes: no PAYMENT_METHODS (Paddle
 # saves a payment method at checkout, never from a token by API), no MANUAL_CAPTURE
 # (Paddle captures at checkout), no DISPUTES (a chargeback is an adjustment Paddle makes;
-# there is no evidence API), no SUBSCRIPTIONS, PAYOUTS, TAX (docs/paddle.md). WEBHOOKS
-# only for a tenant with its notification destination's secret key.
+# there is no evidence API), no PAYOUTS, TAX (docs/paddle.md). SUBSCRIPTIONS start at
+# checkout (subscriptions.py). WEBHOOKS only for a tenant with its notification
+# destination's secret key.
 PADDLE_CAPABILITIES = frozenset(
-    {Capability.CUSTOMERS, Capability.PAYMENTS, Capability.REFUNDS, Capability.WEBHOOKS}
+    {
+        Capability.CUSTOMERS,
+        Capability.PAYMENTS,
+        Capability.REFUNDS,
+        Capability.SUBSCRIPTIONS,
+        Capability.WEBHOOKS,
+    }
 )
 WEBHOOK_SECRET = "webhook_secret_key"  # noqa: S105 - the secret's name
 PADDLE_OPTIONS = frozenset({"capabilities"})
@@ -135,7 +142,7 @@ _ADJUSTMENTS_PER_PAGE = 200
 _DESCRIPTION_KEY = "paystream_description"
 # The creates sent under an in-flight key (in_flight.py); a customer needs none (one per
 # email at Paddle: a second try is refused `customer_already_exists`).
-_IN_FLIGHT_CREATES = frozenset({"create_payment", "create_refund"})
+_IN_FLIGHT_CREATES = frozenset({"create_payment", "create_refund", "create_subscription"})
 
 
 def _capabilities(options: Mapping[str, Any], webhooks: bool = True) -> frozenset[Capability]:
@@ -602,7 +609,12 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             )
 
     async def _lookup(
-        self, operation: str, tag: str, params: str, req: CreatePayment, token: str
+        self,
+        operation: str,
+        tag: str,
+        params: str,
+        req: CreatePayment | gw_base.CreateSubscription,
+        token: str,
     ) -> dict[str, Any] | None:
         """``_earlier_transaction``, run on past the try's deadline (its pages bounded by
         LOOKUP_PAGES_MAX, each by the SDK's timeout) for the next try to use: sound, as no
@@ -635,7 +647,11 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             self._in_flight.release_soon(tag, lookup.token)
 
     async def _earlier_transaction(
-        self, operation: str, tag: str, params: str, req: CreatePayment
+        self,
+        operation: str,
+        tag: str,
+        params: str,
+        req: CreatePayment | gw_base.CreateSubscription,
     ) -> dict[str, Any] | None:
         """The transaction an earlier try of this request made, if any: looked for among
         the tenant's API transactions made since the request can first have been sent."""
@@ -916,6 +932,9 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             if operation == "create_payment" and isinstance(req, CreatePayment):
                 params = params_digest(operation, req)
                 return await self._earlier_transaction(operation, tag, params, req) is not None
+            if operation == "create_subscription" and isinstance(req, gw_base.CreateSubscription):
+                params = params_digest(operation, req)
+                return await self._earlier_transaction(operation, tag, params, req) is not None
             if operation == "create_customer" and isinstance(req, CreateCustomer):
                 if not req.email:
                     return False
@@ -952,25 +971,203 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
     async def accept_dispute(self, req: AcceptDispute, *, idempotency_key: str) -> DisputeResult:
         raise UnsupportedOperation(PROVIDER, "accept_dispute")
 
+    # ---- subscriptions ---------------------------------------------------------------
+    # Paddle makes a subscription when its customer pays, at checkout, a transaction of a
+    # recurring price: the create is that transaction (answered requires_action), and the
+    # subscription is named by it ever after (subscriptions.py).
+
     async def create_subscription(
         self, req: gw_base.CreateSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "create_subscription")
+        operation = "create_subscription"
+        require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
+        if req.provider_payment_method_id != CHECKOUT_TOKEN:
+            raise _refused(
+                ErrorCode.INVALID_REQUEST,
+                f"a Paddle subscription starts when its customer pays the first period at "
+                f'Paddle Checkout: send payment_method_token "{CHECKOUT_TOKEN}" (Paddle '
+                "charges no saved payment method from the API for a first period)",
+                reached=False,
+            )
+        if req.tax_rates:
+            raise UnsupportedOperation(PROVIDER, "create_subscription(tax_rates=...)")
+        if req.trial_days:
+            raise UnsupportedOperation(PROVIDER, "create_subscription(trial_days=...)")
+        if req.amount.currency not in CURRENCIES or req.interval not in subscriptions.INTERVALS:
+            raise _refused(
+                ErrorCode.INVALID_REQUEST,
+                f"Paddle takes no subscriptions in {req.amount.currency} every "
+                f"{req.interval_count} {req.interval}",
+                reached=False,
+            )
+        tag = request_tag(idempotency_key)
+        params = params_digest(operation, req)
+        self._not_dated_ahead()
+        joined = self._lookups.get(tag)
+        token = joined.token if joined is not None else new_token()
+        taken = await self._in_flight.take(tag, token, self._held_for)
+        if taken and joined is not None and self._lookups.get(tag) is joined:
+            del self._lookups[tag]
+        attempt = _Try(tag, token)
+        return await self._while_held(attempt, self._subscribe_once(req, params, attempt))
 
-    async def cancel_subscription(
-        self, req: gw_base.CancelSubscription, *, idempotency_key: str
+    async def _subscribe_once(
+        self, req: gw_base.CreateSubscription, params: str, attempt: _Try
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "cancel_subscription")
+        """``create_subscription`` under its in-flight key, as ``_pay_once``: its lookup
+        (the request's earlier checkout transaction), then its POST."""
+        operation = "create_subscription"
+        asked = (req.amount.amount, req.amount.currency)
+        txn = await self._lookup(operation, attempt.tag, params, req, attempt.token)
+        if txn is None:
+            payment = CreatePayment(
+                amount=req.amount,
+                provider_customer_id=req.provider_customer_id,
+                provider_payment_method_id=CHECKOUT_TOKEN,
+                description=req.description or "Subscription",
+                metadata=req.metadata,
+            )
+            body = self._transaction_body(payment, attempt.tag, params)
+            body["items"][0]["price"]["billing_cycle"] = subscriptions.billing_cycle(
+                req.interval, req.interval_count
+            )
+            settled = await self._sending(attempt)
+            made = await self._call(operation, "POST", "transactions", body=body, settled=settled)
+            txn = self._one(made)
+        self._as_asked("transaction", txn, mapping.transaction_money(txn), asked)
+        return await self._subscription_of(operation, txn)
 
-    async def update_subscription(
-        self, req: gw_base.UpdateSubscription, *, idempotency_key: str
+    async def _subscription_of(
+        self, operation: str, txn: Mapping[str, Any]
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "update_subscription")
+        """The subscription the checkout transaction ``txn`` stands for: not yet paid, the
+        transaction itself; paid, the subscription Paddle made, with its transactions."""
+        sub_id = txn.get("subscription_id")
+        if not isinstance(sub_id, str) or not sub_id:
+            return subscriptions.checkout_subscription(txn)
+        sub = self._one(await self._call(operation, "GET", f"subscriptions/{sub_id}"))
+        return await self._with_invoices(operation, str(txn["id"]), sub)
+
+    async def _with_invoices(
+        self, operation: str, checkout_id: str, sub: Mapping[str, Any]
+    ) -> gw_base.SubscriptionResult:
+        query = {
+            "subscription_id": str(sub["id"]),
+            "order_by": "id[DESC]",
+            "per_page": str(_TRANSACTIONS_PER_PAGE),
+        }
+        listed = self._many(await self._call(operation, "GET", "transactions", query=query))
+        return subscriptions.subscription(checkout_id, sub, subscriptions.invoices(listed))
+
+    async def _live(self, operation: str, checkout_id: str) -> tuple[dict[str, Any], str | None]:
+        """The checkout transaction and the id of the subscription it made (None: not paid
+        yet)."""
+        txn = await self._transaction(operation, checkout_id)
+        sub_id = txn.get("subscription_id")
+        return txn, sub_id if isinstance(sub_id, str) and sub_id else None
 
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:
-        raise UnsupportedOperation(PROVIDER, "retrieve_subscription")
+        op = "retrieve_subscription"
+        return await self._subscription_of(
+            op, await self._transaction(op, req.provider_subscription_id)
+        )
+
+    async def cancel_subscription(
+        self, req: gw_base.CancelSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """POST /subscriptions/{id}/cancel, ``effective_from`` next_billing_period (at its
+        period's end: a scheduled change) or immediately. Not yet paid, the checkout
+        transaction is canceled instead (cancel_payment's rules: a draft cannot be)."""
+        op = "cancel_subscription"
+        txn, sub_id = await self._live(op, req.provider_subscription_id)
+        if sub_id is None:
+            if req.at_period_end:
+                raise _refused(
+                    ErrorCode.INVALID_STATE,
+                    "the subscription's first period is not paid yet: it has no period "
+                    "to end (cancel it now)",
+                )
+            await self.cancel_payment(
+                CancelPayment(provider_payment_id=req.provider_subscription_id),
+                idempotency_key=idempotency_key,
+            )
+            return await self.retrieve_subscription(
+                gw_base.RetrieveSubscription(provider_subscription_id=str(txn["id"])),
+                idempotency_key=idempotency_key,
+            )
+        sub = self._one(await self._call(op, "GET", f"subscriptions/{sub_id}"))
+        if sub.get("status") == "canceled":
+            return await self._with_invoices(op, str(txn["id"]), sub)  # (a retry: done)
+        change = sub.get("scheduled_change")
+        if req.at_period_end and isinstance(change, Mapping) and change.get("action") == "cancel":
+            return await self._with_invoices(op, str(txn["id"]), sub)  # (scheduled already)
+        when = "next_billing_period" if req.at_period_end else "immediately"
+        path = f"subscriptions/{sub_id}/cancel"
+        made = self._one(await self._call(op, "POST", path, body={"effective_from": when}))
+        return await self._with_invoices(op, str(txn["id"]), made)
+
+    async def update_subscription(
+        self, req: gw_base.UpdateSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """PATCH /subscriptions/{id}: a new amount as its one non-catalog item priced anew
+        (the same product and billing cycle), ``proration_billing_mode: do_not_bill``
+        (paystream prorates nothing: the new amount is billed from the next period);
+        ``cancel_at_period_end`` false removes a scheduled cancel (``scheduled_change:
+        null``), true schedules one (the cancel operation). A new payment method is
+        `unsupported`: Paddle's customer changes the card at Paddle's own checkout."""
+        op = "update_subscription"
+        if req.provider_payment_method_id is not None:
+            raise UnsupportedOperation(PROVIDER, "update_subscription(payment_method_id=...)")
+        txn, sub_id = await self._live(op, req.provider_subscription_id)
+        if sub_id is None:
+            raise _refused(
+                ErrorCode.INVALID_STATE,
+                "the subscription's first period is not paid yet at Paddle Checkout: "
+                "nothing to change (cancel it and subscribe anew)",
+            )
+        checkout_id = str(txn["id"])
+        sub = self._one(await self._call(op, "GET", f"subscriptions/{sub_id}"))
+        body: dict[str, Any] = {}
+        if req.amount is not None:
+            price, money = subscriptions.price_of(sub.get("items"))
+            if req.amount.currency != money.currency:
+                raise _refused(
+                    ErrorCode.INVALID_REQUEST,
+                    f"the subscription bills {money.currency}: its amount stays in it",
+                    reached=False,
+                )
+            if req.amount.amount != money.amount:
+                body["items"] = [
+                    {
+                        "quantity": 1,
+                        "price": {
+                            "description": str(price.get("description") or "Subscription"),
+                            "name": price.get("name"),
+                            "product_id": price.get("product_id"),
+                            "tax_mode": "internal",
+                            "billing_cycle": price.get("billing_cycle"),
+                            "unit_price": {
+                                "amount": str(req.amount.amount),
+                                "currency_code": req.amount.currency,
+                            },
+                        },
+                    }
+                ]
+                body["proration_billing_mode"] = "do_not_bill"
+        change = sub.get("scheduled_change")
+        canceling = isinstance(change, Mapping) and change.get("action") == "cancel"
+        if req.cancel_at_period_end is False and canceling:
+            body["scheduled_change"] = None
+        if body:
+            sub = self._one(await self._call(op, "PATCH", f"subscriptions/{sub_id}", body=body))
+        if req.cancel_at_period_end and not canceling:
+            path = f"subscriptions/{sub_id}/cancel"
+            sub = self._one(
+                await self._call(op, "POST", path, body={"effective_from": "next_billing_period"})
+            )
+        return await self._with_invoices(op, checkout_id, sub)
 
     async def aclose(self) -> None:
         await self._client.aclose()

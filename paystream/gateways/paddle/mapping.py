@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_KEY",
     "adjustment_money",
     "amount",
+    "checkout_action",
     "customer",
     "customer_details",
     "own_metadata",
@@ -161,6 +162,19 @@ def _latest_attempt(txn: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def checkout_action(txn: Mapping[str, Any]) -> dict[str, Any]:
+    """The next action of a transaction its customer pays at Paddle Checkout: the
+    seller's payment link with the transaction (``?_ptxn=``), or Paddle.js opened with
+    the transaction id."""
+    checkout = txn.get("checkout")
+    url = checkout.get("url") if isinstance(checkout, Mapping) else None
+    return {
+        "type": "redirect_to_url",
+        "redirect_to_url": {"url": url, "return_url": None},
+        "paddle_transaction_id": str(txn["id"]),
+    }
+
+
 def payment(txn: Mapping[str, Any], refunded_amount: int = 0) -> PaymentResult:
     """The transaction as a payment; ``refunded_amount``: its approved refunds' total."""
     status = payment_status(txn)
@@ -171,17 +185,7 @@ def payment(txn: Mapping[str, Any], refunded_amount: int = 0) -> PaymentResult:
     latest = _latest_attempt(txn)
     failed = latest is not None and latest.get("status") in _FAILED_ATTEMPTS
     code = latest.get("error_code") if latest is not None and failed else None
-    next_action = None
-    if status is PaymentStatus.REQUIRES_ACTION:
-        checkout = txn.get("checkout")
-        url = checkout.get("url") if isinstance(checkout, Mapping) else None
-        # The customer pays at Paddle Checkout: the seller's payment link with the
-        # transaction (``?_ptxn=``), or Paddle.js opened with the transaction id.
-        next_action = {
-            "type": "redirect_to_url",
-            "redirect_to_url": {"url": url, "return_url": None},
-            "paddle_transaction_id": str(txn["id"]),
-        }
+    next_action = checkout_action(txn) if status is PaymentStatus.REQUIRES_ACTION else None
     return PaymentResult(
         provider_payment_id=str(txn["id"]),
         status=status,

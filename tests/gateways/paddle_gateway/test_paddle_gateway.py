@@ -158,7 +158,7 @@ async def test_what_paddle_lacks_is_refused_before_any_call(paddle_url: str) -> 
     gw = gateway(paddle_url)
     before = len(await effects(paddle_url))
     assert gw.capabilities == frozenset(
-        {Capability.CUSTOMERS, Capability.PAYMENTS, Capability.REFUNDS}
+        {Capability.CUSTOMERS, Capability.PAYMENTS, Capability.REFUNDS, Capability.SUBSCRIPTIONS}
     )  # (no webhook secret key: no webhooks)
     with pytest.raises(GatewayError) as token:
         await gw.create_payment(_charge(token="pm_card_visa"), idempotency_key=key())

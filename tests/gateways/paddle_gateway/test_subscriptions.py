@@ -1,0 +1,238 @@
+"""Paddle subscriptions through the gateway: a checkout transaction of a recurring price
+(``requires_action`` until paid), the subscription Paddle makes when it is paid, read
+back with its transactions as invoices, renewed and declined, updated without proration,
+canceled at period end (and resumed) or now. Against the FAKE Paddle
+(tests/fixtures/paddle_fake.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from paystream.gateways.base import (
+    REQUEST_SENT_SINCE,
+    CancelSubscription,
+    CreateSubscription,
+    InvoiceStatus,
+    RetrieveSubscription,
+    SubscriptionResult,
+    SubscriptionStatus,
+    UpdateSubscription,
+)
+from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.paddle import PaddleGateway
+from paystream.gateways.paddle.references import request_tag
+from paystream.money import Money
+from tests.gateways.harness import paddle_checkout
+from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, usd
+
+
+def _plan(amount: int = 1200, **fields: Any) -> CreateSubscription:
+    return CreateSubscription(
+        provider_customer_id=str(fields.pop("customer", "")) or "ctm_none",
+        provider_payment_method_id=str(fields.pop("token", "checkout")),
+        amount=usd(amount),
+        interval=str(fields.pop("interval", "month")),
+        interval_count=int(fields.pop("interval_count", 1)),
+        description="Pro plan",
+        **fields,
+    )
+
+
+async def _customer(gw: PaddleGateway) -> str:
+    from paystream.gateways.base import CreateCustomer
+
+    made = await gw.create_customer(
+        CreateCustomer(email=f"{key()[:12]}@example.com"), idempotency_key=key()
+    )
+    return made.provider_customer_id
+
+
+async def _read(gw: PaddleGateway, sid: str) -> SubscriptionResult:
+    return await gw.retrieve_subscription(
+        RetrieveSubscription(provider_subscription_id=sid), idempotency_key=key()
+    )
+
+
+async def _renew(url: str, sub_id: str, outcome: str = "captured") -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/_fake/subscriptions/{sub_id}/renew", json={"outcome": outcome}) as r,
+    ):
+        r.raise_for_status()
+        return dict((await r.json())["data"])
+
+
+async def _paddle_sub_id(url: str, checkout_id: str) -> str:
+    made = [e for e in await effects(url) if e["kind"] == "subscription"]
+    return next(str(e["id"]) for e in made if e["transaction"] == checkout_id)
+
+
+async def test_a_subscription_starts_at_checkout_and_renews(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    customer = await _customer(gw)
+    made = await gw.create_subscription(_plan(customer=customer), idempotency_key=key())
+    assert made.status is SubscriptionStatus.REQUIRES_ACTION
+    assert made.provider_subscription_id.startswith("txn_")
+    assert made.amount == usd(1200) and (made.interval, made.interval_count) == ("month", 1)
+    action = made.next_action or {}
+    assert action["paddle_transaction_id"] == made.provider_subscription_id
+    assert action["redirect_to_url"]["url"].endswith(f"?_ptxn={made.provider_subscription_id}")
+    made_txn = [e for e in await effects(paddle_url) if e["id"] == made.provider_subscription_id]
+    assert made_txn and made_txn[0]["custom_data"]["paystream_request"]
+    # Not paid yet: read back as it is, nothing billed.
+    assert (await _read(gw, made.provider_subscription_id)).status is (
+        SubscriptionStatus.REQUIRES_ACTION
+    )
+    # A declined card at checkout makes no subscription (the transaction stays payable).
+    await paddle_checkout(paddle_url, made.provider_subscription_id, "declined")
+    assert (await _read(gw, made.provider_subscription_id)).status is (
+        SubscriptionStatus.REQUIRES_ACTION
+    )
+    await paddle_checkout(paddle_url, made.provider_subscription_id)
+    live = await _read(gw, made.provider_subscription_id)
+    assert live.status is SubscriptionStatus.ACTIVE and live.next_action is None
+    assert live.provider_subscription_id == made.provider_subscription_id  # (named for good)
+    assert [i.status for i in live.invoices] == [InvoiceStatus.PAID]
+    assert live.invoices[0].provider_invoice_id == made.provider_subscription_id
+    first_end = live.current_period_end
+    sub_id = await _paddle_sub_id(paddle_url, made.provider_subscription_id)
+    await _renew(paddle_url, sub_id)
+    renewed = await _read(gw, made.provider_subscription_id)
+    assert renewed.status is SubscriptionStatus.ACTIVE
+    assert renewed.current_period_start == first_end and len(renewed.invoices) == 2
+    await _renew(paddle_url, sub_id, "not_enough_balance")
+    due = await _read(gw, made.provider_subscription_id)
+    assert due.status is SubscriptionStatus.PAST_DUE
+    assert due.invoices[0].status is InvoiceStatus.OPEN
+    assert due.invoices[0].failure_code == "not_enough_balance"
+    await gw.aclose()
+
+
+async def test_update_and_cancels(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    customer = await _customer(gw)
+    made = await gw.create_subscription(_plan(customer=customer), idempotency_key=key())
+    sid = made.provider_subscription_id
+    with pytest.raises(GatewayError) as unpaid:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, amount=usd(900)),
+            idempotency_key=key(),
+        )
+    assert unpaid.value.code is ErrorCode.INVALID_STATE
+    await paddle_checkout(paddle_url, sid)
+    changed = await gw.update_subscription(
+        UpdateSubscription(provider_subscription_id=sid, amount=usd(900)), idempotency_key=key()
+    )
+    assert changed.amount == usd(900) and changed.status is SubscriptionStatus.ACTIVE
+    assert len(changed.invoices) == 1  # (do_not_bill: nothing billed for the change)
+    with pytest.raises(UnsupportedOperation):
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, provider_payment_method_id="pm"),
+            idempotency_key=key(),
+        )
+    ending = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid, at_period_end=True), idempotency_key=key()
+    )
+    assert ending.cancel_at_period_end and ending.status is SubscriptionStatus.ACTIVE
+    again = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid, at_period_end=True), idempotency_key=key()
+    )
+    assert again.cancel_at_period_end
+    resumed = await gw.update_subscription(
+        UpdateSubscription(provider_subscription_id=sid, cancel_at_period_end=False),
+        idempotency_key=key(),
+    )
+    assert not resumed.cancel_at_period_end
+    gone = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid), idempotency_key=key()
+    )
+    assert gone.status is SubscriptionStatus.CANCELED and gone.canceled_at is not None
+    retried = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid), idempotency_key=key()
+    )
+    assert retried.status is SubscriptionStatus.CANCELED
+    cancels = [e for e in await effects(paddle_url) if e["kind"] == "subscription_cancel"]
+    assert [e["effective_from"] for e in cancels] == ["next_billing_period", "immediately"]
+    await gw.aclose()
+
+
+async def test_a_scheduled_cancel_ends_it_at_the_billing_date(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    made = await gw.create_subscription(
+        _plan(customer=await _customer(gw), interval="week", interval_count=2),
+        idempotency_key=key(),
+    )
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid, at_period_end=True), idempotency_key=key()
+    )
+    await _renew(paddle_url, await _paddle_sub_id(paddle_url, sid))
+    ended = await _read(gw, sid)
+    assert ended.status is SubscriptionStatus.CANCELED and not ended.cancel_at_period_end
+    assert len(ended.invoices) == 1  # (no renewal billed)
+    await gw.aclose()
+
+
+async def test_an_unpaid_one_is_canceled_with_its_checkout(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    made = await gw.create_subscription(_plan(customer=await _customer(gw)), idempotency_key=key())
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid, "declined")  # (ready: Paddle cancels it)
+    with pytest.raises(GatewayError) as no_period:
+        await gw.cancel_subscription(
+            CancelSubscription(provider_subscription_id=sid, at_period_end=True),
+            idempotency_key=key(),
+        )
+    assert no_period.value.code is ErrorCode.INVALID_STATE
+    gone = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid), idempotency_key=key()
+    )
+    assert gone.status is SubscriptionStatus.CANCELED
+    await gw.aclose()
+
+
+async def test_a_create_sent_again_makes_one_checkout(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    req = _plan(customer=await _customer(gw))
+    client = losing(gw, "POST", "transactions")
+    idem = key()
+    REQUEST_SENT_SINCE.set(time.time())  # (as the pipeline sets it: the command's time)
+    with pytest.raises(GatewayError) as lost:
+        await gw.create_subscription(req, idempotency_key=idem)
+    assert lost.value.code is ErrorCode.TIMEOUT
+    again = await gw.create_subscription(req, idempotency_key=idem)
+    assert again.status is SubscriptionStatus.REQUIRES_ACTION
+    made = [e for e in await effects(paddle_url) if e["kind"] == "transaction"]
+    mine = [e for e in made if e["custom_data"]["paystream_request"] == request_tag(idem)]
+    assert [e["id"] for e in mine] == [again.provider_subscription_id]
+    assert client.sent.count(("POST", "transactions")) == 1  # (found, not sent again)
+    assert await gw.knows_request("create_subscription", req, idempotency_key=idem)
+    with pytest.raises(GatewayError) as other:
+        await gw.create_subscription(
+            _plan(1300, customer=req.provider_customer_id), idempotency_key=idem
+        )
+    assert other.value.code is ErrorCode.IDEMPOTENCY_ERROR
+    await gw.aclose()
+
+
+async def test_what_it_refuses_before_any_call(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    before = len(await effects(paddle_url))
+    with pytest.raises(GatewayError) as token:
+        await gw.create_subscription(_plan(token="paymtd_x"), idempotency_key=key())
+    assert token.value.code is ErrorCode.INVALID_REQUEST and '"checkout"' in token.value.message
+    with pytest.raises(UnsupportedOperation):
+        await gw.create_subscription(_plan(trial_days=7), idempotency_key=key())
+    with pytest.raises(GatewayError) as currency:
+        await gw.create_subscription(
+            _plan().model_copy(update={"amount": Money(amount=5, currency="IDR")}),
+            idempotency_key=key(),
+        )
+    assert currency.value.code is ErrorCode.INVALID_REQUEST
+    assert len(await effects(paddle_url)) == before
+    await gw.aclose()
