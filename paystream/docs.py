@@ -441,6 +441,20 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "`trialing` (nothing charged until the trial ends).",
         {},
     ),
+    "subscription.requires_action": (
+        "subscription",
+        "The subscription is recorded `requires_action`: its customer pays the first "
+        "period at the provider's checkout (Paddle's; `next_action` the checkout URL, as "
+        "a payment's). Nothing is billed until then; `subscription.refresh` (or the "
+        "checkout's webhook) reads it back `active` once paid.",
+        {
+            "next_action": {
+                "type": "object",
+                "description": "where the customer pays: `redirect_to_url.url`, and "
+                "`paddle_transaction_id` (Paddle.js opens the checkout with it)",
+            }
+        },
+    ),
     "subscription.failed": (
         "subscription",
         "The first invoice's payment was declined: the subscription is recorded "

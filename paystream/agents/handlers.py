@@ -2018,18 +2018,11 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
         else _live_customer(ctx, data.customer_id)
     )
     ctx.at_provider(customer)
-    pm = ctx.load(PaymentMethodRecord, data.payment_method_id)
-    if not pm.attached and not ctx.let_through:
-        raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")
-    if pm.customer_id != customer.id:
-        raise Rejection(
-            RejectReason.INVALID_STATE, f"payment method {pm.id} belongs to another customer"
-        )
-    ctx.at_provider(pm)
+    pm = _first_period_method(ctx, data, customer)
     tax_rates = _applied_rates(ctx, data.tax_rate_ids or ())
     req = gw.CreateSubscription(
         provider_customer_id=customer.provider_customer_id,
-        provider_payment_method_id=pm.provider_payment_method_id,
+        provider_payment_method_id=(pm.provider_payment_method_id if pm is not None else _CHECKOUT),
         amount=Money(amount=data.amount, currency=data.currency),
         interval=data.interval.value,
         interval_count=data.interval_count,
@@ -2070,7 +2063,7 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
     sub = SubscriptionRecord(
         **_base(ctx, sid),
         customer_id=customer.id,
-        payment_method_id=pm.id,
+        payment_method_id=pm.id if pm is not None else None,
         status=res.status.value,
         amount=data.amount,
         currency=data.currency,
@@ -2087,6 +2080,12 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
         tax_rate_ids=[r.id for r in tax_rates] or None,
     )
     invoices = _invoices(ctx, sub, res)
+    if res.status is _SUB_REQUIRES_ACTION:
+        # (its customer pays the first period at the provider's checkout: read back by
+        # subscription.refresh, or its webhook, once paid)
+        return HandlerResult(
+            "subscription.requires_action", sub, invoices, extra={"next_action": res.next_action}
+        )
     if res.status is _INCOMPLETE:
         # Recorded, `incomplete` (the provider keeps it so: Stripe's, until it expires),
         # never active: its id is taken, and it may be canceled or read back.
@@ -2094,6 +2093,37 @@ async def create_subscription(ctx: HandlerContext, data: c.CreateSubscription) -
             "subscription.failed", sub, invoices, error=_first_invoice_failure(ctx, res)
         )
     return HandlerResult("subscription.created", sub, invoices)
+
+
+_CHECKOUT = "checkout"
+_SUB_REQUIRES_ACTION = gw.SubscriptionStatus.REQUIRES_ACTION
+
+
+def _first_period_method(
+    ctx: HandlerContext, data: c.CreateSubscription, customer: CustomerRecord
+) -> PaymentMethodRecord | None:
+    """The saved payment method a create bills, or None for a checkout-started one (its
+    customer pays at the provider's checkout: a gateway that starts subscriptions so,
+    Paddle's, only; any other is refused before a call)."""
+    if data.payment_method_id is None:
+        if ctx.gateway.provider != "paddle":
+            raise Rejection(
+                RejectReason.UNSUPPORTED,
+                f'payment_method_token "{_CHECKOUT}" starts a subscription at Paddle '
+                f"Checkout: tenant {ctx.cmd.tenant_id}'s gateway "
+                f"({ctx.gateway.provider}) bills a saved payment_method_id",
+                remember=False,
+            )
+        return None
+    pm = ctx.load(PaymentMethodRecord, data.payment_method_id)
+    if not pm.attached and not ctx.let_through:
+        raise Rejection(RejectReason.INVALID_STATE, f"payment method {pm.id} is detached")
+    if pm.customer_id != customer.id:
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"payment method {pm.id} belongs to another customer"
+        )
+    ctx.at_provider(pm)
+    return pm
 
 
 async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -> HandlerResult:
@@ -2218,7 +2248,9 @@ def _subscription_method(
     return pm
 
 
-def _billed_method(ctx: HandlerContext, sub: SubscriptionRecord, res: gw.SubscriptionResult) -> str:
+def _billed_method(
+    ctx: HandlerContext, sub: SubscriptionRecord, res: gw.SubscriptionResult
+) -> str | None:
     """paystream's id of the payment method the provider's answer says it bills: the
     subscription's customer's method recorded with that provider id.
 
@@ -2382,7 +2414,9 @@ def _subscription_outcome(
 ) -> HandlerResult:
     """A cancel's, an update's or a refresh's outcome: canceled, or updated (scheduled
     to cancel, changed, renewed, past due, or unchanged)."""
-    extra = {"previous_status": previous}
+    extra: dict[str, Any] = {"previous_status": previous}
+    if res.next_action is not None:
+        extra["next_action"] = res.next_action  # (still to be paid at checkout)
     if res.status is _SUB_CANCELED:
         return HandlerResult("subscription.canceled", sub, invoices, error=error, extra=extra)
     return HandlerResult("subscription.updated", sub, invoices, error=error, extra=extra)

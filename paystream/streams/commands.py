@@ -418,7 +418,10 @@ class CreateSubscription(CommandData):
 
     subscription_id: EntityId | None = None
     customer_id: EntityId
-    payment_method_id: EntityId
+    # Exactly one: a saved payment method of the customer's, or ``"checkout"`` (Paddle's
+    # only: its customer pays the first period at Paddle Checkout, docs/paddle.md).
+    payment_method_id: EntityId | None = None
+    payment_method_token: Literal["checkout"] | None = None
     amount: Amount
     currency: Currency
     interval: SubscriptionInterval
@@ -430,10 +433,14 @@ class CreateSubscription(CommandData):
     # ``amount``, inclusive ones contained in it (Stripe's default_tax_rates).
     tax_rate_ids: TaxRateIds | None = None
 
-    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"tax_rate_ids"})
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"tax_rate_ids", "payment_method_token"})
 
     @model_validator(mode="after")
     def _at_most_a_year(self) -> CreateSubscription:
+        if (self.payment_method_id is None) == (self.payment_method_token is None):
+            raise ValueError(
+                'exactly one of payment_method_id or payment_method_token ("checkout") is required'
+            )
         most = MAX_INTERVAL_COUNT[self.interval]
         if self.interval_count > most:
             raise ValueError(

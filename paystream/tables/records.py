@@ -350,7 +350,8 @@ class SubscriptionRecord(EntityRecord):
 
     entity_type: str = "subscription"
     customer_id: str
-    payment_method_id: str
+    # None: its customer pays at the provider's checkout (Paddle's), not a saved method.
+    payment_method_id: str | None = None
     status: str
     amount: int
     currency: str

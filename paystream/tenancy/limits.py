@@ -117,6 +117,8 @@ VOLUME_OUTCOMES = frozenset(
         "payment.processing",
         # (its first invoice paid; one in a trial charged nothing, and held nothing)
         "subscription.created",
+        # (a first period to be paid at checkout, as payment.requires_action)
+        "subscription.requires_action",
         # (a one-off invoice charged by invoice.pay)
         "invoice.paid",
     }
