@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from paddle_billing.Entities.Adjustment import Adjustment
 from paddle_billing.Entities.Customer import Customer
+from paddle_billing.Entities.Subscription import Subscription
 from paddle_billing.Entities.Transaction import Transaction
 
 from tests.fixtures.paddle_fake import (
@@ -269,3 +270,69 @@ async def test_restated_totals_keep_paddles_shapes(paddle: Paddle) -> None:
     assert status == 200, body
     Adjustment.from_dict(body["data"])
     assert body["data"]["totals"]["total"] == "5" and body["data"]["currency_code"] == "EUR"
+
+
+async def test_a_recurring_checkout_makes_a_subscription_paddles_sdk_reads(
+    paddle: Paddle,
+) -> None:
+    txn = await paddle.transaction(
+        custom_data={"paystream_subscription": "acme:sub_1"},
+        items=[
+            {
+                "quantity": 1,
+                "price": {
+                    "description": "monthly",
+                    "tax_mode": "internal",
+                    "billing_cycle": {"interval": "month", "frequency": 1},
+                    "unit_price": {"amount": "1200", "currency_code": "USD"},
+                    "product": {"name": "Plan", "tax_category": "standard"},
+                },
+            }
+        ],
+    )
+    assert txn["subscription_id"] is None
+    async with paddle.session.post(f"{paddle.url}/_fake/transactions/{txn['id']}/checkout") as r:
+        paid = (await r.json())["data"]
+    Transaction.from_dict(paid)
+    status, body = await paddle.call("GET", f"/subscriptions/{paid['subscription_id']}")
+    assert status == 200, body
+    sub = body["data"]
+    Subscription.from_dict(sub)
+    assert sub["status"] == "active" and sub["custom_data"] == txn["custom_data"]
+    # PATCH items: proration_billing_mode is required (Paddle's error code).
+    item = {"quantity": 1, "price": {**sub["items"][0]["price"], "product_id": "pro_x"}}
+    status, body = await paddle.call("PATCH", f"/subscriptions/{sub['id']}", {"items": [item]})
+    _error(body, "subscription_items_update_missing_proration_billing_mode")
+    # A renewal (the fake's clock): a transaction of the subscription, custom_data copied.
+    async with paddle.session.post(
+        f"{paddle.url}/_fake/subscriptions/{sub['id']}/renew", json={"outcome": "declined"}
+    ) as r:
+        assert (await r.json())["data"]["status"] == "past_due"
+    status, body = await paddle.call("GET", f"/transactions?subscription_id={sub['id']}")
+    renewal = next(t for t in body["data"] if t["origin"] == "subscription_recurring")
+    Transaction.from_dict(renewal)
+    assert renewal["status"] == "past_due" and renewal["custom_data"] == txn["custom_data"]
+    status, body = await paddle.call(
+        "POST", f"/subscriptions/{sub['id']}/cancel", {"effective_from": "immediately"}
+    )
+    Subscription.from_dict(body["data"])
+    assert body["data"]["status"] == "canceled" and body["data"]["canceled_at"]
+    # A trial without a billing cycle: Paddle's error.
+    status, body = await paddle.call(
+        "POST",
+        "/transactions",
+        {
+            "items": [
+                {
+                    "quantity": 1,
+                    "price": {
+                        "description": "d",
+                        "trial_period": {"interval": "day", "frequency": 7},
+                        "unit_price": {"amount": "1", "currency_code": "USD"},
+                        "product": {"name": "P", "tax_category": "standard"},
+                    },
+                }
+            ]
+        },
+    )
+    _error(body, "price_trial_period_requires_billing_cycle")
