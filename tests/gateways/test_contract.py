@@ -1296,7 +1296,7 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
     ]
     # Stopping or reading back one already made needs only the provider's capability
     # (review h73u: a narrowed tenant's live subscriptions kept billing, uncancellable):
-    # the call reaches the provider, which does not know sub_x; Paddle has none at all.
+    # the call reaches the provider, which does not know sub_x.
     lasting = [
         gw.cancel_subscription(
             # (Square cancels only at the period's end: a cancel now is its unsupported)
@@ -1314,12 +1314,10 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
             idempotency_key=key(),
         ),
     ]
-    if harness.name == "paddle":
-        calls += lasting
     for call in calls:
         with pytest.raises(UnsupportedOperation):
             await call
-    for call in lasting if harness.name != "paddle" else []:
+    for call in lasting:
         await expect(ErrorCode.NOT_FOUND, call)
 
 

@@ -274,8 +274,9 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
         settled: Callable[[bool], None] | None = None,
+        req: BaseModel | None = None,
     ) -> dict[str, Any]:
-        require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER)
+        require_operation(operation, self.capabilities, PADDLE_CAPABILITIES, PROVIDER, req)
         return await self._client.call(method, path, body=body, query=query, settled=settled)
 
     @staticmethod
@@ -1118,9 +1119,13 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         null``), true schedules one (the cancel operation). A new payment method is
         `unsupported`: Paddle's customer changes the card at Paddle's own checkout."""
         op = "update_subscription"
+        # (a new price needs the tenant's subscriptions; a cancel at period end alone, a
+        # stop, its provider's only: base.UNNARROWED_OPERATIONS)
+        require_operation(op, self.capabilities, PADDLE_CAPABILITIES, PROVIDER, req)
+        read = "retrieve_subscription"
         if req.provider_payment_method_id is not None:
             raise UnsupportedOperation(PROVIDER, "update_subscription(payment_method_id=...)")
-        txn, sub_id = await self._live(op, req.provider_subscription_id)
+        txn, sub_id = await self._live(read, req.provider_subscription_id)
         if sub_id is None:
             raise _refused(
                 ErrorCode.INVALID_STATE,
@@ -1128,7 +1133,7 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
                 "nothing to change (cancel it and subscribe anew)",
             )
         checkout_id = str(txn["id"])
-        sub = self._one(await self._call(op, "GET", f"subscriptions/{sub_id}"))
+        sub = self._one(await self._call(read, "GET", f"subscriptions/{sub_id}"))
         body: dict[str, Any] = {}
         if req.amount is not None:
             price, money = subscriptions.price_of(sub.get("items"))
@@ -1161,13 +1166,13 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         if req.cancel_at_period_end is False and canceling:
             body["scheduled_change"] = None
         if body:
-            sub = self._one(await self._call(op, "PATCH", f"subscriptions/{sub_id}", body=body))
+            path = f"subscriptions/{sub_id}"
+            sub = self._one(await self._call(op, "PATCH", path, body=body, req=req))
         if req.cancel_at_period_end and not canceling:
             path = f"subscriptions/{sub_id}/cancel"
-            sub = self._one(
-                await self._call(op, "POST", path, body={"effective_from": "next_billing_period"})
-            )
-        return await self._with_invoices(op, checkout_id, sub)
+            ends = {"effective_from": "next_billing_period"}
+            sub = self._one(await self._call(op, "POST", path, body=ends, req=req))
+        return await self._with_invoices(read, checkout_id, sub)
 
     async def aclose(self) -> None:
         await self._client.aclose()
