@@ -524,7 +524,11 @@ def _notice(
             or square_webhooks.invoice_notice(event)
         )
     if provider == "paddle":
-        return paddle_webhooks.payment_notice(event) or paddle_webhooks.refund_notice(event, tenant)
+        return (
+            paddle_webhooks.payment_notice(event)
+            or paddle_webhooks.refund_notice(event, tenant)
+            or paddle_webhooks.subscription_notice(event)
+        )
     return (
         payment_notice(event)
         or refund_notice(event)
@@ -795,7 +799,10 @@ async def _subscription_known_already(
     refresh records them, review h77n), and whatever the event does not say readably.
     (A subscription's move that an invoice's payment or decline brings comes in its own
     ``customer.subscription.updated``.)"""
-    if row.get("provider_subscription_id") != notice.provider_subscription_id:
+    # ("": the event does not tell it, a Paddle subscription's own or its renewal's:
+    # paddle/webhooks.py. Read: the refresh reads the recorded one.)
+    told = notice.provider_subscription_id
+    if told and row.get("provider_subscription_id") != told:
         return "the subscription is another provider subscription's"
     status = str(row.get("status"))
     if "refresh" not in SUBSCRIPTION_TRANSITIONS.get(status, frozenset()):

@@ -25,13 +25,14 @@ import time
 from datetime import datetime
 from typing import Any
 
-from paystream.gateways.base import read_payment_ref
+from paystream.gateways.base import read_payment_ref, read_subscription_ref
 from paystream.gateways.paddle.mapping import payment_status, refund_status
 from paystream.gateways.paddle.references import read_refund_reason
 from paystream.gateways.webhook_notices import (
     BadWebhook,
     PaymentNotice,
     RefundNotice,
+    SubscriptionNotice,
     plain_id,
     signed_event,
 )
@@ -39,12 +40,14 @@ from paystream.gateways.webhook_notices import (
 __all__ = [
     "FOLLOWED_PAYMENT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
+    "FOLLOWED_SUBSCRIPTION_EVENTS",
     "SECRET_NAME",
     "SIGNATURE_HEADER",
     "TOLERANCE_SECONDS",
     "payment_notice",
     "refund_notice",
     "signature",
+    "subscription_notice",
     "verified_event",
 ]
 
@@ -67,6 +70,22 @@ FOLLOWED_PAYMENT_EVENTS = frozenset(
         "transaction.canceled",
         "transaction.past_due",
         "transaction.updated",
+    }
+)
+# A subscription's own events (made when its checkout is paid, activated after a trial,
+# renewed or declined, a change scheduled or made, canceled); paused ones are read too
+# (and refused: paystream has no paused status). A subscription's transactions (its
+# checkout's, its renewals') come in the transaction events above.
+FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "subscription.created",
+        "subscription.activated",
+        "subscription.trialing",
+        "subscription.updated",
+        "subscription.past_due",
+        "subscription.paused",
+        "subscription.resumed",
+        "subscription.canceled",
     }
 )
 # A refund Paddle approved or rejected after paystream made it pending.
@@ -188,5 +207,41 @@ def refund_notice(event: dict[str, Any], tenant_id: str) -> RefundNotice | None:
         adj["id"],
         None if status is None else status.value,
         None,
+        _epoch(event.get("occurred_at")),
+    )
+
+
+def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
+    """What a followed subscription event, or a transaction event of a subscription's,
+    says of paystream's subscription: named in ``custom_data`` (base.SUBSCRIPTION_REF_KEY),
+    which Paddle copies from the checkout transaction to the subscription it makes and
+    from it to each renewal's transaction. None for another event, or a subscription
+    paystream did not name.
+
+    paystream names the subscription at Paddle by its checkout transaction's id: the
+    notice carries it where the event tells it (the checkout transaction's own events;
+    ``subscription.created``'s ``transaction_id``), else "" (a renewal's transaction, the
+    subscription's other events), which the endpoint takes as "not told": each is a
+    refresh, which reads the recorded checkout's subscription."""
+    found = _event_entity(event, FOLLOWED_SUBSCRIPTION_EVENTS | FOLLOWED_PAYMENT_EVENTS)
+    if found is None:
+        return None
+    event_id, event_type, obj = found
+    custom = obj.get("custom_data")
+    ref = read_subscription_ref(custom)
+    if ref is None or read_payment_ref(custom) is not None:
+        return None
+    if event_type.startswith("transaction."):
+        checkout = obj["id"] if obj.get("origin") == "api" else ""
+    else:
+        made_by = obj.get("transaction_id")
+        checkout = made_by if event_type == "subscription.created" and plain_id(made_by) else ""
+    return SubscriptionNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        str(checkout),
+        None,  # (one seller per API key: no account to tell apart)
         _epoch(event.get("occurred_at")),
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from paystream.gateways.base import PAYMENT_REF_KEY
+from paystream.gateways.base import PAYMENT_REF_KEY, SUBSCRIPTION_REF_KEY
 from paystream.gateways.paddle import webhooks as pw
 from paystream.gateways.paddle.references import refund_reason
 from paystream.gateways.webhook_notices import BadWebhook
@@ -104,3 +104,27 @@ def test_an_adjustment_event_names_paystreams_refund() -> None:
     )
     plain = {**adj, "reason": refund_reason("duplicate", "a" * 32, "b" * 12, None)}
     assert pw.refund_notice(json.loads(paddle_event("adjustment.updated", plain)), "acme") is None
+
+
+def test_a_subscriptions_events_name_paystreams_subscription() -> None:
+    named = {SUBSCRIPTION_REF_KEY: "acme:sub_1", "paystream_request": "tag"}
+    checkout = _txn(custom_data=named, origin="api", subscription_id="sub_01p")
+
+    def notice(event_type: str, obj: dict[str, Any]) -> Any:
+        event = json.loads(paddle_event(event_type, obj, event_id="evt_2"))
+        return pw.payment_notice(event) or pw.subscription_notice(event)
+
+    paid = notice("transaction.completed", checkout)
+    assert paid is not None and (paid.tenant_id, paid.subscription_id) == ("acme", "sub_1")
+    assert paid.provider_subscription_id == "txn_01h"  # (the checkout: paystream's name)
+    # A renewal's transaction (custom_data copied from the subscription): not told.
+    renewal = {**checkout, "id": "txn_02r", "origin": "subscription_recurring"}
+    assert notice("transaction.past_due", renewal).provider_subscription_id == ""
+    sub = {"id": "sub_01p", "status": "active", "custom_data": named}
+    assert notice("subscription.updated", sub).provider_subscription_id == ""
+    created = notice("subscription.created", {**sub, "transaction_id": "txn_01h"})
+    assert created.provider_subscription_id == "txn_01h"
+    # Not followed, not paystream's, or a payment's: no subscription notice.
+    assert notice("subscription.imported", sub) is None
+    assert notice("subscription.updated", {**sub, "custom_data": None}) is None
+    assert pw.subscription_notice(json.loads(paddle_event("transaction.completed", _txn()))) is None
