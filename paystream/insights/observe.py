@@ -388,6 +388,8 @@ _PAID = InvoiceStatus.PAID
 _OPEN = InvoiceStatus.OPEN
 _VOID = InvoiceStatus.VOID
 _INCOMPLETE = SubscriptionStatus.INCOMPLETE
+# Recorded before its first period was paid: counted created once read back live.
+_NOT_YET_LIVE = frozenset({_INCOMPLETE, "requires_action"})
 # A subscription that is live: billed, or to be once its trial ends.
 _LIVE = frozenset(
     {SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE}
@@ -582,7 +584,8 @@ def _subscription_facts(
     """A subscription outcome's facts beyond its invoices.
 
     * Created: `subscription.created` (active, its first invoice paid, or trialing), or
-      an `incomplete` one read back live (its first invoice paid after all). Canceled: a
+      an `incomplete` one read back live (its first invoice paid after all), or a
+      `requires_action` one (Paddle's, paid at checkout since). Canceled: a
       `subscription.canceled` of one that was live (``previous_status``): not of an
       incomplete one, never counted created, nor one canceled already (a parked cancel
       re-driven after a refresh read it canceled). So created less canceled is the
@@ -601,7 +604,7 @@ def _subscription_facts(
     status = obj.get("status")
     if currency is not None:
         if outcome == "subscription.created" or (
-            outcome == "subscription.updated" and previous == _INCOMPLETE and status in _LIVE
+            outcome == "subscription.updated" and previous in _NOT_YET_LIVE and status in _LIVE
         ):
             facts["subscription_created"] = True
         elif outcome == "subscription.canceled" and previous in _LIVE:

@@ -238,6 +238,10 @@ def test_a_first_invoice_declined_is_a_card_decline_of_its_customer() -> None:
         # an incomplete one whose first invoice was paid after all: it starts now
         ("subscription.updated", "active", "incomplete", True, False),
         ("subscription.updated", "incomplete", "incomplete", False, False),
+        # a Paddle one paid at checkout since its create: it starts now (once)
+        ("subscription.updated", "active", "requires_action", True, False),
+        ("subscription.updated", "requires_action", "requires_action", False, False),
+        ("subscription.canceled", "canceled", "requires_action", False, False),
         ("subscription.updated", "active", "trialing", False, False),  # a trial ended
         ("subscription.updated", "active", "active", False, False),  # scheduled to cancel
     ],
