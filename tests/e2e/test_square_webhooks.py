@@ -317,7 +317,7 @@ async def test_a_renewal_declined_then_paid_comes_by_its_invoice_events(
     deployed: tuple[Deployment, str], client: PaystreamClient, square_url: str
 ) -> None:
     """The fake notifies by itself, as a webhook subscription at Square does: a renewal
-    declined (invoice.scheduled_charge_failed) makes the subscription past_due, and paid
+    declined (invoice.updated, UNPAID) makes the subscription past_due, and paid
     from Square's email (invoice.payment_made) active again, no refresh sent by anyone;
     an event saying what is recorded (the create's own invoice's and subscription's, a
     duplicate, the renewal's subscription.updated) brings no refresh; invoices of a
@@ -326,7 +326,7 @@ async def test_a_renewal_declined_then_paid_comes_by_its_invoice_events(
     hook = await fake(square_url, "/_fake/webhook_subscriptions", {
         "url": PUBLIC_URL, "signature_key": SIGNATURE_KEY,
         "post_to": f"{base_url}/webhooks/square/{TENANT}",
-        "event_types": ["invoice.payment_made", "invoice.scheduled_charge_failed"]})  # fmt: skip
+        "event_types": ["invoice.payment_made", "invoice.updated"]})  # fmt: skip
     try:
         await _renewal_declined_then_paid(base_url, client, square_url)
     finally:
@@ -371,7 +371,7 @@ async def _renewal_declined_then_paid(
     await fake(square_url, f"/_fake/cards/{card_id}/decline")
     await fake(square_url, "/_fake/clock", {"seconds": 7 * 24 * 3600 + 60})
     renewal = (await square_subscription(square_url, sqid))["invoice_ids"][0]
-    failed = await delivered(square_url, renewal, "invoice.scheduled_charge_failed")
+    failed = await delivered(square_url, renewal, "invoice.updated")
     assert (failed["status"], failed["body"].get("action")) == (200, "refresh"), failed
     now = await entity(base_url, "subscriptions", sub["id"], "past_due")
     invoice_id = derived_invoice_id(TENANT, sub["id"], renewal)
@@ -379,12 +379,12 @@ async def _renewal_declined_then_paid(
     held = await entity(base_url, "invoices", invoice_id, "open")
     assert held["failure_code"] == "card_declined"
 
-    # The same news again (Square's invoice.updated; a replay of the same event): no
+    # The same news again (another invoice.updated; a replay of the same event): no
     # second refresh.
     _, status, answer = await notify(square_url, base_url, "invoice.updated", renewal)
     assert (status, answer.get("why")) == (200, "the invoice is open already"), answer
     replay = await fake(square_url, "/_fake/webhooks", {
-        "type": "invoice.scheduled_charge_failed", "id": renewal,
+        "type": "invoice.updated", "id": renewal,
         "event_id": failed["event_id"], "url": PUBLIC_URL, "signature_key": SIGNATURE_KEY,
         "post_to": f"{base_url}/webhooks/square/{TENANT}"})  # fmt: skip
     assert replay["body"].get("why") == "the event was received already", replay

@@ -173,8 +173,9 @@ async def test_its_billing_notifies_a_webhook_subscription_signed_and_retried(
     square: Square,
 ) -> None:
     """A webhook subscription hears the fake's billing as Square's invoice events: the
-    first period charged (invoice.payment_made), a renewal declined
-    (invoice.scheduled_charge_failed, the invoice UNPAID), paid from the email
+    first period charged (invoice.payment_made), a renewal declined (invoice.updated, the
+    invoice UNPAID: Square sends no invoice.scheduled_charge_failed for a Subscriptions
+    API invoice, that event is its recurring invoices'), paid from the email
     (invoice.payment_made, PAID), each signed over the subscription's URL and sent again
     until answered 2xx."""
     heard: list[dict[str, Any]] = []
@@ -223,11 +224,12 @@ async def test_its_billing_notifies_a_webhook_subscription_signed_and_retried(
         ) as resp:
             assert resp.status == 200
         await square.advance(7 * DAY + 60)
-        assert (await of_sub(3))[2] == ("invoice.scheduled_charge_failed", "UNPAID", 200)
+        assert (await of_sub(3))[2] == ("invoice.updated", "UNPAID", 200)
         newest, _ = await square.invoices(sub)
         async with square.session.post(f"{square.url}/_fake/invoices/{newest['id']}/pay") as r:
             assert r.status == 200
         assert (await of_sub(4))[3] == ("invoice.payment_made", "PAID", 200)
+        assert "invoice.scheduled_charge_failed" not in [e["type"] for e in heard]
         async with square.session.get(f"{square.url}/_fake/webhook_deliveries") as r:
             deliveries = (await r.json())[FAKE_SQUARE_MERCHANT]
         assert [d["answers"] for d in deliveries if d["event_id"] == first["event_id"]] == [
