@@ -241,3 +241,40 @@ async def test_its_billing_notifies_a_webhook_subscription_signed_and_retried(
         ) as r:
             assert r.status == 200
         await runner.cleanup()
+
+
+async def test_a_removed_webhook_subscription_sends_nothing_more(square: Square) -> None:
+    """DELETE /_fake/webhook_subscriptions/{id} stops its notifications, those still being
+    sent again too (a test's hook must not post into the next test's deployment)."""
+    tries: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        tries.append(json.loads(await request.read())["event_id"])
+        return web.json_response({}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/hook", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        hook = await square.ok("POST", "/_fake/webhook_subscriptions", {
+            "url": "https://pay.example.com/h", "signature_key": "k",
+            "post_to": f"http://127.0.0.1:{port}/hook"})  # fmt: skip
+        await square.subscribe()
+        for _ in range(100):
+            if tries:
+                break
+            await asyncio.sleep(0.05)
+        assert tries, "the first invoice's notification was never sent"
+        async with square.session.delete(
+            f"{square.url}/_fake/webhook_subscriptions/{hook['subscription']['id']}"
+        ) as resp:
+            assert resp.status == 200
+        sent = len(tries)
+        await asyncio.sleep(1.5)  # (the fake's next tries come within 0.25, 0.5 s)
+        assert len(tries) == sent, "a removed webhook subscription's notification was sent again"
+    finally:
+        await runner.cleanup()
