@@ -263,6 +263,14 @@ class CreateRefund(CommandData):
         {"reverse_transfer", "refund_application_fee"}
     )
 
+    @model_validator(mode="after")
+    def _fee_back_with_the_transfer(self) -> CreateRefund:
+        # Stripe: "if you refund the application fee for a destination charge, you must
+        # also reverse the transfer" (else the account keeps its transfer and the fee too).
+        if self.refund_application_fee and not self.reverse_transfer:
+            raise ValueError("refund_application_fee needs reverse_transfer (Stripe's rule)")
+        return self
+
 
 class RefreshRefund(CommandData):
     """Read a refund back from its provider: one left pending takes the status the

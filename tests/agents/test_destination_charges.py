@@ -18,6 +18,7 @@ from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection, Table
 from paystream.agents.idempotency_keeping import request_hash
 from paystream.gateways import base as gw
 from paystream.gateways.base import GatewayContext
+from paystream.gateways.errors import GatewayError
 from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.settings import load_settings
 from paystream.streams import commands as c
@@ -159,8 +160,9 @@ async def test_refund_options_need_a_destination_charge(harness: Harness) -> Non
     t = harness.add_tenant()
     made = await harness.send("payment.create", t, _pay(None))
     pid = data(made)["object"]["id"]
-    for option in ("reverse_transfer", "refund_application_fee"):
-        out = await harness.send("refund.create", t, {"payment_id": pid, option: True})
+    both = {"reverse_transfer": True, "refund_application_fee": True}
+    for options in ({"reverse_transfer": True}, both):
+        out = await harness.send("refund.create", t, {"payment_id": pid, **options})
         assert "destination charge" in _rejected(out, "validation_error")
     assert await _money(harness, t) == [("charge", 10_000)]
 
@@ -299,3 +301,37 @@ async def test_a_capture_made_at_the_provider_is_read_back_with_the_fee_capped(
     assert kind(read) == "payment.succeeded", data(read)
     assert data(read)["object"]["application_fee_amount"] == 2_500
     assert (await _money(harness, t))[-2:] == [("transfer", 0), ("application_fee", 2_500)]
+
+
+async def test_refunding_the_fee_needs_the_transfer_reversed(harness: Harness) -> None:
+    """Stripe (Connect, destination charges, Issue refunds): "if you refund the
+    application fee for a destination charge, you must also reverse the transfer".
+    Alone it would hand the platform's fee to an account that keeps its transfer:
+    refused before any call, nothing refunded."""
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send("payment.create", t, _pay(acct["id"], application_fee_amount=1_000))
+    pid = data(made)["object"]["id"]
+    for reverse in (None, False):
+        body: dict[str, Any] = {"payment_id": pid, "refund_application_fee": True}
+        if reverse is not None:
+            body["reverse_transfer"] = reverse
+        out = await harness.send("refund.create", t, body)
+        _rejected(out, "validation_error")
+        assert "refund_application_fee needs reverse_transfer" in str(data(out)), data(out)
+    assert [k for k, _ in await _money(harness, t)] == ["charge", "transfer", "application_fee"]
+
+
+async def test_the_simulator_refuses_a_fee_refund_without_the_reversal(harness: Harness) -> None:
+    """The simulator (as Stripe) refuses it too, for a caller that is not the handler."""
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send("payment.create", t, _pay(acct["id"], application_fee_amount=1_000))
+    req = gw.CreateRefund(
+        provider_payment_id=data(made)["object"]["provider_payment_id"],
+        refund_application_fee=True,
+    )
+    with pytest.raises(GatewayError) as refused:
+        await simulator_of(harness, t).create_refund(req, idempotency_key="fee-alone")
+    assert "reverse_transfer" in str(refused.value), refused.value
+    assert [k for k, _ in await _money(harness, t)] == ["charge", "transfer", "application_fee"]

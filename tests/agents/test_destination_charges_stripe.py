@@ -162,3 +162,36 @@ async def test_the_fake_refuses_as_stripe_does(sh: Harness, localstripe_url: str
         "/v1/refunds", {"payment_intent": plain["id"], "reverse_transfer": "true"}
     )
     assert status == 400 and "destination charge" in str(body), body
+
+
+async def test_the_fake_refuses_a_fee_refund_without_the_reversal(
+    sh: Harness, localstripe_url: str
+) -> None:
+    """Stripe: "if you refund the application fee for a destination charge, you must also
+    reverse the transfer". The FAKE refuses refund_application_fee alone (400) and makes
+    no refund; with reverse_transfer it refunds."""
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    acct = await _enabled_account(sh, t, localstripe_url)
+    form = {"amount": "1000", "currency": "usd", "payment_method": "pm_card_visa",
+            "confirm": "true", "payment_method_types[]": "card",
+            "transfer_data[destination]": acct["provider_account_id"],
+            "application_fee_amount": "100"}  # fmt: skip
+
+    async def post(path: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{localstripe_url}{path}", data=body, headers=AUTH) as resp,
+        ):
+            return resp.status, dict(await resp.json())
+
+    status, pi = await post("/v1/payment_intents", form)
+    assert status == 200 and pi["status"] == "succeeded", pi
+    refund = {"payment_intent": pi["id"], "amount": "400", "refund_application_fee": "true"}
+    status, body = await post("/v1/refunds", refund)
+    assert status == 400 and "reverse_transfer" in str(body), body
+    status, body = await post("/v1/refunds", {**refund, "reverse_transfer": "false"})
+    assert status == 400 and "reverse_transfer" in str(body), body
+    status, made = await post("/v1/refunds", {**refund, "reverse_transfer": "true"})
+    assert status == 200 and made["amount"] == 400, made
+    charge = await _get(f"{localstripe_url}/v1/charges/{made['charge']}")
+    assert charge["amount_refunded"] == 400, charge  # (the refused ones refunded nothing)

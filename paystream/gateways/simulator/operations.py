@@ -756,6 +756,10 @@ async def create_refund(tx: Tx, req: CreateRefund, key: str) -> dict[str, Any]:
         raise _invalid(
             "reverse_transfer and refund_application_fee need a charge with transfer_data"
         )
+    if req.refund_application_fee and not req.reverse_transfer:
+        # (Stripe: "if you refund the application fee for a destination charge, you must
+        # also reverse the transfer")
+        raise _invalid("refund_application_fee needs reverse_transfer for a destination charge")
     tx.put(refund)
     tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
     tx.effect(Effect.of("refund", key, refund["id"], amount, pi["currency"]))
