@@ -69,7 +69,7 @@ async def _money(h: Harness, t: str) -> list[tuple[str, int | None]]:
     ]
 
 
-async def test_a_destination_charge_transfers_less_the_fee_once(harness: Harness) -> None:
+async def test_a_destination_charge_transfers_and_takes_the_fee_back_once(harness: Harness) -> None:
     t = harness.add_tenant()
     acct = await _account(harness, t)
     body = _pay(acct["id"], application_fee_amount=1_230)
@@ -78,7 +78,7 @@ async def test_a_destination_charge_transfers_less_the_fee_once(harness: Harness
     obj = data(out)["object"]
     assert (obj["connected_account_id"], obj["application_fee_amount"]) == (acct["id"], 1_230)
     assert await _money(harness, t) == [
-        ("charge", 10_000), ("transfer", 8_770), ("application_fee", 1_230)
+        ("charge", 10_000), ("transfer", 10_000), ("application_fee", 1_230)
     ]  # fmt: skip
     # Redelivered (the same command id): answered as it was, nothing moved again.
     again = await harness.send("payment.create", t, body, command_id="pay-1")
@@ -118,7 +118,7 @@ async def test_a_partial_capture_caps_the_fee_at_what_was_captured(harness: Harn
     assert kind(out) == "payment.succeeded", data(out)
     assert data(out)["object"]["application_fee_amount"] == 3_000
     assert (await _money(harness, t))[1:] == [
-        ("capture", 3_000), ("transfer", 0), ("application_fee", 3_000)
+        ("capture", 3_000), ("transfer", 3_000), ("application_fee", 3_000)
     ]  # fmt: skip
 
 
@@ -132,7 +132,7 @@ async def test_a_partial_capture_above_the_fee_keeps_it(harness: Harness) -> Non
     out = await harness.send("payment.capture", t, {"payment_id": pid, "amount": 6_000})
     assert data(out)["object"]["application_fee_amount"] == 500, data(out)
     assert (await _money(harness, t))[1:] == [
-        ("capture", 6_000), ("transfer", 5_500), ("application_fee", 500)
+        ("capture", 6_000), ("transfer", 6_000), ("application_fee", 500)
     ]  # fmt: skip
 
 
@@ -146,7 +146,7 @@ async def test_a_refund_reverses_the_transfer_and_refunds_the_fee(harness: Harne
     out = await harness.send("refund.create", t, body, command_id="re-1")
     assert kind(out) == "refund.succeeded", data(out)
     assert (await _money(harness, t))[3:] == [
-        ("refund", 5_000), ("transfer_reversal", 4_500), ("application_fee_refund", 500)
+        ("refund", 5_000), ("transfer_reversal", 5_000), ("application_fee_refund", 500)
     ]  # fmt: skip
     await harness.send("refund.create", t, body, command_id="re-1")  # (redelivered)
     assert len(await _money(harness, t)) == 6
@@ -300,7 +300,7 @@ async def test_a_capture_made_at_the_provider_is_read_back_with_the_fee_capped(
     read = await harness.send("payment.refresh", t, {"payment_id": obj["id"]})
     assert kind(read) == "payment.succeeded", data(read)
     assert data(read)["object"]["application_fee_amount"] == 2_500
-    assert (await _money(harness, t))[-2:] == [("transfer", 0), ("application_fee", 2_500)]
+    assert (await _money(harness, t))[-2:] == [("transfer", 2_500), ("application_fee", 2_500)]
 
 
 async def test_refunding_the_fee_needs_the_transfer_reversed(harness: Harness) -> None:
@@ -335,3 +335,31 @@ async def test_the_simulator_refuses_a_fee_refund_without_the_reversal(harness: 
         await simulator_of(harness, t).create_refund(req, idempotency_key="fee-alone")
     assert "reverse_transfer" in str(refused.value), refused.value
     assert [k for k, _ in await _money(harness, t)] == ["charge", "transfer", "application_fee"]
+
+
+async def test_refunded_entirely_in_parts_the_whole_transfer_and_fee_come_back(
+    harness: Harness,
+) -> None:
+    """Stripe's flow of funds (Connect, destination charges): with an application fee
+    "the full charge amount is immediately transferred ... to the transfer_data[destination]
+    account", the fee "then transferred back to the platform"; a refund reversing the
+    transfer takes back "a proportional amount of the transfer", and the charge refunded
+    entirely, "the entire transfer is reversed" and "the entire application fee is
+    refunded as well". Four refunds of a quarter: 10 000 reversed, the fee of 1 given back
+    (each quarter's share of it rounds to 0: the last takes what is left)."""
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    made = await harness.send("payment.create", t, _pay(acct["id"], application_fee_amount=1))
+    pid = data(made)["object"]["id"]
+    assert (await _money(harness, t)) == [
+        ("charge", 10_000), ("transfer", 10_000), ("application_fee", 1)
+    ]  # fmt: skip
+    body = {"payment_id": pid, "amount": 2_500, "reverse_transfer": True,
+            "refund_application_fee": True}  # fmt: skip
+    for _ in range(4):
+        out = await harness.send("refund.create", t, body)
+        assert kind(out) == "refund.succeeded", data(out)
+    moved = await _money(harness, t)
+    reversed_ = sum(a or 0 for k, a in moved if k == "transfer_reversal")
+    fee_back = sum(a or 0 for k, a in moved if k == "application_fee_refund")
+    assert (reversed_, fee_back) == (10_000, 1), moved

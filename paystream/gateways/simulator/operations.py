@@ -472,19 +472,20 @@ async def _check_destination(tx: Tx, req: CreatePayment) -> None:
 
 
 def _transfer(tx: Tx, pi: dict[str, Any], key: str, captured: int) -> dict[str, Any]:
-    """A destination charge's money once captured: ``captured`` less the application fee
-    (at most what was captured, Stripe's cap) transferred to the connected account, the
-    fee kept by the platform: each an effect under the key (once, as every effect)."""
+    """A destination charge's money once captured, as Stripe moves it: "the full charge
+    amount is immediately transferred ... to the transfer_data[destination] account", and
+    the application fee (at most what was captured, Stripe's cap) "is then transferred
+    back to the platform". Each an effect under the key (once, as every effect)."""
     destination = pi.get("destination")
     if destination is None:
         return pi
     fee = min(pi.get("application_fee_amount") or 0, captured)
     currency = pi["currency"]
-    tx.effect(Effect.of("transfer", key, destination, captured - fee, currency))
+    tx.effect(Effect.of("transfer", key, destination, captured, currency))
     if pi.get("application_fee_amount") is not None:
         tx.effect(Effect.of("application_fee", key, pi["id"], fee, currency))
     return {**pi, "application_fee_amount": pi.get("application_fee_amount") and fee,
-            "transferred": captured - fee}  # fmt: skip
+            "transferred": captured}  # fmt: skip
 
 
 def _charge(tx: Tx, req: CreatePayment, key: str, token: str, manual: bool) -> dict[str, Any]:
@@ -773,21 +774,24 @@ def _reverse(
     tx: Tx, pi: dict[str, Any], refund: dict[str, Any], key: str, req: CreateRefund
 ) -> None:
     """A destination charge's refund, as Stripe's options say: ``reverse_transfer`` takes
-    the refunded share of the transfer back from the connected account (amount refunded
-    times transferred / captured, rounded half up, never past what is still transferred);
-    ``refund_application_fee`` gives the fee back in the same proportion. Without them
-    the platform bears the refund. Each an effect under the refund's key."""
+    "a proportional amount of the transfer" back from the connected account (the whole
+    amount was transferred: the amount refunded), ``refund_application_fee`` gives the
+    fee back to it in the same proportion (rounded half up); the charge refunded entirely,
+    all that is left of both comes back. Without them the platform bears the refund. Each
+    an effect under the refund's key."""
     pi = dict(pi)  # (the read's value is the commit's check: changed on a copy)
     captured, amount, currency = pi["amount_captured"], refund["amount"], pi["currency"]
+    entirely = pi["amount_refunded"] + amount >= captured
     if req.reverse_transfer:
-        transferred = pi.get("transferred", 0)
-        back = min((2 * amount * transferred + captured) // (2 * captured), transferred)
+        left = pi.get("transferred", 0) - pi.get("transfer_reversed", 0)
+        back = left if entirely else min(amount, left)
         tx.effect(Effect.of("transfer_reversal", key, pi["destination"], back, currency))
-        pi["transferred"] = transferred - back
+        pi["transfer_reversed"] = pi.get("transfer_reversed", 0) + back
     if req.refund_application_fee and pi.get("application_fee_amount"):
         fee = pi["application_fee_amount"]
         given = pi.get("application_fee_refunded", 0)
-        back = min((2 * amount * fee + captured) // (2 * captured), fee - given)
+        share = (2 * amount * fee + captured) // (2 * captured)
+        back = fee - given if entirely else min(share, fee - given)
         tx.effect(Effect.of("application_fee_refund", key, pi["id"], back, currency))
         pi["application_fee_refunded"] = given + back
     tx.put({**pi, "amount_refunded": pi["amount_refunded"] + amount})
