@@ -313,11 +313,21 @@ def _model_fields(obj: Any) -> Any:
 
 
 def model_fingerprint(operation: str, req: BaseModel) -> str:
-    """``request_fingerprint(operation, req.model_dump(mode="json"))``, the same bytes
-    hashed, in about half the time: orjson writes the model's fields as it goes (sorting
-    the keys of every dict, the fields' dicts included) instead of a dump being built
-    and then written."""
+    """``request_fingerprint(operation, req.model_dump(mode="json"))`` (less the fields
+    of ``FINGERPRINT_OMITS_NONE`` that are None), the same bytes hashed, in about half the
+    time: orjson writes the model's fields as it goes (sorting the keys of every dict, the
+    fields' dicts included) instead of a dump being built and then written."""
     params = req.__dict__ if type(req) in PLAIN_REQUESTS else req  # (one hook call fewer)
+    omits: tuple[str, ...] = getattr(req, "FINGERPRINT_OMITS_NONE", ())
+    if omits:
+        # Fields added since the request's first release, left out while None: a key
+        # the release before used matches (gw._Req.FINGERPRINT_OMITS_NONE). (A copy made
+        # only when one is there to leave out.)
+        fields = req.__dict__
+        for name in omits:
+            if fields.get(name, 0) is None:
+                params = {k: v for k, v in fields.items() if k not in omits or v is not None}
+                break
     body = orjson.dumps([operation, params], default=_model_fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
 
