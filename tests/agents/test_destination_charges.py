@@ -363,3 +363,21 @@ async def test_refunded_entirely_in_parts_the_whole_transfer_and_fee_come_back(
     reversed_ = sum(a or 0 for k, a in moved if k == "transfer_reversal")
     fee_back = sum(a or 0 for k, a in moved if k == "application_fee_refund")
     assert (reversed_, fee_back) == (10_000, 1), moved
+
+
+async def test_the_simulator_refuses_a_capture_fee_without_a_destination(
+    harness: Harness,
+) -> None:
+    """A capture naming an application fee for a payment that transfers nothing is refused
+    (as the FAKE refuses it for Stripe), not dropped: nothing is captured."""
+    t = harness.add_tenant()
+    made = await harness.send("payment.create", t, _pay(None, capture="manual"))
+    req = gw.CapturePayment(
+        provider_payment_id=data(made)["object"]["provider_payment_id"],
+        amount=5_000,
+        application_fee_amount=100,
+    )
+    with pytest.raises(GatewayError) as refused:
+        await simulator_of(harness, t).capture_payment(req, idempotency_key="fee-no-dest")
+    assert "destination" in str(refused.value), refused.value
+    assert [k for k, _ in await _money(harness, t)] == ["authorization"]

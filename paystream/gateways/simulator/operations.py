@@ -662,7 +662,10 @@ async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, An
         _capture_minimum(amount, pi["currency"])
     # As at Stripe, what is not captured is released, so the payment is final.
     pi = {**pi, "status": _SUCCEEDED, "amount_captured": amount}
-    if req.application_fee_amount is not None and pi.get("destination") is not None:
+    if req.application_fee_amount is not None:
+        if pi.get("destination") is None:
+            # (Stripe: an application fee is a Connect charge's; refused, not dropped)
+            raise _invalid("application_fee_amount needs a destination charge (transfer_data)")
         if not 0 <= req.application_fee_amount <= amount:
             raise _invalid(
                 f"application_fee_amount {req.application_fee_amount} must be between 0 and "
