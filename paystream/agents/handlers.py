@@ -2805,7 +2805,11 @@ async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> Hand
     """A draft made open: its total fixed, to be paid (`invoice.pay`, or by the customer
     on the provider's page: a sent invoice)."""
     rec = _one_off_invoice(ctx, data.invoice_id)
-    if not ctx.let_through:
+    # A paid or void one even let through (parked, re-driven after a refresh or a
+    # webhook recorded it so): its outcome was emitted then, once per invoice; the
+    # provider's replay of this finalize (paid as it was finalized) would emit
+    # invoice.paid again (review h79r_c).
+    if not ctx.let_through or rec.status in (_INVOICE_PAID, _INVOICE_VOID):
         _invoice_transition(rec, "finalize")
     ctx.at_provider(rec)
     req = gw.FinalizeInvoice(provider_invoice_id=rec.provider_invoice_id)

@@ -17,7 +17,7 @@ from paystream.gateways.simulator.gateway import SIMULATOR_CAPABILITIES
 from paystream.gateways.square.gateway import SQUARE_CAPABILITIES
 from paystream.money import Money
 from paystream.streams.commands import COMMANDS, PROVIDER_READS
-from tests.agents.harness import Harness, data, kind, new_tenant_id, simulator_of
+from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of, simulator_of
 from tests.agents.test_let_through import _answer, _command
 
 pytestmark = pytest.mark.asyncio
@@ -478,3 +478,37 @@ async def test_a_credit_that_covers_part_of_an_invoice_lowers_what_its_pay_charg
     assert kind(paid) == "invoice.paid", data(paid)
     assert [c.amount for c in await _charges(h, t)] == [30_000]
     assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 30_000}
+
+
+@pytest.mark.parametrize("credited", [True, False])
+async def test_a_finalize_re_driven_after_its_invoice_was_read_paid_is_refused(
+    harness: Harness, credited: bool
+) -> None:
+    """A finalize parked (its answers lost: its provider finalized the invoice, paid at
+    once by its customer's credit, or open and paid since on the provider's page), the
+    invoice then read paid by invoice.refresh (invoice.paid, once). Re-driven, the
+    finalize is refused invalid_state: the provider's replay of it would answer
+    invoice.paid a second time (credited), or an open invoice that cannot be recorded
+    over a paid one, parking it again on every re-drive (review h79r_c)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:fin-1": 3}})
+    draft = await _credited_draft(h, t, 60_000) if credited else await _draft(h, t)
+    body = {"invoice_id": draft["id"]}
+    parked = await h.processor.process(_command(t, "invoice.finalize", body, "fin-1"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    if not credited:
+        provider_invoice = h.processor.tables.invoices[f"{t}:{draft['id']}"]
+        await simulator_of(h, t).pay_invoice(
+            gw.PayInvoice(
+                provider_invoice_id=provider_invoice["provider_invoice_id"],
+                provider_payment_method_id=None,
+            ),
+            idempotency_key="paid-on-its-page",
+        )
+    read = await _answer(h, _command(t, "invoice.refresh", body, "refresh-1"))
+    assert kind(read) == "invoice.paid", data(read)
+    redriven = await h.processor.process(_command(t, "invoice.finalize", body, "fin-1"))
+    out = outcome_of(h.settings, redriven)
+    assert out is not None, [e.topic for e in redriven]
+    assert "is paid" in _rejected(out, "invalid_state")
