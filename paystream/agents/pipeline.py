@@ -1283,7 +1283,8 @@ class CommandProcessor(ProviderWindow):
             counts = self._counts_here(rec, existing, let_through, done.id_salt)
             if admission is not None:
                 self.limits.settle(admission, done.outcome.type if counts else "command.rejected")
-                self._count_learnt(cmd, admission, done.outcome, deciding.limits)
+                if counts:  # (sent again past the window: counted by its first record)
+                    self._count_learnt(cmd, admission, done.outcome, deciding.limits)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, counted=counts)
             return [self._outcome(cmd, done.outcome)]
         except AnsweredByAnother as other:
@@ -1394,7 +1395,8 @@ class CommandProcessor(ProviderWindow):
         )
         if admission is not None:
             self.limits.settle(admission, stored.type if counts else "command.rejected")
-            self._count_learnt(cmd, admission, stored, deciding.limits)
+            if counts:
+                self._count_learnt(cmd, admission, stored, deciding.limits)
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id, cmd.source)
         self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)

@@ -6,6 +6,7 @@ charge however often a pay is delivered or re-driven)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -512,3 +513,53 @@ async def test_a_finalize_re_driven_after_its_invoice_was_read_paid_is_refused(
     out = outcome_of(h.settings, redriven)
     assert out is not None, [e.topic for e in redriven]
     assert "is paid" in _rejected(out, "invalid_state")
+
+
+async def test_a_refresh_sent_again_past_the_window_counts_its_paid_invoice_once(
+    harness: Harness,
+) -> None:
+    """An invoice paid on the provider's page, read back paid by invoice.refresh
+    (counted toward the day); the same refresh sent again past the idempotency window
+    (a provider's webhook resent days later brings the same command id) is answered from
+    the invoice, its first outcome, and counts nothing again (review h79r_c F2)."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"EUR": 200_000}})
+    invoice = await _open_invoice(h, t)
+    provider_invoice = h.processor.tables.invoices[f"{t}:{invoice}"]["provider_invoice_id"]
+    await simulator_of(h, t).pay_invoice(
+        gw.PayInvoice(provider_invoice_id=provider_invoice, provider_payment_method_id=None),
+        idempotency_key="paid-on-its-page",
+    )
+    body = {"invoice_id": invoice}
+    first = await _answer(h, _command(t, "invoice.refresh", body, "refresh-1"))
+    assert kind(first) == "invoice.paid", data(first)
+    assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
+    del h.idempotency[f"{t}:refresh-1"]  # the idempotency window passed
+    again = await _answer(h, _command(t, "invoice.refresh", body, "refresh-1"))
+    assert again.get_id() == first.get_id()  # (its first outcome, from the invoice)
+    assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
+
+
+async def test_a_refresh_redelivered_after_a_crash_lost_its_count_counts_it(
+    harness: Harness,
+) -> None:
+    """The refresh that read the invoice paid, redelivered after a crash kept its invoice
+    write but lost its limits and idempotency writes: answered from the invoice, and
+    counted then (not never)."""
+    h = harness
+    t = h.add_tenant(limits={"daily_payment_volume": {"EUR": 200_000}})
+    invoice = await _open_invoice(h, t)
+    provider_invoice = h.processor.tables.invoices[f"{t}:{invoice}"]["provider_invoice_id"]
+    await simulator_of(h, t).pay_invoice(
+        gw.PayInvoice(provider_invoice_id=provider_invoice, provider_payment_method_id=None),
+        idempotency_key="paid-on-its-page",
+    )
+    before = copy.deepcopy(h.processor.limits.table[f"{t}:limits"])
+    refresh = _command(t, "invoice.refresh", {"invoice_id": invoice}, "refresh-1")
+    first = await _answer(h, refresh)
+    assert kind(first) == "invoice.paid", data(first)
+    h.processor.limits.table[f"{t}:limits"] = before  # (the crash: lost)
+    del h.idempotency[f"{t}:refresh-1"]  # (lost too)
+    again = await _answer(h, refresh)  # the same record, redelivered
+    assert again.get_id() == first.get_id()
+    assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
