@@ -563,3 +563,17 @@ async def test_a_refresh_redelivered_after_a_crash_lost_its_count_counts_it(
     again = await _answer(h, refresh)  # the same record, redelivered
     assert again.get_id() == first.get_id()
     assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
+
+
+async def test_a_sent_draft_whose_customer_was_deleted_is_still_finalized(
+    harness: Harness,
+) -> None:
+    """The customer's credit is read as a draft is finalized: a customer deleted since
+    has none to apply, and the finalize opens the invoice as it did before credit was
+    modelled (it was refused not_found: no such customer)."""
+    h = harness
+    t = h.add_tenant()
+    draft = await _draft(h, t, collection_method="send_invoice", days_until_due=7)
+    await _made(h, t, "customer.delete", {"customer_id": draft["customer_id"]})
+    out = await h.send("invoice.finalize", t, {"invoice_id": draft["id"]})
+    assert kind(out) == "invoice.finalized", data(out)

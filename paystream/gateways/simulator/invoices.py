@@ -131,7 +131,9 @@ async def _credited(tx: Tx, invoice: dict[str, Any]) -> dict[str, Any]:
     customer's credit balance at finalization: its ``amount`` due lowered by it, and
     ``paid`` at once, charging nothing, when the credit covers it all (Stripe marks an
     invoice whose amount due is 0 paid when it is finalized)."""
-    customer = await ops._must(tx, invoice["customer"], "customer")
+    customer = await tx.get(invoice["customer"])
+    if customer is None or customer.get("deleted"):
+        return invoice  # (no balance to apply: finalized as before credit was modelled)
     credit = dict(customer.get("credit") or {})
     held = int(credit.get(invoice["currency"], 0))
     applied = min(held, int(invoice["amount"]))
