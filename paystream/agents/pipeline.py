@@ -1413,13 +1413,16 @@ class CommandProcessor(ProviderWindow):
         """A one-off invoice learnt paid by a command that did not charge it (an
         invoice.refresh, an invoice.finalize its provider paid at once): its amount counted
         toward the day's volume, once, as an invoice.pay's is (LimitGate.count_learnt;
-        review h78o M1b)."""
+        review h78o M1b). An invoice.pay that paid it: the holds of its other pays go."""
         obj = outcome.data.get("object") or {}
         if learnt_paid(cmd.command_type, outcome.type, obj):
             self.limits.count_learnt(
                 admission, limits, str(obj.get("currency")), int(obj.get("amount") or 0),
                 str(obj["id"]),
             )  # fmt: skip
+        elif cmd.command_type == "invoice.pay" and outcome.type == "invoice.paid" and obj.get("id"):
+            # (counted by its settle; the holds of other pays of it, parked, go)
+            self.limits.release_invoice_holds(cmd.tenant_id, str(obj["id"]))
 
     def _own_refresh(self, rec: Inbound, cmd: CommandRef) -> bool:
         """A refresh a provider's webhook brought (paystream/origin_seal.py): paystream's

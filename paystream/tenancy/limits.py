@@ -39,7 +39,8 @@ A tenant's registry record may carry :class:`TenantLimits`:
   ``invoice.paid`` says it was paid, released otherwise. An invoice learnt paid by
   another command (``invoice.refresh``: paid on the provider's page, or by a pay whose
   answer was lost, parked) is counted then, once, and the holds of its pays released
-  (:meth:`LimitGate.count_learnt`).
+  (:meth:`LimitGate.count_learnt`); one a pay paid releases the holds of its other
+  pays, parked, as that pay is counted (:meth:`LimitGate.release_invoice_holds`).
 * An ``invoice.create`` is held to ``max_payment_amount`` and ``only_listed_currencies``
   as a payment of its total with its exclusive tax (an :class:`InvoiceTotal`, worked out
   by the pipeline): a ``send_invoice`` invoice is paid by its customer on the provider's
@@ -565,6 +566,20 @@ class LimitGate:
         elif not released:
             return
         self.table[key] = state
+
+    def release_invoice_holds(self, tenant_id: str, invoice_id: str) -> None:
+        """An ``invoice.pay`` answered `invoice.paid` (counted by its settle): the holds
+        of other pays of that invoice go too. One parked before its provider saw it can
+        charge nothing now (the invoice is paid: re-driven, it is refused "already
+        paid"), and held on until then, it kept the day's volume short of what was
+        counted (review h79r_c F6)."""
+        key = self.key(tenant_id)
+        raw = self.table.get(key)
+        if raw is None:
+            return
+        state = dict(raw)
+        if _without_invoice_holds(state, invoice_id):
+            self.table[key] = state
 
     def _release(self, admission: Admission) -> None:
         """Drop the hold ``admission`` names, if there is one (nothing counted)."""

@@ -577,3 +577,37 @@ async def test_a_sent_draft_whose_customer_was_deleted_is_still_finalized(
     await _made(h, t, "customer.delete", {"customer_id": draft["customer_id"]})
     out = await h.send("invoice.finalize", t, {"invoice_id": draft["id"]})
     assert kind(out) == "invoice.finalized", data(out)
+
+
+async def test_a_pay_that_pays_an_invoice_releases_the_hold_of_another_parked_pay_of_it(
+    harness: Harness,
+) -> None:
+    """A pay parked before its provider saw it (holding the invoice's amount against the
+    day); the invoice then paid by another pay, counted: the parked pay can charge
+    nothing now (re-driven, it is refused "already paid"), and its hold goes as the
+    other is counted, not held beside it until its re-drive or for two days (review
+    h79r_c F6)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(
+        t,
+        limits={"daily_payment_volume": {"EUR": 120_000}},
+        gateway_options={"fail_first": {f"ps:{t}:pay-1": 3}},
+    )
+    invoice = await _open_invoice(h, t)
+    body = {"invoice_id": invoice}
+    parked = await h.processor.process(_command(t, "invoice.pay", body, "pay-1"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    assert len(h.processor.limits.table[f"{t}:limits"]["held"]) == 1
+    paid = await _answer(h, _command(t, "invoice.pay", body, "pay-2"))
+    assert kind(paid) == "invoice.paid", data(paid)
+    state = h.processor.limits.table[f"{t}:limits"]
+    assert state["volume"] == {"EUR": 50_000} and not state["held"], state
+    # (another 50000 fits the day: 100000 of 120000, none held)
+    other = await h.send("invoice.pay", t, {"invoice_id": await _open_invoice(h, t)})
+    assert kind(other) == "invoice.paid", data(other)
+    redriven = await _answer(h, _command(t, "invoice.pay", body, "pay-1"))
+    assert "already paid" in _rejected(redriven, "invalid_state")
+    state = h.processor.limits.table[f"{t}:limits"]
+    assert state["volume"] == {"EUR": 100_000} and not state["held"], state
+    assert len(await _charges(h, t)) == 2
