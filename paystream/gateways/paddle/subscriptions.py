@@ -52,6 +52,8 @@ _STATUS = {
 }
 # A checkout transaction not paid yet: its customer still to pay at checkout.
 _UNPAID = frozenset({"draft", "ready", "billed"})
+# A checkout transaction paid, Paddle still processing it (making its subscription).
+_PROCESSING = frozenset({"paid", "completed"})
 _INVOICE = {
     "completed": InvoiceStatus.PAID,
     "paid": InvoiceStatus.PAID,
@@ -108,7 +110,8 @@ def price_of(items: Any) -> tuple[Mapping[str, Any], Money]:
 
 def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
     """The subscription a checkout transaction not yet paid stands for: ``requires_action``
-    (its customer pays at the checkout URL: ``next_action``), or ``canceled`` with it.
+    (its customer pays at the checkout URL: ``next_action``; paid, none, while Paddle
+    makes the subscription), or ``canceled`` with it.
     Its period is the one it would bill paid now (Paddle starts it at payment)."""
     status = txn.get("status")
     price, money = price_of(txn.get("items"))
@@ -126,15 +129,24 @@ def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
             current_period_end=made,
             canceled_at=_time(txn.get("updated_at") or txn.get("created_at")),
         )
-    if status not in _UNPAID:
-        # (paid, its subscription not named yet: Paddle makes it moments after)
-        raise GatewayError(
-            ErrorCode.PROVIDER_UNAVAILABLE,
-            f"Paddle has not yet made the subscription of transaction {txn['id']} "
-            f"({str(status)[:32]}): read again shortly",
-            provider=PROVIDER,
-            retryable=True,
+    if status in _PROCESSING:
+        # Paid, its subscription not named yet: Paddle makes it, then names it in the
+        # transaction (``completed``) moments after; ``transaction.paid``,
+        # ``subscription.created`` and ``.activated`` come before that. Not yet live, and
+        # nothing left for the customer to do; no provider failure either: retried, each
+        # such refresh counted against the tenant's circuit and was parked (review h79r_b
+        # H1). The transaction's ``completed`` event reads it live.
+        return SubscriptionResult(
+            provider_subscription_id=str(txn["id"]),
+            status=SubscriptionStatus.REQUIRES_ACTION,
+            amount=money,
+            interval=interval,
+            interval_count=count,
+            current_period_start=made,
+            current_period_end=ends,
         )
+    if status not in _UNPAID:
+        raise unreadable(f"checkout transaction status {str(status)[:32]!r}")
     return SubscriptionResult(
         provider_subscription_id=str(txn["id"]),
         status=SubscriptionStatus.REQUIRES_ACTION,

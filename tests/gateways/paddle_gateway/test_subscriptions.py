@@ -25,6 +25,7 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.paddle import PaddleGateway
 from paystream.gateways.paddle.references import request_tag
+from paystream.gateways.retry import CircuitState, RetryPolicy
 from paystream.money import Money
 from tests.gateways.harness import paddle_checkout
 from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, usd
@@ -242,3 +243,51 @@ async def test_what_it_refuses_before_any_call(paddle_url: str) -> None:
     assert currency.value.code is ErrorCode.INVALID_REQUEST
     assert len(await effects(paddle_url)) == before
     await gw.aclose()
+
+
+async def _paid_not_processed(url: str, transaction_id: str) -> None:
+    """The customer paid; Paddle has not yet made the subscription (the fake's checkout
+    stopped at ``paid``, as Paddle's is when it sends ``transaction.paid``)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/_fake/transactions/{transaction_id}/checkout", json={"until": "paid"}
+        ) as r,
+    ):
+        r.raise_for_status()
+
+
+async def test_a_checkout_paid_before_paddle_names_its_subscription(paddle_url: str) -> None:
+    """Paddle's order (its "Subscription created scenario"): ``transaction.paid``, then
+    ``subscription.created`` and ``.activated``, and only then is the transaction updated
+    with its ``subscription_id`` and ``completed``. Each of those events is a refresh of the
+    checkout read in between: it is still requires_action (nothing more to pay: no next
+    action), never a provider failure, which was retried against the tenant's circuit (4
+    tries each: two such refreshes opened it, parking every command of the tenant's) and
+    then parked on the retry topic (review h79r_b H1)."""
+    gw = gateway(paddle_url)
+    customer = await _customer(gw)
+    made = await gw.create_subscription(_plan(customer=customer), idempotency_key=key())
+    sid = made.provider_subscription_id
+    await _paid_not_processed(paddle_url, sid)
+    policy = RetryPolicy(
+        max_attempts=4,
+        backoff_base_seconds=0.001,
+        failure_threshold=5,
+        reset_seconds=60,
+        sleep=_no_wait,
+    )
+    for _ in range(2):  # (transaction.paid's refresh, subscription.created's)
+        read = await policy.call("t", "paddle", lambda: _read(gw, sid))
+        assert read.status is SubscriptionStatus.REQUIRES_ACTION
+        assert read.next_action is None and read.invoices == ()
+    assert policy.breaker("t", "paddle").state is CircuitState.CLOSED
+    await _paid_not_processed(paddle_url, sid)  # (processed: the subscription made)
+    live = await _read(gw, sid)
+    assert live.status is SubscriptionStatus.ACTIVE
+    assert [i.status for i in live.invoices] == [InvoiceStatus.PAID]
+    await gw.aclose()
+
+
+async def _no_wait(seconds: float) -> None:
+    return None
