@@ -14,7 +14,7 @@ import pytest
 
 import paystream.web.webhooks as wh
 from paystream import metrics
-from paystream.gateways.base import PAYMENT_REF_KEY
+from paystream.gateways.base import PAYMENT_REF_KEY, SUBSCRIPTION_REF_KEY
 from paystream.gateways.paddle import webhooks as pw
 from paystream.gateways.paddle.references import refund_reason
 from paystream.log_limits import ThrottledLog
@@ -139,3 +139,85 @@ async def test_a_huge_signature_timestamp_is_answered_bad_signature(seen: Simple
     huge = "ts=" + "9" * 400 + ";h1=" + "0" * 64
     status, body = await _post(paddle_event("transaction.completed", _txn()), huge)
     assert (status, body["error"]) == (400, "bad_signature")
+
+
+_PERIOD_END = "2026-02-01T10:00:00.000000Z"
+
+
+def _sub(**changed: Any) -> dict[str, Any]:
+    """Paddle's subscription entity as a subscription event carries it (paystream named
+    in its custom_data, copied from the checkout)."""
+    return {
+        "id": "sub_01p",
+        "status": "active",
+        "custom_data": {SUBSCRIPTION_REF_KEY: f"{TENANT}:sub_1", "paystream_request": "tag"},
+        "current_billing_period": {
+            "starts_at": "2026-01-01T10:00:00.000000Z",
+            "ends_at": _PERIOD_END,
+        },
+        "scheduled_change": {"action": "cancel", "effective_at": _PERIOD_END, "resume_at": None},
+        "items": [
+            {"quantity": 1, "price": {"unit_price": {"amount": "1200", "currency_code": "USD"}}}
+        ],
+        **changed,
+    }
+
+
+def _sub_row() -> dict[str, Any]:
+    return {"provider_subscription_id": "txn_ck", "status": "active",
+            "cancel_at_period_end": True, "current_period_end": "2026-02-01T10:00:00+00:00",
+            "amount": 1200, "payment_method_id": None}  # fmt: skip
+
+
+async def test_a_paddle_subscription_event_saying_what_is_recorded_is_dropped(
+    seen: SimpleNamespace,
+) -> None:
+    """The echo of paystream's own cancel at period end or price change (Paddle's
+    ``subscription.updated``), and a subscription transaction's ``transaction.paid`` and
+    ``.updated`` (its ``.completed``, ``.past_due``, ``.payment_failed`` or ``.canceled``
+    follows, saying the same), bring no refresh: each was one of three Paddle calls, some
+    five per renewal, against Paddle's 240 requests a minute (review h79r_b M1)."""
+    seen.row = _sub_row()
+    status, body = await _post(paddle_event("subscription.updated", _sub()))
+    assert (status, body["action"]) == (200, "ignored"), body
+    renewal = {"id": "txn_02r", "status": "paid", "origin": "subscription_recurring",
+               "subscription_id": "sub_01p", "custom_data": _sub()["custom_data"]}  # fmt: skip
+    for event_type in ("transaction.paid", "transaction.updated"):
+        status, body = await _post(paddle_event(event_type, renewal))
+        assert (status, body["action"]) == (200, "ignored"), (event_type, body)
+    assert not seen.sent
+    # What moved is read: a new period, the cancel removed, another price, another status,
+    # a renewal's transaction completed.
+    for event in (
+        paddle_event("subscription.updated", _sub(current_billing_period={
+            "starts_at": _PERIOD_END, "ends_at": "2026-03-01T10:00:00.000000Z"})),
+        paddle_event("subscription.updated", _sub(scheduled_change=None)),
+        paddle_event("subscription.updated", _sub(items=[{"quantity": 1, "price": {
+            "unit_price": {"amount": "900", "currency_code": "USD"}}}])),
+        paddle_event("subscription.past_due", _sub(status="past_due")),
+        paddle_event("subscription.paused", _sub(status="paused")),
+        paddle_event("transaction.completed", {**renewal, "status": "completed"}),
+    ):  # fmt: skip
+        status, body = await _post(event)
+        assert (status, body["action"]) == (200, "refresh"), body
+    assert len(seen.sent) == 6
+
+
+async def test_a_paddle_subscription_event_of_another_tenant_or_checkout_is_ignored(
+    seen: SimpleNamespace,
+) -> None:
+    """A subscription's own events name no checkout transaction (paystream's provider id),
+    so the endpoint does not compare it: the tenant its custom_data names still must be
+    this endpoint's, and a ``subscription.created`` naming another checkout (custom_data
+    set at a checkout paystream did not make) is ignored."""
+    seen.row = {**_sub_row(), "status": "requires_action"}
+    other = {SUBSCRIPTION_REF_KEY: "globex:sub_1"}
+    for event in (
+        paddle_event("subscription.activated", _sub(custom_data=other)),
+        paddle_event("subscription.created", _sub(transaction_id="txn_elsewhere")),
+    ):
+        status, body = await _post(event)
+        assert (status, body["action"]) == (200, "ignored"), body
+    assert not seen.sent
+    status, body = await _post(paddle_event("subscription.created", _sub(transaction_id="txn_ck")))
+    assert (status, body["action"]) == (200, "refresh"), body

@@ -88,6 +88,25 @@ FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
         "subscription.canceled",
     }
 )
+# A subscription's transactions' events followed (its checkout's, its renewals'): the
+# ones that end a step. ``transaction.paid`` and ``.updated`` come before (or beside) one
+# of these saying the same, and each was one more refresh of three Paddle calls (review
+# h79r_b M1); the checkout's subscription is named only once it is ``completed``.
+_SUBSCRIPTION_TRANSACTION_EVENTS = frozenset(
+    {
+        "transaction.completed",
+        "transaction.payment_failed",
+        "transaction.canceled",
+        "transaction.past_due",
+    }
+)
+# Paddle's subscription statuses paystream has (``paused``: none, read and refused).
+_SUBSCRIPTION_STATUS = {
+    "active": "active",
+    "trialing": "trialing",
+    "past_due": "past_due",
+    "canceled": "canceled",
+}
 # A refund Paddle approved or rejected after paystream made it pending.
 FOLLOWED_REFUND_EVENTS = frozenset({"adjustment.created", "adjustment.updated"})
 
@@ -223,7 +242,7 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
     ``subscription.created``'s ``transaction_id``), else "" (a renewal's transaction, the
     subscription's other events), which the endpoint takes as "not told": each is a
     refresh, which reads the recorded checkout's subscription."""
-    found = _event_entity(event, FOLLOWED_SUBSCRIPTION_EVENTS | FOLLOWED_PAYMENT_EVENTS)
+    found = _event_entity(event, FOLLOWED_SUBSCRIPTION_EVENTS | _SUBSCRIPTION_TRANSACTION_EVENTS)
     if found is None:
         return None
     event_id, event_type, obj = found
@@ -233,15 +252,54 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
         return None
     if event_type.startswith("transaction."):
         checkout = obj["id"] if obj.get("origin") == "api" else ""
-    else:
-        made_by = obj.get("transaction_id")
-        checkout = made_by if event_type == "subscription.created" and plain_id(made_by) else ""
+        return SubscriptionNotice(
+            event_id,
+            event_type,
+            ref[0],
+            ref[1],
+            str(checkout),
+            None,  # (one seller per API key: no account to tell apart)
+            _epoch(event.get("occurred_at")),
+        )
+    made_by = obj.get("transaction_id")
+    checkout = made_by if event_type == "subscription.created" and plain_id(made_by) else ""
+    status, canceling, ends, amount = _subscription_state(obj)
     return SubscriptionNotice(
         event_id,
         event_type,
         ref[0],
         ref[1],
         str(checkout),
-        None,  # (one seller per API key: no account to tell apart)
+        None,
         _epoch(event.get("occurred_at")),
+        # What it says of the subscription, for the endpoint to drop one saying what is
+        # recorded (the echo of paystream's own cancel or price change): each is a refresh
+        # of three Paddle calls (review h79r_b M1). None where it is not read.
+        status=status,
+        cancel_at_period_end=canceling,
+        current_period_end=ends,
+        amount=amount,
     )
+
+
+def _subscription_state(
+    obj: dict[str, Any],
+) -> tuple[str | None, bool | None, int | None, int | None]:
+    """A subscription entity's status (paystream's name; None for one paystream has not,
+    ``paused``), whether a cancel is scheduled, its current period's end (epoch seconds)
+    and what its one item bills a period (None: not one item, or unreadable)."""
+    status = _SUBSCRIPTION_STATUS.get(str(obj.get("status")))
+    change = obj.get("scheduled_change")
+    canceling = isinstance(change, dict) and change.get("action") == "cancel"
+    period = obj.get("current_billing_period")
+    ends = _epoch(period.get("ends_at")) if isinstance(period, dict) else None
+    amount = None
+    items = obj.get("items")
+    if isinstance(items, list) and len(items) == 1 and isinstance(items[0], dict):
+        price = items[0].get("price")
+        unit = price.get("unit_price") if isinstance(price, dict) else None
+        quantity = items[0].get("quantity", 1)
+        raw = unit.get("amount") if isinstance(unit, dict) else None
+        if isinstance(raw, str) and raw.isdigit() and len(raw) <= 15 and isinstance(quantity, int):
+            amount = int(raw) * quantity
+    return status, canceling and status != "canceled", ends, amount
