@@ -291,3 +291,23 @@ async def test_a_checkout_paid_before_paddle_names_its_subscription(paddle_url: 
 
 async def _no_wait(seconds: float) -> None:
     return None
+
+
+async def test_an_unopened_checkout_cannot_be_canceled_and_stays_payable(paddle_url: str) -> None:
+    """docs/paddle.md, "A checkout never paid": the transaction paystream makes (a customer,
+    no address) is a draft, which Paddle does not cancel; it stays payable, and paid later
+    starts the subscription."""
+    gw = gateway(paddle_url)
+    customer = await _customer(gw)
+    made = await gw.create_subscription(_plan(customer=customer), idempotency_key=key())
+    sid = made.provider_subscription_id
+    with pytest.raises(GatewayError) as refused:
+        await gw.cancel_subscription(
+            CancelSubscription(provider_subscription_id=sid, at_period_end=False),
+            idempotency_key=key(),
+        )
+    assert refused.value.code is ErrorCode.INVALID_STATE and "draft" in refused.value.message
+    assert (await _read(gw, sid)).status is SubscriptionStatus.REQUIRES_ACTION
+    await paddle_checkout(paddle_url, sid)
+    assert (await _read(gw, sid)).status is SubscriptionStatus.ACTIVE
+    await gw.aclose()
