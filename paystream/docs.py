@@ -469,7 +469,15 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "`subscription.refresh` read the "
         "subscription back (renewed: new `paid` invoices in `related`; `past_due`: an "
         "invoice `open`, its decline in `error`; or unchanged).",
-        _SUB_PREVIOUS,
+        {
+            **_SUB_PREVIOUS,
+            "next_action": {
+                "type": "object",
+                "description": "a refresh of one still `requires_action` (Paddle's, its first "
+                "period to be paid at checkout): where its customer pays, as "
+                "`subscription.requires_action`'s",
+            },
+        },
     ),
     "subscription.canceled": (
         "subscription",

@@ -37,3 +37,37 @@ def test_a_refresh_of_a_failed_payment_documents_every_field_it_adds(outcome: st
     extra = {"previous_status": "failed"} | handlers._previous_failure("card_declined", "ch_1")
     missing = set(extra) - _documented(asyncapi, outcome)
     assert not missing, (outcome, missing)
+
+
+def test_a_refresh_of_a_subscription_at_checkout_documents_its_next_action() -> None:
+    """A `subscription.refresh` of a subscription still to be paid at checkout (Paddle's)
+    answers `subscription.updated` with its `next_action` (handlers._subscription_outcome):
+    named in that outcome's payload (review h79r_b L)."""
+    from datetime import UTC, datetime
+
+    from paystream.gateways import base as gw
+    from paystream.money import Money
+    from paystream.tables.records import SubscriptionRecord
+
+    asyncapi = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    res = gw.SubscriptionResult(
+        provider_subscription_id="txn_1",
+        status=gw.SubscriptionStatus.REQUIRES_ACTION,
+        amount=Money(amount=1200, currency="USD"),
+        interval="month",
+        interval_count=1,
+        current_period_start=now,
+        current_period_end=now,
+        next_action={"type": "redirect_to_url"},
+    )
+    sub = SubscriptionRecord(
+        tenant_id="t", id="sub_1", provider="paddle", created_by="c", customer_id="cus_1",
+        status="requires_action", amount=1200, currency="USD", interval="month",
+        interval_count=1, provider_subscription_id="txn_1", current_period_start=now,
+        current_period_end=now,
+    )  # fmt: skip
+    answered = handlers._subscription_outcome(res, sub, [], None, "requires_action")
+    assert answered.outcome_type == "subscription.updated"
+    missing = set(answered.extra) - _documented(asyncapi, "subscription.updated")
+    assert not missing, missing
