@@ -65,6 +65,14 @@ _STATE_CODES = frozenset(
         "entity_archived",
         "concurrent_modification",
         "conflict",
+        # A subscription's state refuses the change (Paddle's error reference, 400s; its
+        # 409 locks are state by their status already): not the command's fault.
+        "subscription_update_when_canceled",
+        "subscription_is_canceled_action_invalid",
+        "subscription_is_inactive_action_invalid",
+        "subscription_not_active",
+        "subscription_locked_pending_changes",
+        "subscription_must_be_paused",
     }
 )
 # The seller's setup, not the command: the key may not do this, the account is not set up

@@ -27,6 +27,7 @@ from paystream.gateways.paddle import PaddleGateway
 from paystream.gateways.paddle.references import request_tag
 from paystream.gateways.retry import CircuitState, RetryPolicy
 from paystream.money import Money
+from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
 from tests.gateways.harness import paddle_checkout
 from tests.gateways.paddle_gateway.wire import effects, gateway, key, losing, usd
 
@@ -310,4 +311,33 @@ async def test_an_unopened_checkout_cannot_be_canceled_and_stays_payable(paddle_
     assert (await _read(gw, sid)).status is SubscriptionStatus.REQUIRES_ACTION
     await paddle_checkout(paddle_url, sid)
     assert (await _read(gw, sid)).status is SubscriptionStatus.ACTIVE
+    await gw.aclose()
+
+
+async def test_a_change_paddle_refuses_for_the_subscriptions_state_is_invalid_state(
+    paddle_url: str,
+) -> None:
+    """Paddle's refusals of a change for the subscription's state (its error reference:
+    ``subscription_update_when_canceled``, 400; ``subscription_locked_pending_changes``...)
+    are the subscription's state, not the command's: `invalid_state`, not `invalid_request`
+    (answered `validation_error`, as if the command were malformed; review h79r_b L3)."""
+    gw = gateway(paddle_url)
+    made = await gw.create_subscription(_plan(customer=await _customer(gw)), idempotency_key=key())
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    paddle_sub = await _paddle_sub_id(paddle_url, sid)
+    async with (  # (canceled at Paddle, its dashboard: not read here yet)
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {FAKE_PADDLE_API_KEY}"}) as s,
+        s.post(
+            f"{paddle_url}/subscriptions/{paddle_sub}/cancel",
+            json={"effective_from": "immediately"},
+        ) as r,
+    ):
+        r.raise_for_status()
+    with pytest.raises(GatewayError) as refused:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, amount=usd(900)),
+            idempotency_key=key(),
+        )
+    assert refused.value.code is ErrorCode.INVALID_STATE, refused.value
     await gw.aclose()
