@@ -1499,9 +1499,10 @@ def _insights_schemas() -> Doc:
                 "in the window (new and paid, a first invoice or a renewal read back, or an "
                 "open one found paid since: once per invoice), invoice payments declined "
                 "(an invoice new and open, or voided with a failure: once per invoice), "
-                "subscriptions created (active or trialing, or an incomplete one read back "
-                "live) and canceled (live ones only). One-off invoices count as invoices "
-                "too: paid by `invoice.paid`, declined by each `invoice.payment_failed`. "
+                "subscriptions created (active or trialing, or an incomplete or "
+                "`requires_action` one read back live) and canceled (live ones only). "
+                "One-off invoices count as invoices too: paid by `invoice.paid`, declined by "
+                "each `invoice.payment_failed`. "
                 "Present only when there are any",
                 "additionalProperties": _object(
                     {
