@@ -1950,6 +1950,8 @@ def _invoices(
                 total=(found.amount.amount if found.total is None else found.total)
                 if taxed
                 else None,
+                proration_lines=[line.model_dump(mode="json") for line in found.proration_lines]
+                or None,
             )
             changed.append(rec)
         else:
@@ -2391,6 +2393,10 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         amount=None if amount is None else Money(amount=amount, currency=sub.currency),
         provider_payment_method_id=None if method is None else method.provider_payment_method_id,
         cancel_at_period_end=at_end,
+        # (a price change's: with the amount unchanged there is nothing to prorate)
+        proration=None
+        if amount is None or data.proration in (None, c.Proration.NONE)
+        else str(data.proration),
     )
     res = await _gateway(
         ctx,
@@ -2417,6 +2423,9 @@ def _subscription_outcome(
     extra: dict[str, Any] = {"previous_status": previous}
     if res.next_action is not None:
         extra["next_action"] = res.next_action  # (still to be paid at checkout)
+    if res.pending_prorations:
+        # (a price change's proration lines, on its next invoice: create_prorations)
+        extra["pending_prorations"] = [p.model_dump(mode="json") for p in res.pending_prorations]
     if res.status is _SUB_CANCELED:
         return HandlerResult("subscription.canceled", sub, invoices, error=error, extra=extra)
     return HandlerResult("subscription.updated", sub, invoices, error=error, extra=extra)

@@ -111,6 +111,7 @@ from paystream.streams.commands import (
     DATA_NOT_AN_OBJECT,
     ID_MAX_CHARS,
     PROVIDER_READS,
+    Proration,
     validation_errors,
 )
 from paystream.streams.outcomes import (
@@ -155,10 +156,12 @@ from paystream.tenancy.limits import (
     Admission,
     LimitGate,
     LimitRejection,
+    ProrationCharge,
     Repricing,
     TenantLimits,
     charge_now,
     learnt_paid,
+    money_command,
 )
 from paystream.tenancy.limits import Record as LimitRecord
 from paystream.tenancy.models import TENANT_ID_PATTERN, UNREGISTERED, Tenant, TenantStatus
@@ -1282,7 +1285,7 @@ class CommandProcessor(ProviderWindow):
             # Whether this record counts the money the outcome moved (see _counts_here).
             counts = self._counts_here(rec, existing, let_through, done.id_salt)
             if admission is not None:
-                self.limits.settle(admission, done.outcome.type if counts else "command.rejected")
+                self._settle(cmd, admission, done.outcome, counts)
                 if counts:  # (sent again past the window: counted by its first record)
                     self._count_learnt(cmd, admission, done.outcome, deciding.limits)
             self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, counted=counts)
@@ -1394,7 +1397,7 @@ class CommandProcessor(ProviderWindow):
             and existing.source != [rec.partition, rec.offset]
         )
         if admission is not None:
-            self.limits.settle(admission, stored.type if counts else "command.rejected")
+            self._settle(cmd, admission, stored, counts)
             if counts:
                 self._count_learnt(cmd, admission, stored, deciding.limits)
         if stored.type == "customer.erased" and result.primary is not None:
@@ -1406,6 +1409,21 @@ class CommandProcessor(ProviderWindow):
             # (emitted, never stored: a replay is answered from ``stored``, without it)
             stored = StoredOutcome(type=stored.type, data={**stored.data, **result.unkept})
         return [self._outcome(cmd, stored)]
+
+    def _settle(
+        self, cmd: CommandRef, admission: Admission, outcome: StoredOutcome, counts: bool
+    ) -> None:
+        """Settle an admitted command by its outcome: what it moved counted (if this
+        record ``counts`` it), its hold released. A proration invoice's charge is told by
+        its invoices, not its outcome type (``_moved``)."""
+        if not counts:
+            self.limits.settle(admission, "command.rejected")
+            return
+        moved = _moved(cmd.command_type, outcome)
+        if moved is None:
+            self.limits.settle(admission, outcome.type)
+        else:
+            self.limits.settle(admission, outcome.type, moved)
 
     def _count_learnt(
         self, cmd: CommandRef, admission: Admission, outcome: StoredOutcome, limits: TenantLimits
@@ -1464,9 +1482,9 @@ class CommandProcessor(ProviderWindow):
         if at_turn is None:
             return waited, None
         tenant = at_turn
-        checked = self._limits_data(cmd, data) if cmd.command_type in MONEY_COMMANDS else data
+        checked = self._limits_data(cmd, data) if _LIMITS_READ.get(cmd.command_type) else data
         if (
-            cmd.command_type in MONEY_COMMANDS
+            money_command(cmd.command_type, checked)
             and tenant.limits.daily_payment_volume
             and not turn.settled()
             and not self.limits.volume_room(
@@ -1574,14 +1592,19 @@ class CommandProcessor(ProviderWindow):
         if cmd.command_type != "subscription.update":
             return data
         repricing = subscription_repricing(self.tables.subscriptions, cmd.tenant_id, data)
-        return data if repricing is None else repricing
+        if repricing is None:
+            return data
+        if data.proration is Proration.ALWAYS_INVOICE:
+            # (it charges now: its net proration, at most the new per-period charge)
+            return ProrationCharge(*repricing)
+        return repricing
 
     def _charge(self, cmd: CommandRef, data: Any, let_through: bool) -> int | None:
         """A money command's per-period charge where it is not its ``amount``: a
         subscription's with its tax rates' exclusive tax (handlers.subscription_charge);
         None otherwise. A repricing takes its subscription's rates as they are (archived
         since or not, its provider bills them)."""
-        if isinstance(data, Repricing):
+        if isinstance(data, (Repricing, ProrationCharge)):
             return subscription_charge(self.tables.tax_rates, cmd.tenant_id, data, True)
         if cmd.command_type != "subscription.create":
             return None
@@ -2787,6 +2810,33 @@ def _header_text(text: str, limit: int = 500) -> bytes:
     return shown.encode("utf-8", "replace")
 
 
+# Commands whose limits data is read from their entities (pipeline._limits_data): the
+# money commands, and a subscription.update (a new price; charged now with
+# always_invoice).
+_LIMITS_READ = dict.fromkeys((*MONEY_COMMANDS, "subscription.update"), True)
+
+
+def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
+    """What a ``subscription.update`` charged now: its proration invoices (made by this
+    command, with proration lines) paid, summed; 0 for none (a credit, a decline, no
+    always_invoice). None for any other command: its outcome type tells."""
+    if command_type != "subscription.update":
+        return None
+    command = outcome.data.get("command_id")
+    paid = 0
+    for part in outcome.data.get("related") or ():
+        obj = part.get("object") if isinstance(part, dict) else None
+        if (
+            isinstance(obj, dict)
+            and part.get("entity_type") == "invoice"
+            and obj.get("proration_lines")
+            and obj.get("status") == "paid"
+            and obj.get("created_by") == command
+        ):
+            paid += int(obj.get("amount") or 0)
+    return paid
+
+
 def _stored_fields(entity: EntityRecord) -> dict[str, Any]:
     """``entity.model_dump(mode="json", exclude={"applied"})`` (less the fields added
     since that are None, below): its fields as they stand
@@ -2831,6 +2881,8 @@ _WRITTEN_WHEN_SET = (
     "collection_method",
     "days_until_due",
     "due_date",
+    # (a subscription's invoice with a price change's proration lines)
+    "proration_lines",
 )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
     "PAYOUT_REF_KEY",
+    "PRORATIONS",
     "REFUND_REF_KEY",
     "REQUEST_SENT_SINCE",
     "SUBSCRIPTION_REF_KEY",
@@ -72,6 +73,7 @@ __all__ = [
     "PaymentStatus",
     "PayoutResult",
     "PayoutStatus",
+    "ProrationLineResult",
     "RefundResult",
     "RefundStatus",
     "RetrieveBalance",
@@ -473,13 +475,26 @@ class CancelSubscription(_Req):
 class UpdateSubscription(_Req):
     """Change a live subscription: its price per period (``amount``, in its own
     currency), the customer's payment method it bills, its cancel at period end. None:
-    left as it is. No prorations (Stripe's ``proration_behavior=none``): a new amount is
-    billed from the next period on (a trial's first invoice included)."""
+    left as it is. A new amount is billed from the next period on (a trial's first
+    invoice included); ``proration`` (Stripe's proration_behavior, with an amount only)
+    settles the period under way: ``none`` not at all, ``create_prorations`` by two
+    proration lines on the next invoice, ``always_invoice`` by those lines invoiced and
+    charged now (paystream.proration)."""
 
     provider_subscription_id: str
     amount: Money | None = None
     provider_payment_method_id: str | None = None
     cancel_at_period_end: bool | None = None
+    # None: ``none`` (and left out of the simulator's request fingerprint, so an update
+    # asked before this field answers its replay alike); else "create_prorations" or
+    # "always_invoice" (PRORATIONS).
+    proration: str | None = None
+
+    FINGERPRINT_OMITS_NONE: ClassVar[tuple[str, ...]] = ("proration",)
+
+
+# UpdateSubscription.proration's values (None: none).
+PRORATIONS = frozenset({"create_prorations", "always_invoice"})
 
 
 class PayoutStatus(StrEnum):
@@ -692,6 +707,16 @@ class RefundResult(_Res):
     failure_code: str | None = None
 
 
+class ProrationLineResult(_Res):
+    """A proration line of a subscription's price change (Stripe's invoice line with
+    ``proration: true``): ``amount`` negative for the unused time's credit."""
+
+    description: str
+    amount: int
+    period_start: datetime
+    period_end: datetime
+
+
 class InvoiceResult(_Res):
     """One period's invoice of a subscription, or a one-off invoice (no period)."""
 
@@ -714,6 +739,9 @@ class InvoiceResult(_Res):
     subtotal: int | None = None
     tax: int | None = None
     total: int | None = None
+    # A subscription's invoice: the proration lines on it (a price change's, made with
+    # ``always_invoice``: its own invoice; with ``create_prorations``: the next one's).
+    proration_lines: tuple[ProrationLineResult, ...] = ()
 
 
 class TaxRateResult(_Res):
@@ -740,6 +768,9 @@ class SubscriptionResult(_Res):
     # ``requires_action``: where its customer pays the first period (a checkout URL, as
     # a payment's next_action).
     next_action: dict[str, Any] | None = None
+    # Proration lines made with ``create_prorations`` and not invoiced yet (Stripe's
+    # pending invoice items): on its next invoice.
+    pending_prorations: tuple[ProrationLineResult, ...] = ()
 
 
 class PayoutResult(_Res):

@@ -70,6 +70,7 @@ __all__ = [
     "InvoiceLineItem",
     "PayInvoice",
     "PayoutMethod",
+    "Proration",
     "RefreshConnectedAccount",
     "RefreshInvoice",
     "RefreshPayment",
@@ -466,15 +467,28 @@ class CancelSubscription(CommandData):
     at_period_end: StrictBool = False
 
 
+class Proration(StrEnum):
+    """How a price change settles the period under way (Stripe's proration_behavior)."""
+
+    NONE = "none"  # nothing credited nor charged: the new price from the next period on
+    # The unused time at the old price credited, the remaining time at the new one
+    # charged: two proration lines on the next invoice (Stripe's pending invoice items).
+    CREATE_PRORATIONS = "create_prorations"
+    ALWAYS_INVOICE = "always_invoice"  # the same lines invoiced and charged now
+
+
 class UpdateSubscription(CommandData):
     """Change a live subscription (active, trialing or past_due) without canceling it:
     its price per period (``amount``, in its own currency: neither currency nor interval
     changes), the customer's saved payment method it bills (``payment_method_id``, one
     of the same customer's, attached), or its cancel at period end (``false`` resumes
     one scheduled to cancel; ``true`` schedules it, as `subscription.cancel`
-    ``at_period_end``). No prorations (Stripe's ``proration_behavior=none``): a new
-    amount is billed from the next period on (during a trial, the first invoice is at
-    it); the period under way is neither credited nor charged again. At least one field;
+    ``at_period_end``). A new amount is billed from the next period on (during a trial,
+    the first invoice is at it); ``proration`` says how the period under way is settled:
+    ``none`` (the default, Stripe's ``proration_behavior=none``) neither credits nor
+    charges it, ``create_prorations`` puts a credit for its unused time at the old price
+    and a charge for its remaining time at the new one on the next invoice,
+    ``always_invoice`` invoices and charges those lines now. At least one field;
     values equal to the current ones change nothing, and nothing is asked of the
     provider, but a ``payment_method_id`` given is always sent (the provider may bill a
     card set outside paystream: this puts the recorded one back)."""
@@ -483,6 +497,12 @@ class UpdateSubscription(CommandData):
     amount: Amount | None = None
     payment_method_id: EntityId | None = None
     cancel_at_period_end: StrictBool | None = None
+    # With a new ``amount``: how the period under way is settled (Stripe's
+    # proration_behavior). None: ``none``, and left out of the request hash, so an
+    # update sent before this field keeps its hash.
+    proration: Proration | None = None
+
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"proration"})
 
     # A subscription's fields that never change: refused by name (review h77o F1: a
     # generic "Extra inputs are not permitted" did not say what to do instead).
@@ -518,6 +538,8 @@ class UpdateSubscription(CommandData):
             raise ValueError(
                 "nothing to change: give amount, payment_method_id or cancel_at_period_end"
             )
+        if self.proration not in (None, Proration.NONE) and self.amount is None:
+            raise ValueError("proration needs a new amount: it settles a price change")
         return self
 
 

@@ -403,6 +403,10 @@ class InvoiceRecord(EntityRecord):
     # collected, the saved payment method `invoice.pay` charges, and a sent one's due
     # date (from finalization, as the provider counts days_until_due).
     line_items: list[dict[str, Any]] | None = None
+    # A subscription's invoice with a price change's proration lines on it (description,
+    # amount: negative for the unused time's credit, period_start, period_end), stored
+    # only when set.
+    proration_lines: list[dict[str, Any]] | None = None
     tax_rate_ids: list[str] | None = None
     collection_method: str | None = None
     payment_method_id: str | None = None

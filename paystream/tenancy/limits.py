@@ -94,10 +94,12 @@ __all__ = [
     "InvoiceTotal",
     "LimitGate",
     "LimitRejection",
+    "ProrationCharge",
     "Repricing",
     "TenantLimits",
     "charge_now",
     "learnt_paid",
+    "money_command",
 ]
 
 # ``stored`` not given (kept_rejection, admit): the tenant's state is read from the table.
@@ -213,6 +215,25 @@ class Repricing(NamedTuple):
     amount: int
     currency: str
     tax_rate_ids: tuple[str, ...] | None = None
+
+
+class ProrationCharge(NamedTuple):
+    """What the limits hold a ``subscription.update`` with ``proration:
+    always_invoice`` to: a :class:`Repricing` that also charges now. Its net proration
+    (the remaining time at the new price less the unused time at the old) is known only
+    at the provider's clock, and is never more than the new per-period charge: that
+    charge (with exclusive tax) is checked against ``max_payment_amount`` and held
+    against the day's volume, and what its proration invoice was paid is counted
+    (:meth:`LimitGate.settle` ``moved``; nothing for a credit or a decline)."""
+
+    amount: int
+    currency: str
+    tax_rate_ids: tuple[str, ...] | None = None
+
+
+def money_command(command_type: str, data: Any) -> bool:
+    """Does this command (as the limits see its data) charge now?"""
+    return command_type in MONEY_COMMANDS or isinstance(data, ProrationCharge)
 
 
 class InvoiceCharge(NamedTuple):
@@ -403,7 +424,7 @@ class LimitGate:
             mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
         holding = not enforced and bool(_holds_of_day(state, _day(self._at(state, rec))))
-        if not enforced and not (command_type in MONEY_COMMANDS and holding):
+        if not enforced and not (money_command(command_type, data) and holding):
             # Limits since removed: only earlier decisions still stand, until committed.
             # (Not while payments hold against the day: one of them re-driven now is
             # admitted below, so that its answer releases its hold; review h67e. Nor is
@@ -455,7 +476,7 @@ class LimitGate:
         charged: int | None = None
         # (Also with no daily volume set now: a hold placed while one was, a parked
         # payment's, is released when this payment is answered.)
-        if command_type in MONEY_COMMANDS and (limits.daily_payment_volume or state.get("held")):
+        if money_command(command_type, data) and (limits.daily_payment_volume or state.get("held")):
             currency, charged = str(data.currency), charge_now(command_type, data, amount)
             if not charged:
                 currency = None  # (a subscription's trial: nothing charged, nothing held)
@@ -503,10 +524,15 @@ class LimitGate:
         kwargs["stored"] = UNREAD
         return LimitGate(scratch, self._clock_ms, self._committed).admit(tenant_id, *args, **kwargs)
 
-    def settle(self, admission: Admission, outcome_type: str) -> None:
+    def settle(self, admission: Admission, outcome_type: str, moved: int | None = None) -> None:
         """An admitted payment answered: count its amount once if its outcome says money
         moved, and release what it held. Not called for a parked payment: it keeps its
-        hold until it is re-driven and answered."""
+        hold until it is re-driven and answered. ``moved``: what it charged, where its
+        outcome type does not tell (a proration invoice's: :class:`ProrationCharge`;
+        0: nothing, a credit or a decline)."""
+        counts = outcome_type in VOLUME_OUTCOMES if moved is None else moved > 0
+        if moved is not None:
+            admission = admission._replace(amount=moved)
         if admission.currency is None:
             # Nothing held by this delivery; but one of its earlier deliveries may have
             # held (an invoice.pay parked while its invoice was open, re-driven once a
@@ -520,7 +546,7 @@ class LimitGate:
         released = held.pop(admission.hold, None) if admission.hold is not None else None
         if released is not None:
             state["held"] = held
-        if outcome_type not in VOLUME_OUTCOMES:
+        if not counts:
             if released is not None:
                 self.table[key] = state
             return
@@ -950,7 +976,7 @@ def _quota(
     hold: str,
     charge: int | None = None,
 ) -> LimitRejection | None:
-    if command_type not in MONEY_COMMANDS and not isinstance(data, _PRICED):
+    if not money_command(command_type, data) and not isinstance(data, _PRICED):
         return None
     if isinstance(data, InvoiceCharge) and not data.amount:
         return None  # (the handler refuses it: nothing to charge)

@@ -1123,6 +1123,10 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         # stop, its provider's only: base.UNNARROWED_OPERATIONS)
         require_operation(op, self.capabilities, PADDLE_CAPABILITIES, PROVIDER, req)
         read = "retrieve_subscription"
+        if req.proration is not None:
+            # (not built yet for Paddle's proration_billing_mode: refused before
+            # anything is sent)
+            raise UnsupportedOperation(PROVIDER, f"update_subscription(proration={req.proration})")
         if req.provider_payment_method_id is not None:
             raise UnsupportedOperation(PROVIDER, "update_subscription(payment_method_id=...)")
         txn, sub_id = await self._live(read, req.provider_subscription_id)

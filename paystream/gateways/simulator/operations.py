@@ -18,6 +18,7 @@ from typing import Any
 
 from paystream.gateways.base import (
     METADATA_KEYS_MAX,
+    PRORATIONS,
     AcceptDispute,
     ArchiveTaxRate,
     AttachPaymentMethod,
@@ -70,6 +71,7 @@ from paystream.gateways.stripe_rules import (
 )
 from paystream.ids import ID_LENGTH
 from paystream.money import CURRENCY_EXPONENTS, MAX_MINOR_AMOUNT, Money, format_minor
+from paystream.proration import prorate
 from paystream.tax import Line, Rate, calculate, parse_percentage
 
 __all__ = [
@@ -950,17 +952,48 @@ def _bill_period(
     """Period ``k``'s invoice, its charge attempted now (off-session: a card that asks
     for 3-D Secure cannot be charged so, and declines). ``attached``: its payment method
     is still its customer's; detached since, nothing is charged (the invoice stays open,
-    as Stripe's with no payment method to charge)."""
-    card = card_for_token(sub["card"])
+    as Stripe's with no payment method to charge). Proration lines pending (a price
+    change's, ``create_prorations``) are on it, and a credit left over from earlier
+    prorations is taken off it (Stripe's customer credit balance)."""
     start, end = period_start(sub, k), period_start(sub, k + 1)
     subtotal, tax, total = _taxed(sub)
+    lines = list(sub.get("pending_prorations") or ())
+    sub["pending_prorations"] = []
+    invoice = _invoice_of(tx, sub, key, start, end, (subtotal, tax, total), lines, attached)
+    sub["periods_billed"] = k + 1
+    return invoice
+
+
+def _invoice_of(
+    tx: Tx,
+    sub: dict[str, Any],
+    key: str,
+    start: int,
+    end: int,
+    taxed: tuple[int, int, int],
+    lines: list[dict[str, Any]],
+    attached: bool,
+) -> dict[str, Any]:
+    """An invoice of ``sub`` for ``[start, end)``: ``taxed`` (subtotal, tax, total, of
+    its period's price; zeros for a proration invoice) plus its proration ``lines``,
+    less the subscription's credit; what is left due charged now under ``key``. Due
+    below zero (a downgrade's credit larger than the rest): nothing charged, the
+    invoice paid at zero and the rest kept as credit for the next invoices (Stripe
+    carries a negative invoice total to the customer's credit balance)."""
+    subtotal, tax, total = taxed
+    for line in lines:
+        subtotal, tax, total = subtotal + line["amount"], tax + line["tax"], total + line["total"]
+    due = total - int(sub.get("credit") or 0)
+    sub["credit"] = max(0, -due)
+    due = max(0, due)
+    card = card_for_token(sub["card"])
     pi: dict[str, Any] = {
         "object": "payment_intent",
         "id": _new_id("pi"),
         "status": _SUCCEEDED,
-        "amount": total,
+        "amount": due,
         "currency": sub["currency"],
-        "amount_captured": total,
+        "amount_captured": due,
         "amount_refunded": 0,
         "customer": sub["customer"],
         "card": sub["card"],
@@ -976,17 +1009,24 @@ def _bill_period(
         "id": _new_id("in"),
         "subscription": sub["id"],
         "status": "paid",
-        "amount": total,
+        "amount": due,
         "currency": sub["currency"],
         "period_start": start,
         "period_end": end,
-        "payment_intent": pi["id"],
+        "payment_intent": pi["id"] if due else None,
         "failure_code": None,
         "failure_message": None,
     }
     if sub.get("tax_rates"):
         invoice.update(subtotal=subtotal, tax=tax, total=total)
-    if (
+    if lines:
+        invoice["proration_lines"] = [
+            {k: line[k] for k in ("description", "amount", "period_start", "period_end")}
+            for line in lines
+        ]
+    if not due:
+        pass  # (nothing to charge: paid by credit, or at zero)
+    elif (
         not attached
         or card is None
         or card.behaviour
@@ -1012,26 +1052,53 @@ def _bill_period(
         )
         invoice.update(status="open", failure_code=code, failure_message=message)
     else:
-        tx.effect(Effect.of("charge", key, pi["id"], total, sub["currency"]))
-        tx.settle_later(sub["currency"], total, at=start)  # (charged as it began)
-    tx.put(pi)
+        tx.effect(Effect.of("charge", key, pi["id"], due, sub["currency"]))
+        tx.settle_later(sub["currency"], due, at=start)  # (charged as it began)
+    if due:
+        tx.put(pi)
     tx.put(invoice)
     sub["invoices"] = [*sub["invoices"], invoice["id"]]
-    sub["periods_billed"] = k + 1
     return invoice
 
 
-def _taxed(sub: dict[str, Any]) -> tuple[int, int, int]:
+def _proration_lines(sub: dict[str, Any], new: int, now: int) -> list[dict[str, Any]]:
+    """The lines a change of ``sub``'s price to ``new`` at ``now`` makes (paystream.
+    proration: Stripe's arithmetic), each with its tax by the subscription's rates (a
+    credit's the negative of the same charge's). None during a trial (nothing paid to
+    credit) or for a subscription never billed."""
+    if sub["status"] == _SUB_TRIALING or not sub["periods_billed"]:
+        return []
+    start, end = _current_period(sub)
+    lines = []
+    for line in prorate(sub["amount"], new, sub["currency"], start, end, now):
+        sign = -1 if line.amount < 0 else 1
+        _, tax, total = _taxed(sub, abs(line.amount))
+        lines.append(
+            {
+                "description": line.description,
+                "amount": line.amount,
+                "tax": sign * tax,
+                "total": sign * total,
+                "period_start": line.start,
+                "period_end": line.end,
+            }
+        )
+    return lines
+
+
+def _taxed(sub: dict[str, Any], amount: int | None = None) -> tuple[int, int, int]:
     """A period's (subtotal, tax, total) by the subscription's tax rates, as kept when it
-    was made (paystream.tax: Stripe Billing's arithmetic for default_tax_rates)."""
+    was made (paystream.tax: Stripe Billing's arithmetic for default_tax_rates); of
+    ``amount`` (a proration line's, >= 0) in place of its price if given."""
+    price = sub["amount"] if amount is None else amount
     rates = [
         Rate(r["id"], parse_percentage(r["percentage"]), bool(r["inclusive"]))
         for r in sub.get("tax_rates") or ()
     ]
     if not rates:
-        return sub["amount"], 0, sub["amount"]
+        return price, 0, price
     # (each tax to the currency's chargeable increment: a KWD invoice stays chargeable)
-    calc = calculate([Line(sub["amount"], 1, rates)], sub["currency"])
+    calc = calculate([Line(price, 1, rates)], sub["currency"])
     return calc.amount_subtotal, calc.amount_tax, calc.amount_total
 
 
@@ -1180,12 +1247,21 @@ async def cancel_subscription(tx: Tx, req: CancelSubscription, key: str) -> dict
 
 
 async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict[str, Any]:
-    """Stripe's subscription update with ``proration_behavior=none``: the periods its
-    clock began before are billed first, as they were; from then on every period (a
-    trial's first one included) is billed at the new amount to the new payment method.
-    Nothing is prorated, nothing charged now."""
+    """Stripe's subscription update: the periods its clock began before are billed
+    first, as they were; from then on every period (a trial's first one included) is
+    billed at the new amount to the new payment method. A new amount with
+    ``create_prorations``: the unused time's credit and the remaining time's charge
+    (paystream.proration, at this call's time on its clock) pend for the next invoice;
+    with ``always_invoice``: they are invoiced and charged now, under the update's key
+    (once: a replay is answered from it). Declined, the update stands, the invoice stays
+    open and the subscription goes past_due (Stripe's default payment_behavior for an
+    update, allow_incomplete). During a trial nothing is prorated (nothing was paid)."""
     if req.amount is not None:
         _check_amount(req.amount)
+    if req.proration is not None and req.proration not in PRORATIONS:
+        raise _invalid("proration must be none, create_prorations or always_invoice")
+    if req.proration is not None and req.amount is None:
+        raise _invalid("proration needs a new amount")
     sub = await _must(tx, req.provider_subscription_id, "subscription")
     now = await clock_now(tx)
     await _bill_due(tx, sub, now)  # (what its clock billed before the change)
@@ -1193,15 +1269,19 @@ async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict
         raise _refuse(ErrorCode.INVALID_STATE, "the subscription is canceled")
     if sub["status"] == _SUB_INCOMPLETE:
         raise _refuse(ErrorCode.INVALID_STATE, "an incomplete subscription cannot be updated")
+    lines: list[dict[str, Any]] = []
     if req.amount is not None:
         if req.amount.currency != sub["currency"]:
             raise _refuse(
                 ErrorCode.INVALID_REQUEST,
                 f"the subscription bills in {sub['currency']}, not {req.amount.currency}",
             )
+        lines = [] if req.proration is None else _proration_lines(sub, req.amount.amount, now)
         sub["amount"] = req.amount.amount
         # (with its tax rates, each period's total is still a chargeable amount)
         _check_amount(Money(amount=_taxed(sub)[2], currency=sub["currency"]))
+        if lines and req.proration == "create_prorations":
+            sub["pending_prorations"] = [*(sub.get("pending_prorations") or ()), *lines]
     if req.provider_payment_method_id is not None:
         pm = await _must(tx, req.provider_payment_method_id, "payment_method")
         if pm["customer"] is None:
@@ -1213,6 +1293,14 @@ async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict
         sub.update(payment_method=pm["id"], card=pm["card"])
     if req.cancel_at_period_end is not None:
         sub["cancel_at_period_end"] = req.cancel_at_period_end
+    if lines and req.proration == "always_invoice":
+        # (charged to the payment method just set, if one was: as Stripe, which applies
+        # the whole update before it invoices)
+        billed = await tx.get(sub["payment_method"])
+        attached = billed is not None and billed.get("customer") == sub["customer"]
+        start, end = lines[0]["period_start"], lines[0]["period_end"]
+        _invoice_of(tx, sub, key, start, end, (0, 0, 0), lines, attached)
+        sub["status"] = await _standing(tx, sub)
     tx.put(sub)
     tx.effect(Effect.of("subscription.updated", key, sub["id"]))
     return await _subscription_answer(tx, sub)

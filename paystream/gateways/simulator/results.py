@@ -118,7 +118,12 @@ def invoice(inv: dict[str, Any]) -> dict[str, Any]:
         "subtotal": inv.get("subtotal"),
         "tax": inv.get("tax"),
         "total": inv.get("total"),
+        "proration_lines": [_proration_line(line) for line in inv.get("proration_lines") or ()],
     }
+
+
+def _proration_line(line: dict[str, Any]) -> dict[str, Any]:
+    return {k: line[k] for k in ("description", "amount", "period_start", "period_end")}
 
 
 def connected_account(acct: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +160,7 @@ def subscription(
         "canceled_at": sub.get("canceled_at"),
         "invoices": [invoice(i) for i in invoices],
         "provider_payment_method_id": sub.get("payment_method"),
+        "pending_prorations": [_proration_line(x) for x in sub.get("pending_prorations") or ()],
     }
 
 

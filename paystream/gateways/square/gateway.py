@@ -1039,6 +1039,10 @@ class SquareGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         so a retry after a lost answer changes nothing twice."""
         op = "update_subscription"
         require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER, req)
+        if req.proration is not None:
+            # (Square does not prorate a price change made by UpdateSubscription:
+            # refused before anything is sent)
+            raise UnsupportedOperation(PROVIDER, f"update_subscription(proration={req.proration})")
         sid = req.provider_subscription_id
         sub = await self._read_subscription(sid)
         if sub.get("status") not in _LIVE:
