@@ -1777,3 +1777,45 @@ async def test_invoices_need_their_capability(harness: Harness) -> None:
     with pytest.raises(UnsupportedOperation) as info:
         await gw.create_invoice(req, idempotency_key=key())
     assert info.value.code is ErrorCode.UNSUPPORTED and not info.value.retryable
+
+
+@over_gateways()
+async def test_a_prorated_price_change_is_the_simulators_alone_for_now(harness: Harness) -> None:
+    """``proration`` (create_prorations, always_invoice): built on the simulator; Stripe,
+    Square and Paddle refuse it `unsupported` before anything is sent (an unknown
+    subscription is not even looked up: docs/stripe.md, square.md, paddle.md)."""
+    if harness.name != "simulator":
+        for mode in ("create_prorations", "always_invoice"):
+            with pytest.raises(UnsupportedOperation) as info:
+                await harness.gateway.update_subscription(
+                    UpdateSubscription(
+                        provider_subscription_id="sub_unknown", amount=usd(2500), proration=mode
+                    ),
+                    idempotency_key=key(),
+                )
+            assert info.value.code is ErrorCode.UNSUPPORTED and not info.value.retryable
+        return
+    sub = await subscribe(harness, amount=1500)
+    await harness.pass_time(24 * 3600)
+    changed = await harness.gateway.update_subscription(
+        UpdateSubscription(
+            provider_subscription_id=sub.provider_subscription_id,
+            amount=usd(2500),
+            proration="create_prorations",
+        ),
+        idempotency_key=key(),
+    )
+    credit, charge = changed.pending_prorations
+    assert credit.amount < 0 < charge.amount and -credit.amount < 1500 and charge.amount < 2500
+    assert credit.period_end == charge.period_end == changed.current_period_end
+    await expect(
+        ErrorCode.INVALID_REQUEST,
+        harness.gateway.update_subscription(
+            UpdateSubscription(
+                provider_subscription_id=sub.provider_subscription_id,
+                amount=usd(2600),
+                proration="sometimes",
+            ),
+            idempotency_key=key(),
+        ),
+    )
