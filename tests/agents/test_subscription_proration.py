@@ -282,3 +282,29 @@ async def test_the_simulators_fingerprint_of_an_update_without_proration_is_as_b
     assert model_fingerprint("update_subscription", prorated) != request_fingerprint(
         "update_subscription", then
     )
+
+
+async def test_a_charged_proration_invoice_is_counted_as_paid_once_by_the_insights(
+    harness: Harness,
+) -> None:
+    """always_invoice's invoice, paid, counts as other paid invoices do (once, its
+    amount); one paid at 0 (a credit) counts nothing, and a declined one counts as a
+    decline. (A replay is the same outcome event again, which the insights count once by
+    its id, as every outcome's.)"""
+    from paystream.insights.observe import observe
+
+    t = harness.add_tenant()
+    await _subscribed(harness, t)
+    await _attach(harness, t, "c1", "m2", token="pm_card_chargeCustomerFail")
+    await simulator_of(harness, t).advance_clock(10 * DAY)
+    body = {"subscription_id": "s1", "amount": 2500, "proration": "always_invoice"}
+    up = await harness.send("subscription.update", t, body, command_id="u1")
+    [inv] = _invoices(up)
+    down = await _update(harness, t, amount=100, proration="always_invoice")
+    declined = await _update(harness, t, amount=3000, payment_method_id="m2",
+                             proration="always_invoice")  # fmt: skip
+    seen = [observe(o) for o in (up, down, declined)]
+    assert all(s is not None for s in seen)
+    paid = [s.invoices_paid for s in seen if s is not None]
+    assert paid == [(("EUR", inv["amount"]),), (), ()]
+    assert [len(s.invoices_declined) for s in seen if s is not None] == [0, 0, 1]
