@@ -662,10 +662,6 @@ class StripeGateway:
         next period on, nothing credited or charged now); a payment method its
         ``default_payment_method``; ``cancel_at_period_end`` as given."""
         sid = req.provider_subscription_id
-        if req.proration is not None:
-            # (not built yet for Stripe: its proration_behavior needs a FAKE of prorations
-            # in tests/fixtures/localstripe_server.py first; refused before anything is sent)
-            raise UnsupportedOperation(PROVIDER, f"update_subscription(proration={req.proration})")
         params: dict[str, Any] = {}
         if req.amount is not None:
             _require_hundredths("update_subscription", req.amount)
@@ -685,7 +681,11 @@ class StripeGateway:
                 ),
             )
             params["items"] = [{"id": item_id, "plan": plan["id"]}]
-            params["proration_behavior"] = "none"
+            # Stripe's own proration_behavior (none unless asked). No proration_date: a
+            # retry under the same key is answered with the first answer (Stripe keeps it
+            # 24 hours), its amounts as computed then; and a date paystream picked could
+            # fall outside a test clock's period, which Stripe refuses.
+            params["proration_behavior"] = req.proration or "none"
         if req.provider_payment_method_id is not None:
             params["default_payment_method"] = req.provider_payment_method_id
         if req.cancel_at_period_end is not None:
@@ -695,7 +695,29 @@ class StripeGateway:
             lambda: self._v1.subscriptions.update_async(sid, params, self._opts(idempotency_key)),
             req,  # (a cancel at period end alone: open to a narrowed tenant)
         )
-        return await self._subscription(obj)
+        res = await self._subscription(obj)
+        if req.proration != "create_prorations":
+            return res
+        return res.model_copy(update={"pending_prorations": await self._pending_prorations(obj)})
+
+    async def _pending_prorations(
+        self, obj: Mapping[str, Any]
+    ) -> tuple[gw_base.ProrationLineResult, ...]:
+        """The subscription's proration items not invoiced yet (Stripe's pending invoice
+        items of its customer: ``GET /v1/invoiceitems?pending=true``, a read, no key)."""
+        customer = obj.get("customer")
+        customer = customer.get("id") if isinstance(customer, Mapping) else customer
+        params = {"customer": customer, "pending": True, "limit": 100}
+        found = await self._call(
+            "update_subscription", lambda: self._v1.invoice_items.list_async(params)
+        )
+        items = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+        lines = [
+            line for i in items if (line := mapping.proration_line(i, str(obj["id"]))) is not None
+        ]
+        # (oldest change first, each change's credit before its charge: Stripe lists
+        # them newest first, the two of one change made in the same second)
+        return tuple(sorted(lines, key=lambda line: (line.period_start, line.amount >= 0)))
 
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str

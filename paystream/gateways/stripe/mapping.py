@@ -22,6 +22,7 @@ from paystream.gateways.base import (
     PaymentStatus,
     PayoutResult,
     PayoutStatus,
+    ProrationLineResult,
     RefundResult,
     RefundStatus,
     SubscriptionResult,
@@ -359,14 +360,75 @@ def invoice_payment_intent(obj: Mapping[str, Any]) -> str | None:
 def _line_period(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     """The subscription's period an invoice bills: its subscription line's (the
     invoice's own period_start/end are its pending items' usage period, which for a
-    subscription's first invoice is the instant it was made)."""
+    subscription's first invoice is the instant it was made); a proration line's only
+    where no other line has one (a proration invoice: from the change to the period's
+    end)."""
     lines = obj.get("lines")
     data = lines.get("data") if isinstance(lines, Mapping) else None
+    found = None
     for line in data or ():
         period = line.get("period") if isinstance(line, Mapping) else None
         if isinstance(period, Mapping) and period.get("start") and period.get("end"):
-            return period
-    return {"start": obj.get("period_start"), "end": obj.get("period_end")}
+            if not _proration(line):
+                return period
+            found = found or period
+    return found or {"start": obj.get("period_start"), "end": obj.get("period_end")}
+
+
+def _proration(line: Mapping[str, Any]) -> bool:
+    """Is this invoice line (or invoice item) a proration? ``proration`` on it before
+    API version 2025-03-31.basil; since, on its ``parent``'s details."""
+    if line.get("proration") is True:
+        return True
+    parent = line.get("parent")
+    if not isinstance(parent, Mapping):
+        return False
+    for details in ("invoice_item_details", "subscription_item_details"):
+        found = parent.get(details)
+        if isinstance(found, Mapping) and found.get("proration") is True:
+            return True
+    return False
+
+
+def _line_subscription(line: Mapping[str, Any]) -> str | None:
+    """The subscription an invoice item is for (``subscription`` before basil, its
+    ``parent.subscription_details.subscription`` since)."""
+    found = line.get("subscription")
+    parent = line.get("parent")
+    if found is None and isinstance(parent, Mapping):
+        details = parent.get("subscription_details")
+        found = details.get("subscription") if isinstance(details, Mapping) else None
+    return _id(found)
+
+
+def proration_line(
+    line: Mapping[str, Any], subscription_id: str | None = None
+) -> ProrationLineResult | None:
+    """A proration invoice line or pending invoice item as paystream's; None for any
+    other line, or (``subscription_id`` given) an item of another subscription."""
+    if not _proration(line):
+        return None
+    if subscription_id is not None and _line_subscription(line) != subscription_id:
+        return None
+    period = line.get("period")
+    if not isinstance(period, Mapping) or not period.get("start") or not period.get("end"):
+        return None
+    return ProrationLineResult(
+        description=str(line.get("description") or ""),
+        amount=int(line.get("amount") or 0),
+        period_start=_epoch(period["start"]),
+        period_end=_epoch(period["end"]),
+    )
+
+
+def _proration_lines(obj: Mapping[str, Any]) -> tuple[ProrationLineResult, ...]:
+    lines = obj.get("lines")
+    data = lines.get("data") if isinstance(lines, Mapping) else None
+    return tuple(
+        line
+        for raw in data or ()
+        if isinstance(raw, Mapping) and (line := proration_line(raw)) is not None
+    )
 
 
 def invoice(
@@ -401,6 +463,7 @@ def invoice(
         provider_payment_id=invoice_payment_intent(obj),
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
+        proration_lines=_proration_lines(obj),
         **_invoice_tax(obj),
     )
 
