@@ -141,16 +141,24 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "paystream; one of another customer's is `not_found`, a detached one "
         "`invalid_state`), "
         "`cancel_at_period_end` (`false` resumes one scheduled to cancel, `true` "
-        "schedules it). No prorations (Stripe's `proration_behavior=none`): a new amount "
-        "is billed from the next period on (during a trial, the first invoice is at it); "
-        "the period under way is neither credited nor charged again. At least one field "
+        "schedules it). A new amount is billed from the next period on (during a trial, "
+        "the first invoice is at it); `proration` (with an `amount` only; Stripe's "
+        "`proration_behavior`) settles the period under way: `none` (the default) not at "
+        "all, `create_prorations` by a credit for its unused time at the old price and a "
+        "charge for its remaining time at the new one on the next invoice "
+        "(`data.pending_prorations`), `always_invoice` by the same lines invoiced and "
+        "charged now (the invoice in `related`, with its `proration_lines`; declined: "
+        "`open`, the subscription `past_due`). Square and Paddle refuse it `unsupported`. "
+        "At least one field "
         "(else `validation_error`); an `amount` or `cancel_at_period_end` equal to the "
         "current one is not sent, a `payment_method_id` always is (the provider may "
         "bill a card set outside paystream); with nothing to send, nothing is asked of "
         "the provider. A new `amount` is held to the tenant's `max_payment_amount` (and "
         "`only_listed_currencies`) as a `subscription.create` of it is (`quota_exceeded`), "
-        "nothing counted toward the day's volume. Parked and re-driven after another "
-        "command changed the subscription, it is read back rather than sent again: "
+        "nothing counted toward the day's volume unless `always_invoice` (then held "
+        "against it at that charge, and counted at what its invoice was paid). Parked "
+        "and re-driven after another command changed the subscription, it is read back "
+        "rather than sent again: "
         "`subscription.updated` if all it asked is in effect, else `invalid_state` naming "
         "the fields not in effect (send it again under a new id to apply them). "
         "A tenant whose `capabilities` leave out subscriptions may still schedule or "
@@ -337,6 +345,13 @@ _SUB_PREVIOUS: Doc = {
         "type": "string",
         "description": "answering `subscription.cancel`, `subscription.update` or "
         "`subscription.refresh`: the subscription's status before",
+    },
+    "pending_prorations": {
+        "type": "array",
+        "description": "a price change's proration lines made with `create_prorations`, "
+        "not invoiced yet: on the next invoice (`description`, `amount`: negative for "
+        "the unused time's credit, `period_start`: the change, `period_end`)",
+        "items": {"type": "object"},
     },
 }
 
