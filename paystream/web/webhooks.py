@@ -1065,21 +1065,49 @@ class _SquareSubscriptions:
     Square id; or the source name read from Square for an invoice event): an invoice
     event names Square's id only, and this spares its read from Square. Bounded (the
     oldest forgotten: read again). Never the check itself: the record is looked up for
-    every event, and must hold that Square id."""
+    every event, and must hold that Square id.
+
+    A Square subscription the tenant's key does not find is remembered too, for
+    MISSING_SECONDS only (review h79r_d L2): an event's retries and a renewal's several
+    events then read it once, while a 404 from a token being fixed (another seller's,
+    another location's) hides the tenant's subscriptions for a minute, not until the
+    worker restarts. Bounded as the ids are."""
 
     MOST = 100_000
+    MISSING_SECONDS = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._ids: dict[tuple[str, str], str] = {}
+        self._missing: dict[tuple[str, str], float] = {}  # (read not found until then)
+        self._clock = clock
 
     def get(self, tenant: str, provider_subscription_id: str) -> str | None:
         return self._ids.get((tenant, provider_subscription_id))
 
     def remember(self, tenant: str, provider_subscription_id: str, subscription_id: str) -> None:
         key = (tenant, provider_subscription_id)
+        self._missing.pop(key, None)
         if key not in self._ids and len(self._ids) >= self.MOST:
             del self._ids[next(iter(self._ids))]
         self._ids[key] = subscription_id
+
+    def missing(self, tenant: str, provider_subscription_id: str) -> bool:
+        """Whether it was read and not found less than MISSING_SECONDS ago."""
+        key = (tenant, provider_subscription_id)
+        until = self._missing.get(key)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._missing[key]
+        return False
+
+    def remember_missing(self, tenant: str, provider_subscription_id: str) -> None:
+        key = (tenant, provider_subscription_id)
+        self._missing.pop(key, None)  # (re-inserted last: the oldest goes first)
+        if len(self._missing) >= self.MOST:
+            del self._missing[next(iter(self._missing))]
+        self._missing[key] = self._clock() + self.MISSING_SECONDS
 
 
 _square_subscriptions = _SquareSubscriptions()
@@ -1115,6 +1143,8 @@ async def _invoiced_subscription(
         return None  # (read before: made by another application, or another tenant's)
     if known is not None:
         return notice.as_subscription(tenant.tenant_id, known)
+    if _square_subscriptions.missing(tenant.tenant_id, notice.provider_subscription_id):
+        return None  # (read a moment ago and not found: Square sends it again meanwhile)
     if not _dispute_reads.take():
         raise _Unavailable("the provider reads of webhooks are all in flight")
     try:
@@ -1124,6 +1154,7 @@ async def _invoiced_subscription(
     finally:
         _dispute_reads.give_back()
     if subscription is None:
+        _square_subscriptions.remember_missing(tenant.tenant_id, notice.provider_subscription_id)
         return None
     found = square_webhooks.invoiced_subscription_notice(notice, subscription, tenant.tenant_id)
     # Read once: an event sent again while the create's answer is recorded, and the

@@ -249,3 +249,42 @@ async def test_an_invoices_subscription_square_cannot_read_now_is_sent_again(
     status, body = await _post(square_event("invoice.payment_made", _invoice()))
     assert (status, body.get("error")) == (503, "unavailable"), body
     assert seen.sent == []
+
+
+async def test_a_subscription_square_does_not_find_is_read_once_a_minute(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    """Review h79r_d L2: an invoice event of a Square subscription the tenant's key does
+    not find, sent again (Square's retries, a renewal's several events), reads Square
+    once while remembered (MISSING_SECONDS), then again: a 404 is not kept forever."""
+    now = [1000.0]
+    wh._square_subscriptions._clock = lambda: now[0]
+    for n in range(3):
+        event = square_event(
+            "invoice.payment_made", _invoice(subscription_id="x"), event_id=f"e{n}"
+        )
+        status, body = await _post(event)
+        assert (status, body.get("why")) == (200, _NOT_OURS), body
+    assert square.reads == 1
+    now[0] += wh._SquareSubscriptions.MISSING_SECONDS
+    # Found now (the token fixed, or made meanwhile): read again, and then known.
+    square.subscription = _subscription(id="x")
+    seen.row = {"provider_subscription_id": "x", "status": "active"}
+    for n in range(2):
+        event = square_event(
+            "invoice.payment_made", _invoice(subscription_id="x"), event_id=f"f{n}"
+        )
+        status, body = await _post(event)
+        assert (status, body.get("action")) == (200, "refresh"), body
+    assert square.reads == 2
+    assert seen.sent and all(n.subscription_id == "sub_1" for _, n in seen.sent)
+
+
+def test_subscriptions_not_found_are_remembered_bounded() -> None:
+    remembered = wh._SquareSubscriptions(clock=lambda: 0.0)
+    remembered.MOST = 2
+    for sid in ("a", "b", "c"):
+        remembered.remember_missing("acme", sid)
+    assert [remembered.missing("acme", sid) for sid in ("a", "b", "c")] == [False, True, True]
+    remembered.remember("acme", "b", "sub_1")
+    assert (remembered.missing("acme", "b"), remembered.get("acme", "b")) == (False, "sub_1")
