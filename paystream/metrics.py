@@ -103,6 +103,22 @@ WEBHOOK_DISPUTE_READS_SUCCEEDED = Counter(
     "under its key: another account's, ignored), by provider and tenant.",
     ["provider", "tenant"],
 )
+# A Square invoice event names Square's subscription only: the web server reads it for
+# its source name (bounded by the dispute reads' slots and pace, which it shares), and
+# counts each read or why none was made (review h79r_d L3), as for disputes above.
+SubscriptionReadResult = Literal[
+    "found", "not_found", "in_flight", "paced", "timeout", "provider_error", "key_unusable"
+]
+WEBHOOK_SUBSCRIPTION_READS = Counter(
+    "paystream_webhook_subscription_reads_total",
+    "Invoice events whose subscription the web server read from the provider (Square: "
+    "the invoice names its subscription only), by provider, tenant and result: found, "
+    "not_found (not the tenant's key's; ignored), or answered 503 (sent again): in_flight "
+    "(all the reads this worker makes at once are in flight, shared with dispute reads), "
+    "paced (over the tenant's webhook read pace, shared with dispute reads), timeout, "
+    "provider_error, key_unusable. Events of a subscription known already make no read.",
+    ["provider", "tenant", "result"],
+)
 # A dispute the provider reports on a payment that paystream does not record (so nobody
 # answers it through paystream): the tenant answers it in the provider's dashboard.
 DisputeUnrecordedWhy = Literal["recorded_open", "ids_taken"]

@@ -1145,14 +1145,20 @@ async def _invoiced_subscription(
         return notice.as_subscription(tenant.tenant_id, known)
     if _square_subscriptions.missing(tenant.tenant_id, notice.provider_subscription_id):
         return None  # (read a moment ago and not found: Square sends it again meanwhile)
+    counted = metrics.WEBHOOK_SUBSCRIPTION_READS
     if not _dispute_reads.take():
+        counted.labels("square", tenant.tenant_id, "in_flight").inc()
         raise _Unavailable("the provider reads of webhooks are all in flight")
     try:
         if not _dispute_read_pace.take(tenant.tenant_id, *_refresh_pace(tenant)):
+            counted.labels("square", tenant.tenant_id, "paced").inc()
             raise _Unavailable("the tenant's invoice events come too fast")
         subscription = await _read_invoiced_subscription(tenant, notice)
     finally:
         _dispute_reads.give_back()
+    counted.labels(
+        "square", tenant.tenant_id, "not_found" if subscription is None else "found"
+    ).inc()
     if subscription is None:
         _square_subscriptions.remember_missing(tenant.tenant_id, notice.provider_subscription_id)
         return None
@@ -1185,6 +1191,10 @@ async def _read_invoiced_subscription(
         if isinstance(exc, GatewayError) and exc.code is ErrorCode.NOT_FOUND:
             return None
         why = exc.code.value if isinstance(exc, GatewayError) else "timed out"
+        result: metrics.SubscriptionReadResult = (
+            "provider_error" if isinstance(exc, GatewayError) else "timeout"
+        )
+        metrics.WEBHOOK_SUBSCRIPTION_READS.labels("square", tenant.tenant_id, result).inc()
         _throttled.warning(
             ("invoice read", tenant.tenant_id),
             "webhook %s for %s: the Square subscription its invoice names cannot be "
@@ -1193,6 +1203,8 @@ async def _read_invoiced_subscription(
         )  # fmt: skip
         raise _Unavailable("the invoice's subscription cannot be read from Square") from None
     except (CryptoError, ConfigurationError) as exc:
+        unusable: metrics.SubscriptionReadResult = "key_unusable"
+        metrics.WEBHOOK_SUBSCRIPTION_READS.labels("square", tenant.tenant_id, unusable).inc()
         _throttled.warning(
             ("invoice read", tenant.tenant_id),
             "webhook %s for %s: the Square subscription its invoice names cannot be "

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import paystream.web.webhooks as wh
+from paystream import metrics
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.square import webhooks as sq
 from paystream.ids import invoice_id as derived_invoice_id
@@ -288,3 +289,48 @@ def test_subscriptions_not_found_are_remembered_bounded() -> None:
     assert [remembered.missing("acme", sid) for sid in ("a", "b", "c")] == [False, True, True]
     remembered.remember("acme", "b", "sub_1")
     assert (remembered.missing("acme", "b"), remembered.get("acme", "b")) == (False, "sub_1")
+
+
+def _reads(result: str) -> float:
+    return metrics.WEBHOOK_SUBSCRIPTION_READS.labels("square", TENANT, result)._value.get()
+
+
+async def test_invoice_reads_past_their_bounds_are_503_counted_and_give_back_their_slot(
+    seen: SimpleNamespace, square: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review h79r_d L3: an invoice event's subscription read shares the dispute reads'
+    bounds: over the tenant's pace, or with every slot in flight, it is answered 503 with
+    no read (Square sends it again), its slot given back; each read or why none was
+    made is counted. An event of a subscription known already is not paced."""
+    before = {r: _reads(r) for r in ("found", "not_found", "paced", "in_flight", "provider_error")}
+
+    class Spent:
+        def take(self, tenant: str, per_second: int, burst_of: int | None = None) -> bool:
+            return False
+
+    monkeypatch.setattr(wh, "_dispute_read_pace", Spent())
+    status, body = await _post(square_event("invoice.payment_made", _invoice(), event_id="p1"))
+    assert (status, body.get("error")) == (503, "unavailable"), body
+    assert (square.reads, wh._dispute_reads.now, seen.sent) == (0, 0, [])
+    monkeypatch.setattr(wh._dispute_reads, "now", wh._dispute_reads.most)
+    status, body = await _post(square_event("invoice.payment_made", _invoice(), event_id="p2"))
+    assert (status, body.get("error")) == (503, "unavailable"), body
+    monkeypatch.setattr(wh._dispute_reads, "now", 0)
+    square.error = GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "down", provider="square")
+    monkeypatch.setattr(wh, "_dispute_read_pace", wh._Budget())
+    status, body = await _post(square_event("invoice.payment_made", _invoice(), event_id="p3"))
+    assert (status, body.get("error")) == (503, "unavailable"), body
+    square.error = None
+    status, body = await _post(square_event("invoice.payment_made", _invoice(), event_id="p4"))
+    assert (status, body.get("action")) == (200, "refresh"), body
+    status, body = await _post(
+        square_event("invoice.payment_made", _invoice(subscription_id="x"), event_id="p5")
+    )
+    assert (status, body.get("why")) == (200, _NOT_OURS), body
+    # Known now: spent pace does not stop its next event, and it is not read.
+    monkeypatch.setattr(wh, "_dispute_read_pace", Spent())
+    status, body = await _post(square_event("invoice.updated", _invoice("PAID"), event_id="p6"))
+    assert (status, body.get("action")) == (200, "refresh"), body
+    assert (square.reads, wh._dispute_reads.now) == (3, 0)  # (p3, p4, p5)
+    counted = {r: _reads(r) - before[r] for r in before}
+    assert counted == {"found": 1, "not_found": 1, "paced": 1, "in_flight": 1, "provider_error": 1}
