@@ -32,26 +32,10 @@ from paystream.gateways.base import (
     RefundStatus,
     SubscriptionStatus,
 )
-from paystream.gateways.paddle.webhooks import (
-    FOLLOWED_PAYMENT_EVENTS as PADDLE_FOLLOWED_PAYMENT_EVENTS,
-)
-from paystream.gateways.paddle.webhooks import (
-    FOLLOWED_REFUND_EVENTS as PADDLE_FOLLOWED_REFUND_EVENTS,
-)
-from paystream.gateways.square.webhooks import (
-    FOLLOWED_DISPUTE_EVENTS as SQUARE_FOLLOWED_DISPUTE_EVENTS,
-)
-from paystream.gateways.square.webhooks import (
-    FOLLOWED_PAYMENT_EVENTS as SQUARE_FOLLOWED_PAYMENT_EVENTS,
-)
-from paystream.gateways.square.webhooks import (
-    FOLLOWED_REFUND_EVENTS as SQUARE_FOLLOWED_REFUND_EVENTS,
-)
+from paystream.gateways.paddle import webhooks as paddle_webhooks
+from paystream.gateways.square import webhooks as square_webhooks
+from paystream.gateways.stripe import webhooks as stripe_webhooks
 from paystream.gateways.stripe.webhooks import BODY_READ_SECONDS as WEBHOOK_BODY_SECONDS
-from paystream.gateways.stripe.webhooks import FOLLOWED_EVENTS as STRIPE_FOLLOWED_EVENTS
-from paystream.gateways.stripe.webhooks import (
-    FOLLOWED_REFUND_EVENTS as STRIPE_FOLLOWED_REFUND_EVENTS,
-)
 from paystream.gateways.stripe.webhooks import MAX_BODY_BYTES as WEBHOOK_MAX_BODY_BYTES
 from paystream.insights.events import ALERT_TYPE, WINDOW_TYPE
 from paystream.ledger.sink import DEAD_LETTER_REDACTIONS
@@ -2039,6 +2023,12 @@ def _view_schemas() -> Doc:
     return components
 
 
+def _followed(events: frozenset[str]) -> str:
+    """A provider's followed webhook events, as the API docs list them (its webhooks
+    module's EVERY_FOLLOWED_EVENT: the list the code follows)."""
+    return ", ".join(f"`{e}`" for e in sorted(events))
+
+
 def openapi() -> Doc:
     """The OpenAPI 3.1 document of the worker's HTTP views."""
     s = _defaults()
@@ -2235,34 +2225,26 @@ def openapi() -> Doc:
                 "command on the tenant's partition (one about a refund, a `refund.refresh`).",
                 "description": "Open without the operators' token: the signature is the "
                 "authentication. Followed Stripe events: "
-                + ", ".join(
-                    f"`{e}`" for e in sorted(STRIPE_FOLLOWED_EVENTS | STRIPE_FOLLOWED_REFUND_EVENTS)
-                )
+                + _followed(stripe_webhooks.EVERY_FOLLOWED_EVENT)
                 + ". A payment is found from its `paystream_payment` metadata "
                 "(`<tenant>:<payment id>`), a refund from its `paystream_refund`, which "
                 "paystream sets on the payments and refunds it creates "
-                "(unless the producer's metadata already holds 50 keys). The refresh is "
+                "(unless the producer's metadata already holds 50 keys); a subscription, "
+                "payout or connected account from its own metadata, a dispute from its "
+                "PaymentIntent's (docs/stripe.md, Webhooks). The refresh is "
                 "sealed as paystream's own: it is neither checked against the tenant's "
                 "rate limit nor spends its tokens. Followed Square events: "
-                + ", ".join(
-                    f"`{e}`"
-                    for e in sorted(
-                        SQUARE_FOLLOWED_PAYMENT_EVENTS
-                        | SQUARE_FOLLOWED_REFUND_EVENTS
-                        | SQUARE_FOLLOWED_DISPUTE_EVENTS
-                    )
-                )
+                + _followed(square_webhooks.EVERY_FOLLOWED_EVENT)
                 + ". A Square payment is found from its `reference_id` (`<tenant tag>:"
                 "<payment id>`), a refund from the end of its `reason`, a dispute from its "
-                "disputed payment's `reference_id`; another location's events are "
+                "disputed payment's `reference_id`, a subscription from its `source.name` "
+                "(an invoice's from its subscription's); another location's events are "
                 "ignored (docs/square.md, Webhooks). Followed Paddle events: "
-                + ", ".join(
-                    f"`{e}`"
-                    for e in sorted(PADDLE_FOLLOWED_PAYMENT_EVENTS | PADDLE_FOLLOWED_REFUND_EVENTS)
-                )
+                + _followed(paddle_webhooks.EVERY_FOLLOWED_EVENT)
                 + ". A Paddle transaction is found from its `custom_data` "
-                "(`paystream_payment`), an adjustment (a refund) from the end of its "
-                "`reason`; a chargeback is not followed (docs/paddle.md, Webhooks).",
+                "(`paystream_payment`; a subscription's, `paystream_subscription`), an "
+                "adjustment (a refund) from the end of its `reason`; a chargeback is not "
+                "followed (docs/paddle.md, Webhooks).",
                 "security": [],
                 "parameters": [
                     {

@@ -38,6 +38,7 @@ from paystream.gateways.webhook_notices import (
 )
 
 __all__ = [
+    "EVERY_FOLLOWED_EVENT",
     "FOLLOWED_PAYMENT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
     "FOLLOWED_SUBSCRIPTION_EVENTS",
@@ -109,6 +110,10 @@ _SUBSCRIPTION_STATUS = {
 }
 # A refund Paddle approved or rejected after paystream made it pending.
 FOLLOWED_REFUND_EVENTS = frozenset({"adjustment.created", "adjustment.updated"})
+# Every event followed (the generated API docs list these: one source, tested).
+EVERY_FOLLOWED_EVENT: frozenset[str] = (
+    FOLLOWED_PAYMENT_EVENTS | FOLLOWED_SUBSCRIPTION_EVENTS | FOLLOWED_REFUND_EVENTS
+)
 
 
 def signature(body: bytes, secret_key: str, ts: int | None = None) -> str:

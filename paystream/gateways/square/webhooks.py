@@ -61,6 +61,7 @@ from paystream.gateways.webhook_notices import (
 )
 
 __all__ = [
+    "EVERY_FOLLOWED_EVENT",
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_INVOICE_EVENTS",
     "FOLLOWED_PAYMENT_EVENTS",
@@ -130,6 +131,14 @@ FOLLOWED_INVOICE_EVENTS = frozenset(
         "invoice.updated",
         "invoice.canceled",
     }
+)
+# Every event followed (the generated API docs list these: one source, tested).
+EVERY_FOLLOWED_EVENT: frozenset[str] = (
+    FOLLOWED_PAYMENT_EVENTS
+    | FOLLOWED_REFUND_EVENTS
+    | FOLLOWED_DISPUTE_EVENTS
+    | FOLLOWED_SUBSCRIPTION_EVENTS
+    | FOLLOWED_INVOICE_EVENTS
 )
 
 _TAG = re.compile(r"[0-9a-f]{4}")

@@ -51,6 +51,7 @@ from paystream.gateways.webhook_notices import (
 
 __all__ = [
     "BODY_READ_SECONDS",
+    "EVERY_FOLLOWED_EVENT",
     "FOLLOWED_ACCOUNT_EVENTS",
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_EVENTS",
@@ -140,6 +141,15 @@ FOLLOWED_PAYOUT_EVENTS = frozenset(
 # A connected account's event on the platform's Connect endpoint: its holder onboarded,
 # a requirement came due or was met, Stripe enabled, restricted or rejected it.
 FOLLOWED_ACCOUNT_EVENTS = frozenset({"account.updated"})
+# Every event followed (the generated API docs list these: one source, tested).
+EVERY_FOLLOWED_EVENT: frozenset[str] = (
+    FOLLOWED_EVENTS
+    | FOLLOWED_REFUND_EVENTS
+    | FOLLOWED_DISPUTE_EVENTS
+    | FOLLOWED_SUBSCRIPTION_EVENTS
+    | FOLLOWED_PAYOUT_EVENTS
+    | FOLLOWED_ACCOUNT_EVENTS
+)
 _SUBSCRIPTION_OBJECT = {
     "invoice.paid": "invoice",
     "invoice.payment_failed": "invoice",
