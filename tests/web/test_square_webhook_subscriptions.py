@@ -334,3 +334,16 @@ async def test_invoice_reads_past_their_bounds_are_503_counted_and_give_back_the
     assert (square.reads, wh._dispute_reads.now) == (3, 0)  # (p3, p4, p5)
     counted = {r: _reads(r) - before[r] for r in before}
     assert counted == {"found": 1, "not_found": 1, "paced": 1, "in_flight": 1, "provider_error": 1}
+
+
+async def test_an_invoice_paid_after_its_subscription_ended_is_ignored_as_documented(
+    seen: SimpleNamespace, square: SimpleNamespace
+) -> None:
+    """Review h79r_d L7 (docs/square.md, Only paystream's cancels cancel invoices): the
+    seller collects an unpaid invoice after the subscription ended; canceled is final
+    here, so its event brings no refresh and paystream's copy stays open."""
+    seen.row = {"provider_subscription_id": "sqsub1", "status": "canceled"}
+    _record(square, "open", "card_declined")
+    status, body = await _post(square_event("invoice.payment_made", _invoice("PAID")))
+    assert (status, body.get("why")) == (200, "the subscription is canceled already"), body
+    assert seen.sent == []
