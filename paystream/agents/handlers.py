@@ -898,11 +898,25 @@ def _apply_payment_result(ctx: HandlerContext, rec: PaymentRecord, res: gw.Payme
     rec.failure_message = r["failure_message"]
     rec.next_action = r["next_action"]
     fee = rec.application_fee_amount
-    if fee is not None and 0 < rec.amount_captured < fee:
-        # A destination charge captured for less than its fee (by payment.capture, or
-        # in the provider's dashboard, read back): Stripe collects at most what was
-        # captured ("capped at the total amount captured").
-        rec.application_fee_amount = rec.amount_captured
+    if fee is not None:
+        if previous == _PAYMENT_FAILED and rec.status not in _UNCOLLECTED and fee == 0:
+            # Declined, then paid (the provider kept it open: another card): its fee is
+            # collected after all, as the provider names it (0 if it names none).
+            fee = r["application_fee_amount"] or 0
+        rec.application_fee_amount = _fee_collected(fee, rec.status, rec.amount_captured)
+
+
+def _fee_collected(fee: int | None, status: str, captured: int) -> int | None:
+    """A destination charge's application fee as its platform collects it (review
+    h79r_a L2): the fee named while it may still be captured; 0 once canceled or failed
+    with nothing captured (the provider collects none; a ledger summing the fee column
+    must not count it); capped at what was captured (by payment.capture, or in the
+    provider's dashboard, read back): Stripe collects at most the amount captured."""
+    if fee is None:
+        return None
+    if captured == 0 and status in _UNCOLLECTED:
+        return 0
+    return captured if 0 < captured < fee else fee
 
 
 def _tax_collected(
@@ -1217,9 +1231,12 @@ def _new_payment(
             "amount_tax": amount_tax,
             "tax_calculation_id": d["tax_calculation_id"],
             "connected_account_id": d["connected_account_id"],
-            # (a destination charge's: 0 when none was named; the tenant's platform keeps it)
+            # (a destination charge's: 0 when none was named; the tenant's platform keeps
+            # it, once collected)
             "application_fee_amount": (
-                None if d["connected_account_id"] is None else d["application_fee_amount"] or 0
+                None
+                if d["connected_account_id"] is None
+                else _fee_collected(d["application_fee_amount"] or 0, status, amount_captured)
             ),
         },
     )

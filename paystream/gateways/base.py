@@ -697,6 +697,10 @@ class PaymentResult(_Res):
     # first): a charge disputed again (an inquiry closed, then a chargeback) has more
     # than one, and the one paystream recorded is read back from its own entry.
     disputes: tuple[DisputeResult, ...] = ()
+    # A destination charge's application fee as the provider holds it (Stripe's
+    # PaymentIntent; None where it tells none): a payment declined, then paid, takes
+    # it again.
+    application_fee_amount: int | None = None
 
 
 class RefundResult(_Res):

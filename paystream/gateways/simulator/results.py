@@ -83,6 +83,9 @@ def payment(pi: dict[str, Any], dp: dict[str, Any] | None) -> dict[str, Any]:
         "next_action": pi["next_action"],
         "provider_charge_id": pi["charge_id"],
         **_disputes(dp),
+        # (a destination charge's, as Stripe's PaymentIntent holds it: the fee named,
+        # or its capture's)
+        "application_fee_amount": pi.get("application_fee_amount"),
     }
 
 

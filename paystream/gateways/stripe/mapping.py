@@ -243,7 +243,12 @@ def payment(pi: Mapping[str, Any], *, api_version: str | None = None) -> Payment
         failure_message=error.get("message"),
         next_action=next_action,
         provider_charge_id=_id(latest),
+        application_fee_amount=_int_or_none(pi.get("application_fee_amount")),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def refund(obj: Mapping[str, Any]) -> RefundResult:
