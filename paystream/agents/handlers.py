@@ -32,7 +32,7 @@ from paystream.gateways.errors import (
     card_failure,
     unsupported_message,
 )
-from paystream.gateways.stripe_rules import three_decimal_problem
+from paystream.gateways.stripe_rules import account_takes_charges, three_decimal_problem
 from paystream.ids import derived_id
 from paystream.ids import invoice_id as derived_invoice_id
 from paystream.log_limits import ThrottledLog
@@ -3215,6 +3215,7 @@ def _take_account(rec: ConnectedAccountRecord, res: gw.ConnectedAccountResult) -
         res.details_submitted,
         res.disabled_reason,
         was=rec.status,
+        takes_charges=account_takes_charges(rec.capabilities),
     )
     rec.status = status
     rec.charges_enabled, rec.payouts_enabled = res.charges_enabled, res.payouts_enabled

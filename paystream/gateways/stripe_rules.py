@@ -27,6 +27,7 @@ __all__ = [
     "STRIPE_WHOLE_UNIT_PAYOUTS",
     "THREE_DECIMAL_INCREMENT",
     "account_link_url_problem",
+    "account_takes_charges",
     "below_minimum_charge",
     "chargeable_increment",
     "custom_account_capabilities_problem",
@@ -259,6 +260,13 @@ def payment_parameters_problem(
 ACCOUNT_BUSINESS_TYPES = frozenset({"individual", "company", "non_profit", "government_entity"})
 ACCOUNT_CAPABILITIES = frozenset({"card_payments", "transfers"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def account_takes_charges(capabilities: list[str]) -> bool:
+    """Whether an account is to process charges (``card_payments`` requested; none named:
+    Stripe requests the platform's defaults, which take them) or only receive transfers
+    (``transfers`` alone: a recipient)."""
+    return not capabilities or "card_payments" in capabilities
 
 
 def platform_only_problem(connected_account: str) -> str:

@@ -196,6 +196,7 @@ def connected_account_status(
     details_submitted: bool,
     disabled_reason: str | None,
     was: str = "pending",
+    takes_charges: bool = True,
 ) -> str:
     """A connected account's status from its provider's flags and the status it ``was``
     (a new account's: pending), always one CONNECTED_ACCOUNT_MOVES takes from ``was``:
@@ -204,12 +205,16 @@ def connected_account_status(
     account's ``requirements.past_due`` included) and it was never anything else;
     restricted otherwise. A custom account (no Stripe dashboard) may be enabled with its
     details never submitted (the platform gave them through the API); disabled by Stripe
-    later, it is restricted, not pending again (review h78m F1)."""
+    later, it is restricted, not pending again (review h78m F1). An account that
+    ``takes_charges`` not (it requested ``transfers`` only: Stripe's recipient service
+    agreement, whose accounts "can't process payments", so charges_enabled stays false)
+    is enabled with payouts enabled alone: it does all it asked for, receiving
+    destination charges' transfers (review h79r_a L3)."""
     if was == "rejected" or (
         disabled_reason is not None and disabled_reason.startswith("rejected.")
     ):
         return "rejected"
-    if charges_enabled and payouts_enabled:
+    if (charges_enabled or not takes_charges) and payouts_enabled:
         return "enabled"
     if not details_submitted and was == "pending":
         return "pending"

@@ -49,7 +49,10 @@ async def test_a_stripe_account_is_made_linked_and_read_back(
     sh: Harness, localstripe_url: str
 ) -> None:
     t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
-    body = {"country": "US", "email": "shop@example.com", "capabilities": ["transfers"]}
+    # (card payments too: an account of transfers alone, a recipient, never has its
+    # charges enabled: test_destination_charges_stripe)
+    body = {"country": "US", "email": "shop@example.com",
+            "capabilities": ["card_payments", "transfers"]}  # fmt: skip
     made = await sh.send("connected_account.create", t, body)
     assert kind(made) == "connected_account.created", data(made)
     acct = data(made)["object"]

@@ -20,9 +20,11 @@ from paystream.gateways import base as gw
 from paystream.gateways.base import GatewayContext
 from paystream.gateways.errors import GatewayError
 from paystream.gateways.registry import GatewayDeps, build_gateway
+from paystream.gateways.stripe_rules import account_takes_charges
 from paystream.settings import load_settings
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
+from paystream.tables.state_machines import connected_account_status
 from tests.agents.harness import Harness, data, kind, simulator_of
 from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION
 
@@ -381,3 +383,48 @@ async def test_the_simulator_refuses_a_capture_fee_without_a_destination(
         await simulator_of(harness, t).capture_payment(req, idempotency_key="fee-no-dest")
     assert "destination" in str(refused.value), refused.value
     assert [k for k, _ in await _money(harness, t)] == ["authorization"]
+
+
+async def test_a_recipient_account_takes_destination_charges(harness: Harness) -> None:
+    """Review h79r_a L3: an account that requested `transfers` alone (Stripe's recipient
+    service agreement: it "can't process payments") never has its charges enabled; its
+    payouts enabled, it is `enabled` and takes destination charges (Stripe needs the
+    destination's `transfers` capability only)."""
+    t = harness.add_tenant()
+    acct = await _account(harness, t)  # (capabilities: transfers alone)
+    assert (acct["charges_enabled"], acct["payouts_enabled"], acct["status"]) == (
+        False, True, "enabled"
+    ), acct  # fmt: skip
+    out = await harness.send("payment.create", t, _pay(acct["id"], application_fee_amount=500))
+    assert kind(out) == "payment.succeeded", data(out)
+    assert (await _money(harness, t))[1:] == [("transfer", 10_000), ("application_fee", 500)]
+
+
+async def test_an_account_taking_charges_is_enabled_with_them_only(harness: Harness) -> None:
+    t = harness.add_tenant()
+    body = {"country": "US", "email": "shop+enabled@example.com",
+            "capabilities": ["card_payments", "transfers"]}  # fmt: skip
+    made = await harness.send("connected_account.create", t, body)
+    aid = data(made)["object"]["id"]
+    await harness.send(
+        "connected_account.onboarding_link", t, {"connected_account_id": aid, **LINK}
+    )
+    read = await harness.send("connected_account.refresh", t, {"connected_account_id": aid})
+    obj = data(read)["object"]
+    assert (obj["charges_enabled"], obj["payouts_enabled"], obj["status"]) == (
+        True,
+        True,
+        "enabled",
+    )
+
+
+async def test_an_account_status_needs_charges_only_where_it_takes_them() -> None:
+    assert [account_takes_charges(c) for c in ([], ["transfers"], ["card_payments"])] == [
+        True, False, True
+    ]  # fmt: skip
+    recipient = connected_account_status(False, True, True, None, "pending", takes_charges=False)
+    merchant = connected_account_status(False, True, True, None, "pending")
+    assert (recipient, merchant) == ("enabled", "restricted")
+    # Payouts off (a requirement past due): restricted either way.
+    assert connected_account_status(False, False, True, "requirements.past_due", "enabled",
+                                    takes_charges=False) == "restricted"  # fmt: skip

@@ -195,3 +195,21 @@ async def test_the_fake_refuses_a_fee_refund_without_the_reversal(
     assert status == 200 and made["amount"] == 400, made
     charge = await _get(f"{localstripe_url}/v1/charges/{made['charge']}")
     assert charge["amount_refunded"] == 400, charge  # (the refused ones refunded nothing)
+
+
+async def test_a_recipient_account_takes_destination_charges_at_stripe(
+    sh: Harness, localstripe_url: str
+) -> None:
+    """Review h79r_a L3: an account that requested `transfers` alone is a recipient:
+    Stripe never enables its charges ("can't process payments"), its `transfers`
+    capability active once onboarded; paystream reads it `enabled`, and the FAKE, as
+    Stripe, takes the destination charge on its transfers capability."""
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    acct = await _enabled_account(sh, t, localstripe_url)
+    raw = await _get(f"{localstripe_url}/v1/accounts/{acct['provider_account_id']}")
+    assert (raw["charges_enabled"], raw["payouts_enabled"], raw["capabilities"]) == (
+        False, True, {"transfers": "active"}
+    ), raw  # fmt: skip
+    assert (acct["charges_enabled"], acct["status"]) == (False, "enabled"), acct
+    out = await sh.send("payment.create", t, _pay(acct["id"], application_fee_amount=500))
+    assert kind(out) == "payment.succeeded", data(out)

@@ -61,6 +61,7 @@ from paystream.gateways.stripe_rules import (
     ACCOUNT_CAPABILITIES,
     MINIMUM_CHARGE,
     account_link_url_problem,
+    account_takes_charges,
     below_minimum_charge,
     custom_account_capabilities_problem,
     payment_parameters_problem,
@@ -456,14 +457,15 @@ async def create_payment(tx: Tx, req: CreatePayment, key: str) -> dict[str, Any]
 
 async def _check_destination(tx: Tx, req: CreatePayment) -> None:
     """A destination charge's account and fee, as Stripe refuses them: an account of the
-    platform's that can take transfers (its charges and payouts enabled), a fee of 0 up
+    platform's that can take transfers (its ``transfers`` capability active: requested,
+    onboarding finished; a recipient's charges are never enabled), a fee of 0 up
     to the amount (a 400, in the keyed call: not kept under the key)."""
     acct = await tx.get(str(req.destination_account))
     if acct is None or acct.get("object") != "account":
         raise _refuse(
             ErrorCode.INVALID_REQUEST, f"No such destination: '{req.destination_account}'"
         )
-    if not (acct["charges_enabled"] and acct["payouts_enabled"]):
+    if not _transfers_active(acct):
         raise _invalid(
             f"the destination account {acct['id']} cannot receive transfers: its onboarding "
             "is not finished (transfers capability inactive)"
@@ -1530,6 +1532,23 @@ _ONBOARDED: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+def _onboarded(acct: dict[str, Any], outcome: str) -> dict[str, Any]:
+    """The account once its holder finished onboarding as ``outcome``: as Stripe, one
+    that requested ``transfers`` alone (a recipient: it "can't process payments") never
+    has its charges enabled (review h79r_a L3)."""
+    done = {**acct, **_ONBOARDED[outcome]}
+    if not account_takes_charges(list(acct.get("capabilities") or [])):
+        done["charges_enabled"] = False
+    return done
+
+
+def _transfers_active(acct: dict[str, Any]) -> bool:
+    """Stripe's ``transfers`` capability: requested (or the defaults, none named) and the
+    account's onboarding finished (its payouts enabled: nothing disables it)."""
+    capabilities = acct.get("capabilities") or []
+    return bool(acct["payouts_enabled"]) and (not capabilities or "transfers" in capabilities)
+
+
 def onboarding_tag(email: str | None) -> str | None:
     """The onboarding an account's email asks the simulator for (``+enabled`` etc. in
     its local part), or None."""
@@ -1574,7 +1593,7 @@ async def create_account_link(tx: Tx, req: CreateAccountLink, key: str) -> dict[
     acct = await _must(tx, req.provider_account_id, "account")
     onboards_as = acct.get("onboards_as")
     if onboards_as is not None and not acct["details_submitted"]:
-        tx.put({**acct, **_ONBOARDED[onboards_as]})  # (its holder's visit, at once)
+        tx.put(_onboarded(acct, onboards_as))  # (its holder's visit, at once)
     now = await clock_now(tx)
     url = f"https://connect.simulator.invalid/setup/{acct['id']}/{_new_id('al')}"
     tx.effect(Effect.of("account_link.created", key, acct["id"]))
@@ -1589,6 +1608,6 @@ async def complete_onboarding(tx: Tx, account_id: str, outcome: str) -> dict[str
     """The holder finishes onboarding as ``outcome`` (one of ONBOARDING_TAGS)."""
     if outcome not in _ONBOARDED:
         raise _invalid(f"outcome must be one of {', '.join(ONBOARDING_TAGS)}")
-    acct = {**await _must(tx, account_id, "account"), **_ONBOARDED[outcome]}
+    acct = _onboarded(await _must(tx, account_id, "account"), outcome)
     tx.put(acct)
     return {"ok": results.connected_account(acct)}
