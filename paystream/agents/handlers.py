@@ -1680,6 +1680,8 @@ async def create_refund(ctx: HandlerContext, data: c.CreateRefund) -> HandlerRes
         currency=payment.currency,
         provider_refund_id="",
         reason=data.reason,
+        reverse_transfer=data.reverse_transfer,
+        refund_application_fee=data.refund_application_fee,
     )
     try:
         key = ctx.create_key("refund", data.refund_id)

@@ -2872,6 +2872,9 @@ _WRITTEN_WHEN_SET = (
     # (a destination charge's)
     "connected_account_id",
     "application_fee_amount",
+    # (a destination charge's refund options)
+    "reverse_transfer",
+    "refund_application_fee",
     "subtotal",
     "tax",
     "total",

@@ -95,6 +95,9 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "reason": (str, False),
         "provider_refund_id": (str, False),
         "failure_code": (str, False),
+        # (0018: written only when set: a destination charge's refund options)
+        "reverse_transfer": (bool, False),
+        "refund_application_fee": (bool, False),
     },
     EntityType.DISPUTE: {
         "payment_id": (str, False),

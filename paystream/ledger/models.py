@@ -225,6 +225,9 @@ class Refund(_Entity, Base):
     reason: Mapped[str | None] = mapped_column(Text)
     provider_refund_id: Mapped[str | None] = mapped_column(Text)
     failure_code: Mapped[str | None] = mapped_column(Text)
+    # Migration 0018: a destination charge's refund options as sent (None: not named).
+    reverse_transfer: Mapped[bool | None] = mapped_column(Boolean)
+    refund_application_fee: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class Dispute(_Entity, Base):

@@ -328,6 +328,11 @@ class RefundRecord(EntityRecord):
     # Why the tenant refunded (refund.create's reason: duplicate, fraudulent,
     # requested_by_customer); None when not given, and for refunds made before it was kept.
     reason: str | None = None
+    # A destination charge's refund options as sent (review h79r_a L4): whether it took
+    # the refunded share back from the account's transfer, and gave the application fee
+    # back in proportion. None when not named (and for refunds before they were kept).
+    reverse_transfer: bool | None = None
+    refund_application_fee: bool | None = None
 
 
 class DisputeRecord(EntityRecord):

@@ -115,7 +115,7 @@ def test_0017_up_and_down_while_unset_then_refused_once_a_row_holds_them(
         await upgrade(url, "0016", app_password=PASSWORD)
         before = await _columns(url)
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0017"
+        assert await current(url) == head() == "0018"
         made = await _columns(url)
         app = _app(url)
         try:  # (a payment without a destination: the downgrade may go)
@@ -149,4 +149,4 @@ def test_0017_up_and_down_while_unset_then_refused_once_a_row_holds_them(
     assert refusal is not None and refusal.startswith(
         "migration 0017 down: payments hold audited destination charges"
     )
-    assert at == "0017"  # (the whole downgrade rolled back)
+    assert at == "0018"  # (the whole downgrade rolled back)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +20,7 @@ from paystream.ledger.migrate import app_database_url, current, downgrade, head,
 from paystream.ledger.writer import backfill_entities
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory, insert_event_rows
+from tests.ledger.test_refund_transfer_options_ledger import as_before_0018
 
 PASSWORD = "m13-pw"
 
@@ -60,9 +62,11 @@ def test_0013_lists_older_events_and_the_backfill_builds_their_rows(
             async with tenant_session(app, t) as s:
                 await s.execute(text("SELECT 1"))
             # (A refund: today's writer writes a payment's 0015 columns too; a refund's
-            # table is as it was then.)
+            # table is as it was then, but for 0018's columns, left out here.)
             refund = {"amount": 100, "currency": "USD", "status": "succeeded"}
-            await write_events(app, [make(t, "refund", "re_1", 1, refund)], keyring=keyring)
+            with pytest.MonkeyPatch.context() as m:
+                as_before_0018(m)
+                await write_events(app, [make(t, "refund", "re_1", 1, refund)], keyring=keyring)
             ids = await _as_the_older_sink(owner, t, make)
         finally:
             await app.dispose()

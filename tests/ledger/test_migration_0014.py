@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,6 +24,7 @@ from paystream.ledger.migrate import app_database_url, current, downgrade, head,
 from paystream.ledger.writer import backfill_entities
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory, insert_event_rows, wipe_audit_chain
+from tests.ledger.test_refund_transfer_options_ledger import as_before_0018
 
 PASSWORD = "m14-pw"
 WAITING = (
@@ -75,16 +77,18 @@ def test_0014_lists_older_payout_events_and_the_backfill_builds_their_rows(
         try:
             # A refund through the writer of then (its tables only): a chain begun.
             # (A refund: today's writer writes a payment's 0015 columns too; a refund's
-            # table is as it was then.)
+            # table is as it was then, but for 0018's columns, left out here.)
             refund = {"amount": 100, "currency": "USD", "status": "succeeded"}
-            await write_events(app, [make(t, "refund", "re_1", 1, refund)], keyring=keyring)
+            with pytest.MonkeyPatch.context() as m:
+                as_before_0018(m)
+                await write_events(app, [make(t, "refund", "re_1", 1, refund)], keyring=keyring)
             await _as_the_older_sink(owner, t, make)
             await _as_the_older_sink(owner, only, make)
         finally:
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0017"
+        assert await current(url) == head() == "0018"
 
     asyncio.run(before())
 
@@ -215,7 +219,7 @@ def test_0014_lists_older_payout_events_and_the_backfill_builds_their_rows(
     late, problems, refusal, at = asyncio.run(vouched_then_down())
     assert (late, problems) == (1, [])
     assert refusal is not None and "payouts hold audited rows" in refusal
-    assert at == "0017"  # (the whole downgrade rolled back)
+    assert at == "0018"  # (the whole downgrade rolled back)
 
 
 def test_0014_down_without_rows_unlists_and_up_again_lists_once_more(

@@ -27,6 +27,7 @@ from paystream.ledger.migrate import app_database_url, current, downgrade, head,
 from paystream.ledger.models import Invoice, Payment, Subscription
 from paystream.tenancy.crypto import MasterKey, MasterKeyring
 from tests.ledger.factories import EventFactory, insert_event_rows, tax_calculation, tax_rate
+from tests.ledger.test_refund_transfer_options_ledger import as_before_0018
 
 PASSWORD = "m15-pw"
 NEW = {
@@ -124,6 +125,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
         try:
             with monkeypatch.context() as m:
                 _as_of_0014(m)
+                as_before_0018(m)  # (verify_audit reads refunds too)
                 pay = make.payment(
                     t, "pay_1", amount=1200, currency="GBP", amount_captured=1200,
                     amount_tax=200, tax_calculation_id="taxcalc_1",
@@ -142,7 +144,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0017"
+        assert await current(url) == head() == "0018"
 
     asyncio.run(before())
 
@@ -202,7 +204,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
     problems, refusal, at = asyncio.run(after_then_down())
     assert problems == []
     assert refusal is not None and refusal.startswith("migration 0015 down: tax_rates, ")
-    assert at == "0017"  # (the whole downgrade rolled back: at head)
+    assert at == "0018"  # (the whole downgrade rolled back: at head)
 
 
 def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> None:
@@ -235,7 +237,7 @@ def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> No
                 await app.dispose()
         return counts[0], counts[1], counts[2], await current(url)
 
-    assert asyncio.run(go()) == (1, 0, 1, "0017")
+    assert asyncio.run(go()) == (1, 0, 1, "0018")
 
 
 async def _count(app: AsyncEngine, tenant: str) -> object:
