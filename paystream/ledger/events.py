@@ -53,6 +53,9 @@ class EntityType(StrEnum):
     # A table of its own since migration 0016, which came with the entity (no events of
     # it were stored before: nothing to backfill).
     CONNECTED_ACCOUNT = "connected_account"
+    # In the events table only (no table of its own: a later migration may add one and
+    # backfill it from these events).
+    TRANSFER = "transfer"
 
 
 # Column -> (python type, required) per entity; the row's other columns are bookkeeping.
@@ -184,6 +187,20 @@ _FIELDS: dict[EntityType, dict[str, tuple[type, bool]]] = {
         "line_items": (list, False),
         "expires_at": (datetime, False),
         "provider": (str, False),
+        "created_by": (str, False),
+    },
+    EntityType.TRANSFER: {
+        "status": (str, True),
+        "amount": (int, True),
+        "currency": (str, True),
+        "amount_reversed": (int, False),
+        "connected_account_id": (str, False),
+        "payment_id": (str, False),
+        "transfer_group": (str, False),
+        "description": (str, False),
+        "metadata": (dict, False),
+        "provider": (str, False),
+        "provider_transfer_id": (str, False),
         "created_by": (str, False),
     },
     EntityType.CONNECTED_ACCOUNT: {

@@ -190,7 +190,10 @@ async def _apply(
                 session, tenant_id, model, id_column, batch, keys, first_seen, history
             )
     result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
-    result.entities_stale = len(latest) - result.entities_applied
+    # (An entity type without a table of its own, a transfer, is in the events alone:
+    # neither applied nor stale.)
+    tabled = sum(1 for t, _ in latest if t in ENTITY_TABLES)
+    result.entities_stale = tabled - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
 
 

@@ -205,8 +205,8 @@ def test_binary_and_structured_records_round_trip() -> None:
     [
         (lambda d: d.update(version="2"), InvalidEventError),
         # An entity type the ledger does not know ("subscription" was one until 9c5d0c9,
-        # "payout" until payouts were built).
-        (lambda d: d.update(entity_type="transfer"), InvalidEventError),
+        # "payout" until payouts were built, "transfer" until transfers were).
+        (lambda d: d.update(entity_type="wire_transfer"), InvalidEventError),
         (lambda d: d["object"].pop("amount"), InvalidEventError),
         (lambda d: d.update(related={"not": "a list"}), InvalidEventError),
         (lambda d: d.update(tenant_id="globex"), InvalidEventError),
