@@ -31,6 +31,7 @@ from paystream.gateways.base import (
     PayoutStatus,
     RefundStatus,
     SubscriptionStatus,
+    TransferStatus,
 )
 from paystream.gateways.paddle import webhooks as paddle_webhooks
 from paystream.gateways.square import webhooks as square_webhooks
@@ -245,6 +246,27 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "due (`data.previous_status`: what paystream held before). One `rejected` is "
         "final: refused `invalid_state` before the provider is asked."
     ),
+    "transfer.create": (
+        "Move `amount` in `currency` from the tenant's platform balance to one of its "
+        "connected accounts (Stripe Connect's separate charges and transfers: the "
+        "platform charges, then pays the accounts their shares, e.g. of a marketplace "
+        "order, tied by `transfer_group`). The account must be the tenant's (another's, "
+        "or none: `not_found`) and `enabled`, made with the `transfers` capability if it "
+        "named capabilities (`invalid_state` naming its status). With `payment_id` "
+        "(Stripe's `source_transaction`) the funds are that payment's: the tenant's, "
+        "`succeeded`, no destination charge (`invalid_state`), in the same currency, and "
+        "at most what is left of it: captured, less refunded, less transferred from it "
+        "already (`validation_error`). Without it, more than the available balance is "
+        "refused `balance_insufficient`. Square, Paddle and a tenant acting for a "
+        "connected account (`--connected-account`): `unsupported`. Only the tenant's rate "
+        "limit applies (a transfer moves the platform's own balance, as a payout does)."
+    ),
+    "transfer.reverse": (
+        "Take back all (`amount` left out) or part of a transfer from its connected "
+        "account to the platform's balance; more than is left is refused "
+        "`validation_error`, a transfer reversed entirely `invalid_state`. What comes back "
+        "of a transfer from a payment may be transferred from that payment again."
+    ),
     "tax.calculate": (
         "The tax on `line_items` by the tenant's tax rates, computed by paystream as Stripe "
         "Billing computes it (per line and rate, rounded half up; no provider asked): a "
@@ -286,9 +308,10 @@ REJECT_REASONS: dict[RejectReason, str] = {
     "PAYSTREAM_ENTITY_RETENTION_SECONDS less a day: the entities it may name may have left "
     "the tables (a consumer group reset to records that old, an outbox sent again), so it "
     "is not run (unless the provider may have acted on it: then it goes on as any would)",
-    RejectReason.BALANCE_INSUFFICIENT: "a `payout.create` above the tenant's available "
-    "balance in its currency (no payout made; the provider keeps this answer under the "
-    "payout id's key: send a new `payout_id` once funds have settled)",
+    RejectReason.BALANCE_INSUFFICIENT: "a `payout.create` (or a `transfer.create` without "
+    "`payment_id`) above the tenant's available balance in its currency (nothing moved; "
+    "the provider keeps this answer under the payout's or transfer's key: send a new "
+    "`payout_id` or `transfer_id` once funds have settled)",
 }
 
 # Outcome type → (entity type of `object`, or None; summary; properties of its own).
@@ -619,6 +642,28 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
             },
         },
     ),
+    "transfer.created": (
+        "transfer",
+        "The transfer was made: `amount` moved to `connected_account_id` (from `payment_id`'s "
+        "funds when named: `related` holds the payment, its `amount_transferred` grown).",
+        {},
+    ),
+    "transfer.reversed": (
+        "transfer",
+        "All or part of the transfer came back from its connected account: "
+        "`amount_reversed` in all, `reversed` once nothing is left (`related`: its "
+        "payment, `amount_transferred` less what came back).",
+        {
+            "previous_status": {
+                "type": "string",
+                "description": "the transfer's status before the reversal",
+            },
+            "amount_reversed_now": {
+                "type": "integer",
+                "description": "minor units this reversal took back",
+            },
+        },
+    ),
     "command.rejected": (
         None,
         "The command was refused; `reason` is machine-readable, `message` for people.",
@@ -638,6 +683,7 @@ _ENTITIES: dict[str, type[records.EntityRecord]] = {
     "tax_rate": records.TaxRateRecord,
     "tax_calculation": records.TaxCalculationRecord,
     "connected_account": records.ConnectedAccountRecord,
+    "transfer": records.TransferRecord,
 }
 _STATUSES: dict[str, type[StrEnum]] = {
     "payment": PaymentStatus,
@@ -647,6 +693,7 @@ _STATUSES: dict[str, type[StrEnum]] = {
     "invoice": InvoiceStatus,
     "payout": PayoutStatus,
     "connected_account": ConnectedAccountStatus,
+    "transfer": TransferStatus,
 }
 # The views' path segment per entity type.
 ENTITY_KINDS = {f"{name}s": name for name in _ENTITIES}

@@ -188,6 +188,7 @@ class CommandRunner:
                 t.subscriptions,
                 t.payouts,
                 t.tax_calculations,
+                t.transfers,
             ),
             settings.entity_retention_seconds,
             commands_topic.get_topic_name(),
@@ -277,6 +278,7 @@ class CommandRunner:
                 tax_rates=t.tax_rates,
                 tax_calculations=t.tax_calculations,
                 connected_accounts=t.connected_accounts,
+                transfers=t.transfers,
                 # Rebuilt after each rebalance, once the partitions' tables are recovered
                 # (by count too: a rejoin may keep the consumer generation).
                 owners=OwnerIndex(
@@ -520,6 +522,7 @@ async def _check_record_limits() -> None:
         t.tax_rates,
         t.tax_calculations,
         t.connected_accounts,
+        t.transfers,
     )
     topics = [
         *large_record_topics(settings),

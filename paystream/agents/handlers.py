@@ -55,6 +55,7 @@ from paystream.tables.records import (
     SubscriptionRecord,
     TaxCalculationRecord,
     TaxRateRecord,
+    TransferRecord,
     scrub_customer_applied,
 )
 from paystream.tables.state_machines import (
@@ -65,8 +66,10 @@ from paystream.tables.state_machines import (
     check_subscription_move,
     check_subscription_transition,
     check_tax_rate_transition,
+    check_transfer_move,
     connected_account_status,
     invoice_moves,
+    transfer_status,
 )
 from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, InvoiceCharge, InvoiceTotal, Repricing
 
@@ -182,6 +185,7 @@ class Tables:
     tax_rates: MutableMapping[str, Any] = field(default_factory=dict)
     tax_calculations: MutableMapping[str, Any] = field(default_factory=dict)
     connected_accounts: MutableMapping[str, Any] = field(default_factory=dict)
+    transfers: MutableMapping[str, Any] = field(default_factory=dict)
     # Which records a customer or payment owns (customer.export), kept by the writes.
     owners: OwnerIndex = field(default_factory=OwnerIndex)
 
@@ -208,6 +212,7 @@ _TABLE_OF = {
     "tax_rate": "tax_rates",
     "tax_calculation": "tax_calculations",
     "connected_account": "connected_accounts",
+    "transfer": "transfers",
 }
 _ENTITY_TYPES: dict[type[EntityRecord], str] = {}
 
@@ -1077,7 +1082,12 @@ async def create_payment(ctx: HandlerContext, data: c.CreatePayment) -> HandlerR
     return HandlerResult(_PAYMENT_OUTCOME[status], rec, _new_dispute(ctx, rec, res))
 
 
-def _destination(ctx: HandlerContext, account_id: str) -> str:
+def _destination(
+    ctx: HandlerContext,
+    account_id: str,
+    what: str = "destination charges",
+    one: str = "a destination charge",
+) -> str:
     """The provider's id of the connected account a destination charge pays: this
     tenant's (another's, or none, is `not_found`), ``enabled`` (charges and payouts on at
     the provider), made through the tenant's provider; refused `unsupported` for a gateway
@@ -1085,12 +1095,12 @@ def _destination(ctx: HandlerContext, account_id: str) -> str:
     connected account (Stripe-Account: a destination charge is the platform's). All
     before any provider call. One let through (the provider may have charged) is not
     refused for a status changed since."""
-    _capability_required(ctx, _CONNECTED_ACCOUNTS, "destination charges (connected accounts)")
+    _capability_required(ctx, _CONNECTED_ACCOUNTS, f"{what} (connected accounts)")
     acting_for = getattr(ctx.gateway, "connected_account", None)
     if acting_for is not None:
         raise Rejection(
             RejectReason.UNSUPPORTED,
-            "destination charges are the platform's: this tenant acts for the connected "
+            f"{what} are the platform's: this tenant acts for the connected "
             f"account {acting_for} (--connected-account); send it for a tenant configured "
             "without one",
             remember=False,
@@ -1099,8 +1109,16 @@ def _destination(ctx: HandlerContext, account_id: str) -> str:
     if account.status != "enabled" and not ctx.let_through:
         raise Rejection(
             RejectReason.INVALID_STATE,
-            f"connected account {account.id} is {account.status}: a destination charge "
+            f"connected account {account.id} is {account.status}: {one} "
             "needs an enabled account (onboarding finished: connected_account.refresh)",
+            remember=False,
+        )
+    if account.capabilities and "transfers" not in account.capabilities and not ctx.let_through:
+        # (Made naming only card_payments: Stripe refuses a transfer to it.)
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"connected account {account.id} was made without the transfers capability "
+            f"(it requested {', '.join(account.capabilities)}): {one} needs it",
             remember=False,
         )
     ctx.at_provider(account)
@@ -1238,6 +1256,7 @@ def _new_payment(
                 if d["connected_account_id"] is None
                 else _fee_collected(d["application_fee_amount"] or 0, status, amount_captured)
             ),
+            "amount_transferred": None,  # (none until a transfer names it)
         },
     )
 
@@ -3198,6 +3217,170 @@ def subscription_repricing(
 
 _CONNECTED_ACCOUNTS = gw.Capability.CONNECTED_ACCOUNTS
 
+# ---- transfers (separate charges and transfers) ---------------------------------------
+
+
+def _transfer_source(ctx: HandlerContext, data: c.CreateTransfer) -> PaymentRecord | None:
+    """The tenant's payment a transfer's funds come from (Stripe's source_transaction):
+    another tenant's or none `not_found`; one not succeeded, or a destination charge
+    (its funds went to its account already), `invalid_state`; another currency, or more
+    than is left of it (captured, less refunded, less transferred from it already),
+    `validation_error`. All before any call. One let through (the provider may have
+    transferred) is not refused for what changed since: the provider decides."""
+    if data.payment_id is None:
+        return None
+    payment = ctx.load(PaymentRecord, data.payment_id)
+    ctx.at_provider(payment)
+    if ctx.let_through:
+        return payment
+    if payment.connected_account_id is not None:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"payment {payment.id} is a destination charge: its funds went to connected "
+            f"account {payment.connected_account_id} when captured",
+            remember=False,
+        )
+    if payment.status != _SUCCEEDED_STATUS:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"payment {payment.id} is {payment.status}: a transfer's source payment must "
+            "have succeeded (captured)",
+            remember=False,
+        )
+    if payment.currency != data.currency:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"payment {payment.id} is in {payment.currency}, not {data.currency}",
+            remember=False,
+        )
+    left = _transferable(payment)
+    if data.amount > left:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"transfer {format_minor(data.amount, data.currency)} is more than is left of "
+            f"payment {payment.id} ({format_minor(left, payment.currency)}: captured, less "
+            "refunded, less transferred from it)",
+            remember=False,
+        )
+    return payment
+
+
+def _transferable(payment: PaymentRecord) -> int:
+    return max(
+        0,
+        payment.amount_captured - payment.amount_refunded - (payment.amount_transferred or 0),
+    )
+
+
+async def create_transfer(ctx: HandlerContext, data: c.CreateTransfer) -> HandlerResult:
+    tid = data.transfer_id or ctx.new_id(TransferRecord, "tr")
+    ctx.ensure_new(TransferRecord, tid)
+    destination = _destination(ctx, data.connected_account_id, "transfers", "a transfer")
+    payment = _transfer_source(ctx, data)
+    req = gw.CreateTransfer(
+        amount=Money(amount=data.amount, currency=data.currency),
+        destination_account=destination,
+        source_payment_id=None if payment is None else payment.provider_payment_id,
+        transfer_group=data.transfer_group,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    # As payout.create's: a chosen id is the key's scope (one transfer per id, however
+    # often it is sent), else the command's.
+    key = ctx.create_key("transfer", data.transfer_id)
+    try:
+        res = await _gateway(
+            ctx, "create_transfer", lambda: ctx.gateway.create_transfer(req, idempotency_key=key)
+        )
+    except GatewayError as exc:
+        if _chosen_id_taken(ctx, exc, data.transfer_id):
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"transfer id {tid} is taken at the provider by an earlier create of other "
+                "parameters: one refused, or one still parked (`paystream dlq list`), which "
+                "may have transferred; check before sending this transfer under a new id",
+            ) from exc
+        if exc.code is ErrorCode.BALANCE_INSUFFICIENT:
+            # Nothing moved; as a payout's: the provider keeps this answer under the key.
+            raise Rejection(
+                RejectReason.BALANCE_INSUFFICIENT,
+                f"transfer {format_minor(data.amount, data.currency)} is more than the "
+                f"platform's available balance ({exc.message}); a transfer id refused so "
+                "is refused again by the provider for its idempotency window: send a new one",
+            ) from exc
+        raise
+    rec = TransferRecord(
+        **_base(ctx, tid),
+        status=transfer_status(res.amount.amount, res.amount_reversed),
+        amount=res.amount.amount,
+        currency=res.amount.currency,
+        amount_reversed=res.amount_reversed,
+        connected_account_id=data.connected_account_id,
+        payment_id=data.payment_id,
+        transfer_group=res.transfer_group,
+        provider_transfer_id=res.provider_transfer_id,
+        description=data.description,
+        metadata=dict(data.metadata),
+    )
+    if payment is None:
+        return HandlerResult("transfer.created", rec)
+    payment.amount_transferred = (payment.amount_transferred or 0) + rec.amount
+    return HandlerResult("transfer.created", rec, [payment])
+
+
+async def reverse_transfer(ctx: HandlerContext, data: c.ReverseTransfer) -> HandlerResult:
+    """All (``amount`` left out) or part of a transfer back from its connected account:
+    never more than is left (`validation_error`); one reversed entirely `invalid_state`.
+    Its source payment, if any, may give what came back to a new transfer."""
+    # (Loaded first: its own redelivery is answered from the transfer's memory, whatever
+    # the tenant's gateway is now.)
+    rec = ctx.load(TransferRecord, data.transfer_id)
+    _capability_required(ctx, _CONNECTED_ACCOUNTS, "transfers (connected accounts)")
+    ctx.at_provider(rec)
+    left = rec.amount - rec.amount_reversed
+    if not ctx.let_through:
+        if left <= 0:
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"transfer {rec.id} is reversed: nothing is left of it",
+                remember=False,
+            )
+        if data.amount is not None and data.amount > left:
+            raise Rejection(
+                RejectReason.VALIDATION_ERROR,
+                f"reversal {format_minor(data.amount, rec.currency)} is more than is left "
+                f"of transfer {rec.id} ({format_minor(left, rec.currency)})",
+                remember=False,
+            )
+    req = gw.ReverseTransfer(
+        provider_transfer_id=rec.provider_transfer_id,
+        amount=data.amount,
+        metadata=dict(data.metadata),
+    )
+    res = await _gateway(
+        ctx, "reverse_transfer", lambda: ctx.gateway.reverse_transfer(req, idempotency_key=ctx.idem)
+    )
+    previous, reversed_before = rec.status, rec.amount_reversed
+    status = transfer_status(res.amount.amount, res.amount_reversed)
+    try:
+        check_transfer_move(rec.status, status)
+    except InvalidState as exc:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"transfer {rec.id}: {exc} ({ctx.gateway.provider}'s answer)",
+            remember=False,
+        ) from exc
+    rec.status, rec.amount_reversed = status, res.amount_reversed
+    back = max(0, rec.amount_reversed - reversed_before)
+    extra = {"previous_status": previous, "amount_reversed_now": back}
+    if rec.payment_id is None:
+        return HandlerResult("transfer.reversed", rec, extra=extra)
+    payment = ctx.load_kept(PaymentRecord, rec.payment_id)
+    if payment is None:  # (gone past retention: the transfer alone)
+        return HandlerResult("transfer.reversed", rec, extra=extra)
+    payment.amount_transferred = max(0, (payment.amount_transferred or 0) - back)
+    return HandlerResult("transfer.reversed", rec, [payment], extra=extra)
+
 
 def _connected_accounts_supported(ctx: HandlerContext) -> None:
     """A connected account's create or onboarding link: `unsupported` before anything is
@@ -3431,4 +3614,6 @@ HANDLERS: dict[str, Handler] = {
     "connected_account.create": create_connected_account,
     "connected_account.onboarding_link": create_onboarding_link,
     "connected_account.refresh": refresh_connected_account,
+    "transfer.create": create_transfer,
+    "transfer.reverse": reverse_transfer,
 }

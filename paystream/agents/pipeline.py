@@ -2875,6 +2875,8 @@ _WRITTEN_WHEN_SET = (
     # (a destination charge's refund options)
     "reverse_transfer",
     "refund_application_fee",
+    # (a payment some transfers took from)
+    "amount_transferred",
     "subtotal",
     "tax",
     "total",

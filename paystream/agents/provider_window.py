@@ -45,6 +45,7 @@ CREATES: dict[str, tuple[str, str]] = {
     "tax_rate.create": ("tax_rate", "tax_rate_id"),
     "connected_account.create": ("connected_account", "connected_account_id"),
     "invoice.create": ("invoice", "invoice_id"),
+    "transfer.create": ("transfer", "transfer_id"),
 }
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "CreateRefund",
     "CreateSubscription",
     "CreateTaxRate",
+    "CreateTransfer",
     "CustomerDetails",
     "CustomerResult",
     "DeleteCustomer",
@@ -84,11 +85,14 @@ __all__ = [
     "RetrievePayout",
     "RetrieveRefund",
     "RetrieveSubscription",
+    "ReverseTransfer",
     "SubmitDisputeEvidence",
     "SubscriptionResult",
     "SubscriptionStatus",
     "TaxRateRef",
     "TaxRateResult",
+    "TransferResult",
+    "TransferStatus",
     "UpdateCustomer",
     "UpdateSubscription",
     "VoidInvoice",
@@ -534,6 +538,37 @@ class RetrieveBalance(_Req):
     """Read the account's balance (a read: no key of its own)."""
 
 
+class TransferStatus(StrEnum):
+    """paystream's statuses of a transfer (Stripe's Transfer has none: it is made whole,
+    then reversed in parts): created → partially_reversed → reversed (final)."""
+
+    CREATED = "created"
+    PARTIALLY_REVERSED = "partially_reversed"
+    REVERSED = "reversed"
+
+
+class CreateTransfer(_Req):
+    """Move ``amount`` of the platform's balance to a connected account (Stripe's
+    separate charges and transfers: a money-moving create, keyed). With
+    ``source_payment_id`` (the provider's payment: Stripe's source_transaction is its
+    charge) the funds are that charge's, at most what is left of it."""
+
+    amount: Money
+    destination_account: str
+    source_payment_id: str | None = None
+    transfer_group: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ReverseTransfer(_Req):
+    """Take back ``amount`` (None: all that is left) of a transfer (keyed)."""
+
+    provider_transfer_id: str
+    amount: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
 class ConnectedAccountStatus(StrEnum):
     """paystream's statuses of a connected account, derived from its provider's flags
     (tables/state_machines.connected_account_status): pending → enabled | restricted |
@@ -814,6 +849,19 @@ class AccountLinkResult(_Res):
     expires_at: datetime
 
 
+class TransferResult(_Res):
+    """A transfer to a connected account as its provider holds it: what was sent, and
+    how much of it has been reversed since (Stripe's amount_reversed, reversed)."""
+
+    provider_transfer_id: str
+    amount: Money
+    amount_reversed: int = 0
+    destination_account: str
+    # The provider's charge the funds came from (Stripe's source_transaction), if any.
+    source_transaction: str | None = None
+    transfer_group: str | None = None
+
+
 class BalanceAmount(_Res):
     """One currency's balance: minor units, either may be negative (refunds and lost
     disputes taken from an available balance that held less)."""
@@ -860,6 +908,8 @@ MONEY_MOVING_OPERATIONS = frozenset(
         "create_subscription",
         "create_payout",
         "pay_invoice",
+        "create_transfer",
+        "reverse_transfer",
     }
 )
 
@@ -893,6 +943,9 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "create_connected_account": Capability.CONNECTED_ACCOUNTS,
     "create_account_link": Capability.CONNECTED_ACCOUNTS,
     "retrieve_connected_account": Capability.CONNECTED_ACCOUNTS,
+    # (a transfer's reversal moves money back: the tenant's to be given, as a refund)
+    "create_transfer": Capability.CONNECTED_ACCOUNTS,
+    "reverse_transfer": Capability.CONNECTED_ACCOUNTS,
     "create_invoice": Capability.INVOICES,
     "finalize_invoice": Capability.INVOICES,
     "pay_invoice": Capability.INVOICES,
@@ -1131,6 +1184,21 @@ class PaymentGateway(Protocol):
     ) -> ConnectedAccountResult:
         """The connected account as the provider holds it now (a read: see
         retrieve_payment)."""
+        ...
+
+    async def create_transfer(self, req: CreateTransfer, *, idempotency_key: str) -> TransferResult:
+        """A transfer to a connected account of the platform's: more than the available
+        balance (without a source payment) is refused ``ErrorCode.BALANCE_INSUFFICIENT``
+        (Stripe's ``balance_insufficient``); more than is left of the source payment
+        ``ErrorCode.INVALID_REQUEST``. Never for a tenant acting for a connected account
+        (a transfer is the platform's: refused `unsupported` before any call)."""
+        ...
+
+    async def reverse_transfer(
+        self, req: ReverseTransfer, *, idempotency_key: str
+    ) -> TransferResult:
+        """The transfer with ``req.amount`` (or all that is left) reversed to the
+        platform; more than is left is refused ``ErrorCode.INVALID_REQUEST``."""
         ...
 
     async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:

@@ -80,6 +80,16 @@ class NoConnectedAccounts(_Unsupported):
     ) -> gw_base.ConnectedAccountResult:
         self._unsupported("retrieve_connected_account")
 
+    async def create_transfer(
+        self, req: gw_base.CreateTransfer, *, idempotency_key: str
+    ) -> gw_base.TransferResult:
+        self._unsupported("create_transfer")
+
+    async def reverse_transfer(
+        self, req: gw_base.ReverseTransfer, *, idempotency_key: str
+    ) -> gw_base.TransferResult:
+        self._unsupported("reverse_transfer")
+
 
 class NoInvoices(_Unsupported):
     """One-off invoices (no INVOICES capability)."""

@@ -88,6 +88,7 @@ TABLE_NAMES = (
     "tax_rates",
     "tax_calculations",
     "connected_accounts",
+    "transfers",
     "idempotency",
     "limits",
     "insights",

@@ -39,4 +39,6 @@ COMMAND_TYPES: tuple[str, ...] = (
     "invoice.pay",
     "invoice.void",
     "invoice.refresh",
+    "transfer.create",
+    "transfer.reverse",
 )

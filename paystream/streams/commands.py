@@ -762,6 +762,32 @@ class PayInvoice(CommandData):
     payment_method_id: EntityId | None = None
 
 
+class CreateTransfer(CommandData):
+    """Move ``amount`` of the platform's balance to one of the tenant's connected accounts
+    (Stripe Connect's separate charges and transfers): from a charge of the tenant's
+    (``payment_id``: Stripe's ``source_transaction``, at most what is left of it) or from
+    the available balance."""
+
+    transfer_id: EntityId | None = None
+    connected_account_id: EntityId
+    amount: Amount
+    currency: Currency
+    payment_id: EntityId | None = None
+    # Stripe's transfer_group: ties the transfers of one order together (a free string).
+    transfer_group: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    description: ShortText | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class ReverseTransfer(CommandData):
+    """Take back all (``amount`` left out) or part of a transfer from its connected
+    account, to the platform's balance; never more than is left of it."""
+
+    transfer_id: EntityId
+    amount: Amount | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
 class VoidInvoice(CommandData):
     """Void an open (or draft) invoice: never to be paid. A paid one is refunded instead,
     at its provider (its payment is the provider's, not a paystream payment)."""
@@ -812,6 +838,8 @@ COMMANDS: dict[str, type[CommandData]] = {
     "invoice.pay": PayInvoice,
     "invoice.void": VoidInvoice,
     "invoice.refresh": RefreshInvoice,
+    "transfer.create": CreateTransfer,
+    "transfer.reverse": ReverseTransfer,
 }
 if set(COMMANDS) != set(COMMAND_TYPES):  # (a command added to one and not to the other)
     raise RuntimeError(

@@ -37,6 +37,7 @@ _KINDS = {
     "tax_rate": "tax_rates",
     "tax_calculation": "tax_calculations",
     "connected_account": "connected_accounts",
+    "transfer": "transfers",
 }
 
 

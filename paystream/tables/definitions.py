@@ -28,6 +28,7 @@ __all__ = [
     "subscriptions",
     "tax_calculations",
     "tax_rates",
+    "transfers",
 ]
 
 
@@ -82,5 +83,6 @@ tax_calculations = batched_table(
 connected_accounts = batched_table(
     "connected_accounts", "tenant:connected account id → connected account record"
 )
+transfers = batched_table("transfers", "tenant:transfer id → transfer record")
 idempotency = batched_table("idempotency", "tenant:idempotency key → in-flight/done record")
 limits = batched_table("limits", "tenant:limits → rate-limit bucket, daily volumes, rejections")

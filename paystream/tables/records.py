@@ -33,6 +33,7 @@ __all__ = [
     "SubscriptionRecord",
     "TaxCalculationRecord",
     "TaxRateRecord",
+    "TransferRecord",
     "applied_entry",
     "scrub_customer_applied",
     "scrub_customer_outcome",
@@ -315,6 +316,9 @@ class PaymentRecord(EntityRecord):
     # when set (pipeline._stored_fields).
     connected_account_id: str | None = None
     application_fee_amount: int | None = None
+    # Moved on to connected accounts by transfers naming it (transfer.create's
+    # payment_id), less what their reversals took back. Stored only when set.
+    amount_transferred: int | None = None
 
 
 class RefundRecord(EntityRecord):
@@ -470,6 +474,25 @@ class PayoutRecord(EntityRecord):
     failure_message: str | None = None
     description: str | None = None
     statement_descriptor: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class TransferRecord(EntityRecord):
+    """Money moved from the platform's balance to one of the tenant's connected accounts
+    (Stripe Connect's separate charges and transfers); statuses: created →
+    partially_reversed → reversed (state_machines.TRANSFER_MOVES)."""
+
+    entity_type: str = "transfer"
+    status: str  # created | partially_reversed | reversed
+    amount: int
+    currency: str
+    amount_reversed: int = 0
+    connected_account_id: str
+    # The tenant's payment the funds came from (Stripe's source_transaction), if any.
+    payment_id: str | None = None
+    transfer_group: str | None = None
+    provider_transfer_id: str
+    description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
 

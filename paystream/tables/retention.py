@@ -119,7 +119,8 @@ def settled(record: Mapping[str, Any]) -> bool:
         return True
     # (A tax rate stays: payments' calculations and subscriptions name it, and it is
     # small; archived, it is applied to nothing new.)
-    return kind in ("payment", "refund", "dispute")
+    # (A transfer, as the payment it may come from: unchanged that long, settled.)
+    return kind in ("payment", "refund", "dispute", "transfer")
 
 
 def _invoice_closed(record: Mapping[str, Any]) -> bool:

@@ -13,6 +13,7 @@ __all__ = [
     "SUBSCRIPTION_MOVES",
     "SUBSCRIPTION_TRANSITIONS",
     "TAX_RATE_TRANSITIONS",
+    "TRANSFER_MOVES",
     "InvalidState",
     "check_invoice_transition",
     "check_payment_transition",
@@ -20,8 +21,10 @@ __all__ = [
     "check_subscription_move",
     "check_subscription_transition",
     "check_tax_rate_transition",
+    "check_transfer_move",
     "connected_account_status",
     "invoice_moves",
+    "transfer_status",
 ]
 
 
@@ -160,6 +163,28 @@ PAYOUT_MOVES: dict[str, frozenset[str]] = {
 def check_payout_move(status: str, to: str) -> None:
     if to not in PAYOUT_MOVES.get(status, frozenset()):
         raise InvalidState(f"a payout that is {status} cannot become {to}")
+
+
+# transfer status → the statuses it may move to. Stripe's Transfer has no status: it is
+# made whole, then reversed in parts (amount_reversed) until ``reversed`` (all of it).
+# paystream names the three: created → partially_reversed → reversed (final).
+TRANSFER_MOVES: dict[str, frozenset[str]] = {
+    "created": frozenset({"partially_reversed", "reversed"}),
+    "partially_reversed": frozenset({"partially_reversed", "reversed"}),
+    "reversed": frozenset(),
+}
+
+
+def transfer_status(amount: int, amount_reversed: int) -> str:
+    """A transfer's status from what its provider says was reversed of it."""
+    if amount_reversed <= 0:
+        return "created"
+    return "reversed" if amount_reversed >= amount else "partially_reversed"
+
+
+def check_transfer_move(status: str, to: str) -> None:
+    if to not in TRANSFER_MOVES.get(status, frozenset()):
+        raise InvalidState(f"a transfer that is {status} cannot become {to}")
 
 
 # tax rate status → what may be done with it. As Stripe's TaxRate: active → archived, and

@@ -63,6 +63,7 @@ _ENTITY_TABLES = {
     "tax_rates": t.tax_rates,
     "tax_calculations": t.tax_calculations,
     "connected_accounts": t.connected_accounts,
+    "transfers": t.transfers,
 }
 # What a lookup may name: an entity's kind, or "commands" (what became of a command).
 _KINDS = frozenset({*_ENTITY_TABLES, "commands"})

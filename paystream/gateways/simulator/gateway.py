@@ -42,6 +42,7 @@ from paystream.gateways.base import (
     CreateRefund,
     CreateSubscription,
     CreateTaxRate,
+    CreateTransfer,
     CustomerDetails,
     CustomerResult,
     DeleteCustomer,
@@ -63,9 +64,11 @@ from paystream.gateways.base import (
     RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
+    ReverseTransfer,
     SubmitDisputeEvidence,
     SubscriptionResult,
     TaxRateResult,
+    TransferResult,
     UpdateCustomer,
     UpdateSubscription,
     VoidInvoice,
@@ -480,6 +483,22 @@ class SimulatorGateway:
             "retrieve_connected_account", req, idempotency_key,
             lambda tx: ops.retrieve_connected_account(tx, req), ConnectedAccountResult,
             keyed=False,
+        )  # fmt: skip
+
+    async def create_transfer(self, req: CreateTransfer, *, idempotency_key: str) -> TransferResult:
+        self._platform_only("create_transfer")
+        return await self._run(
+            "create_transfer", req, idempotency_key,
+            lambda tx: ops.create_transfer(tx, req, idempotency_key), TransferResult,
+        )  # fmt: skip
+
+    async def reverse_transfer(
+        self, req: ReverseTransfer, *, idempotency_key: str
+    ) -> TransferResult:
+        self._platform_only("reverse_transfer")
+        return await self._run(
+            "reverse_transfer", req, idempotency_key,
+            lambda tx: ops.reverse_transfer(tx, req, idempotency_key), TransferResult,
         )  # fmt: skip
 
     async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:

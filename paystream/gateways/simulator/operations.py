@@ -36,6 +36,7 @@ from paystream.gateways.base import (
     CreateRefund,
     CreateSubscription,
     CreateTaxRate,
+    CreateTransfer,
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
@@ -47,6 +48,7 @@ from paystream.gateways.base import (
     RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
+    ReverseTransfer,
     SubmitDisputeEvidence,
     UpdateCustomer,
     UpdateSubscription,
@@ -1611,3 +1613,108 @@ async def complete_onboarding(tx: Tx, account_id: str, outcome: str) -> dict[str
     acct = _onboarded(await _must(tx, account_id, "account"), outcome)
     tx.put(acct)
     return {"ok": results.connected_account(acct)}
+
+
+# ---- transfers (separate charges and transfers) ---------------------------------------
+#
+# As Stripe's Transfer: money of the platform's moved to a connected account that can
+# take it. Without a source_transaction it is taken from the available balance (more than
+# is available: balance_insufficient, nothing moved); with one (a charge of the
+# platform's, succeeded) from that charge's funds, at most what is left of it (captured,
+# less refunded, less transferred from it; a reversal gives back to it), whatever the
+# available balance holds: taken from available at once, below zero until the charge's
+# funds settle. A reversal gives its amount back to available.
+
+
+def _transferred_from(pi: dict[str, Any]) -> int:
+    return int(pi.get("source_transferred", 0))
+
+
+async def create_transfer(tx: Tx, req: CreateTransfer, key: str) -> dict[str, Any]:
+    currency, amount = req.amount.currency, req.amount.amount
+    if amount < 1:
+        raise _invalid("amount must be at least 1 minor unit")
+    problem = payment_parameters_problem(None, None, req.metadata)
+    if problem is not None:
+        raise _invalid(problem)
+    acct = await tx.get(req.destination_account)
+    if acct is None or acct.get("object") != "account":
+        raise _refuse(
+            ErrorCode.INVALID_REQUEST, f"No such destination: '{req.destination_account}'"
+        )
+    if not (acct["charges_enabled"] and acct["payouts_enabled"]) or (
+        acct.get("capabilities") and "transfers" not in acct["capabilities"]
+    ):
+        raise _invalid(
+            f"the destination account {acct['id']} cannot receive transfers (its transfers "
+            "capability is not active)"
+        )
+    pi = None
+    if req.source_payment_id is not None:
+        pi = await _must(tx, req.source_payment_id, "payment_intent")
+        if pi["status"] != _SUCCEEDED or pi.get("destination") is not None:
+            raise _invalid(
+                f"source_transaction {pi['charge_id']} must be a succeeded charge without "
+                "transfer_data"
+            )
+        if pi["currency"] != currency:
+            raise _invalid(f"the source_transaction is in {pi['currency']}, not {currency}")
+        left = pi["amount_captured"] - pi["amount_refunded"] - _transferred_from(pi)
+        if amount > left:
+            raise _invalid(
+                f"the transfer amount {amount} exceeds what is left of the source_transaction "
+                f"({max(left, 0)})"
+            )
+    now = await clock_now(tx)
+    if pi is None:
+        _, balance = await tx.read_balance()
+        available = balance.get(currency, (0, 0))[0]
+        if amount > available:
+            raise _refuse(
+                ErrorCode.BALANCE_INSUFFICIENT,
+                f"You have insufficient funds in your {PROVIDER} account for this transfer: "
+                f"{format_minor(available, currency)} available",
+            )
+        tx.require_available(currency, amount, now)
+    else:
+        tx.put({**pi, "source_transferred": _transferred_from(pi) + amount})
+    tr: dict[str, Any] = {
+        "object": "transfer",
+        "id": _new_id("tr"),
+        "amount": amount,
+        "currency": currency,
+        "amount_reversed": 0,
+        "destination": acct["id"],
+        "source_payment": None if pi is None else pi["id"],
+        "source_transaction": None if pi is None else pi["charge_id"],
+        "transfer_group": req.transfer_group,
+        "description": req.description,
+        "metadata": dict(req.metadata),
+        "created": now,
+    }
+    tx.adjust_available(currency, -amount)
+    tx.put(tr)
+    tx.effect(Effect.of("transfer.created", key, tr["id"], amount, currency))
+    return {"ok": results.transfer(tr)}
+
+
+async def reverse_transfer(tx: Tx, req: ReverseTransfer, key: str) -> dict[str, Any]:
+    tr = await _must(tx, req.provider_transfer_id, "transfer")
+    left = tr["amount"] - tr["amount_reversed"]
+    amount = left if req.amount is None else req.amount
+    if left <= 0:
+        raise _invalid(f"transfer {tr['id']} has already been fully reversed")
+    if not 1 <= amount <= left:
+        raise _invalid(f"reversal amount {amount} must be between 1 and the unreversed {left}")
+    problem = payment_parameters_problem(None, None, req.metadata)
+    if problem is not None:
+        raise _invalid(problem)
+    tr["amount_reversed"] += amount
+    if tr.get("source_payment") is not None:
+        pi = await tx.get(tr["source_payment"])
+        if pi is not None:
+            tx.put({**pi, "source_transferred": max(0, _transferred_from(pi) - amount)})
+    tx.adjust_available(tr["currency"], amount)
+    tx.put(tr)
+    tx.effect(Effect.of("transfer.reversed", key, tr["id"], amount, tr["currency"]))
+    return {"ok": results.transfer(tr)}

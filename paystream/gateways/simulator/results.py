@@ -18,6 +18,7 @@ __all__ = [
     "refund",
     "subscription",
     "tax_rate",
+    "transfer",
 ]
 
 
@@ -176,4 +177,15 @@ def payout(po: dict[str, Any]) -> dict[str, Any]:
         "arrival_date": po["arrival_date"],
         "failure_code": po.get("failure_code"),
         "failure_message": po.get("failure_message"),
+    }
+
+
+def transfer(tr: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider_transfer_id": tr["id"],
+        "amount": _money(tr),
+        "amount_reversed": tr["amount_reversed"],
+        "destination_account": tr["destination"],
+        "source_transaction": tr.get("source_transaction"),
+        "transfer_group": tr.get("transfer_group"),
     }

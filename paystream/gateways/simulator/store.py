@@ -299,6 +299,8 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CreateConnectedAccount,
         gw.CreateAccountLink,
         gw.RetrieveConnectedAccount,
+        gw.CreateTransfer,
+        gw.ReverseTransfer,
     }
 )
 

@@ -1141,6 +1141,70 @@ class StripeGateway:
         )
         return mapping.connected_account(obj)
 
+    # ---- transfers (Connect: separate charges and transfers) ---------------------------
+
+    async def create_transfer(
+        self, req: gw_base.CreateTransfer, *, idempotency_key: str
+    ) -> gw_base.TransferResult:
+        """``POST /v1/transfers`` (https://docs.stripe.com/api/transfers/create) on the
+        platform's key under the command's key: ``destination`` the connected account;
+        with a source payment, ``source_transaction`` its charge (the PaymentIntent's
+        ``latest_charge``, read first: a GET, no key), whose funds it moves (Stripe
+        refuses more than is left of it). Without one, above the available balance
+        Stripe refuses it ``balance_insufficient``: ErrorCode.BALANCE_INSUFFICIENT."""
+        self._platform_only("create_transfer")
+        _require_hundredths("create_transfer", req.amount)
+        _refuse_unsent(payment_parameters_problem(None, None, req.metadata))
+        source = None
+        if req.source_payment_id is not None:
+            pid = req.source_payment_id
+            pi = await self._call(
+                "create_transfer", lambda: self._v1.payment_intents.retrieve_async(pid)
+            )
+            source = mapping.latest_charge_id(pi)
+            if source is None:
+                raise GatewayError(
+                    ErrorCode.INVALID_STATE,
+                    f"payment {pid} has no charge to transfer from",
+                    provider=PROVIDER,
+                    retryable=False,
+                    reached_provider=False,
+                )
+        params = _without_none(
+            amount=req.amount.amount,
+            currency=req.amount.currency.lower(),
+            destination=req.destination_account,
+            source_transaction=source,
+            transfer_group=req.transfer_group,
+            description=req.description,
+            metadata=req.metadata,
+        )
+        obj = await self._call(
+            "create_transfer",
+            lambda: self._v1.transfers.create_async(params, self._opts(idempotency_key)),
+        )
+        return mapping.transfer(obj)
+
+    async def reverse_transfer(
+        self, req: gw_base.ReverseTransfer, *, idempotency_key: str
+    ) -> gw_base.TransferResult:
+        """``POST /v1/transfers/{id}/reversals``
+        (https://docs.stripe.com/api/transfer_reversals/create) under the command's key:
+        ``amount`` (all that is left without it). It answers a TransferReversal: the
+        transfer is read back after it (a GET: no key) for what is reversed of it now."""
+        self._platform_only("reverse_transfer")
+        _refuse_unsent(payment_parameters_problem(None, None, req.metadata))
+        tid = req.provider_transfer_id
+        params = _without_none(amount=req.amount, metadata=req.metadata)
+        await self._call(
+            "reverse_transfer",
+            lambda: self._v1.transfers.reversals.create_async(
+                tid, params, self._opts(idempotency_key)
+            ),
+        )
+        obj = await self._call("reverse_transfer", lambda: self._v1.transfers.retrieve_async(tid))
+        return mapping.transfer(obj)
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:

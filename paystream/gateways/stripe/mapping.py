@@ -28,6 +28,7 @@ from paystream.gateways.base import (
     SubscriptionResult,
     SubscriptionStatus,
     TaxRateResult,
+    TransferResult,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.stripe_rules import from_stripe_units
@@ -44,6 +45,7 @@ __all__ = [
     "invoice",
     "invoice_payment_intent",
     "invoice_status",
+    "latest_charge_id",
     "payment",
     "payment_method",
     "payment_status",
@@ -57,6 +59,7 @@ __all__ = [
     "subscription_period_end",
     "subscription_status",
     "tax_rate",
+    "transfer",
 ]
 
 _PAYMENT_STATUS = {
@@ -718,3 +721,32 @@ def account_link(obj: Mapping[str, Any]) -> AccountLinkResult:
     if not isinstance(expires, int) or isinstance(expires, bool):
         raise _unknown("account link expiry", expires)
     return AccountLinkResult(url=str(obj["url"]), expires_at=_epoch(expires))
+
+
+def latest_charge_id(pi: Mapping[str, Any]) -> str | None:
+    """A PaymentIntent's latest charge's id (``latest_charge``: an id, or the Charge
+    where expanded)."""
+    charge = pi.get("latest_charge")
+    if isinstance(charge, Mapping):
+        charge = charge.get("id")
+    return charge if isinstance(charge, str) and charge else None
+
+
+def transfer(obj: Mapping[str, Any]) -> TransferResult:
+    """A Transfer (https://docs.stripe.com/api/transfers/object): its amount, what was
+    reversed of it, its destination account and source charge."""
+    destination = obj.get("destination")
+    if isinstance(destination, Mapping):
+        destination = destination.get("id")
+    source = obj.get("source_transaction")
+    if isinstance(source, Mapping):
+        source = source.get("id")
+    group = obj.get("transfer_group")
+    return TransferResult(
+        provider_transfer_id=str(obj["id"]),
+        amount=_money(obj),
+        amount_reversed=int(obj.get("amount_reversed") or 0),
+        destination_account=str(destination or ""),
+        source_transaction=str(source) if source else None,
+        transfer_group=str(group) if group else None,
+    )
