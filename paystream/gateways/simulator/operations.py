@@ -1639,9 +1639,7 @@ async def create_transfer(tx: Tx, req: CreateTransfer, key: str) -> dict[str, An
         raise _invalid(problem)
     acct = await tx.get(req.destination_account)
     if acct is None or acct.get("object") != "account":
-        raise _refuse(
-            ErrorCode.INVALID_REQUEST, f"No such destination: '{req.destination_account}'"
-        )
+        raise _refuse(ErrorCode.NOT_FOUND, f"No such destination: '{req.destination_account}'")
     if not (acct["charges_enabled"] and acct["payouts_enabled"]) or (
         acct.get("capabilities") and "transfers" not in acct["capabilities"]
     ):
