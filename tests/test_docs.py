@@ -833,6 +833,44 @@ async def test_every_connected_account_outcome_matches_its_published_payload(
 
 
 @pytest.mark.asyncio
+async def test_every_transfer_outcome_matches_its_published_payload(
+    redis_url: str, asyncapi: dict[str, Any]
+) -> None:
+    """Each transfer outcome (created, from a payment and from the balance; reversed in
+    part and in full), against its AsyncAPI payload: the payment related with its
+    ``amount_transferred``."""
+    link = {"refresh_url": "https://p.example/reauth", "return_url": "https://p.example/done"}
+    outs = []
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        body = {"connected_account_id": "ca", "country": "US", "email": "s+enabled@example.com"}
+        await h.send("connected_account.create", t, body)
+        await h.send("connected_account.onboarding_link", t, {"connected_account_id": "ca", **link})
+        await h.send("connected_account.refresh", t, {"connected_account_id": "ca"})
+        pay = {"payment_id": "p1", "amount": 5000, "currency": "USD",
+               "payment_method_token": "pm_card_visa"}  # fmt: skip
+        await h.send("payment.create", t, pay)
+        made = {"connected_account_id": "ca", "amount": 3000, "currency": "USD",
+                "payment_id": "p1", "transfer_id": "tr1", "transfer_group": "o1",
+                "description": "share", "metadata": {"k": "v"}}  # fmt: skip
+        outs.append(await h.send("transfer.create", t, made))
+        outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1", "amount": 1000}))
+        outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1"}))
+    seen = set()
+    for event in outs:
+        outcome = event.get_type().removeprefix("com.paystream.")
+        assert outcome != "command.rejected", event.get_data()
+        seen.add(outcome)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(asyncapi, pointer, draft7=True).validate(event.get_data())
+    assert seen == {"transfer.created", "transfer.reversed"}, seen
+    statuses = [e.get_data()["object"]["status"] for e in outs]
+    assert statuses == ["created", "partially_reversed", "reversed"]
+    related = [e.get_data()["related"][0]["object"]["amount_transferred"] for e in outs]
+    assert related == [3000, 2000, 0]
+
+
+@pytest.mark.asyncio
 async def test_every_invoice_outcome_matches_its_published_payload(
     redis_url: str, asyncapi: dict[str, Any]
 ) -> None:

@@ -88,6 +88,14 @@ VALID: dict[str, dict[str, Any]] = {
         "return_url": "https://platform.example/done",
     },
     "connected_account.refresh": {"connected_account_id": "bakery"},
+    "transfer.create": {
+        "connected_account_id": "bakery",
+        "amount": 7000,
+        "currency": "EUR",
+        "payment_id": "pay_1",
+        "transfer_group": "order-1",
+    },
+    "transfer.reverse": {"transfer_id": "tr_1", "amount": 2000},
 }
 BODY = "/paths/~1v1~1commands/post/requestBody/content/application~1json/schema"
 

@@ -138,6 +138,20 @@ async def _with_balance(
     return command_type, {"payout_id": payout}
 
 
+async def _transferring(
+    h: Harness, t: str, command_type: str, **body: Any
+) -> tuple[str, dict[str, Any]]:
+    """An enabled connected account and a charge; for a reversal, a transfer of it."""
+    _, refresh = await _onboarded(h, t)
+    await _made(h, t, "connected_account.refresh", refresh)
+    pay = await _made(h, t, "payment.create", _CHARGE)
+    create = {**refresh, "amount": 500, "currency": "USD", "payment_id": pay}
+    if command_type == "transfer.create":
+        return command_type, {**create, **body}
+    transfer = await _made(h, t, "transfer.create", create)
+    return command_type, {"transfer_id": transfer, **body}
+
+
 _VAT = {"display_name": "VAT", "percentage": "20", "inclusive": False, "country": "GB"}
 
 
@@ -262,6 +276,10 @@ SCENARIOS: dict[str, Setup] = {
     ),
     "invoice.void": lambda h, t: _invoiced(h, t, "invoice.void"),
     "invoice.refresh": lambda h, t: _invoiced(h, t, "invoice.refresh"),
+    "transfer.create": lambda h, t: _transferring(h, t, "transfer.create", transfer_id="tr9"),
+    "transfer.create (derived id)": lambda h, t: _transferring(h, t, "transfer.create"),
+    "transfer.reverse": lambda h, t: _transferring(h, t, "transfer.reverse", amount=200),
+    "transfer.reverse (all)": lambda h, t: _transferring(h, t, "transfer.reverse"),
 }
 
 
@@ -286,6 +304,7 @@ def _entities(h: Harness) -> dict[str, Any]:
             "tax_rates",
             "tax_calculations",
             "connected_accounts",
+            "transfers",
         )
     }
 

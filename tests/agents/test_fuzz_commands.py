@@ -63,6 +63,8 @@ COMMAND_TYPES = (
     "refund.create",
     "dispute.submit_evidence",
     "dispute.accept",
+    "transfer.create",
+    "transfer.reverse",
 )
 TOKENS = (
     "tok_visa",
@@ -158,6 +160,20 @@ def command_data(draw: st.DrawFn, command_type: str) -> dict[str, Any]:
             ),
         },
         "dispute.accept": {"dispute_id": _ids("d1")},
+        # (No connected account exists here: refused not_found, after the payment's
+        # and the account's checks; the reversals' transfers are never found.)
+        "transfer.create": {
+            "transfer_id": _ids("t1", "t2"),
+            "connected_account_id": _ids("ca1"),
+            "amount": amounts,
+            "currency": currencies,
+            "payment_id": st.one_of(st.just(_MISSING), payment),
+            "metadata": metadata,
+        },
+        "transfer.reverse": {
+            "transfer_id": _ids("t1", "t2"),
+            "amount": st.one_of(st.just(_MISSING), amounts),
+        },
     }[command_type]
     out: dict[str, Any] = {}
     for name, values in fields.items():

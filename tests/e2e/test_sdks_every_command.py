@@ -204,6 +204,21 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                     "connected_account.refresh", {"connected_account_id": "ca1"}
                 )
                 assert read["object"]["status"] == "enabled", read
+                # Transfers (in SEK: no other chain's balance is touched): from a charge,
+                # then reversed.
+                paid = await over_kafka(
+                    "payment.create",
+                    {"payment_id": "pt1", "amount": 4000, "currency": "SEK",
+                     "payment_method_token": "pm_card_visa"},
+                )  # fmt: skip
+                made = await over_http(
+                    "transfer.create",
+                    {"connected_account_id": "ca1", "amount": 3000, "currency": "SEK",
+                     "payment_id": paid["entity_id"], "transfer_id": "tr1"},
+                )  # fmt: skip
+                assert made["related"][0]["object"]["amount_transferred"] == 3000, made
+                back = await over_kafka("transfer.reverse", {"transfer_id": "tr1"})
+                assert back["object"]["status"] == "reversed", back
 
             async def invoiced() -> None:
                 # One-off invoices (in CHF: no other chain's balance is touched).

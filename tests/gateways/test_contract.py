@@ -31,6 +31,7 @@ from paystream.gateways.base import (
     CreatePayout,
     CreateRefund,
     CreateSubscription,
+    CreateTransfer,
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
@@ -52,6 +53,7 @@ from paystream.gateways.base import (
     RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
+    ReverseTransfer,
     SubmitDisputeEvidence,
     SubscriptionResult,
     SubscriptionStatus,
@@ -1815,3 +1817,85 @@ async def test_a_prorated_price_change_pends_on_the_next_invoice(harness: Harnes
     assert [i.provider_invoice_id for i in changed.invoices] == [
         i.provider_invoice_id for i in sub.invoices
     ]
+
+
+# ---- transfers (Connect: separate charges and transfers) ----------------------------------
+
+
+async def _enabled_account(h: Harness) -> ConnectedAccountResult:
+    acct = await make_account(h)
+    await h.onboard(acct.provider_account_id, "enabled")
+    return acct
+
+
+def _transfer(
+    acct: ConnectedAccountResult, amount: int, source: PaymentResult | None = None
+) -> CreateTransfer:
+    return CreateTransfer(
+        amount=usd(amount),
+        destination_account=acct.provider_account_id,
+        source_payment_id=None if source is None else source.provider_payment_id,
+        transfer_group="order-1",
+        metadata={"order": "1"},
+    )
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_a_transfer_from_a_charge_is_made_once_and_reversed_in_parts(
+    harness: Harness,
+) -> None:
+    acct = await _enabled_account(harness)
+    charge = await pay(harness, 2000)
+    k = key()
+    made = await harness.gateway.create_transfer(_transfer(acct, 1500, charge), idempotency_key=k)
+    assert (made.amount, made.amount_reversed) == (usd(1500), 0)
+    assert made.destination_account == acct.provider_account_id
+    assert made.source_transaction and made.transfer_group == "order-1"
+    again = await harness.gateway.create_transfer(_transfer(acct, 1500, charge), idempotency_key=k)
+    assert again.provider_transfer_id == made.provider_transfer_id
+    # 500 left of the charge: more is refused.
+    over = harness.gateway.create_transfer(_transfer(acct, 501, charge), idempotency_key=key())
+    await expect(ErrorCode.INVALID_REQUEST, over)
+    tid = made.provider_transfer_id
+    part = ReverseTransfer(provider_transfer_id=tid, amount=600)
+    first = await harness.gateway.reverse_transfer(part, idempotency_key=(rk := key()))
+    assert first.amount_reversed == 600
+    replay = await harness.gateway.reverse_transfer(part, idempotency_key=rk)
+    assert replay.amount_reversed == 600  # (once under its key)
+    too_much = ReverseTransfer(provider_transfer_id=tid, amount=901)
+    await expect(
+        ErrorCode.INVALID_REQUEST, harness.gateway.reverse_transfer(too_much, idempotency_key=key())
+    )
+    rest = ReverseTransfer(provider_transfer_id=tid)
+    done = await harness.gateway.reverse_transfer(rest, idempotency_key=key())
+    assert done.amount_reversed == 1500
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_a_transfer_to_an_unknown_or_unfinished_account_is_refused(
+    harness: Harness,
+) -> None:
+    pending = await make_account(harness)
+    charge = await pay(harness, 2000)
+    unknown = _transfer(pending, 100, charge).model_copy(
+        update={"destination_account": "acct_missing0000"}
+    )
+    await expect(
+        ErrorCode.NOT_FOUND, harness.gateway.create_transfer(unknown, idempotency_key=key())
+    )
+    await expect(
+        ErrorCode.INVALID_REQUEST,
+        harness.gateway.create_transfer(_transfer(pending, 100, charge), idempotency_key=key()),
+    )
+
+
+@over_gateways()
+async def test_transfers_outside_capabilities_are_unsupported(harness: Harness) -> None:
+    gw = harness.build(capabilities=[Capability.CUSTOMERS.value, Capability.PAYMENTS.value])
+    req = CreateTransfer(amount=usd(100), destination_account="acct_x")
+    for call in (
+        gw.create_transfer(req, idempotency_key=key()),
+        gw.reverse_transfer(ReverseTransfer(provider_transfer_id="tr_x"), idempotency_key=key()),
+    ):
+        with pytest.raises(UnsupportedOperation):
+            await call

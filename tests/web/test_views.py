@@ -312,7 +312,7 @@ async def test_command_lookup(http: aiohttp.ClientSession, seeded: Seeded) -> No
 # (Listed in the answer: a singular "payment" got a bare "unknown kind".)
 _KINDS = (
     "; kinds: connected_accounts, customers, disputes, invoices, payment_methods, payments, "
-    "payouts, refunds, subscriptions, tax_calculations, tax_rates, commands"
+    "payouts, refunds, subscriptions, tax_calculations, tax_rates, transfers, commands"
 )
 
 

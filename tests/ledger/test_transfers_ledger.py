@@ -1,0 +1,68 @@
+"""Transfers in the ledger: their outcomes (a transfer from a payment, reversed in part
+then in full) are stored in the ``events`` table as entity type ``transfer``, with the
+payment each moved (its ``amount_transferred``) as its related event; no transfers
+table exists (nothing applied, nothing counted stale), the payment's row moves as
+before, and every audit entry verifies."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import tenant_session, verify_audit, write_events
+from paystream.ledger.models import Event, Payment
+from paystream.ledger.sink import outcome_to_ledger_events
+from paystream.ledger.writer import ENTITY_TABLES
+from paystream.tenancy.crypto import MasterKeyring
+from tests.agents.conftest import running_harness
+from tests.agents.harness import data, kind
+
+LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
+
+
+@pytest.mark.asyncio
+async def test_transfer_outcomes_are_stored_as_events(
+    redis_url: str, app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        body = {"connected_account_id": "ca1", "country": "US",
+                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
+        await h.send("connected_account.create", t, body)
+        await h.send(
+            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
+        )
+        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
+        pay = {"payment_id": "p1", "amount": 10_000, "currency": "USD",
+               "payment_method_token": "pm_card_visa"}  # fmt: skip
+        outs = [await h.send("payment.create", t, pay)]
+        made = {"transfer_id": "tr1", "connected_account_id": "ca1", "amount": 6_000,
+                "currency": "USD", "payment_id": "p1", "transfer_group": "o1"}  # fmt: skip
+        outs.append(await h.send("transfer.create", t, made))
+        outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1", "amount": 1_000}))
+        outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1"}))
+    assert [kind(o) for o in outs] == [
+        "payment.succeeded", "transfer.created", "transfer.reversed", "transfer.reversed"
+    ], [data(o) for o in outs]  # fmt: skip
+    events = [e for o in outs for e in outcome_to_ledger_events(o)]
+    result = await write_events(app_engine, events, keyring=keyring)
+    assert result.events_written == len(events) == 7  # (3 transfers, 4 payment versions)
+    assert result.entities_stale == 0
+    assert "transfer" not in {str(k) for k in ENTITY_TABLES}
+    async with tenant_session(app_engine, t) as s:
+        stored = (
+            await s.scalars(
+                select(Event).where(Event.entity_type == "transfer").order_by(Event.time)
+            )
+        ).all()
+        payment = (await s.scalars(select(Payment))).one()
+    assert [(e.type, e.entity_id) for e in stored] == [
+        ("com.paystream.transfer.created", "tr1"),
+        ("com.paystream.transfer.reversed", "tr1"),
+        ("com.paystream.transfer.reversed", "tr1"),
+    ]
+    assert [e.data["status"] for e in stored] == ["created", "partially_reversed", "reversed"]
+    assert stored[0].data["payment_id"] == "p1" and stored[0].data["amount"] == 6_000
+    assert (payment.payment_id, payment.amount_captured) == ("p1", 10_000)
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
