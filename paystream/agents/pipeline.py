@@ -1595,7 +1595,9 @@ class CommandProcessor(ProviderWindow):
         if repricing is None:
             return data
         if data.proration is Proration.ALWAYS_INVOICE:
-            # (it charges now: its net proration, at most the new per-period charge)
+            # (it charges now: its own net proration, at most the new per-period charge;
+            # lines pending from an earlier create_prorations can add to it: review
+            # h79r_e M2)
             return ProrationCharge(*repricing)
         return repricing
 

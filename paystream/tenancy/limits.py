@@ -221,7 +221,9 @@ class ProrationCharge(NamedTuple):
     """What the limits hold a ``subscription.update`` with ``proration:
     always_invoice`` to: a :class:`Repricing` that also charges now. Its net proration
     (the remaining time at the new price less the unused time at the old) is known only
-    at the provider's clock, and is never more than the new per-period charge: that
+    at the provider's clock, and is never more than the new per-period charge (its
+    invoice also bills lines pending from an earlier create_prorations, which can take it
+    over: not held, counted once paid; review h79r_e M2): that
     charge (with exclusive tax) is checked against ``max_payment_amount`` and held
     against the day's volume, and what its proration invoice was paid is counted
     (:meth:`LimitGate.settle` ``moved``; nothing for a credit or a decline)."""

@@ -308,3 +308,31 @@ async def test_a_charged_proration_invoice_is_counted_as_paid_once_by_the_insigh
     paid = [s.invoices_paid for s in seen if s is not None]
     assert paid == [(("EUR", inv["amount"]),), (), ()]
     assert [len(s.invoices_declined) for s in seen if s is not None] == [0, 0, 1]
+
+
+async def test_always_invoice_sweeps_the_earlier_pending_prorations_onto_its_invoice(
+    harness: Harness,
+) -> None:
+    """Stripe's invoice made by an update bills the subscription's pending invoice items
+    (an invoice item "will be on the next invoice created for the customer"): an earlier
+    ``create_prorations``'s lines are charged now with the ``always_invoice``'s, not left
+    for the renewal (review h79r_e M1)."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t)  # EUR 15.00 a month
+    await simulator_of(harness, t).advance_clock(5 * DAY)
+    first = await _update(harness, t, amount=2500, proration="create_prorations")
+    pending = data(first)["pending_prorations"]
+    assert len(pending) == 2, data(first)
+    await simulator_of(harness, t).advance_clock(5 * DAY)
+    out = await _update(harness, t, amount=3000, proration="always_invoice")
+    assert kind(out) == "subscription.updated", data(out)
+    [inv] = _invoices(out)
+    lines = inv["proration_lines"]
+    assert [x["amount"] for x in lines[:2]] == [p["amount"] for p in pending]
+    mine = _expected(data(out)["object"], 2500, 3000, lines[2])
+    assert [x["amount"] for x in lines[2:]] == mine
+    assert (inv["status"], inv["amount"]) == ("paid", sum(x["amount"] for x in lines))
+    assert data(out).get("pending_prorations") is None
+    # The renewal bills the new price alone: nothing left pending.
+    renewed = await _renewed(harness, t, days=25)
+    assert [(i["amount"], i.get("proration_lines")) for i in _invoices(renewed)] == [(3000, None)]

@@ -144,3 +144,23 @@ async def test_a_declined_proration_invoice_leaves_the_update_past_due(sh: Harne
     [inv] = _invoices(out)
     assert inv["status"] == "open" and inv["amount"] > 0 and inv["failure_code"], inv
     assert data(out).get("error") is not None, data(out)
+
+
+async def test_always_invoice_bills_the_prorations_still_pending(
+    sh: Harness, localstripe_url: str
+) -> None:
+    """Stripe's invoice made by the update bills the subscription's pending invoice items
+    too: an earlier create_prorations's lines are charged now (review h79r_e M1)."""
+    t = await _subscribed(sh)
+    first = await _send(sh, t, "subscription.update",
+                        {"subscription_id": "s1", "amount": 2500,
+                         "proration": "create_prorations"})  # fmt: skip
+    pending = [p["amount"] for p in data(first)["pending_prorations"]]
+    out = await _send(sh, t, "subscription.update",
+                      {"subscription_id": "s1", "amount": 3000,
+                       "proration": "always_invoice"})  # fmt: skip
+    [inv] = _invoices(out)
+    amounts = sorted(x["amount"] for x in inv["proration_lines"])
+    mine = _expected(data(out)["object"], 2500, 3000, inv["proration_lines"][0])
+    assert amounts == sorted([*pending, *mine]), inv
+    assert (inv["status"], inv["amount"]) == ("paid", sum(amounts))

@@ -1257,9 +1257,11 @@ async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict
     ``create_prorations``: the unused time's credit and the remaining time's charge
     (paystream.proration, at this call's time on its clock) pend for the next invoice;
     with ``always_invoice``: they are invoiced and charged now, under the update's key
-    (once: a replay is answered from it). Declined, the update stands, the invoice stays
-    open and the subscription goes past_due (Stripe's default payment_behavior for an
-    update, allow_incomplete). During a trial nothing is prorated (nothing was paid)."""
+    (once: a replay is answered from it), with any lines still pending from an earlier
+    ``create_prorations`` (Stripe's invoice bills the pending invoice items). Declined,
+    the update stands, the invoice stays open and the subscription goes past_due
+    (Stripe's default payment_behavior for an update, allow_incomplete). During a trial
+    nothing is prorated (nothing was paid)."""
     if req.amount is not None:
         _check_amount(req.amount)
     if req.proration is not None and req.proration not in PRORATIONS:
@@ -1302,8 +1304,13 @@ async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict
         # the whole update before it invoices)
         billed = await tx.get(sub["payment_method"])
         attached = billed is not None and billed.get("customer") == sub["customer"]
-        start, end = lines[0]["period_start"], lines[0]["period_end"]
-        _invoice_of(tx, sub, key, start, end, (0, 0, 0), lines, attached)
+        start, end = lines[-1]["period_start"], lines[-1]["period_end"]
+        # (its invoice bills the subscription's pending invoice items too, an earlier
+        # create_prorations's lines: Stripe's invoice item "will be on the next invoice
+        # created for the customer"; review h79r_e M1)
+        swept = [*(sub.get("pending_prorations") or ()), *lines]
+        sub["pending_prorations"] = []
+        _invoice_of(tx, sub, key, start, end, (0, 0, 0), swept, attached)
         sub["status"] = await _standing(tx, sub)
     tx.put(sub)
     tx.effect(Effect.of("subscription.updated", key, sub["id"]))
