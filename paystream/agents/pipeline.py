@@ -2820,8 +2820,10 @@ _LIMITS_READ = dict.fromkeys((*MONEY_COMMANDS, "subscription.update"), True)
 
 def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
     """What a ``subscription.update`` charged now: its proration invoices (made by this
-    command, with proration lines) paid, summed; 0 for none (a credit, a decline, no
-    always_invoice). None for any other command: its outcome type tells."""
+    command, with proration lines, billing from a change: not a renewal carrying them,
+    which its provider billed first and the limits do not count) paid, summed; 0 for
+    none (a credit, a decline, no always_invoice). None for any other command: its
+    outcome type tells."""
     if command_type != "subscription.update":
         return None
     command = outcome.data.get("command_id")
@@ -2834,9 +2836,29 @@ def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
             and obj.get("proration_lines")
             and obj.get("status") == "paid"
             and obj.get("created_by") == command
+            and _from_a_change(obj)
         ):
             paid += int(obj.get("amount") or 0)
     return paid
+
+
+def _from_a_change(invoice: dict[str, Any]) -> bool:
+    """Is this invoice with proration lines a price change's own (its period from the
+    change: one of its lines' start), not a renewal carrying them (its period starts at
+    the old period's end, which every line ends at, none starts at)? (review h79r_e M3)"""
+    start = _instant(invoice.get("period_start"))
+    return start is not None and any(
+        _instant(line.get("period_start")) == start
+        for line in invoice.get("proration_lines") or ()
+        if isinstance(line, dict)
+    )
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _stored_fields(entity: EntityRecord) -> dict[str, Any]:

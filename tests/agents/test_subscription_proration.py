@@ -336,3 +336,24 @@ async def test_always_invoice_sweeps_the_earlier_pending_prorations_onto_its_inv
     # The renewal bills the new price alone: nothing left pending.
     renewed = await _renewed(harness, t, days=25)
     assert [(i["amount"], i.get("proration_lines")) for i in _invoices(renewed)] == [(3000, None)]
+
+
+async def test_a_renewal_an_always_invoice_bills_first_is_not_counted_as_its_charge(
+    harness: Harness,
+) -> None:
+    """An update whose provider bills a period begun since the last read (a renewal
+    carrying an earlier create_prorations's lines) records that renewal too; only its
+    own proration invoice is what it charged for the day's volume: renewals are not
+    counted (README, tenant limits), and the hold was its new price (review h79r_e M3)."""
+    t = harness.add_tenant(limits={"daily_payment_volume": {"EUR": 100_000}})
+    await _subscribed(harness, t)  # 1500 used
+    await simulator_of(harness, t).advance_clock(10 * DAY)
+    await _update(harness, t, amount=2500, proration="create_prorations")
+    await simulator_of(harness, t).advance_clock(25 * DAY)  # renewed, not read back yet
+    out = await _update(harness, t, amount=3000, proration="always_invoice")
+    assert kind(out) == "subscription.updated", data(out)
+    renewal, prorated = _invoices(out)
+    assert renewal["proration_lines"] and renewal["amount"] > 2500, renewal
+    assert prorated["status"] == "paid" and 0 < prorated["amount"] < 3000, prorated
+    over = await _pay(harness, t, 100_000)
+    assert data(over)["used"] == 1_500 + prorated["amount"], data(over)

@@ -53,8 +53,8 @@ async def _send(h: Harness, t: str, command_type: str, body: dict[str, Any], **k
     return out
 
 
-async def _subscribed(h: Harness, declining: bool = False) -> str:
-    t = h.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+async def _subscribed(h: Harness, declining: bool = False, **tenant: Any) -> str:
+    t = h.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"}, **tenant)
     await _send(h, t, "customer.create", {"customer_id": "c1"})
     for pm, token in (("m1", "pm_card_visa"), ("m2", "pm_card_chargeCustomerFail")):
         await _send(h, t, "payment_method.attach",
@@ -164,3 +164,17 @@ async def test_always_invoice_bills_the_prorations_still_pending(
     mine = _expected(data(out)["object"], 2500, 3000, inv["proration_lines"][0])
     assert amounts == sorted([*pending, *mine]), inv
     assert (inv["status"], inv["amount"]) == ("paid", sum(amounts))
+
+
+async def test_always_invoice_counts_its_invoice_toward_the_days_volume(sh: Harness) -> None:
+    """Its proration invoice, read back from Stripe, is what it charged: counted once
+    (review h79r_e M3: a renewal carrying prorations is told from it by its period)."""
+    t = await _subscribed(sh, limits={"daily_payment_volume": {"USD": 100_000}})
+    out = await _send(sh, t, "subscription.update",
+                      {"subscription_id": "s1", "amount": 2500,
+                       "proration": "always_invoice"})  # fmt: skip
+    [inv] = _invoices(out)
+    assert inv["status"] == "paid" and inv["amount"] > 0, inv
+    card = {"amount": 100_000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+    over = await sh.send("payment.create", t, card)
+    assert data(over)["used"] == 1500 + inv["amount"], data(over)
