@@ -357,3 +357,26 @@ async def test_a_renewal_an_always_invoice_bills_first_is_not_counted_as_its_cha
     assert prorated["status"] == "paid" and 0 < prorated["amount"] < 3000, prorated
     over = await _pay(harness, t, 100_000)
     assert data(over)["used"] == 1_500 + prorated["amount"], data(over)
+
+
+async def test_a_proration_due_below_the_minimum_charge_is_carried_not_charged(
+    harness: Harness,
+) -> None:
+    """Stripe: "If the amount due for the invoice is less than Stripe's minimum allowed
+    charge per currency, the invoice is automatically marked paid, and we add the amount
+    due to the customer's credit balance which is applied to the next invoice" (its
+    Invoices reference). A small upgrade's always_invoice charges nothing now; the next
+    invoice bills it (review h79r_e M4)."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t)  # EUR 15.00 a month: EUR's minimum charge is 0.50
+    await simulator_of(harness, t).advance_clock(10 * DAY)
+    out = await _update(harness, t, amount=1510, proration="always_invoice")
+    assert kind(out) == "subscription.updated", data(out)
+    [inv] = _invoices(out)
+    net = sum(x["amount"] for x in inv["proration_lines"])
+    assert 0 < net < 50, inv
+    assert (inv["status"], inv["amount"]) == ("paid", 0), inv
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500]
+    renewed = await _renewed(harness, t, days=25)
+    assert [i["amount"] for i in _invoices(renewed)] == [1510 + net]
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [1500, 1510 + net]

@@ -983,13 +983,21 @@ def _invoice_of(
     less the subscription's credit; what is left due charged now under ``key``. Due
     below zero (a downgrade's credit larger than the rest): nothing charged, the
     invoice paid at zero and the rest kept as credit for the next invoices (Stripe
-    carries a negative invoice total to the customer's credit balance)."""
+    carries a negative invoice total to the customer's credit balance); due above zero
+    but under the currency's minimum charge: nothing charged, the invoice paid and what
+    was due billed with the next one (Stripe's rule for such an invoice)."""
     subtotal, tax, total = taxed
     for line in lines:
         subtotal, tax, total = subtotal + line["amount"], tax + line["tax"], total + line["total"]
     due = total - int(sub.get("credit") or 0)
     sub["credit"] = max(0, -due)
     due = max(0, due)
+    minimum = MINIMUM_CHARGE.get(str(sub["currency"]).upper())
+    if due and minimum is not None and due < minimum:
+        # (Stripe marks an invoice due less than its currency's minimum charge paid and
+        # adds what was due to the customer's balance, a debit the next invoice bills:
+        # kept here as a negative credit; review h79r_e M4)
+        sub["credit"], due = -due, 0
     card = card_for_token(sub["card"])
     pi: dict[str, Any] = {
         "object": "payment_intent",
