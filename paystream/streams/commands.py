@@ -22,6 +22,7 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -503,6 +504,13 @@ class UpdateSubscription(CommandData):
     proration: Proration | None = None
 
     HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"proration"})
+
+    @field_validator("proration")
+    @classmethod
+    def _none_is_the_default(cls, value: Proration | None) -> Proration | None:
+        # ``none`` spelled out is the default: read as left out, so a client resending
+        # with it named hashes as before, no idempotency_conflict (review h79r_e L5).
+        return None if value is Proration.NONE else value
 
     # A subscription's fields that never change: refused by name (review h77o F1: a
     # generic "Extra inputs are not permitted" did not say what to do instead).

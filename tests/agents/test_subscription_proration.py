@@ -203,6 +203,24 @@ async def test_without_proration_the_request_hash_is_as_before() -> None:
     assert request_hash("subscription.update", prorated) != hashlib.sha256(then).hexdigest()
 
 
+async def test_proration_none_spelled_out_hashes_as_left_out() -> None:
+    """``none`` is the default: a client resending with it named is the same request,
+    not an idempotency_conflict (review h79r_e L5)."""
+    from paystream.agents.idempotency_keeping import request_hash
+
+    left_out = UpdateSubscription.model_validate({"subscription_id": "s1", "amount": 2000})
+    named = UpdateSubscription.model_validate(
+        {"subscription_id": "s1", "amount": 2000, "proration": "none"}
+    )
+    assert named.proration is None
+    assert request_hash("subscription.update", named) == request_hash(
+        "subscription.update", left_out
+    )
+    assert request_hash("subscription.update", named.model_dump(mode="json")) == (
+        request_hash("subscription.update", left_out)
+    )
+
+
 async def _pay(harness: Harness, t: str, amount: int) -> Any:
     return await harness.send(
         "payment.create",
@@ -380,3 +398,4 @@ async def test_a_proration_due_below_the_minimum_charge_is_carried_not_charged(
     renewed = await _renewed(harness, t, days=25)
     assert [i["amount"] for i in _invoices(renewed)] == [1510 + net]
     assert [c.amount for c in await _effects(harness, t, "charge")] == [1500, 1510 + net]
+
