@@ -3213,6 +3213,21 @@ def subscription_repricing(
     return Repricing(data.amount, str(raw["currency"]), tuple(rates) if rates else None)
 
 
+def subscription_trialing(
+    subscriptions: Mapping[str, Any], tenant_id: str, data: c.UpdateSubscription
+) -> bool:
+    """Is the subscription an update names recorded trialing, its trial_end ahead? Its
+    price change bills nothing now (its first invoice is at the new price). A record may
+    be stale (the trial ended at the provider, unread): past its trial_end it is not."""
+    raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
+    if not isinstance(raw, Mapping) or raw.get("status") != "trialing":
+        return False
+    end = raw.get("trial_end")
+    if isinstance(end, str):
+        end = datetime.fromisoformat(end)
+    return isinstance(end, datetime) and end > datetime.now(UTC)
+
+
 # ---- connected accounts (Stripe Connect) ----------------------------------------------
 
 _CONNECTED_ACCOUNTS = gw.Capability.CONNECTED_ACCOUNTS

@@ -66,6 +66,7 @@ from paystream.agents.handlers import (
     invoice_total,
     subscription_charge,
     subscription_repricing,
+    subscription_trialing,
 )
 from paystream.agents.idempotency_keeping import (
     ERASED_HASH,
@@ -1598,7 +1599,10 @@ class CommandProcessor(ProviderWindow):
             # (it charges now: its own net proration, at most the new per-period charge;
             # lines pending from an earlier create_prorations can add to it: review
             # h79r_e M2)
-            return ProrationCharge(*repricing)
+            return ProrationCharge(
+                *repricing,
+                trialing=subscription_trialing(self.tables.subscriptions, cmd.tenant_id, data),
+            )
         return repricing
 
     def _charge(self, cmd: CommandRef, data: Any, let_through: bool) -> int | None:

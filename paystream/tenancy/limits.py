@@ -231,6 +231,9 @@ class ProrationCharge(NamedTuple):
     amount: int
     currency: str
     tax_rate_ids: tuple[str, ...] | None = None
+    # Its subscription's record trialing (its trial_end ahead): the change bills nothing
+    # now, so nothing is held (its price still checked against the cap; review h79r_e L1).
+    trialing: bool = False
 
 
 def money_command(command_type: str, data: Any) -> bool:
@@ -745,8 +748,9 @@ def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:
     first period's charge (``amount``: with its exclusive tax; None: ``data.amount``), or
     nothing while a free trial runs (``trial_days``); an :class:`InvoiceTotal` nothing (a
     draft), a :class:`Repricing` nothing (billed
-    from the next period on)."""
-    if isinstance(data, _PRICED):
+    from the next period on), a :class:`ProrationCharge` of a trialing subscription
+    nothing."""
+    if isinstance(data, _PRICED) or (isinstance(data, ProrationCharge) and data.trialing):
         return 0
     if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
         return 0

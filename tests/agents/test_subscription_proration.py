@@ -399,3 +399,21 @@ async def test_a_proration_due_below_the_minimum_charge_is_carried_not_charged(
     assert [i["amount"] for i in _invoices(renewed)] == [1510 + net]
     assert [c.amount for c in await _effects(harness, t, "charge")] == [1500, 1510 + net]
 
+
+async def test_in_a_trial_always_invoice_holds_nothing(harness: Harness) -> None:
+    """A trialing subscription's price change charges nothing now: it is not held
+    against the day's volume (its price is still checked against the cap; review
+    h79r_e L1)."""
+    t = harness.add_tenant(limits={"daily_payment_volume": {"EUR": 2_000}})
+    await _subscribed(harness, t, trial_days=14)  # nothing charged, nothing used
+    out = await _update(harness, t, amount=3_000, proration="always_invoice")
+    assert kind(out) == "subscription.updated", data(out)
+    assert await _effects(harness, t, "charge") == []
+    fits = await _pay(harness, t, 2_000)  # nothing was counted nor left held
+    assert kind(fits) == "payment.succeeded", data(fits)
+
+    capped = harness.add_tenant(limits={"max_payment_amount": {"EUR": 2_000}})
+    await _subscribed(harness, capped, trial_days=14)
+    over = await _update(harness, capped, amount=2_500, proration="always_invoice")
+    assert data(over)["reason"] == "quota_exceeded", data(over)
+    assert data(over)["limit"] == "max_payment_amount", data(over)
