@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -68,6 +69,8 @@ from paystream.tax import Line, Rate, calculate, parse_percentage
 
 __all__ = ["STRIPE_CAPABILITIES", "StripeGateway"]
 
+log = logging.getLogger(__name__)
+
 STRIPE_CAPABILITIES = frozenset(
     {
         Capability.CUSTOMERS,
@@ -88,6 +91,9 @@ STRIPE_CAPABILITIES = frozenset(
 
 # The API version from which an invoice names its PaymentIntent in ``payments`` only.
 INVOICE_PAYMENTS_SINCE = "2025-03-31"
+
+# A page of pending invoice items (Stripe's most per list request).
+PENDING_PAGE = 100
 
 
 def _derived_key(key: str, part: str) -> str:
@@ -703,15 +709,38 @@ class StripeGateway:
     async def _pending_prorations(
         self, obj: Mapping[str, Any]
     ) -> tuple[gw_base.ProrationLineResult, ...]:
-        """The subscription's proration items not invoiced yet (Stripe's pending invoice
-        items of its customer: ``GET /v1/invoiceitems?pending=true``, a read, no key)."""
+        """The subscription's proration items not invoiced yet: Stripe's pending invoice
+        items of its customer (``GET /v1/invoiceitems?pending=true&customer=``, reads,
+        no key; the list takes no subscription filter, so every page is read and the
+        subscription's kept). Read after the update took effect: a refusal of the read
+        (a key restricted from invoice items) answers the update without its lines, never
+        turns it into a failure; a retryable failure is raised, as the invoices' read
+        after any write is (the update sent again is answered from its key)."""
         customer = obj.get("customer")
         customer = customer.get("id") if isinstance(customer, Mapping) else customer
-        params = {"customer": customer, "pending": True, "limit": 100}
-        found = await self._call(
-            "update_subscription", lambda: self._v1.invoice_items.list_async(params)
-        )
-        items = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+        items: list[Mapping[str, Any]] = []
+        params: dict[str, Any] = {"customer": customer, "pending": True, "limit": PENDING_PAGE}
+        try:
+            while True:
+                found = await self._call(
+                    "update_subscription",
+                    lambda: self._v1.invoice_items.list_async(dict(params)),
+                )
+                page = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+                items += page
+                if not found.get("has_more") or not page:
+                    break
+                params["starting_after"] = page[-1]["id"]
+        except GatewayError as exc:
+            if exc.retryable:
+                raise
+            log.warning(
+                "stripe: pending invoice items of subscription %s unread (%s): the update "
+                "is answered without its pending_prorations",
+                obj.get("id"),
+                exc.code,
+            )
+            return ()
         lines = [
             line for i in items if (line := mapping.proration_line(i, str(obj["id"]))) is not None
         ]
