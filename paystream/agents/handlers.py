@@ -2021,6 +2021,10 @@ def _take_subscription(
             remember=False,
         ) from exc
     sub.status = status
+    if res.current_period_start != sub.current_period_start:
+        sub.pending_proration_net = None  # (the renewal billed the lines pending)
+    if res.pending_prorations:
+        sub.pending_proration_net = sum(p.amount for p in res.pending_prorations)
     sub.current_period_start = res.current_period_start
     sub.current_period_end = res.current_period_end
     sub.trial_end = res.trial_end
@@ -2441,6 +2445,8 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         "update_subscription",
         lambda: ctx.gateway.update_subscription(req, idempotency_key=ctx.idem),
     )
+    if req.proration == "always_invoice":
+        sub.pending_proration_net = None  # (its invoice billed the lines pending)
     _take_subscription(ctx, sub, res)
     sub.amount = res.amount.amount
     if method is not None:
@@ -3211,6 +3217,27 @@ def subscription_repricing(
         return None
     rates = raw.get("tax_rate_ids")
     return Repricing(data.amount, str(raw["currency"]), tuple(rates) if rates else None)
+
+
+def subscription_pending_charge(
+    subscriptions: Mapping[str, Any],
+    rates_table: Mapping[str, Any],
+    tenant_id: str,
+    data: c.UpdateSubscription,
+    repricing: Repricing,
+) -> int:
+    """What the proration lines still pending on the subscription an update names add
+    to its always_invoice's invoice (which bills them with its own lines): their net as
+    recorded (SubscriptionRecord.pending_proration_net), with the exclusive tax of the
+    subscription's rates; 0 for none, or a net credit (it only lowers the charge)."""
+    raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
+    net = raw.get("pending_proration_net") if isinstance(raw, Mapping) else None
+    if not isinstance(net, int) or net <= 0:
+        return 0
+    with_lines = repricing._replace(amount=repricing.amount + net)
+    taxed = subscription_charge(rates_table, tenant_id, with_lines, True)
+    alone = subscription_charge(rates_table, tenant_id, repricing, True)
+    return net if taxed is None or alone is None else taxed - alone
 
 
 def subscription_trialing(

@@ -65,6 +65,7 @@ from paystream.agents.handlers import (
     invoice_charge,
     invoice_total,
     subscription_charge,
+    subscription_pending_charge,
     subscription_repricing,
     subscription_trialing,
 )
@@ -1596,12 +1597,16 @@ class CommandProcessor(ProviderWindow):
         if repricing is None:
             return data
         if data.proration is Proration.ALWAYS_INVOICE:
-            # (it charges now: its own net proration, at most the new per-period charge;
-            # lines pending from an earlier create_prorations can add to it: review
+            # (it charges now: its own net proration, at most the new per-period charge,
+            # and the lines still pending from an earlier create_prorations: review
             # h79r_e M2)
+            subs = self.tables.subscriptions
             return ProrationCharge(
                 *repricing,
-                trialing=subscription_trialing(self.tables.subscriptions, cmd.tenant_id, data),
+                trialing=subscription_trialing(subs, cmd.tenant_id, data),
+                pending=subscription_pending_charge(
+                    subs, self.tables.tax_rates, cmd.tenant_id, data, repricing
+                ),
             )
         return repricing
 
@@ -2916,6 +2921,8 @@ _WRITTEN_WHEN_SET = (
     "due_date",
     # (a subscription's invoice with a price change's proration lines)
     "proration_lines",
+    # (a subscription's proration lines still pending)
+    "pending_proration_net",
 )
 
 

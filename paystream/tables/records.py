@@ -378,6 +378,11 @@ class SubscriptionRecord(EntityRecord):
     metadata: dict[str, str] = Field(default_factory=dict)
     # Its tax rates (paystream's ids), applied to every invoice; stored only when set.
     tax_rate_ids: list[str] | None = None
+    # The net of its proration lines still pending (an earlier create_prorations', as
+    # its provider listed them), which the next invoice bills: an always_invoice's
+    # invoice included, so its limits hold counts them (review h79r_e M2). Cleared when
+    # an invoice billed them (an always_invoice, a new period); stored only when set.
+    pending_proration_net: int | None = None
 
 
 class InvoiceRecord(EntityRecord):

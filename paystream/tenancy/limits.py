@@ -219,14 +219,15 @@ class Repricing(NamedTuple):
 
 class ProrationCharge(NamedTuple):
     """What the limits hold a ``subscription.update`` with ``proration:
-    always_invoice`` to: a :class:`Repricing` that also charges now. Its net proration
-    (the remaining time at the new price less the unused time at the old) is known only
-    at the provider's clock, and is never more than the new per-period charge (its
-    invoice also bills lines pending from an earlier create_prorations, which can take it
-    over: not held, counted once paid; review h79r_e M2): that
-    charge (with exclusive tax) is checked against ``max_payment_amount`` and held
-    against the day's volume, and what its proration invoice was paid is counted
-    (:meth:`LimitGate.settle` ``moved``; nothing for a credit or a decline)."""
+    always_invoice`` to: a :class:`Repricing` that also charges now. Its own net
+    proration (the remaining time at the new price less the unused time at the old) is
+    known only at the provider's clock, and is never more than the new per-period
+    charge: that charge (with exclusive tax) is checked against ``max_payment_amount``.
+    Its invoice also bills the lines still pending from an earlier create_prorations
+    (``pending``: their net as recorded on the subscription, when positive, with its
+    exclusive tax): the day's volume holds the new charge plus them (review h79r_e M2).
+    What its proration invoice was paid is counted (:meth:`LimitGate.settle` ``moved``;
+    nothing for a credit or a decline)."""
 
     amount: int
     currency: str
@@ -234,6 +235,7 @@ class ProrationCharge(NamedTuple):
     # Its subscription's record trialing (its trial_end ahead): the change bills nothing
     # now, so nothing is held (its price still checked against the cap; review h79r_e L1).
     trialing: bool = False
+    pending: int = 0
 
 
 def money_command(command_type: str, data: Any) -> bool:
@@ -748,10 +750,12 @@ def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:
     first period's charge (``amount``: with its exclusive tax; None: ``data.amount``), or
     nothing while a free trial runs (``trial_days``); an :class:`InvoiceTotal` nothing (a
     draft), a :class:`Repricing` nothing (billed
-    from the next period on), a :class:`ProrationCharge` of a trialing subscription
-    nothing."""
+    from the next period on), a :class:`ProrationCharge` its new charge and the lines
+    still pending (nothing for a trialing subscription)."""
     if isinstance(data, _PRICED) or (isinstance(data, ProrationCharge) and data.trialing):
         return 0
+    if isinstance(data, ProrationCharge):
+        return (int(data.amount) if amount is None else amount) + data.pending
     if command_type == "subscription.create" and int(getattr(data, "trial_days", 0) or 0):
         return 0
     return int(data.amount) if amount is None else amount

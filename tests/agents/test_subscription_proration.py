@@ -417,3 +417,42 @@ async def test_in_a_trial_always_invoice_holds_nothing(harness: Harness) -> None
     over = await _update(harness, capped, amount=2_500, proration="always_invoice")
     assert data(over)["reason"] == "quota_exceeded", data(over)
     assert data(over)["limit"] == "max_payment_amount", data(over)
+
+
+async def test_always_invoice_holds_the_prorations_still_pending_with_its_own(
+    harness: Harness,
+) -> None:
+    """Its invoice bills the lines still pending from an earlier create_prorations: the
+    day's volume holds them with the new charge, so that it cannot charge past the
+    tenant's limit (review h79r_e M2). Once billed, they are no longer held."""
+    t = harness.add_tenant(limits={"daily_payment_volume": {"EUR": 5_000}})
+    await _subscribed(harness, t, amount=100)  # 100 used
+    sim = simulator_of(harness, t)
+    await sim.advance_clock(1 * DAY)
+    up = await _update(harness, t, amount=8_000, proration="create_prorations")
+    pending = sum(p["amount"] for p in data(up)["pending_prorations"])
+    assert pending > 4_900, data(up)  # (most of a period at 80.00 less its 1.00's credit)
+    assert harness.tables.subscriptions[f"{t}:s1"]["pending_proration_net"] == pending
+    await sim.advance_clock(26 * DAY)
+    # 100 used + 1000 (the new price) + the lines pending: over 5000. Without them held,
+    # its invoice would charge them all now, past the day's limit.
+    over = await _update(harness, t, amount=1_000, proration="always_invoice")
+    assert data(over)["reason"] == "quota_exceeded", data(over)
+    assert data(over)["limit"] == "daily_payment_volume", data(over)
+    assert [c.amount for c in await _effects(harness, t, "charge")] == [100]
+
+    # With room for them: charged once, and no longer held afterwards.
+    roomy = harness.add_tenant(limits={"daily_payment_volume": {"EUR": 20_000}})
+    await _subscribed(harness, roomy, amount=100)
+    sim = simulator_of(harness, roomy)
+    await sim.advance_clock(1 * DAY)
+    await _update(harness, roomy, amount=8_000, proration="create_prorations")
+    await sim.advance_clock(26 * DAY)
+    out = await _update(harness, roomy, amount=1_000, proration="always_invoice")
+    assert kind(out) == "subscription.updated", data(out)
+    [inv] = _invoices(out)
+    assert inv["status"] == "paid" and inv["amount"] > 4_000, inv
+    assert "pending_proration_net" not in harness.tables.subscriptions[f"{roomy}:s1"]
+    left = 20_000 - 100 - inv["amount"]
+    fits = await _pay(harness, roomy, left)
+    assert kind(fits) == "payment.succeeded", data(fits)

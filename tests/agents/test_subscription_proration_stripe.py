@@ -178,3 +178,21 @@ async def test_always_invoice_counts_its_invoice_toward_the_days_volume(sh: Harn
     card = {"amount": 100_000, "currency": "USD", "payment_method_token": "pm_card_visa"}
     over = await sh.send("payment.create", t, card)
     assert data(over)["used"] == 1500 + inv["amount"], data(over)
+
+
+async def test_always_invoice_is_held_with_the_prorations_still_pending(sh: Harness) -> None:
+    """The lines Stripe listed pending after a create_prorations are recorded on the
+    subscription and held with an always_invoice's new charge, its invoice billing them
+    too (review h79r_e M2)."""
+    t = await _subscribed(sh, limits={"daily_payment_volume": {"USD": 5_400}})  # 1500 used
+    first = await _send(sh, t, "subscription.update",
+                        {"subscription_id": "s1", "amount": 2500,
+                         "proration": "create_prorations"})  # fmt: skip
+    pending = sum(p["amount"] for p in data(first)["pending_prorations"])
+    assert pending > 0 and sh.tables.subscriptions[f"{t}:s1"]["pending_proration_net"] == pending
+    # 1500 used + 3000 + the pending lines is over 5400 (3000 alone fits).
+    over = await sh.send("subscription.update", t,
+                         {"subscription_id": "s1", "amount": 3000,
+                          "proration": "always_invoice"})  # fmt: skip
+    assert data(over)["reason"] == "quota_exceeded", data(over)
+    assert f"amount {(3000 + pending) / 100:.2f} USD" in data(over)["message"], data(over)
