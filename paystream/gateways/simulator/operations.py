@@ -1655,9 +1655,9 @@ async def create_transfer(tx: Tx, req: CreateTransfer, key: str) -> dict[str, An
     acct = await tx.get(req.destination_account)
     if acct is None or acct.get("object") != "account":
         raise _refuse(ErrorCode.NOT_FOUND, f"No such destination: '{req.destination_account}'")
-    if not (acct["charges_enabled"] and acct["payouts_enabled"]) or (
-        acct.get("capabilities") and "transfers" not in acct["capabilities"]
-    ):
+    # (The transfers capability alone, as Stripe: a recipient's charges are never
+    # enabled, and it takes transfers.)
+    if not _transfers_active(acct):
         raise _invalid(
             f"the destination account {acct['id']} cannot receive transfers (its transfers "
             "capability is not active)"
