@@ -1842,6 +1842,20 @@ def _refunds_allowed(
             f"refund of {format_minor(wanted, payment.currency)} exceeds the refundable "
             f"{format_minor(refundable, payment.currency)}",
         )
+    transferred = payment.amount_transferred or 0
+    if transferred > 0 and wanted > refundable - transferred:
+        # Stripe refunds the charge and reverses none of the transfers its funds paid
+        # (separate charges and transfers): the platform would pay back what an account
+        # keeps. Not remembered: refundable once transfer.reverse brings them back.
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"refund of {format_minor(wanted, payment.currency)} would pay back funds "
+            f"transfers from payment {payment.id} moved to connected accounts "
+            f"({format_minor(transferred, payment.currency)}), which a refund does not "
+            "reverse: reverse them first (transfer.reverse); refundable now "
+            f"{format_minor(max(refundable - transferred, 0), payment.currency)}",
+            remember=False,
+        )
 
 
 def _refund_allowed_by_dispute(ctx: HandlerContext, payment: PaymentRecord) -> None:

@@ -127,6 +127,40 @@ async def test_a_transfer_above_what_is_left_of_its_payment_is_refused(harness: 
     assert data(rest)["related"][0]["object"]["amount_transferred"] == 8_000
 
 
+async def _refunds(h: Harness, t: str) -> list[int | None]:
+    return [e.amount for e in await simulator_of(h, t).effects() if e.kind == "refund"]
+
+
+async def test_a_refund_of_funds_a_transfer_moved_is_refused_until_reversed(
+    harness: Harness,
+) -> None:
+    """Stripe refunds a charge whatever its source transfers moved, and reverses none of
+    them: the platform would pay the customer back what the account keeps (review
+    h79r_g M1). Refused before any call, not remembered: once reversed it is refundable."""
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    pay = await _paid(harness, t)
+    made = await harness.send("transfer.create", t, _tr(acct["id"], 7_000, payment_id=pay["id"]))
+    assert kind(made) == "transfer.created", data(made)
+    body = {"payment_id": pay["id"], "amount": 5_000}
+    over = await harness.send("refund.create", t, body, command_id="re-over")
+    message = _rejected(over, "invalid_state")
+    assert "70.00 USD" in message and "transfer.reverse" in message, message
+    assert "30.00 USD" in message, message  # (what is refundable now)
+    whole = await harness.send("refund.create", t, {"payment_id": pay["id"]})
+    _rejected(whole, "invalid_state")  # (without an amount: all that is left)
+    assert await _refunds(harness, t) == []
+    part = await harness.send("refund.create", t, {"payment_id": pay["id"], "amount": 3_000})
+    assert kind(part) == "refund.succeeded", data(part)
+    tid = data(made)["object"]["id"]
+    back = await harness.send("transfer.reverse", t, {"transfer_id": tid, "amount": 5_000})
+    assert kind(back) == "transfer.reversed", data(back)
+    # The same command again, once the funds came back: refunded now.
+    again = await harness.send("refund.create", t, body, command_id="re-over")
+    assert kind(again) == "refund.succeeded", data(again)
+    assert await _refunds(harness, t) == [3_000, 5_000]
+
+
 async def test_the_simulator_refuses_more_than_is_left_of_its_source(harness: Harness) -> None:
     """The provider's own check (the handler's, let through, is the provider's to make)."""
     from paystream.gateways import base as gw
