@@ -392,3 +392,37 @@ async def test_square_and_paddle_answer_unsupported_before_any_call(
 async def test_a_bad_transfer_is_a_validation_error(harness: Harness, body: dict[str, Any]) -> None:
     t = harness.add_tenant()
     _rejected(await harness.send("transfer.create", t, body), "validation_error")
+
+
+async def test_a_reversal_let_through_never_lowers_what_is_reversed(harness: Harness) -> None:
+    """A reversal whose call reached the provider, its answer lost (let through after the
+    crash), then another reversal recorded: answered again under its key, the provider
+    says what was reversed then; the transfer keeps what is reversed now (review h79r_g
+    L1: it went back to the first answer's, and its payment's amount_transferred with it
+    stayed, so the two disagreed)."""
+    from paystream.agents.handlers import reverse_transfer
+    from paystream.gateways import base as gw
+
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    pay = await _paid(harness, t)
+    made = await harness.send("transfer.create", t, _tr(acct["id"], 6_000, payment_id=pay["id"]))
+    rec = data(made)["object"]
+    sim = simulator_of(harness, t)
+    cmd = CommandRef(
+        tenant_id=t, command_id="rev-a", command_type="transfer.reverse",
+        idempotency_key="rev-a", time=datetime.now(UTC),
+    )  # fmt: skip
+    ctx = HandlerContext(cmd=cmd, gateway=sim, tables=harness.tables, let_through=True)
+    # Its first attempt: the provider reversed 2 000, the answer never recorded.
+    lost = gw.ReverseTransfer(provider_transfer_id=rec["provider_transfer_id"], amount=2_000)
+    await sim.reverse_transfer(lost, idempotency_key=ctx.idem)
+    other = await harness.send("transfer.reverse", t, {"transfer_id": rec["id"], "amount": 3_000})
+    assert data(other)["object"]["amount_reversed"] == 5_000, data(other)
+    done = await reverse_transfer(ctx, c.ReverseTransfer(transfer_id=rec["id"], amount=2_000))
+    assert done.primary is not None
+    assert done.primary.model_dump()["amount_reversed"] == 5_000
+    assert done.extra["amount_reversed_now"] == 0
+    assert await _transfers(harness, t) == [
+        ("transfer.created", 6_000), ("transfer.reversed", 2_000), ("transfer.reversed", 3_000)
+    ]  # fmt: skip
