@@ -279,6 +279,15 @@ async def test_an_account_without_the_transfers_capability_is_refused(harness: H
         await harness.send("transfer.create", t, _tr(acct["id"], 100)), "invalid_state"
     )
     assert "without the transfers capability" in message, message
+    # The same check now guards a destination charge (the series' _destination): before
+    # any call, nothing charged (review h79r_g L2).
+    body = {"amount": 1_000, "currency": "USD", "payment_method_token": "pm_card_visa",
+            "connected_account_id": acct["id"]}  # fmt: skip
+    charge = _rejected(await harness.send("payment.create", t, body), "invalid_state")
+    assert "without the transfers capability" in charge and "a destination charge" in charge
+    assert [
+        e for e in await simulator_of(harness, t).effects() if e.kind in ("charge", "authorization")
+    ] == []
 
 
 async def test_the_source_payment_must_be_a_succeeded_plain_charge(harness: Harness) -> None:
