@@ -48,6 +48,7 @@ _PAYMENT: dict[str, Any] = {
     "tax_calculation_id": None,
     "connected_account_id": None,
     "application_fee_amount": None,
+    "amount_transferred": None,
 }
 
 
