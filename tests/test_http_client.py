@@ -140,7 +140,15 @@ async def test_429s_to_the_end_say_whether_an_earlier_attempt_may_have_been_take
     async with IngressClient(url, "psk_test", retries=3, timeout=1) as client:
         with pytest.raises(IngressUnreachable) as unanswered:
             await client.command("customer.create", "shop", {}, command_id="c-5")
-    assert not unanswered.value.maybe_taken  # only 429s: nothing was taken
+    # Only 429s: nothing was taken. (429s are sent again until the call's time is up,
+    # 50 ms apart: the last attempt may start with less time left than its answer takes,
+    # and one cut short by the deadline may have been taken: the rehearsal of session 79
+    # met it on a loaded host.)
+    if "TimeoutError" in str(unanswered.value):
+        assert unanswered.value.maybe_taken
+    else:
+        assert "429" in str(unanswered.value)
+        assert not unanswered.value.maybe_taken
 
 
 async def test_a_call_ends_within_its_time_retries_and_all(
