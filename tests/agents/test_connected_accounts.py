@@ -13,21 +13,17 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
 
-from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection, Tables
+from paystream.agents.handlers import HANDLERS, Rejection
 from paystream.client import build_command
-from paystream.gateways.base import GatewayContext
-from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.gateways.simulator import SimulatorGateway
-from paystream.settings import load_settings
 from paystream.streams import commands as c
 from paystream.streams.commands import COMMANDS, PROVIDER_READS
-from paystream.streams.outcomes import CommandRef, RejectReason
+from paystream.streams.outcomes import RejectReason
 from paystream.tables.state_machines import CONNECTED_ACCOUNT_MOVES, connected_account_status
 from paystream.tenancy.models import Tenant
+from tests.agents.connected_account_setup import handler_ctx, unreachable_gateway
 from tests.agents.harness import Harness, data, kind
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION
 
 pytestmark = pytest.mark.asyncio
 
@@ -297,39 +293,13 @@ async def test_a_tenant_narrowed_out_of_connected_accounts_is_refused(harness: H
     assert await _gateway(harness, t).effects() == []
 
 
-def _ctx(gateway: Any, command_type: str) -> HandlerContext:
-    cmd = CommandRef(
-        tenant_id="t1",
-        command_id="c1",
-        command_type=command_type,
-        idempotency_key="k1",
-        time=datetime.now(UTC),
-    )
-    return HandlerContext(cmd=cmd, gateway=gateway, tables=Tables({}, {}, {}, {}, {}))
-
-
 @pytest.mark.parametrize("provider", ["square", "paddle"])
 async def test_square_and_paddle_answer_unsupported_before_any_call(
     redis_url: str, provider: str
 ) -> None:
     """Their gateways reach nothing here (an address no server holds): a call made would
     be `provider_unavailable`, not `unsupported`."""
-    import redis.asyncio as aredis
-
-    settings = load_settings(
-        square_api_base="http://127.0.0.1:1", paddle_api_base="http://127.0.0.1:1"
-    )
-    credential = "access_token" if provider == "square" else "api_key"
-    options = {"location_id": FAKE_SQUARE_LOCATION} if provider == "square" else {}
-    client = aredis.Redis.from_url(redis_url)
-    ctx = GatewayContext(
-        tenant_id="t1",
-        provider=provider,
-        credentials={credential: SecretStr("test-secret-not-real")},
-        options=options,
-    )
-    gateway = build_gateway(ctx, GatewayDeps(settings=settings, redis=client))
-    try:
+    async with unreachable_gateway(redis_url, provider) as gateway:
         create = c.CreateConnectedAccount(country="US")
         link = c.CreateAccountLink(connected_account_id="ca_1", **LINK)
         for command_type, body in (
@@ -337,12 +307,9 @@ async def test_square_and_paddle_answer_unsupported_before_any_call(
             ("connected_account.onboarding_link", link),
         ):
             with pytest.raises(Rejection) as refused:
-                await HANDLERS[command_type](_ctx(gateway, command_type), body)
+                await HANDLERS[command_type](handler_ctx(gateway, command_type), body)
             assert refused.value.reason is RejectReason.UNSUPPORTED, refused.value
             assert f"{provider} does not support connected accounts" in str(refused.value)
-    finally:
-        await gateway.aclose()
-        await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -8,25 +8,20 @@ connected account, Square and Paddle, refund options on a payment without one)."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection, Tables
+from paystream.agents.handlers import HANDLERS, Rejection
 from paystream.agents.idempotency_keeping import request_hash
 from paystream.gateways import base as gw
-from paystream.gateways.base import GatewayContext
 from paystream.gateways.errors import GatewayError
-from paystream.gateways.registry import GatewayDeps, build_gateway
 from paystream.gateways.stripe_rules import account_takes_charges
-from paystream.settings import load_settings
 from paystream.streams import commands as c
-from paystream.streams.outcomes import CommandRef, RejectReason
+from paystream.streams.outcomes import RejectReason
 from paystream.tables.state_machines import connected_account_status
+from tests.agents.connected_account_setup import handler_ctx, unreachable_gateway
 from tests.agents.harness import Harness, data, kind, simulator_of
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION
 
 pytestmark = pytest.mark.asyncio
 
@@ -229,47 +224,18 @@ async def test_a_tenant_narrowed_out_of_connected_accounts_is_refused(harness: H
     assert "connected_accounts" in message, message
 
 
-def _ctx(gateway: Any) -> HandlerContext:
-    cmd = CommandRef(
-        tenant_id="t1",
-        command_id="c1",
-        command_type="payment.create",
-        idempotency_key="k1",
-        time=datetime.now(UTC),
-    )
-    return HandlerContext(cmd=cmd, gateway=gateway, tables=Tables({}, {}, {}, {}, {}))
-
-
 @pytest.mark.parametrize("provider", ["square", "paddle"])
 async def test_square_and_paddle_answer_unsupported_before_any_call(
     redis_url: str, provider: str
 ) -> None:
     """Their gateways reach nothing here (an address no server holds): a call made would
     be `provider_unavailable`, not `unsupported`."""
-    import redis.asyncio as aredis
-
-    settings = load_settings(
-        square_api_base="http://127.0.0.1:1", paddle_api_base="http://127.0.0.1:1"
-    )
-    credential = "access_token" if provider == "square" else "api_key"
-    options = {"location_id": FAKE_SQUARE_LOCATION} if provider == "square" else {}
-    client = aredis.Redis.from_url(redis_url)
-    ctx = GatewayContext(
-        tenant_id="t1",
-        provider=provider,
-        credentials={credential: SecretStr("test-secret-not-real")},
-        options=options,
-    )
-    gateway = build_gateway(ctx, GatewayDeps(settings=settings, redis=client))
-    try:
+    async with unreachable_gateway(redis_url, provider) as gateway:
         body = c.CreatePayment.model_validate(_pay("ca_1", application_fee_amount=5))
         with pytest.raises(Rejection) as refused:
-            await HANDLERS["payment.create"](_ctx(gateway), body)
+            await HANDLERS["payment.create"](handler_ctx(gateway, "payment.create"), body)
         assert refused.value.reason is RejectReason.UNSUPPORTED, refused.value
         assert f"{provider} does not support" in str(refused.value), refused.value
-    finally:
-        await gateway.aclose()
-        await client.aclose()
 
 
 async def test_earlier_commands_keep_their_hashes() -> None:

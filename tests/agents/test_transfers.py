@@ -13,16 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection, Tables
-from paystream.gateways.base import GatewayContext
-from paystream.gateways.registry import GatewayDeps, build_gateway
-from paystream.settings import load_settings
+from paystream.agents.handlers import HANDLERS, HandlerContext, Rejection
 from paystream.streams import commands as c
 from paystream.streams.outcomes import CommandRef, RejectReason
+from tests.agents.connected_account_setup import handler_ctx, unreachable_gateway
 from tests.agents.harness import Harness, data, kind, simulator_of
-from tests.fixtures.square_fake import FAKE_SQUARE_LOCATION
 
 pytestmark = pytest.mark.asyncio
 
@@ -340,53 +336,24 @@ async def test_a_chosen_transfer_id_is_one_transfer(harness: Harness) -> None:
     assert await _transfers(harness, t) == [("transfer.created", 1_000)]
 
 
-def _ctx(gateway: Any, command_type: str) -> HandlerContext:
-    cmd = CommandRef(
-        tenant_id="t1",
-        command_id="c1",
-        command_type=command_type,
-        idempotency_key="k1",
-        time=datetime.now(UTC),
-    )
-    return HandlerContext(cmd=cmd, gateway=gateway, tables=Tables({}, {}, {}, {}, {}))
-
-
 @pytest.mark.parametrize("provider", ["square", "paddle"])
 async def test_square_and_paddle_answer_unsupported_before_any_call(
     redis_url: str, provider: str
 ) -> None:
     """Their gateways reach nothing here (an address no server holds): a call made would
     be `provider_unavailable`, not `unsupported`."""
-    import redis.asyncio as aredis
-
-    settings = load_settings(
-        square_api_base="http://127.0.0.1:1", paddle_api_base="http://127.0.0.1:1"
-    )
-    credential = "access_token" if provider == "square" else "api_key"
-    options = {"location_id": FAKE_SQUARE_LOCATION} if provider == "square" else {}
-    client = aredis.Redis.from_url(redis_url)
-    ctx = GatewayContext(
-        tenant_id="t1",
-        provider=provider,
-        credentials={credential: SecretStr("test-secret-not-real")},
-        options=options,
-    )
-    gateway = build_gateway(ctx, GatewayDeps(settings=settings, redis=client))
-    try:
+    async with unreachable_gateway(redis_url, provider) as gateway:
         body = c.CreateTransfer.model_validate(_tr("ca_1", 100))
         with pytest.raises(Rejection) as refused:
-            await HANDLERS["transfer.create"](_ctx(gateway, "transfer.create"), body)
+            await HANDLERS["transfer.create"](handler_ctx(gateway, "transfer.create"), body)
         assert refused.value.reason is RejectReason.UNSUPPORTED, refused.value
         assert f"{provider} does not support" in str(refused.value), refused.value
         # (A reversal reads its transfer first: a Square or Paddle tenant has none.)
         with pytest.raises(Rejection) as missing:
             await HANDLERS["transfer.reverse"](
-                _ctx(gateway, "transfer.reverse"), c.ReverseTransfer(transfer_id="tr_1")
+                handler_ctx(gateway, "transfer.reverse"), c.ReverseTransfer(transfer_id="tr_1")
             )
         assert missing.value.reason is RejectReason.NOT_FOUND, missing.value
-    finally:
-        await gateway.aclose()
-        await client.aclose()
 
 
 @pytest.mark.parametrize(
