@@ -8,22 +8,19 @@ once one does."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
-from paystream.ledger import create_engine, tenant_session, verify_audit, write_events
-from paystream.ledger.migrate import app_database_url, current, downgrade, head, upgrade
+from paystream.ledger import tenant_session, verify_audit, write_events
 from paystream.ledger.models import Payment
 from paystream.ledger.sink import outcome_to_ledger_events
-from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind
 from tests.ledger.factories import EventFactory
+from tests.ledger.migration_roundtrip import round_trip_while_unset
 
 LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
 PASSWORD = "m17-pw"
@@ -81,72 +78,26 @@ async def test_a_destination_charge_is_stored_with_its_account_and_fee(
         )
 
 
-def _app(url: str) -> AsyncEngine:
-    return create_engine(app_database_url(url, PASSWORD), poolclass=NullPool)
-
-
-async def _columns(url: str) -> list[str]:
-    owner = create_engine(url, poolclass=NullPool)
-    try:
-        async with owner.connect() as conn:
-            found = await conn.execute(
-                text(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = "
-                    "'payments' AND column_name IN ('connected_account_id', "
-                    "'application_fee_amount') ORDER BY column_name"
-                )
-            )
-            return [str(r[0]) for r in found]
-    finally:
-        await owner.dispose()
-
-
 def test_0017_up_and_down_while_unset_then_refused_once_a_row_holds_them(
     module_database_url: str,
 ) -> None:
-    url = module_database_url
-    keyring = MasterKeyring(MasterKey.generate())
-    t = "m17"
     payment = {"amount": 1_000, "currency": "USD", "status": "succeeded",
                "amount_captured": 1_000}  # fmt: skip
-
-    async def go() -> tuple[object, ...]:
-        await downgrade(url, "base")
-        await upgrade(url, "0016", app_password=PASSWORD)
-        before = await _columns(url)
-        await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0018"
-        made = await _columns(url)
-        app = _app(url)
-        try:  # (a payment without a destination: the downgrade may go)
-            await write_events(
-                app, [EventFactory()(t, "payment", "p0", 1, payment)], keyring=keyring
-            )
-        finally:
-            await app.dispose()
-        await downgrade(url, "0016")
-        gone = await _columns(url), await current(url)
-        await upgrade(url, app_password=PASSWORD)
-        app = _app(url)
-        try:
-            charged = {**payment, "connected_account_id": "ca1", "application_fee_amount": 100}
-            await write_events(
-                app, [EventFactory()(t, "payment", "p1", 1, charged)], keyring=keyring
-            )
-            problems = (await verify_audit(app, t, keyring)).problems
-        finally:
-            await app.dispose()
-        refusal = None
-        try:
-            await downgrade(url, "0016")
-        except RuntimeError as exc:
-            refusal = str(exc)
-        return before, made, gone, problems, refusal, await current(url)
-
-    before, made, gone, problems, refusal, at = asyncio.run(go())
-    assert before == [] and made == ["application_fee_amount", "connected_account_id"]
-    assert gone == ([], "0016") and problems == []
-    assert refusal is not None and refusal.startswith(
+    charged = {**payment, "connected_account_id": "ca1", "application_fee_amount": 100}
+    # (a payment without a destination: the downgrade may go; one with: refused)
+    run = round_trip_while_unset(
+        module_database_url,
+        password=PASSWORD,
+        previous="0016",
+        expected_head="0018",
+        table="payments",
+        columns=("connected_account_id", "application_fee_amount"),
+        unset=("m17", "payment", "p0", payment),
+        held=("m17", "payment", "p1", charged),
+    )
+    assert run.before == [] and run.made == ["application_fee_amount", "connected_account_id"]
+    assert run.gone == ([], "0016") and run.problems == []
+    assert run.refusal is not None and run.refusal.startswith(
         "migration 0017 down: payments hold audited destination charges"
     )
-    assert at == "0018"  # (the whole downgrade rolled back)
+    assert run.at == "0018"  # (the whole downgrade rolled back)

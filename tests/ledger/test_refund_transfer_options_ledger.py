@@ -7,23 +7,19 @@ rolled back whole) once one does."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from sqlalchemy import Column, MetaData, Table, select, text
+from sqlalchemy import Column, MetaData, Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
-from paystream.ledger import create_engine, tenant_session, verify_audit, write_events, writer
 from paystream.ledger import events as ledger_events
+from paystream.ledger import tenant_session, verify_audit, write_events, writer
 from paystream.ledger.events import EntityType
-from paystream.ledger.migrate import app_database_url, current, downgrade, head, upgrade
 from paystream.ledger.models import Refund
 from paystream.ledger.sink import outcome_to_ledger_events
-from paystream.tenancy.crypto import MasterKey, MasterKeyring
+from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind
-from tests.ledger.factories import EventFactory
+from tests.ledger.migration_roundtrip import round_trip_while_unset
 
 NEW = ("reverse_transfer", "refund_application_fee")
 
@@ -110,69 +106,25 @@ async def test_a_refunds_transfer_options_are_stored(
     assert (await verify_audit(app_engine, other, keyring)).problems == []
 
 
-def _app(url: str) -> AsyncEngine:
-    return create_engine(app_database_url(url, PASSWORD), poolclass=NullPool)
-
-
-async def _columns(url: str) -> list[str]:
-    owner = create_engine(url, poolclass=NullPool)
-    try:
-        async with owner.connect() as conn:
-            found = await conn.execute(
-                text(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = "
-                    "'refunds' AND column_name IN ('reverse_transfer', "
-                    "'refund_application_fee') ORDER BY column_name"
-                )
-            )
-            return [str(r[0]) for r in found]
-    finally:
-        await owner.dispose()
-
-
 def test_0018_up_and_down_while_unset_then_refused_once_a_row_holds_them(
     module_database_url: str,
 ) -> None:
-    url = module_database_url
-    keyring = MasterKeyring(MasterKey.generate())
-    t = "m18"
     refund = {"payment_id": "p1", "amount": 1_000, "currency": "USD", "status": "succeeded"}
-
-    async def go() -> tuple[object, ...]:
-        await downgrade(url, "base")
-        await upgrade(url, "0017", app_password=PASSWORD)
-        before = await _columns(url)
-        await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0018"
-        made = await _columns(url)
-        app = _app(url)
-        try:  # (a refund naming neither option: the downgrade may go)
-            await write_events(app, [EventFactory()(t, "refund", "r0", 1, refund)], keyring=keyring)
-        finally:
-            await app.dispose()
-        await downgrade(url, "0017")
-        gone = await _columns(url), await current(url)
-        await upgrade(url, app_password=PASSWORD)
-        app = _app(url)
-        try:
-            reversed_ = {**refund, "reverse_transfer": True, "refund_application_fee": False}
-            await write_events(
-                app, [EventFactory()(t, "refund", "r1", 1, reversed_)], keyring=keyring
-            )
-            problems = (await verify_audit(app, t, keyring)).problems
-        finally:
-            await app.dispose()
-        refusal = None
-        try:
-            await downgrade(url, "0017")
-        except RuntimeError as exc:
-            refusal = str(exc)
-        return before, made, gone, problems, refusal, await current(url)
-
-    before, made, gone, problems, refusal, at = asyncio.run(go())
-    assert before == [] and made == ["refund_application_fee", "reverse_transfer"]
-    assert gone == ([], "0017") and problems == []
-    assert refusal is not None and refusal.startswith(
+    reversed_ = {**refund, "reverse_transfer": True, "refund_application_fee": False}
+    # (a refund naming neither option: the downgrade may go; one naming them: refused)
+    run = round_trip_while_unset(
+        module_database_url,
+        password=PASSWORD,
+        previous="0017",
+        expected_head="0018",
+        table="refunds",
+        columns=NEW,
+        unset=("m18", "refund", "r0", refund),
+        held=("m18", "refund", "r1", reversed_),
+    )
+    assert run.before == [] and run.made == ["refund_application_fee", "reverse_transfer"]
+    assert run.gone == ([], "0017") and run.problems == []
+    assert run.refusal is not None and run.refusal.startswith(
         "migration 0018 down: refunds hold audited refund options"
     )
-    assert at == "0018"  # (the whole downgrade rolled back)
+    assert run.at == "0018"  # (the whole downgrade rolled back)
