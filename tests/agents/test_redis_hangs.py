@@ -89,8 +89,12 @@ async def test_a_hung_redis_parks_simulator_commands_in_bounded_time(tmp_path: P
             await client.aclose()
     ends = Counter(end for _, _, _, end in sent)
     assert set(ends) == {"payment.succeeded", "parked"}, ends
-    # Those that ended while it hung were parked (those it thawed under went on).
-    during = [(end, took) for _, at, took, end in sent if frozen_at <= at + took < thawed_at[0]]
+    # Those sent while it hung were parked (those it thawed under went on). (Sent, not
+    # ended: one sent just before the freeze may have had its answers from Redis and end
+    # just after it, succeeded: the rehearsal of session 79 met three at ~3 ms.)
+    during = [
+        (end, took) for _, at, took, end in sent if frozen_at <= at and at + took < thawed_at[0]
+    ]
     assert during and all(end == "parked" for end, _ in during), during
     slowest = max(took for _, _, took, _ in sent)
     assert slowest < BOUND, f"a command took {slowest:.1f} s while Redis hung"
