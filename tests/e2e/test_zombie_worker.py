@@ -238,9 +238,18 @@ async def _zombie_case(deployment_factory: Any, until_rebalance: bool) -> None:
             timeout=60, what="A rejoined the group", interval=0.2,
         )  # fmt: skip
         a_alive = a.proc.poll() is None
-        # 4. restart: a fresh worker recovers every table from the changelogs (A and B
-        # stopped side by side: the group is left empty either way)
-        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+        # 4. restart: a fresh worker recovers every table from the changelogs. A stops,
+        # B takes everything back, then B stops: the group is left empty with no
+        # rebalance under way (stopped side by side, a leave during the rebalance the
+        # other's leave began met Tansu's departed-leader quirk, README: the fresh
+        # worker's joins then went round as a follower for good, "not ready after 90 s")
+        await asyncio.to_thread(a.stop)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: len((b.stats() or {}).get("worker", {}).get("partitions") or ()) == n,
+            timeout=60, what="B owns every partition again", interval=0.2,
+        )  # fmt: skip
+        await asyncio.to_thread(b.stop)
         await asyncio.to_thread(c.start)
         await asyncio.to_thread(c.wait_ready, [t], partitions=n)
         after = {p: await asyncio.to_thread(_view, c.base_url, t, p) for p in before}
