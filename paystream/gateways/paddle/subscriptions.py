@@ -118,15 +118,25 @@ def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
     interval, count = _cycle(price)
     made = _time(txn.get("created_at"))
     ends = made + relativedelta(**{f"{interval}s": count})
-    if status == "canceled":
+
+    def stage(
+        as_status: SubscriptionStatus, period_end: datetime, **extra: Any
+    ) -> SubscriptionResult:
         return SubscriptionResult(
             provider_subscription_id=str(txn["id"]),
-            status=SubscriptionStatus.CANCELED,
+            status=as_status,
             amount=money,
             interval=interval,
             interval_count=count,
             current_period_start=made,
-            current_period_end=made,
+            current_period_end=period_end,
+            **extra,
+        )
+
+    if status == "canceled":
+        return stage(
+            SubscriptionStatus.CANCELED,
+            made,
             canceled_at=_time(txn.get("updated_at") or txn.get("created_at")),
         )
     if status in _PROCESSING:
@@ -136,27 +146,10 @@ def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
         # nothing left for the customer to do; no provider failure either: retried, each
         # such refresh counted against the tenant's circuit and was parked (review h79r_b
         # H1). The transaction's ``completed`` event reads it live.
-        return SubscriptionResult(
-            provider_subscription_id=str(txn["id"]),
-            status=SubscriptionStatus.REQUIRES_ACTION,
-            amount=money,
-            interval=interval,
-            interval_count=count,
-            current_period_start=made,
-            current_period_end=ends,
-        )
+        return stage(SubscriptionStatus.REQUIRES_ACTION, ends)
     if status not in _UNPAID:
         raise unreadable(f"checkout transaction status {str(status)[:32]!r}")
-    return SubscriptionResult(
-        provider_subscription_id=str(txn["id"]),
-        status=SubscriptionStatus.REQUIRES_ACTION,
-        amount=money,
-        interval=interval,
-        interval_count=count,
-        current_period_start=made,
-        current_period_end=ends,
-        next_action=checkout_action(txn),
-    )
+    return stage(SubscriptionStatus.REQUIRES_ACTION, ends, next_action=checkout_action(txn))
 
 
 def invoices(transactions: Sequence[Mapping[str, Any]]) -> tuple[InvoiceResult, ...]:
