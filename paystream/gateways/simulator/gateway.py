@@ -592,6 +592,20 @@ class SimulatorGateway:
             CustomerResult,
         )
 
+    async def customer_credit(self, provider_customer_id: str, currency: str) -> int:
+        """The customer's balance in ``currency`` as the seller's dashboard shows it (a
+        read, nothing kept): a credit positive, a debit negative (an invoice under the
+        minimum charge carried to their next one)."""
+        response = await self._store.execute(
+            f"balance:{provider_customer_id}",
+            request_fingerprint("customer_credit", {"currency": currency}),
+            lambda tx: invoices.customer_credit(tx, provider_customer_id, currency),
+            keyed=False,
+        )
+        if "error" in response:
+            _answer(response, CustomerResult)  # (raises its error)
+        return int(response["ok"]["credit"])
+
     async def resolve_dispute(self, dispute_id: str, *, won: bool) -> DisputeResult:
         """The card network decides a dispute."""
         return await self._provider_action(
