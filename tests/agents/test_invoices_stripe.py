@@ -98,3 +98,51 @@ async def test_an_invoice_its_credit_covers_in_part_is_finalized_open(
     out = await sh.send("invoice.finalize", t, {"invoice_id": draft["id"]})
     assert kind(out) == "invoice.finalized", data(out)
     assert data(out)["object"]["status"] == "open"
+
+
+async def _balance(url: str, provider_customer_id: str) -> int:
+    """The customer's Stripe balance (negative: a credit; localstripe keeps its opposite
+    as ``account_balance``)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/v1/customers/{provider_customer_id}", headers=AUTH) as resp,
+    ):
+        return -int((await resp.json())["account_balance"])
+
+
+async def test_a_credit_leaving_less_than_the_minimum_charge_is_answered_paid(
+    sh: Harness, localstripe_url: str
+) -> None:
+    """Credit of 44.80 on 45.00 leaves 0.20 due, under USD's minimum charge (0.50):
+    Stripe marks the invoice paid as it is finalized and adds the 0.20 to the customer's
+    balance as a debit; paystream answers invoice.paid, nothing charged or counted
+    (review h79r_c F3)."""
+    t = sh.add_tenant(
+        gateway="stripe",
+        secrets={"api_key": "v1:x"},
+        limits={"daily_payment_volume": {"USD": 100_000}},
+    )
+    draft = await _credited_draft(sh, localstripe_url, t, 4_480)
+    out = await sh.send("invoice.finalize", t, {"invoice_id": draft["id"]})
+    assert kind(out) == "invoice.paid", data(out)
+    obj = data(out)["object"]
+    assert (obj["status"], obj["amount"]) == ("paid", 0), obj
+    provider_customer = sh.tables.customers[f"{t}:{draft['customer_id']}"]["provider_customer_id"]
+    assert await _balance(localstripe_url, provider_customer) == 20  # (a debit)
+    state = sh.processor.limits.table[f"{t}:limits"]
+    assert not (state.get("volume") or {}).get("USD") and not state.get("held"), state
+
+
+async def test_voiding_an_invoice_gives_back_the_credit_applied_to_it(
+    sh: Harness, localstripe_url: str
+) -> None:
+    """Credit of 10.00 applied to 45.00 as it is finalized (35.00 left); voided, the
+    10.00 is the customer's again, as Stripe gives it back (review h79r_c F4)."""
+    t = sh.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+    draft = await _credited_draft(sh, localstripe_url, t, 1_000)
+    provider_customer = sh.tables.customers[f"{t}:{draft['customer_id']}"]["provider_customer_id"]
+    opened = await _made(sh, t, "invoice.finalize", {"invoice_id": draft["id"]})
+    assert opened["amount"] == 3_500 and await _balance(localstripe_url, provider_customer) == 0
+    voided = await sh.send("invoice.void", t, {"invoice_id": draft["id"]})
+    assert kind(voided) == "invoice.voided", data(voided)
+    assert await _balance(localstripe_url, provider_customer) == -1_000

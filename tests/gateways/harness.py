@@ -336,6 +336,39 @@ class Harness:
         ):
             resp.raise_for_status()
 
+    async def credit(self, provider_customer_id: str, amount: Money) -> None:
+        """The seller credits the customer's balance (its dashboard): the simulator's
+        credit_customer; at localstripe Stripe's customer update with a ``balance`` that
+        much lower (a negative balance is a credit)."""
+        if self.name == "simulator":
+            sim = self.gateway
+            assert isinstance(sim, SimulatorGateway)
+            await sim.credit_customer(provider_customer_id, amount)
+            return
+        if self.name != "stripe":
+            raise AssertionError(f"no customer balance at {self.name}")
+        held = await self.customer_credit(provider_customer_id, amount.currency)
+        auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{self._stripe_url}/v1/customers/{provider_customer_id}",
+                data={"balance": str(-(held + amount.amount))},
+                headers=auth,
+            ) as resp,
+        ):
+            resp.raise_for_status()
+
+    async def customer_credit(self, provider_customer_id: str, currency: str) -> int:
+        """The customer's balance: a credit positive, a debit negative (Stripe's
+        ``balance`` negated; localstripe keeps that as ``account_balance``)."""
+        if self.name == "simulator":
+            sim = self.gateway
+            assert isinstance(sim, SimulatorGateway)
+            return await sim.customer_credit(provider_customer_id, currency)
+        held = await self.stripe_object(f"customers/{provider_customer_id}")
+        return int(held.get("account_balance") or 0)
+
     async def stripe_object(self, path: str) -> dict[str, Any]:
         """``GET /v1/{path}`` at localstripe, as Stripe holds it (what no result names)."""
         auth = {"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}
