@@ -163,6 +163,7 @@ from paystream.tenancy.limits import (
     TenantLimits,
     charge_now,
     learnt_paid,
+    learnt_void,
     money_command,
 )
 from paystream.tenancy.limits import Record as LimitRecord
@@ -1286,6 +1287,7 @@ class CommandProcessor(ProviderWindow):
             self._scrub_after_erasure(cmd.tenant_id, done.outcome, _salt_source(done.id_salt))
             # Whether this record counts the money the outcome moved (see _counts_here).
             counts = self._counts_here(rec, existing, let_through, done.id_salt)
+            self._release_voided(cmd, done.outcome)
             if admission is not None:
                 self._settle(cmd, admission, done.outcome, counts)
                 if counts:  # (sent again past the window: counted by its first record)
@@ -1398,6 +1400,7 @@ class CommandProcessor(ProviderWindow):
             and existing.counted is True
             and existing.source != [rec.partition, rec.offset]
         )
+        self._release_voided(cmd, stored)
         if admission is not None:
             self._settle(cmd, admission, stored, counts)
             if counts:
@@ -1438,11 +1441,21 @@ class CommandProcessor(ProviderWindow):
         if learnt_paid(cmd.command_type, outcome.type, obj):
             self.limits.count_learnt(
                 admission, limits, str(obj.get("currency")), int(obj.get("amount") or 0),
-                str(obj["id"]),
+                str(obj["id"]), _pay_requests(obj),
             )  # fmt: skip
         elif cmd.command_type == "invoice.pay" and outcome.type == "invoice.paid" and obj.get("id"):
             # (counted by its settle; the holds of other pays of it, parked, go)
-            self.limits.release_invoice_holds(cmd.tenant_id, str(obj["id"]))
+            self.limits.release_invoice_holds(cmd.tenant_id, str(obj["id"]), _pay_requests(obj))
+
+    def _release_voided(self, cmd: CommandRef, outcome: StoredOutcome) -> None:
+        """A one-off invoice learnt void (invoice.void, or read back so): the holds of its
+        pays, parked, go; they can charge nothing now (limits.learnt_void). On every
+        delivery, whatever the limits say now: releasing is idempotent (review h79r_c F7)."""
+        if outcome.type != "invoice.voided":
+            return  # (most commands: nothing more looked at)
+        obj = outcome.data.get("object") or {}
+        if learnt_void(outcome.type, obj):
+            self.limits.release_invoice_holds(cmd.tenant_id, str(obj["id"]), _pay_requests(obj))
 
     def _own_refresh(self, rec: Inbound, cmd: CommandRef) -> bool:
         """A refresh a provider's webhook brought (paystream/origin_seal.py): paystream's
@@ -2104,7 +2117,12 @@ class CommandProcessor(ProviderWindow):
             request=request_hash,
             exempt=exempt,
             amount=self._charge(cmd, data, True),
+            invoice_requests=_pay_requests(existing.outcome.data.get("object") or {})
+            if existing.outcome.type == "invoice.paid"
+            else (),
         )
+        # (a void it learnt: its release lost with the limits' write, done again)
+        self._release_voided(cmd, existing.outcome)
 
     def _account_suspended_replay(
         self, rec: Inbound, cmd: CommandRef, tenant: Tenant, raw: Any
@@ -2995,6 +3013,21 @@ def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> b
         isinstance(decision, LimitRejection)
         and not decision.replay
         and decision.extra.get("limit") in ("daily_payment_volume", "pending_payments")
+    )
+
+
+def _pay_requests(invoice: Mapping[str, Any]) -> tuple[str, ...]:
+    """The request hashes of an invoice.pay of this one-off invoice (its outcome's
+    object) naming no payment method or the invoice's own: what a hold placed before
+    holds named their invoice is found by (limits._without_invoice_holds)."""
+    iid = invoice.get("id")
+    if not isinstance(iid, str) or invoice.get("subscription_id") is not None:
+        return ()
+    methods = {None, invoice.get("payment_method_id")}
+    return tuple(
+        _request_hash("invoice.pay", {"invoice_id": iid, "payment_method_id": m})
+        for m in methods
+        if m is None or isinstance(m, str)
     )
 
 

@@ -40,7 +40,8 @@ A tenant's registry record may carry :class:`TenantLimits`:
   another command (``invoice.refresh``: paid on the provider's page, or by a pay whose
   answer was lost, parked) is counted then, once, and the holds of its pays released
   (:meth:`LimitGate.count_learnt`); one a pay paid releases the holds of its other
-  pays, parked, as that pay is counted (:meth:`LimitGate.release_invoice_holds`).
+  pays, parked, as that pay is counted (:meth:`LimitGate.release_invoice_holds`), and
+  so does one learnt void (:func:`learnt_void`), counting nothing.
 * An ``invoice.create`` is held to ``max_payment_amount`` and ``only_listed_currencies``
   as a payment of its total with its exclusive tax (an :class:`InvoiceTotal`, worked out
   by the pipeline): a ``send_invoice`` invoice is paid by its customer on the provider's
@@ -74,7 +75,7 @@ import functools
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -99,6 +100,7 @@ __all__ = [
     "TenantLimits",
     "charge_now",
     "learnt_paid",
+    "learnt_void",
     "money_command",
 ]
 
@@ -574,6 +576,7 @@ class LimitGate:
         currency: str,
         amount: int,
         invoice_id: str,
+        requests: Collection[str] = (),
     ) -> None:
         """A one-off invoice learnt paid by a command that did not charge it (an
         ``invoice.refresh``; an ``invoice.finalize`` its provider paid at once): its
@@ -582,13 +585,14 @@ class LimitGate:
         after its provider charged: that charge is this one, now counted; re-driven, it
         is refused "already paid"). A paid invoice counts once however it is learnt: an
         ``invoice.pay`` answered `invoice.paid` counts through :meth:`settle`, and no
-        command moves an invoice to paid twice (review h78o M1b)."""
+        command moves an invoice to paid twice (review h78o M1b). ``requests``: what a
+        pay of it asks (see :func:`_without_invoice_holds`)."""
         key = self.key(admission.tenant_id)
         raw = self.table.get(key)
         if raw is None:
             return
         state = dict(raw)
-        released = _without_invoice_holds(state, invoice_id)
+        released = _without_invoice_holds(state, invoice_id, requests)
         kept = state.get("decided") or {}
         decided = kept.get(str(admission.offset)) if admission.offset >= 0 else None
         counts = bool(amount) and currency in limits.daily_payment_volume
@@ -600,18 +604,22 @@ class LimitGate:
             return
         self.table[key] = state
 
-    def release_invoice_holds(self, tenant_id: str, invoice_id: str) -> None:
+    def release_invoice_holds(
+        self, tenant_id: str, invoice_id: str, requests: Collection[str] = ()
+    ) -> None:
         """An ``invoice.pay`` answered `invoice.paid` (counted by its settle): the holds
         of other pays of that invoice go too. One parked before its provider saw it can
         charge nothing now (the invoice is paid: re-driven, it is refused "already
         paid"), and held on until then, it kept the day's volume short of what was
-        counted (review h79r_c F6)."""
+        counted (review h79r_c F6). So do they when the invoice is learnt void
+        (:func:`learnt_void`). Dropping holds that are gone already changes nothing:
+        safe on every delivery of the command that learnt it."""
         key = self.key(tenant_id)
         raw = self.table.get(key)
         if raw is None:
             return
         state = dict(raw)
-        if _without_invoice_holds(state, invoice_id):
+        if _without_invoice_holds(state, invoice_id, requests):
             self.table[key] = state
 
     def _release(self, admission: Admission) -> None:
@@ -639,11 +647,13 @@ class LimitGate:
         request: str | None = None,
         exempt: bool = False,
         amount: int | None = None,
+        invoice_requests: Collection[str] = (),
     ) -> None:
         """Account a record answered from its own idempotency record (a redelivery whose
         limits state was lost): as the admission it was, spending and counting once, and
         releasing what it held (under an older version's key too). ``amount``: what its
-        admission took as its charge (a taxed subscription's), else its outcome's."""
+        admission took as its charge (a taxed subscription's), else its outcome's.
+        ``invoice_requests``: an invoice learnt paid, what a pay of it asks."""
         if rec.offset < 0 or not limits.enforced:
             return
         key = self.key(tenant_id)
@@ -661,6 +671,7 @@ class LimitGate:
                     str(obj.get("currency")),
                     int(obj.get("amount") or 0),
                     str(obj["id"]),
+                    invoice_requests,
                 )
             return
         if decided is not None:
@@ -681,7 +692,7 @@ class LimitGate:
                 )
             return
         if learnt:
-            _without_invoice_holds(state, str(obj.get("id")))
+            _without_invoice_holds(state, str(obj.get("id")), invoice_requests)
         held = dict(state.get("held") or {})
         owner = None if request is None else _tag(request)
         held.pop(_hold_of(state, hold_key or rec.command_id, owner), None)
@@ -772,18 +783,46 @@ def learnt_paid(command_type: str, outcome_type: str, obj: Mapping[str, Any]) ->
     )
 
 
+def learnt_void(outcome_type: str, obj: Mapping[str, Any]) -> bool:
+    """Is this outcome a one-off invoice voided (by invoice.void, or read back so by a
+    refresh)? Nothing will be collected on it: the holds of its pays, parked, can charge
+    nothing (a voided invoice was never paid; re-driven, they are refused "already
+    void"), so they go (:meth:`LimitGate.release_invoice_holds`; review h79r_c F7).
+    Not an ``uncollectible`` one: Stripe still takes a payment of it, and paystream reads
+    it as open."""
+    return (
+        outcome_type == "invoice.voided"
+        and obj.get("subscription_id") is None
+        and bool(obj.get("id"))
+    )
+
+
 def _invoice_tag(invoice_id: str) -> str:
     return _tag(f"invoice\x1f{invoice_id}")
 
 
-def _without_invoice_holds(state: dict[str, Any], invoice_id: str) -> bool:
+def _without_invoice_holds(
+    state: dict[str, Any], invoice_id: str, requests: Collection[str] = ()
+) -> bool:
     """Drop from ``state`` the holds of pays of ``invoice_id`` (an InvoiceCharge's hold
-    names its invoice); whether there were any."""
+    names its invoice); whether there were any.
+
+    A hold placed before holds named their invoice (four elements) is found by the
+    request that placed it (its fourth, see :func:`_hold_of`): ``requests``, the request
+    hashes a pay of ``invoice_id`` has (naming no payment method, or the invoice's own),
+    a hash of the invoice's id, so a match is a pay of it. One naming another method of
+    its customer's is not found: it holds until it is re-driven or its day is over, as
+    every such hold did (review h79r_c F7)."""
     held = state.get("held")
     if not held:
         return False
     tag = _invoice_tag(invoice_id)
-    kept = {t: h for t, h in held.items() if not (len(h) >= 5 and h[4] == tag)}
+    owners = {_tag(r) for r in requests} if requests else ()
+    kept = {
+        t: h
+        for t, h in held.items()
+        if not ((len(h) >= 5 and h[4] == tag) or (len(h) == 4 and h[3] in owners))
+    }
     if len(kept) == len(held):
         return False
     state["held"] = kept

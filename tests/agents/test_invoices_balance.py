@@ -5,6 +5,7 @@ through the pipeline, as Stripe's Invoices API has it (review h79r_c F3, F4, F7,
   is not charged: the invoice is paid as it is finalized (answered `invoice.paid`) and
   what was left is added to the customer's balance as a debit their next invoice bills;
 * an invoice voided gives back the balance its finalize applied to it;
+* an invoice learnt void releases the limits' holds of its pays, parked;
 * the simulator's effect ledger says a finalize paid by the balance paid the invoice."""
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from paystream.gateways import base as gw
 from paystream.money import Money
-from tests.agents.harness import Harness, data, kind, simulator_of
+from tests.agents.harness import Harness, data, kind, new_tenant_id, simulator_of
+from tests.agents.test_let_through import _answer, _command
 
 pytestmark = pytest.mark.asyncio
 
@@ -157,6 +160,110 @@ async def test_voiding_an_invoice_gives_back_the_debit_its_finalize_applied(
     await _made(h, t, "invoice.void", {"invoice_id": second})
     assert await _balance(h, t, customer) == -20
     assert await _charges(h, t) == []
+
+
+# ---- F7: a void releases its parked pays' holds ----------------------------------------
+
+
+async def _parked_pay(h: Harness, t: str, volume: int) -> tuple[str, str]:
+    """A tenant (``volume`` EUR a day) with two open invoices of 500.00, each with a pay
+    parked before its provider saw it (holding 500.00 against the day): the first
+    invoice's id and its provider's."""
+    h.add_tenant(
+        t,
+        limits={"daily_payment_volume": {"EUR": volume}},
+        gateway_options={"fail_first": {f"ps:{t}:pay-1": 3, f"ps:{t}:pay-2": 3}},
+    )
+    customer = await _customer(h, t)
+    ids = []
+    for command_id in ("pay-1", "pay-2"):
+        invoice = await _draft(h, t, customer)
+        await _made(h, t, "invoice.finalize", {"invoice_id": invoice})
+        body = {"invoice_id": invoice}
+        parked = await h.processor.process(_command(t, "invoice.pay", body, command_id))
+        assert [e.topic for e in parked] == [h.settings.retry_topic]
+        ids.append(invoice)
+    assert len(_state(h, t)["held"]) == 2
+    provider = h.processor.tables.invoices[f"{t}:{ids[0]}"]["provider_invoice_id"]
+    return ids[0], str(provider)
+
+
+@pytest.mark.parametrize("learnt_by", ["invoice.void", "invoice.refresh"])
+async def test_an_invoice_learnt_void_releases_the_hold_of_its_parked_pay(
+    harness: Harness, learnt_by: str
+) -> None:
+    """A pay parked before its provider saw it holds 500.00 against the day; its invoice
+    then voided (by invoice.void, or at the provider and read back by invoice.refresh):
+    nothing will be collected on it, so the hold goes then, once (the command delivered
+    again releases nothing more: the other invoice's parked pay keeps its hold), not
+    held until the pay is re-driven or for two days (review h79r_c F7)."""
+    h = harness
+    t = new_tenant_id()
+    invoice, provider = await _parked_pay(h, t, 120_000)
+    body = {"invoice_id": invoice}
+    if learnt_by == "invoice.refresh":
+        await simulator_of(h, t).void_invoice(
+            gw.VoidInvoice(provider_invoice_id=provider), idempotency_key="voided-at-provider"
+        )
+    learnt = _command(t, learnt_by, body, "learnt-1")
+    out = await _answer(h, learnt)
+    assert kind(out) == "invoice.voided", data(out)
+    held = _state(h, t)["held"]
+    assert len(held) == 1 and [h_[2] for h_ in held.values()] == [50_000], held
+    await h.processor.process(learnt)  # (redelivered: a crash before its commit)
+    assert _state(h, t)["held"] == held
+    redriven = await _answer(h, _command(t, "invoice.pay", body, "pay-1"))
+    assert kind(redriven) == "command.rejected" and "void" in data(redriven)["message"]
+    assert _state(h, t)["held"] == held and not _state(h, t).get("volume", {}).get("EUR")
+    assert await _charges(h, t) == []
+
+
+async def test_a_void_redelivered_after_its_limits_write_was_lost_releases_the_hold(
+    harness: Harness,
+) -> None:
+    """The void's limits write lost in a crash (its answer kept): redelivered, answered
+    from its idempotency record, and the parked pay's hold goes then."""
+    h = harness
+    t = new_tenant_id()
+    invoice, _ = await _parked_pay(h, t, 120_000)
+    before = dict(_state(h, t))
+    void = _command(t, "invoice.void", {"invoice_id": invoice}, "void-1")
+    assert kind(await _answer(h, void)) == "invoice.voided"
+    h.processor.limits.table[f"{t}:limits"] = before  # (the crash: lost)
+    await h.processor.process(void)
+    assert len(_state(h, t)["held"]) == 1
+
+
+@pytest.mark.parametrize("learnt_by", ["paid", "void"])
+async def test_a_hold_placed_before_holds_named_their_invoice_is_found_by_its_request(
+    harness: Harness, learnt_by: str
+) -> None:
+    """A pay's hold as a version before holds named their invoice placed it (four
+    elements: its day, currency, amount and the request that placed it). The invoice
+    learnt paid (read back by invoice.refresh) or void: that hold is found by its request
+    (a pay of this invoice) and goes, as a hold naming it does; the other invoice's
+    pay's hold, of the same amount, stays (review h79r_c F7)."""
+    h = harness
+    t = new_tenant_id()
+    invoice, provider = await _parked_pay(h, t, 200_000)
+    state = _state(h, t)
+    state["held"] = {tag: hold[:4] for tag, hold in state["held"].items()}  # (as placed then)
+    h.processor.limits.table[f"{t}:limits"] = state
+    sim = simulator_of(h, t)
+    if learnt_by == "paid":
+        await sim.pay_invoice(
+            gw.PayInvoice(provider_invoice_id=provider, provider_payment_method_id=None),
+            idempotency_key="paid-on-its-page",
+        )
+        out = await _answer(h, _command(t, "invoice.refresh", {"invoice_id": invoice}, "r-1"))
+        assert kind(out) == "invoice.paid", data(out)
+    else:
+        out = await _answer(h, _command(t, "invoice.void", {"invoice_id": invoice}, "v-1"))
+        assert kind(out) == "invoice.voided", data(out)
+    held = _state(h, t)["held"]
+    assert [hold[2] for hold in held.values()] == [50_000], held  # (the other's only)
+    counted = 50_000 if learnt_by == "paid" else 0
+    assert (_state(h, t).get("volume") or {}).get("EUR", 0) == counted
 
 
 # ---- F8: the effect ledger -------------------------------------------------------------
