@@ -3309,22 +3309,44 @@ def _transfer_source(ctx: HandlerContext, data: c.CreateTransfer) -> PaymentReco
             f"payment {payment.id} is in {payment.currency}, not {data.currency}",
             remember=False,
         )
-    left = _transferable(payment)
+    lost = _disputed_lost(ctx, payment)
+    left = _transferable(payment, lost)
     if data.amount > left:
+        charged_back = (
+            f"less {format_minor(lost, payment.currency)} charged back (dispute lost), "
+            if lost
+            else ""
+        )
         raise Rejection(
             RejectReason.VALIDATION_ERROR,
             f"transfer {format_minor(data.amount, data.currency)} is more than is left of "
             f"payment {payment.id} ({format_minor(left, payment.currency)}: captured, less "
-            "refunded, less transferred from it)",
+            f"refunded, {charged_back}less transferred from it)",
             remember=False,
         )
     return payment
 
 
-def _transferable(payment: PaymentRecord) -> int:
+def _disputed_lost(ctx: HandlerContext, payment: PaymentRecord) -> int:
+    """What a lost dispute of ``payment`` took back (the dispute it names, as a refund's
+    check reads it: _refund_allowed_by_dispute): the cardholder has that money, so no
+    transfer may move it on (review h79 L6)."""
+    if payment.dispute_id is None:
+        return 0
+    raw = ctx.tables.disputes.get(entity_key(ctx.cmd.tenant_id, payment.dispute_id))
+    if raw is None or raw.get("status") != gw.DisputeStatus.LOST:
+        return 0
+    return int(raw.get("amount") or 0)
+
+
+def _transferable(payment: PaymentRecord, lost: int = 0) -> int:
+    """Captured, less refunded, less charged back (``lost``), less transferred."""
     return max(
         0,
-        payment.amount_captured - payment.amount_refunded - (payment.amount_transferred or 0),
+        payment.amount_captured
+        - payment.amount_refunded
+        - lost
+        - (payment.amount_transferred or 0),
     )
 
 
