@@ -966,6 +966,7 @@ def _outcome_schemas(components: Doc) -> None:
                     "commands_per_second",
                     "max_payment_amount",
                     "daily_payment_volume",
+                    "daily_transfer_volume",
                     "pending_payments",
                     "currencies",
                 ],

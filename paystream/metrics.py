@@ -162,7 +162,8 @@ DEAD_LETTERS = Counter(
 LIMITED = Counter(
     "paystream_limited_commands_total",
     "Commands rejected by a tenant limit, by tenant and limit "
-    "(commands_per_second, max_payment_amount, daily_payment_volume, currencies, "
+    "(commands_per_second, max_payment_amount, daily_payment_volume, "
+    "daily_transfer_volume, currencies, "
     "pending_payments).",
     ["tenant", "limit"],
 )

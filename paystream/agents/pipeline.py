@@ -154,6 +154,8 @@ from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import (
     MONEY_COMMANDS,
+    TRANSFER_COMMANDS,
+    TRANSFER_VOLUME,
     UNREAD,
     Admission,
     LimitGate,
@@ -1499,15 +1501,8 @@ class CommandProcessor(ProviderWindow):
         tenant = at_turn
         checked = self._limits_data(cmd, data) if _LIMITS_READ.get(cmd.command_type) else data
         if (
-            money_command(cmd.command_type, checked)
-            and tenant.limits.daily_payment_volume
-            and not turn.settled()
-            and not self.limits.volume_room(
-                cmd.tenant_id,
-                tenant.limits,
-                str(checked.currency),
-                charge_now(cmd.command_type, checked, self._charge(cmd, checked, False)),
-            )
+            not turn.settled()
+            and self._short_of_room(cmd, checked, tenant)
             and _refused_while_others_hold(trial(tenant))
         ):
             # Refused with earlier payments of the run still holding their amounts:
@@ -1516,6 +1511,27 @@ class CommandProcessor(ProviderWindow):
             await turn.wait_settled()
             return True, self._tenant_at_turn(cmd.tenant_id, tenant)
         return waited, tenant
+
+    def _short_of_room(self, cmd: CommandRef, checked: Any, tenant: Tenant) -> bool:
+        """Might a daily volume (a payment's, or a transfer's) refuse this command with
+        every hold counted (LimitGate.volume_room)? False for any other command."""
+        if cmd.command_type in TRANSFER_COMMANDS:
+            return bool(tenant.limits.daily_transfer_volume) and not self.limits.volume_room(
+                cmd.tenant_id,
+                tenant.limits,
+                TRANSFER_VOLUME + str(checked.currency),
+                int(checked.amount),
+            )
+        return (
+            money_command(cmd.command_type, checked)
+            and bool(tenant.limits.daily_payment_volume)
+            and not self.limits.volume_room(
+                cmd.tenant_id,
+                tenant.limits,
+                str(checked.currency),
+                charge_now(cmd.command_type, checked, self._charge(cmd, checked, False)),
+            )
+        )
 
     def _tenant_at_turn(self, tenant_id: str, tenant: Tenant) -> Tenant | None:
         """``tenant`` (as read when its command started) with the registry's limits now;
@@ -3012,7 +3028,8 @@ def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> b
     return (
         isinstance(decision, LimitRejection)
         and not decision.replay
-        and decision.extra.get("limit") in ("daily_payment_volume", "pending_payments")
+        and decision.extra.get("limit")
+        in ("daily_payment_volume", "daily_transfer_volume", "pending_payments")
     )
 
 

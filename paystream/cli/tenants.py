@@ -62,6 +62,11 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="payment volume per UTC day, CURRENCY=MINOR_UNITS (repeatable)",
         ),
         click.option(
+            "--daily-transfer-volume",
+            multiple=True,
+            help="what transfer.create may move out per UTC day, CURRENCY=MINOR_UNITS (repeatable)",
+        ),
+        click.option(
             "--only-listed-currencies",
             is_flag=True,
             default=None,
@@ -79,8 +84,9 @@ def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
 
     rate, burst = args.get("rate_limit"), args.get("burst")
     caps, daily = args.get("max_payment") or (), args.get("daily_volume") or ()
+    transfers = args.get("daily_transfer_volume") or ()
     only_listed = bool(args.get("only_listed_currencies"))
-    if rate is None and burst is None and not caps and not daily and not only_listed:
+    if not (rate or burst or caps or daily or transfers or only_listed):
         return None
     try:
         return TenantLimits(
@@ -88,6 +94,7 @@ def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
             burst=burst,
             max_payment_amount=_per_currency(caps, "--max-payment"),
             daily_payment_volume=_per_currency(daily, "--daily-volume"),
+            daily_transfer_volume=_per_currency(transfers, "--daily-transfer-volume"),
             only_listed_currencies=only_listed,
         )
     except ValidationError as exc:

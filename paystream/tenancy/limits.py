@@ -49,6 +49,16 @@ A tenant's registry record may carry :class:`TenantLimits`:
 * ``only_listed_currencies``: the money limits name currencies, with no conversion; with
   this, a payment in a currency neither names is rejected ``quota_exceeded`` (``limit:
   currencies``) instead of moving unlimited.
+* ``daily_transfer_volume``: per currency and UTC day, the sum of ``transfer.create``
+  amounts made (``transfer.created``), held and counted exactly as the daily payment
+  volume is (a hold under the command's key until its outcome counts or releases it;
+  a redelivery or a replay counts once), in a volume of its own: a transfer never
+  counts toward ``daily_payment_volume``, nor a payment toward it (the state keys a
+  transfer's volume and holds by :data:`TRANSFER_VOLUME` + currency). A reversal gives
+  nothing back, as a refund gives nothing back to the day's payments: the day took the
+  exposure on. With ``only_listed_currencies`` and a transfer volume set, a transfer in a
+  currency it does not name is rejected ``limit: currencies``. Unset: transfers held to
+  the rate limit only, as before. (Payouts could share it; not done: a note in README.)
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.
@@ -88,6 +98,8 @@ __all__ = [
     "MAX_FUTURE_SKEW_MS",
     "MONEY_COMMANDS",
     "REPLAY_MEMORY",
+    "TRANSFER_COMMANDS",
+    "TRANSFER_VOLUME",
     "UNREAD",
     "VOLUME_OUTCOMES",
     "Admission",
@@ -102,6 +114,7 @@ __all__ = [
     "learnt_paid",
     "learnt_void",
     "money_command",
+    "volume_command",
 ]
 
 # ``stored`` not given (kept_rejection, admit): the tenant's state is read from the table.
@@ -126,11 +139,18 @@ VOLUME_OUTCOMES = frozenset(
         "subscription.requires_action",
         # (a one-off invoice charged by invoice.pay)
         "invoice.paid",
+        # (transfer.create: counted toward ``daily_transfer_volume``, not the payments')
+        "transfer.created",
     }
 )
 # The commands admitted as payments: their amount against ``max_payment_amount``, the
 # charge they make now against ``daily_payment_volume`` (see _money_of).
 MONEY_COMMANDS = frozenset({"payment.create", "subscription.create", "invoice.pay"})
+# The commands that move the platform's balance out, against ``daily_transfer_volume``.
+TRANSFER_COMMANDS = frozenset({"transfer.create"})
+# What a transfer's volume and holds are kept under in the state, before its currency:
+# apart from the payments' (a currency code never has a colon).
+TRANSFER_VOLUME = "transfer:"
 
 _MILLI = 1000  # milli-tokens per command
 # Unanswered payments (in flight, parked) one tenant may hold against its daily volume at
@@ -149,11 +169,14 @@ class TenantLimits(BaseModel):
     burst: StrictInt | None = Field(default=None, ge=1, le=10_000_000)
     max_payment_amount: dict[str, StrictInt] = {}
     daily_payment_volume: dict[str, StrictInt] = {}
+    # What transfer.create may move out per currency and UTC day (review h79 L5: a leaked
+    # key could move the platform's whole available balance to one of its accounts).
+    daily_transfer_volume: dict[str, StrictInt] = {}
     # Money limits name currencies, with no conversion: without this, a tenant capped in
     # USD could pay any amount in EUR or JPY. With it, only the currencies named move.
     only_listed_currencies: bool = False
 
-    @field_validator("max_payment_amount", "daily_payment_volume")
+    @field_validator("max_payment_amount", "daily_payment_volume", "daily_transfer_volume")
     @classmethod
     def _per_currency(cls, value: dict[str, int]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -187,7 +210,10 @@ class TenantLimits(BaseModel):
     @property
     def enforced(self) -> bool:
         return bool(
-            self.commands_per_second or self.max_payment_amount or self.daily_payment_volume
+            self.commands_per_second
+            or self.max_payment_amount
+            or self.daily_payment_volume
+            or self.daily_transfer_volume
         )
 
     def describe(self) -> str:
@@ -202,6 +228,10 @@ class TenantLimits(BaseModel):
         ]
         parts += [
             f"≤ {format_minor(a, c)} per day" for c, a in sorted(self.daily_payment_volume.items())
+        ]
+        parts += [
+            f"≤ {format_minor(a, c)} transferred per day"
+            for c, a in sorted(self.daily_transfer_volume.items())
         ]
         if self.only_listed_currencies:
             parts.append(f"only {', '.join(sorted(self.listed_currencies))}")
@@ -243,6 +273,19 @@ class ProrationCharge(NamedTuple):
 def money_command(command_type: str, data: Any) -> bool:
     """Does this command (as the limits see its data) charge now?"""
     return command_type in MONEY_COMMANDS or isinstance(data, ProrationCharge)
+
+
+def volume_command(command_type: str, data: Any) -> bool:
+    """Does this command hold against a daily volume (a payment's, or a transfer's)?"""
+    return command_type in TRANSFER_COMMANDS or money_command(command_type, data)
+
+
+def _daily_cap(limits: TenantLimits, bucket: str) -> int | None:
+    """The daily volume limit of ``bucket`` (a currency, or :data:`TRANSFER_VOLUME` and
+    one)."""
+    if bucket.startswith(TRANSFER_VOLUME):
+        return limits.daily_transfer_volume.get(bucket[len(TRANSFER_VOLUME) :])
+    return limits.daily_payment_volume.get(bucket)
 
 
 class InvoiceCharge(NamedTuple):
@@ -433,7 +476,7 @@ class LimitGate:
             mine = _hold_of(state, hold_key or rec.command_id, owner, hold)
             return Admission(tenant_id, rec.offset, decided["day"], *_volume_of(decided), mine)
         holding = not enforced and bool(_holds_of_day(state, _day(self._at(state, rec))))
-        if not enforced and not (money_command(command_type, data) and holding):
+        if not enforced and not (volume_command(command_type, data) and holding):
             # Limits since removed: only earlier decisions still stand, until committed.
             # (Not while payments hold against the day: one of them re-driven now is
             # admitted below, so that its answer releases its hold; review h67e. Nor is
@@ -497,6 +540,16 @@ class LimitGate:
                     state["held"][hold_of_this].append(_invoice_tag(data.invoice_id))
             else:
                 charged = 0  # (none counted while its currency is not limited: from then)
+        elif command_type in TRANSFER_COMMANDS and (
+            limits.daily_transfer_volume or state.get("held")
+        ):
+            # Its own volume (TRANSFER_VOLUME + currency); as a payment's otherwise.
+            currency, charged = TRANSFER_VOLUME + str(data.currency), int(data.amount)
+            if str(data.currency) in limits.daily_transfer_volume:
+                state["held"] = _holds_of_day(state, day)
+                state["held"][hold_of_this] = [day, currency, charged, owner]
+            else:
+                charged = 0
         # (The keys in the order kept decisions have always had them.)
         entry = {"id": tag, "day": day, "admit": True, "counted": False,
                  "currency": currency, "amount": charged}  # fmt: skip
@@ -506,8 +559,9 @@ class LimitGate:
     def volume_room(self, tenant_id: str, limits: TenantLimits, currency: str, amount: int) -> bool:
         """Would a payment of ``amount`` fit the daily volume (and the cap on payments
         awaiting an answer) whatever the day, with every hold counted? A cheap bound:
-        then :meth:`admit` cannot refuse it by either."""
-        daily = limits.daily_payment_volume.get(currency)
+        then :meth:`admit` cannot refuse it by either. (``currency``: a transfer's is
+        :data:`TRANSFER_VOLUME` and its currency.)"""
+        daily = _daily_cap(limits, currency)
         if daily is None:
             return True
         state = self.table.get(self.key(tenant_id)) or {}
@@ -688,7 +742,9 @@ class LimitGate:
                         int(decided.get("amount") or 0),
                         _hold_of(state, hold_key or rec.command_id, owner),
                     ),
-                    outcome_type if command_type in MONEY_COMMANDS else "command.rejected",
+                    outcome_type
+                    if command_type in MONEY_COMMANDS or command_type in TRANSFER_COMMANDS
+                    else "command.rejected",
                 )
             return
         if learnt:
@@ -715,6 +771,14 @@ class LimitGate:
         ):
             charged = int(obj.get("amount") or 0) if amount is None else amount
             _add_volume(state, day, str(obj["currency"]), charged)
+            counted = True
+        elif (
+            command_type in TRANSFER_COMMANDS
+            and outcome_type == "transfer.created"
+            and obj.get("currency") in limits.daily_transfer_volume
+        ):
+            # (a transfer's own volume, counted once as a payment's is)
+            _add_volume(state, day, TRANSFER_VOLUME + str(obj["currency"]), int(obj["amount"]))
             counted = True
         entry = {"id": _tag(rec.command_id), "day": day, "admit": True, "counted": counted}
         self._decide(key, state, rec, {**entry, "currency": None, "amount": None})
@@ -1025,6 +1089,8 @@ def _quota(
     hold: str,
     charge: int | None = None,
 ) -> LimitRejection | None:
+    if command_type in TRANSFER_COMMANDS:
+        return _transfer_quota(state, limits, day, data, hold)
     if not money_command(command_type, data) and not isinstance(data, _PRICED):
         return None
     if isinstance(data, InvoiceCharge) and not data.amount:
@@ -1075,6 +1141,59 @@ def _quota(
             ),
             {
                 "limit": "daily_payment_volume",
+                "currency": currency,
+                "allowed": daily,
+                "used": used,
+                "held": held,
+                "day": day,
+            },
+        )
+    return None
+
+
+def _transfer_quota(
+    state: dict[str, Any], limits: TenantLimits, day: str, data: Any, hold: str
+) -> LimitRejection | None:
+    """A ``transfer.create`` against ``daily_transfer_volume`` (its own volume and holds,
+    under :data:`TRANSFER_VOLUME` + currency), as a payment against the payments'."""
+    if not limits.daily_transfer_volume:
+        return None  # (unset: unlimited, as before the limit; only_listed_currencies too)
+    currency, amount = str(data.currency), int(data.amount)
+    daily = limits.daily_transfer_volume.get(currency)
+    if daily is None:
+        if not limits.only_listed_currencies:
+            return None
+        listed = sorted(limits.daily_transfer_volume)
+        return LimitRejection(
+            "quota_exceeded",
+            f"transfers in {currency} are not allowed for this tenant (only {', '.join(listed)})",
+            {"limit": "currencies", "currency": currency, "allowed": listed},
+        )
+    holds = _holds_of_day(state, day)
+    if len(holds) >= MAX_HOLDS and hold not in holds:
+        return LimitRejection(
+            "quota_exceeded",
+            f"{len(holds)} payments and transfers of the tenant are awaiting their "
+            f"provider's answer (at most {MAX_HOLDS}); send this one again once they are "
+            "answered",
+            {"limit": "pending_payments", "currency": currency, "allowed": MAX_HOLDS},
+        )
+    bucket = TRANSFER_VOLUME + currency
+    used = int((state.get("volume") or {}).get(bucket, 0)) if state.get("day") == day else 0
+    held = _held(state, day, bucket, hold)
+    if used + held + amount > daily:
+        return LimitRejection(
+            "quota_exceeded",
+            f"transfer {format_minor(amount, currency)} would take what the tenant moved out "
+            f"by transfers on {day} to {format_minor(used + held + amount, currency)}, over "
+            f"its daily limit of {format_minor(daily, currency)}"
+            + (
+                f" ({format_minor(held, currency)} of it held by transfers not yet answered)"
+                if held
+                else ""
+            ),
+            {
+                "limit": "daily_transfer_volume",
                 "currency": currency,
                 "allowed": daily,
                 "used": used,

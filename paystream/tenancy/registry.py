@@ -36,8 +36,11 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
     record = tenant.model_dump(mode="json")
     if not tenant.limits.enforced:
         del record["limits"]
-    elif not tenant.limits.only_listed_currencies:
-        del record["limits"]["only_listed_currencies"]  # (newer than the limits)
+    else:
+        if not tenant.limits.only_listed_currencies:
+            del record["limits"]["only_listed_currencies"]  # (newer than the limits)
+        if not tenant.limits.daily_transfer_volume:
+            del record["limits"]["daily_transfer_volume"]  # (newer still)
     if not tenant.ingress_keys:
         del record["ingress_keys"]
     for kept in record.get("ingress_keys", {}).values():
