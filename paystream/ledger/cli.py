@@ -291,8 +291,8 @@ def ledger_group() -> None:
 @click.option(
     "--unlisted",
     is_flag=True,
-    help="also every stored subscription, invoice, payout, tax rate and tax calculation "
-    "event the migrations did not list "
+    help="also every stored subscription, invoice, payout, tax rate, tax calculation "
+    "and transfer event the migrations did not list "
     "(what a previous release's worker stored after it, in a rolling upgrade); you vouch "
     "for them: `audit verify` names them first. And the tax columns (migration 0015) such "
     "a worker left empty in payments, invoices and subscriptions, from the event of the "
@@ -301,8 +301,9 @@ def ledger_group() -> None:
 def ledger_backfill(tenants: tuple[str, ...], unlisted: bool) -> None:
     """Build the subscription and invoice rows of events stored before migration 0013
     gave them tables, the payout rows of events stored before 0014 gave them one, and the
-    tax rate and tax calculation rows of events stored before 0015 did (the migrations
-    listed them), each version with its audit entry, as the sink writes them.
+    tax rate and tax calculation rows of events stored before 0015 did, and the transfer
+    rows of events stored before 0019 did (the migrations listed them), each version with
+    its audit entry, as the sink writes them.
     Idempotent: run it again and nothing changes. Only the events the migrations listed
     are applied.
 

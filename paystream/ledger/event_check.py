@@ -24,7 +24,7 @@ async def events_ahead_of_their_rows(
     session: AsyncSession, *, awaiting_backfill: bool = False
 ) -> dict[str, tuple[int, list[str]]]:
     """Per entity type: how many stored events are past their row's version (or have no
-    row at all), and some of their ids. Those migrations 0013, 0014 and 0015 listed for
+    row at all), and some of their ids. Those migrations 0013, 0014, 0015 and 0019 listed for
     ``paystream ledger backfill`` (stored before their type had a table) are counted
     apart: only with ``awaiting_backfill``."""
     from paystream.ledger.writer import ENTITY_TABLES  # (writer imports audit, which imports this)
@@ -55,7 +55,7 @@ async def events_ahead_of_their_rows(
 async def chain_wiped(session: AsyncSession, tenant_id: str) -> bool:
     """Has the tenant no audit chain, though events are stored that one would hold?
 
-    Every event but those migrations 0013, 0014 and 0015 listed for ``paystream ledger
+    Every event but those migrations 0013, 0014, 0015 and 0019 listed for ``paystream ledger
     backfill`` was chained when stored. Listed ones (stored before their type had a
     table) have no entries until the backfill applies them, so a tenant holding only
     those has no chain to have lost, while they wait. Once its chain began (the backfill's

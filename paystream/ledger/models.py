@@ -47,6 +47,7 @@ __all__ = [
     "TaxCalculation",
     "TaxRate",
     "Tenant",
+    "Transfer",
     "table_of",
 ]
 
@@ -424,6 +425,43 @@ class ConnectedAccount(_Entity, Base):
     details_submitted: Mapped[bool | None] = mapped_column(Boolean)
     currently_due: Mapped[list[str] | None] = mapped_column(JSONB(none_as_null=True))
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
+class Transfer(_Entity, Base):
+    """A transfer's latest state (migration 0019): ``amount`` in minor units moved from
+    the platform's balance to one of the tenant's connected accounts (Stripe Connect's
+    separate charges and transfers), ``amount_reversed`` of it taken back since (status
+    created | partially_reversed | reversed; state_machines.TRANSFER_MOVES). It names no
+    customer: its description, transfer group and metadata (the tenant's words about its
+    own money) are kept here, as the payout's are. ``payment_id``: the payment its funds
+    came from (Stripe's source_transaction), if any."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        _tenant_fk(),
+        *_money_checks("amount", "amount_reversed"),
+        Index(None, "tenant_id", "status", "updated_at"),
+        Index(None, "tenant_id", "provider", "provider_transfer_id"),
+        Index(None, "tenant_id", "connected_account_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Tenantid, primary_key=True)
+    transfer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    amount_reversed: Mapped[int | None] = mapped_column(BigInteger)
+    connected_account_id: Mapped[str | None] = mapped_column(Text)
+    payment_id: Mapped[str | None] = mapped_column(Text)
+    transfer_group: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    # ("metadata" is the declarative base's own attribute: the column keeps the name.)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_transfer_id: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(Text)
 
 

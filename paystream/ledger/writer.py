@@ -34,11 +34,16 @@ from paystream.ledger.models import (
     TaxCalculation,
     TaxRate,
     Tenant,
+    Transfer,
     table_of,
 )
 from paystream.ledger.pii import seal_customer_columns, seal_event_data
 from paystream.ledger.session import tenant_session
-from paystream.tables.state_machines import CONNECTED_ACCOUNT_MOVES, PAYOUT_MOVES
+from paystream.tables.state_machines import (
+    CONNECTED_ACCOUNT_MOVES,
+    PAYOUT_MOVES,
+    TRANSFER_MOVES,
+)
 from paystream.tenancy.crypto import MasterKeyring
 
 __all__ = ["ENTITY_TABLES", "WriteResult", "backfill_entities", "summarise", "write_events"]
@@ -56,6 +61,7 @@ ENTITY_TABLES: dict[EntityType, tuple[type[Base], str]] = {
     EntityType.TAX_RATE: (TaxRate, "tax_rate_id"),
     EntityType.TAX_CALCULATION: (TaxCalculation, "tax_calculation_id"),
     EntityType.CONNECTED_ACCOUNT: (ConnectedAccount, "connected_account_id"),
+    EntityType.TRANSFER: (Transfer, "transfer_id"),
 }
 _ENCRYPTED = "encrypted"
 
@@ -190,8 +196,8 @@ async def _apply(
                 session, tenant_id, model, id_column, batch, keys, first_seen, history
             )
     result.entities_applied = len({(a.entity_type, a.entity_id) for a in audit})
-    # (An entity type without a table of its own, a transfer, is in the events alone:
-    # neither applied nor stale.)
+    # (An entity type without a table of its own would be in the events alone: neither
+    # applied nor stale. Every type has one since 0019's transfers.)
     tabled = sum(1 for t, _ in latest if t in ENTITY_TABLES)
     result.entities_stale = tabled - result.entities_applied
     await append_audit(session, tenant_id, audit, keyring=keyring)
@@ -206,6 +212,7 @@ BACKFILLED_TYPES: dict[str, str] = {
     EntityType.PAYOUT.value: "0014",
     EntityType.TAX_RATE.value: "0015",
     EntityType.TAX_CALCULATION.value: "0015",
+    EntityType.TRANSFER.value: "0019",
 }
 
 
@@ -217,7 +224,8 @@ async def backfill_entities(
     actor: str = BACKFILL_ACTOR,
     unlisted: bool = False,
 ) -> WriteResult:
-    """Apply the tenant's events that migrations 0013, 0014 and 0015 listed (``entity_backfill``:
+    """Apply the tenant's events that migrations 0013, 0014, 0015 and 0019 listed
+    (``entity_backfill``:
     stored before their entity type had a table) to their rows, as the sink applies a batch:
     each version the row moves through audited (``actor``), a row already at or past an
     event's version left as it is. Idempotent: a second run applies nothing. Only the
@@ -225,8 +233,8 @@ async def backfill_entities(
     is never applied by it.
 
     ``unlisted``: every stored event of those types (subscription, invoice, payout, tax
-    rate, tax calculation), listed or not: what a worker of the release before 0013 (or
-    0014, 0015) stored after the
+    rate, tax calculation, transfer), listed or not: what a worker of the release before
+    0013 (or 0014, 0015, 0019) stored after the
     migration ran (a rolling upgrade) was not listed. The operator vouches for them:
     `audit verify` names them first, as events never applied, and the application role
     could have inserted one.
@@ -361,6 +369,7 @@ async def _insert_events(
 _STATUS_MOVES: dict[type[Base], tuple[str, Mapping[str, frozenset[str]]]] = {
     Payout: ("payout", PAYOUT_MOVES),
     ConnectedAccount: ("connected account", CONNECTED_ACCOUNT_MOVES),
+    Transfer: ("transfer", TRANSFER_MOVES),
 }
 
 

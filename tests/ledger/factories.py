@@ -320,3 +320,27 @@ def connected_account(
         snapshot,
         type=f"com.paystream.connected_account.{kind}",
     )
+
+
+def transfer(
+    make: EventFactory, tenant_id: str, transfer_id: str, version: int = 1, **data: Any
+) -> LedgerEvent:
+    """A transfer's snapshot as the pipeline publishes one (TransferRecord): 3 000 USD
+    cents from payment p1 to account ca1, none reversed, unless ``data`` says."""
+    snapshot = {
+        "tenant_id": tenant_id, "id": transfer_id, "version": version, "provider": "simulator",
+        "created_by": "cmd_tr", "status": "created", "amount": 3000, "currency": "USD",
+        "amount_reversed": 0, "connected_account_id": "ca1", "payment_id": "p1",
+        "transfer_group": "order-1", "provider_transfer_id": f"tr_{transfer_id}",
+        "description": None, "metadata": {"order": "1"},
+        **data,
+    }  # fmt: skip
+    kind = "created" if version == 1 else "reversed"
+    return make(
+        tenant_id,
+        "transfer",
+        transfer_id,
+        version,
+        snapshot,
+        type=f"com.paystream.transfer.{kind}",
+    )

@@ -89,7 +89,7 @@ def test_0017_up_and_down_while_unset_then_refused_once_a_row_holds_them(
         module_database_url,
         password=PASSWORD,
         previous="0016",
-        expected_head="0018",
+        expected_head="0019",
         table="payments",
         columns=("connected_account_id", "application_fee_amount"),
         unset=("m17", "payment", "p0", payment),
@@ -100,4 +100,4 @@ def test_0017_up_and_down_while_unset_then_refused_once_a_row_holds_them(
     assert run.refusal is not None and run.refusal.startswith(
         "migration 0017 down: payments hold audited destination charges"
     )
-    assert run.at == "0018"  # (the whole downgrade rolled back)
+    assert run.at == "0019"  # (the whole downgrade rolled back)

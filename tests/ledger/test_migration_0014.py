@@ -88,7 +88,7 @@ def test_0014_lists_older_payout_events_and_the_backfill_builds_their_rows(
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0018"
+        assert await current(url) == head() == "0019"
 
     asyncio.run(before())
 
@@ -219,7 +219,7 @@ def test_0014_lists_older_payout_events_and_the_backfill_builds_their_rows(
     late, problems, refusal, at = asyncio.run(vouched_then_down())
     assert (late, problems) == (1, [])
     assert refusal is not None and "payouts hold audited rows" in refusal
-    assert at == "0018"  # (the whole downgrade rolled back)
+    assert at == "0019"  # (the whole downgrade rolled back)
 
 
 def test_0014_down_without_rows_unlists_and_up_again_lists_once_more(

@@ -46,11 +46,12 @@ def _app(url: str) -> AsyncEngine:
 def _as_of_0014(monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer of the version before 0015: payments' and invoices' rows without the
     new columns (its events carried the tax in their data all the same), no tax tables
-    (nor 0016's connected accounts, nor 0017's payment columns)."""
+    (nor 0016's connected accounts, nor 0017's payment columns, nor 0019's transfers)."""
     for entity_type in (
         EntityType.TAX_RATE,
         EntityType.TAX_CALCULATION,
         EntityType.CONNECTED_ACCOUNT,
+        EntityType.TRANSFER,
     ):
         monkeypatch.delitem(writer.ENTITY_TABLES, entity_type)
     for entity_type, model in (
@@ -144,7 +145,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
             await app.dispose()
             await owner.dispose()
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0018"
+        assert await current(url) == head() == "0019"
 
     asyncio.run(before())
 
@@ -204,7 +205,7 @@ def test_0015_fills_the_columns_lists_tax_events_and_the_backfill_builds_them(
     problems, refusal, at = asyncio.run(after_then_down())
     assert problems == []
     assert refusal is not None and refusal.startswith("migration 0015 down: tax_rates, ")
-    assert at == "0018"  # (the whole downgrade rolled back: at head)
+    assert at == "0019"  # (the whole downgrade rolled back: at head)
 
 
 def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> None:
@@ -237,7 +238,7 @@ def test_0015_down_without_tax_data_and_up_again(module_database_url: str) -> No
                 await app.dispose()
         return counts[0], counts[1], counts[2], await current(url)
 
-    assert asyncio.run(go()) == (1, 0, 1, "0018")
+    assert asyncio.run(go()) == (1, 0, 1, "0019")
 
 
 async def _count(app: AsyncEngine, tenant: str) -> object:

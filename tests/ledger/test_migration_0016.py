@@ -46,7 +46,7 @@ def test_0016_up_and_down_while_empty_then_refused_once_it_holds_rows(
         await upgrade(url, "0015", app_password=PASSWORD)
         before = await _exists(url)
         await upgrade(url, app_password=PASSWORD)
-        assert await current(url) == head() == "0018"
+        assert await current(url) == head() == "0019"
         made = await _exists(url)
         await downgrade(url, "0015")  # (empty: allowed)
         gone = await _exists(url), await current(url)
@@ -72,4 +72,4 @@ def test_0016_up_and_down_while_empty_then_refused_once_it_holds_rows(
     assert refusal is not None and refusal.startswith(
         "migration 0016 down: connected_accounts hold audited rows"
     )
-    assert at == "0018"  # (the whole downgrade rolled back)
+    assert at == "0019"  # (the whole downgrade rolled back)

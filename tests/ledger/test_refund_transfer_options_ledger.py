@@ -116,7 +116,7 @@ def test_0018_up_and_down_while_unset_then_refused_once_a_row_holds_them(
         module_database_url,
         password=PASSWORD,
         previous="0017",
-        expected_head="0018",
+        expected_head="0019",
         table="refunds",
         columns=NEW,
         unset=("m18", "refund", "r0", refund),
@@ -127,4 +127,4 @@ def test_0018_up_and_down_while_unset_then_refused_once_a_row_holds_them(
     assert run.refusal is not None and run.refusal.startswith(
         "migration 0018 down: refunds hold audited refund options"
     )
-    assert run.at == "0018"  # (the whole downgrade rolled back)
+    assert run.at == "0019"  # (the whole downgrade rolled back)

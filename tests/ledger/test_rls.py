@@ -27,6 +27,7 @@ from tests.ledger.factories import (
     connected_account,
     tax_calculation,
     tax_rate,
+    transfer,
 )
 
 # Every test here writes under the session keyring: the record of master keys seen (0012),
@@ -41,8 +42,8 @@ async def two_tenants(
     app_engine: AsyncEngine, owner_engine: AsyncEngine, keyring: MasterKeyring
 ) -> None:
     """Tenants a and b each with a customer, a payment method, payments, a refund, a
-    dispute, a subscription, an invoice, a payout, a tax rate, a tax calculation and a
-    connected account."""
+    dispute, a subscription, an invoice, a payout, a tax rate, a tax calculation, a
+    connected account and a transfer."""
     make = EventFactory()
     events = []
     for t in ("a", "b"):
@@ -59,6 +60,7 @@ async def two_tenants(
             tax_rate(make, t, "vat"),
             tax_calculation(make, t, "taxcalc_1", {"vat": 200}),
             connected_account(make, t, "ca_1"),
+            transfer(make, t, "tr_1"),
         ]
     await write_events(app_engine, events, keyring=keyring)
     # The audit records only the owner writes (a migration, `keys rotate`): one each.

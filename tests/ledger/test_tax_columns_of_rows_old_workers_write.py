@@ -46,7 +46,7 @@ def test_rows_an_old_worker_writes_after_0015_get_their_tax_columns(
     async def rolling() -> list[str]:
         await downgrade(url, "base")
         await upgrade(url, app_password=PASSWORD)  # the new release's migrate step ran
-        assert await current(url) == head() == "0018"
+        assert await current(url) == head() == "0019"
         app = _app(url)
         owner = create_engine(url, poolclass=NullPool)
         try:

@@ -1,8 +1,9 @@
 """Transfers in the ledger: their outcomes (a transfer from a payment, reversed in part
 then in full) are stored in the ``events`` table as entity type ``transfer``, with the
-payment each moved (its ``amount_transferred``) as its related event; no transfers
-table exists (nothing applied, nothing counted stale), the payment's row moves as
-before, and every audit entry verifies."""
+payment each moved (its ``amount_transferred``) as its related event, and applied to
+the ``transfers`` table (migration 0019): one row per (tenant, transfer id) at its
+latest version, each version audited; written again (a redelivery), nothing changes;
+the payment's row moves as before, and every audit entry verifies."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import tenant_session, verify_audit, write_events
-from paystream.ledger.models import Event, Payment
+from paystream.ledger.models import Event, Payment, Transfer
 from paystream.ledger.sink import outcome_to_ledger_events
 from paystream.ledger.writer import ENTITY_TABLES
 from paystream.tenancy.crypto import MasterKeyring
@@ -49,7 +50,10 @@ async def test_transfer_outcomes_are_stored_as_events(
     result = await write_events(app_engine, events, keyring=keyring)
     assert result.events_written == len(events) == 7  # (3 transfers, 4 payment versions)
     assert result.entities_stale == 0
-    assert "transfer" not in {str(k) for k in ENTITY_TABLES}
+    assert result.entities_applied == 2  # (the transfer and the payment)
+    assert "transfer" in {str(k) for k in ENTITY_TABLES}
+    again = await write_events(app_engine, events, keyring=keyring)  # (a redelivery)
+    assert (again.events_written, again.duplicates, again.entities_applied) == (0, 7, 0)
     async with tenant_session(app_engine, t) as s:
         stored = (
             await s.scalars(
@@ -57,6 +61,7 @@ async def test_transfer_outcomes_are_stored_as_events(
             )
         ).all()
         payment = (await s.scalars(select(Payment))).one()
+        row = (await s.scalars(select(Transfer))).one()
     assert [(e.type, e.entity_id) for e in stored] == [
         ("com.paystream.transfer.created", "tr1"),
         ("com.paystream.transfer.reversed", "tr1"),
@@ -65,4 +70,11 @@ async def test_transfer_outcomes_are_stored_as_events(
     assert [e.data["status"] for e in stored] == ["created", "partially_reversed", "reversed"]
     assert stored[0].data["payment_id"] == "p1" and stored[0].data["amount"] == 6_000
     assert (payment.payment_id, payment.amount_captured) == ("p1", 10_000)
+    assert (row.transfer_id, row.status, row.amount, row.amount_reversed, row.version) == (
+        "tr1", "reversed", 6_000, 6_000, 3
+    )  # fmt: skip
+    assert (row.connected_account_id, row.payment_id, row.transfer_group) == ("ca1", "p1", "o1")
+    assert row.currency == "USD" and row.provider == "simulator"
+    assert row.provider_transfer_id and row.provider_transfer_id.startswith("tr_")
+    assert row.last_event_id == stored[-1].event_id
     assert (await verify_audit(app_engine, t, keyring)).problems == []
