@@ -1474,7 +1474,7 @@ def asyncapi() -> Doc:
 # The window's keys present only in windows that have any (insights/events.py).
 _WINDOW_OPTIONAL = (
     "payments_succeeded", "disputes", "subscriptions", "invoice_declines",
-    "payouts", "payout_failures", "tax_collected", "application_fees",
+    "payouts", "payout_failures", "tax_collected", "application_fees", "transfers",
 )  # fmt: skip
 
 
@@ -1646,6 +1646,31 @@ def _insights_schemas() -> Doc:
                         "amount": {
                             **count,
                             "description": "application fees kept, in minor units",
+                        },
+                    }
+                ),
+            },
+            "transfers": {
+                "type": "object",
+                "description": "per ISO 4217 currency, transfers to connected accounts "
+                "(separate charges and transfers: the platform's balance moved out, not "
+                "revenue) made in the window and reversals (money taken back), each "
+                "outcome once (a redelivery or replay counts nothing again). Present only "
+                "when there are any",
+                "additionalProperties": _object(
+                    {
+                        "created": {**count, "description": "transfers made"},
+                        "created_amount": {
+                            **count,
+                            "description": "what they moved, in minor units",
+                        },
+                        "reversed": {
+                            **count,
+                            "description": "reversals that took money back (in part or all)",
+                        },
+                        "reversed_amount": {
+                            **count,
+                            "description": "what they took back, in minor units",
                         },
                     }
                 ),

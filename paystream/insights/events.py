@@ -45,7 +45,7 @@ def window_event(
     # Only in windows that have any: a window without is the same event as before them.
     optional_keys = (
         "payments_succeeded", "disputes", "subscriptions", "invoice_declines",
-        "payouts", "payout_failures", "tax_collected", "application_fees",
+        "payouts", "payout_failures", "tax_collected", "application_fees", "transfers",
     )  # fmt: skip
     for optional in optional_keys:
         if agg.get(optional):

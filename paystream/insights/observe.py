@@ -85,6 +85,12 @@ class Observed:
     # kept, in ``currency`` (the worker's record caps it at what a partial capture took);
     # None for any other outcome. Counted once, as ``captured`` is.
     application_fee: int | None = None
+    # Transfers (separate charges and transfers): what a ``transfer.created`` moved to a
+    # connected account, and what a ``transfer.reversed`` took back of one (its
+    # ``amount_reversed_now``), in ``currency``; 0 for any other outcome. Each outcome
+    # counted once (the runner's counted ids), as payouts' are.
+    transfer_created: int = 0
+    transfer_reversed: int = 0
 
 
 # A payment's creation answered otherwise than succeeded: each is an attempt. A payment
@@ -278,6 +284,12 @@ def observe(event: CloudEvent) -> Observed | None:
             if "failed" in moves:
                 code = _label(obj.get("failure_code")) or _label(error.get("decline_code"))
                 facts["payout_failure"] = code or "unknown"
+    if currency is not None and data.get("entity_type") == "transfer":
+        if outcome == "transfer.created":
+            facts["transfer_created"] = amount
+        elif outcome == "transfer.reversed":
+            # (this reversal's: a let-through one that took nothing back counts nothing)
+            facts["transfer_reversed"] = _minor(data.get("amount_reversed_now"))
     opened, lost = _disputes(tenant, outcome, data)
     if opened:
         facts["disputes_opened"] = opened

@@ -260,6 +260,15 @@ class TenantInsights:
             fees = agg.setdefault("application_fees", {}).setdefault(seen.currency, _new_fees())
             fees["payments"] += 1
             fees["amount"] += seen.application_fee
+        # Transfers to connected accounts, per currency: made and reversals, counts and
+        # amounts (moved out, taken back). Only in windows that have any.
+        if seen.currency is not None and (seen.transfer_created or seen.transfer_reversed):
+            moved = agg.setdefault("transfers", {}).setdefault(seen.currency, _new_transfers())
+            for move, minor in (("created", seen.transfer_created),
+                                ("reversed", seen.transfer_reversed)):  # fmt: skip
+                if minor:
+                    moved[move] += 1
+                    moved[f"{move}_amount"] += minor
         if seen.outcome == "payment.failed" and seen.decline_code:
             _bump(agg["declines"], seen.decline_code)
         if seen.reject_reason:
@@ -450,6 +459,10 @@ def _new_tax() -> dict[str, int]:
 
 def _new_fees() -> dict[str, int]:
     return {"payments": 0, "amount": 0}
+
+
+def _new_transfers() -> dict[str, int]:
+    return {"created": 0, "created_amount": 0, "reversed": 0, "reversed_amount": 0}
 
 
 def _new_fraud_window() -> dict[str, Any]:

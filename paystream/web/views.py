@@ -445,6 +445,7 @@ def _minor_units(
         shown.update(window.get("payouts") or ())  # (payouts', likewise)
         shown.update(window.get("tax_collected") or ())
         shown.update(window.get("application_fees") or ())
+        shown.update(window.get("transfers") or ())
     units: dict[str, int] = {}
     for code in shown:
         try:
