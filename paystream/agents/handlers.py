@@ -3309,11 +3309,16 @@ def _transfer_source(ctx: HandlerContext, data: c.CreateTransfer) -> PaymentReco
             f"payment {payment.id} is in {payment.currency}, not {data.currency}",
             remember=False,
         )
-    lost = _disputed_lost(ctx, payment)
+    lost, dispute_status = _disputed_away(ctx, payment)
     left = _transferable(payment, lost)
     if data.amount > left:
         charged_back = (
-            f"less {format_minor(lost, payment.currency)} charged back (dispute lost), "
+            f"less {format_minor(lost, payment.currency)} "
+            + (
+                "charged back (dispute lost), "
+                if dispute_status == gw.DisputeStatus.LOST
+                else f"withdrawn by its open dispute ({dispute_status}), "
+            )
             if lost
             else ""
         )
@@ -3327,16 +3332,27 @@ def _transfer_source(ctx: HandlerContext, data: c.CreateTransfer) -> PaymentReco
     return payment
 
 
-def _disputed_lost(ctx: HandlerContext, payment: PaymentRecord) -> int:
-    """What a lost dispute of ``payment`` took back (the dispute it names, as a refund's
-    check reads it: _refund_allowed_by_dispute): the cardholder has that money, so no
-    transfer may move it on (review h79 L6)."""
+# The dispute statuses whose amount the platform no longer holds: Stripe withdraws the
+# disputed amount from the balance when a dispute opens (its "Chargeback withdrawal"
+# balance transaction, charge.dispute.funds_withdrawn) and reinstates it only if won.
+# (Stripe's inquiries, warning_*, withdraw nothing, but paystream reads them as these
+# two: held back too, until the dispute closes; the safe side for money.)
+_DISPUTE_WITHDRAWN = frozenset(
+    {gw.DisputeStatus.NEEDS_RESPONSE, gw.DisputeStatus.UNDER_REVIEW, gw.DisputeStatus.LOST}
+)
+
+
+def _disputed_away(ctx: HandlerContext, payment: PaymentRecord) -> tuple[int, str | None]:
+    """What a dispute of ``payment`` took from the platform (the dispute it names, as a
+    refund's check reads it: _refund_allowed_by_dispute), and its status: lost (the
+    cardholder has that money), or open (withdrawn while it is decided: a transfer of it
+    would move money the platform does not hold; review h80r F1). 0 for none, or won."""
     if payment.dispute_id is None:
-        return 0
+        return 0, None
     raw = ctx.tables.disputes.get(entity_key(ctx.cmd.tenant_id, payment.dispute_id))
-    if raw is None or raw.get("status") != gw.DisputeStatus.LOST:
-        return 0
-    return int(raw.get("amount") or 0)
+    if raw is None or raw.get("status") not in _DISPUTE_WITHDRAWN:
+        return 0, None
+    return int(raw.get("amount") or 0), str(raw["status"])
 
 
 def _transferable(payment: PaymentRecord, lost: int = 0) -> int:

@@ -3,7 +3,8 @@ cardholder got that money back, so a transfer naming the payment (Stripe's
 source_transaction) may move at most captured - refunded - charged back - transferred.
 On the real simulator: a payment disputed (pm_card_createDispute), the dispute accepted
 (closed lost), then a transfer of more than is left refused before any provider call,
-and one of what is left made. A dispute still open, or won, lowers nothing."""
+and one of what is left made. A dispute still open lowers it too (Stripe withdrew the
+disputed amount as it opened: review h80r F1); one won lowers nothing."""
 
 from __future__ import annotations
 
@@ -63,18 +64,34 @@ async def test_a_partial_dispute_lost_leaves_the_rest(harness: Harness) -> None:
     assert await _transfers(harness, t) == [("transfer.created", 6_000)]
 
 
-@pytest.mark.parametrize("won", [None, True])
-async def test_a_dispute_open_or_won_lowers_nothing(harness: Harness, won: bool | None) -> None:
+async def test_an_open_dispute_withholds_its_amount(harness: Harness) -> None:
+    # Stripe takes the disputed amount from the platform's balance as the dispute opens
+    # (its "Chargeback withdrawal"), and gives it back only if won: until then a transfer
+    # of it would move money the platform no longer holds (review h80r F1).
     t = harness.add_tenant()
     acct = await _account(harness, t)
     payment_id, dispute = await _disputed(harness, t)
-    if won:
-        gateway = harness.pool.get(Tenant.model_validate(harness.tenants[t]))
-        assert isinstance(gateway, SimulatorGateway)
-        await gateway.resolve_dispute(dispute["object"]["provider_dispute_id"], won=True)
-        read = await harness.send("payment.refresh", t, {"payment_id": payment_id})
-        assert kind(read) != "command.rejected", data(read)
-        assert harness.tables.disputes[f"{t}:{dispute['entity_id']}"]["status"] == "won"
+    key = f"{t}:{dispute['entity_id']}"
+    assert harness.tables.disputes[key]["status"] == "needs_response"
+    harness.tables.disputes[key] = {**harness.tables.disputes[key], "amount": 4_000}
+    over = await harness.send("transfer.create", t, _tr(acct["id"], 6_001, payment_id=payment_id))
+    message = _rejected(over, "validation_error")
+    assert "(60.00 USD:" in message and "withdrawn by its open dispute" in message, message
+    made = await harness.send("transfer.create", t, _tr(acct["id"], 6_000, payment_id=payment_id))
+    assert kind(made) == "transfer.created", data(made)
+    assert await _transfers(harness, t) == [("transfer.created", 6_000)]
+
+
+async def test_a_dispute_won_lowers_nothing(harness: Harness) -> None:
+    t = harness.add_tenant()
+    acct = await _account(harness, t)
+    payment_id, dispute = await _disputed(harness, t)
+    gateway = harness.pool.get(Tenant.model_validate(harness.tenants[t]))
+    assert isinstance(gateway, SimulatorGateway)
+    await gateway.resolve_dispute(dispute["object"]["provider_dispute_id"], won=True)
+    read = await harness.send("payment.refresh", t, {"payment_id": payment_id})
+    assert kind(read) != "command.rejected", data(read)
+    assert harness.tables.disputes[f"{t}:{dispute['entity_id']}"]["status"] == "won"
     made = await harness.send("transfer.create", t, _tr(acct["id"], 10_000, payment_id=payment_id))
     assert kind(made) == "transfer.created", data(made)
     assert [e.kind for e in await simulator_of(harness, t).effects()].count("transfer.created") == 1
