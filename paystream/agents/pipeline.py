@@ -3061,11 +3061,14 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
     return idem_table_key
 
 
-# The creates the limits admit as payments: the field naming the entity a producer may
-# choose, and the table it lands in (its provider key is then the entity's).
+# The creates the limits admit as payments (or hold against a daily transfer volume):
+# the field naming the entity a producer may choose, and the table it lands in (its
+# provider key is then the entity's: held once whatever key sends it, and one sent again
+# once it exists answered by its handler, not refused a quota; review h80r F2).
 _CREATED_ENTITY = {
     "payment.create": ("payment_id", "payments"),
     "subscription.create": ("subscription_id", "subscriptions"),
+    "transfer.create": ("transfer_id", "transfers"),
 }
 
 

@@ -151,6 +151,53 @@ async def test_a_parked_transfer_holds_its_amount_until_answered(harness: Harnes
     assert (data(last)["used"], data(last)["held"]) == (1_000, 0), data(last)
 
 
+async def test_a_chosen_id_made_and_sent_again_is_answered_not_refused(
+    harness: Harness,
+) -> None:
+    # A transfer_id made, sent again under another idempotency key (a client that lost
+    # its answer): its handler's "already exists", as without limits, never a quota
+    # refusal saying it was not made (its client would move the money again under a new
+    # id; review h80r F2, as h59f for payments).
+    t, acct, pay = await _setup(harness, {"daily_transfer_volume": {"USD": 1_000}})
+    body = _tr(acct, 700, payment_id=pay, transfer_id="tr-9")
+    first = _record("transfer.create", t, body, "a", T0, next(_offsets), idempotency_key="k1")
+    _, made = await _run(harness, first)
+    assert kind(made) == "transfer.created", data(made)
+    again = _record("transfer.create", t, body, "b", T0, next(_offsets), idempotency_key="k2")
+    _, answer = await _run(harness, again)
+    assert "tr-9 already exists" in _rejected(answer, "invalid_state")
+    assert await _transfers(harness, t) == [("transfer.created", 700)]
+    fits = await _send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
+    assert kind(fits) == "transfer.created", data(fits)
+
+
+async def test_a_parked_chosen_id_sent_again_under_another_key_is_held_once(
+    harness: Harness,
+) -> None:
+    # One transfer (its provider key is its id's), so one hold, whichever key sends it.
+    t = new_tenant_id()
+    harness.add_tenant(
+        t,
+        limits={"daily_transfer_volume": {"USD": 1_000}},
+        gateway_options={"fail_first": {f"pse:{t}:transfer:tr-1": 3}},
+    )
+    acct = str((await _account(harness, t))["id"])
+    pay = str((await _paid(harness, t))["id"])
+    body = _tr(acct, 700, payment_id=pay, transfer_id="tr-1")
+    parked = await harness.processor.process(
+        _record("transfer.create", t, body, "a", T0, 60, idempotency_key="k1")
+    )
+    assert [e.topic for e in parked] == [harness.settings.retry_topic]
+    _, out = await _run(
+        harness, _record("transfer.create", t, body, "b", T0 + 1, 61, idempotency_key="k2")
+    )
+    assert kind(out) == "transfer.created", data(out)
+    fits = await _send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
+    assert kind(fits) == "transfer.created", data(fits)
+    last = await _send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
+    assert (data(last)["used"], data(last)["held"]) == (1_000, 0), data(last)
+
+
 async def test_transfers_and_payments_keep_volumes_of_their_own(harness: Harness) -> None:
     limits = {"daily_payment_volume": {"USD": 10_000}, "daily_transfer_volume": {"USD": 500}}
     t, acct, pay = await _setup(harness, limits)  # (its 10 000 payment: the day's payments)
