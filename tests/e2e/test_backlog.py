@@ -5,7 +5,10 @@ what it had fetched by then never reaches the agent. Records after the cleared o
 reveal the gap; a backlog short enough to fit one fetch has nothing after it, so the
 agent must notice on its own that the partition holds records it never received. A CI
 crash test lost the last 23 commands of a partition exactly this way. The first worker
-starts a fresh consumer group, where only the log start tells where the backlog begins.
+starts a fresh consumer group, where only the log start tells where the backlog begins;
+the second resumes from the offsets the first committed. Two rounds take both paths: each
+resuming worker has met the gap on every partition (a backlog of 96 fits one fetch), so
+more resuming rounds only repeated the second's.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ async def test_backlog_waiting_at_startup_is_fully_handled(deployment_factory: A
     log = OutcomeLog(dep)
     reader = asyncio.create_task(log.run())
     try:
-        for round_, name in enumerate(("w1", "w2", "w3", "w4")):
-            # w1 starts a fresh consumer group; the others resume from committed offsets.
+        for round_, name in enumerate(("w1", "w2")):
+            # w1 starts a fresh consumer group; w2 resumes from committed offsets.
             commands = [
                 build_command("customer.create", t, {"email": f"{round_}-{n}@{t}.test"})
                 for n in range(12)
