@@ -113,10 +113,28 @@ async def _reason(client: PaystreamClient, command: str, data: dict[str, Any]) -
     return str(body.get("reason") or out.get_type())
 
 
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+STORES = ("memory://", "rocksdb://")
+
+
 async def test_settled_entities_past_retention_leave_the_tables_for_good(
-    deployment_factory: Any, store: str
+    deployment_factory: Any,
 ) -> None:
+    """Each table store side by side, each on a deployment (and workers) of its own: most
+    of a case is waiting (worker starts, group joins, recovery), and every check names
+    its store."""
+    results = await asyncio.gather(
+        *(_retention_case(deployment_factory, store) for store in STORES),
+        return_exceptions=True,
+    )
+    failed = [
+        f"[{store}] {type(r).__name__}: {r}"
+        for store, r in zip(STORES, results, strict=True)
+        if r is not None
+    ]
+    assert not failed, "\n\n".join(failed)
+
+
+async def _retention_case(deployment_factory: Any, store: str) -> None:
     dep: Deployment = await deployment_factory(paystream_table_store=store)
     await ensure_topics(dep.settings, extra=changelog_topics(dep.settings))
     await dep.add_tenants(Tenant(tenant_id=TENANT))
@@ -155,8 +173,11 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
         ("payment_methods", "pm_orphan"),
     }
 
-    with dep.worker() as worker:
-        worker.wait_ready([TENANT], partitions=dep.settings.partitions)
+    worker = dep.worker()
+    try:
+        # (In threads: the other store's case runs meanwhile.)
+        await asyncio.to_thread(worker.start)
+        await asyncio.to_thread(worker.wait_ready, [TENANT], partitions=dep.settings.partitions)
         async with dep.client() as client:
             # Any batch sweeps (the first at once).
             create = {"customer_id": "cus_new", "email": "new@example.com"}
@@ -171,6 +192,8 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
                 await _reason(client, "payment.capture", {"payment_id": "pay_recent"})
                 == "invalid_state"
             )
+    finally:
+        await asyncio.to_thread(worker.stop)
     for table, entities in seeded.items():
         log = await _changelog(dep, table)
         for eid in entities:
@@ -181,8 +204,10 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
                 assert None not in values, f"{table} {eid} was deleted"
 
     # Recovered from the changelog, the worker holds none of them again.
-    with dep.worker("w2") as worker:
-        worker.wait_ready([TENANT], partitions=dep.settings.partitions)
+    worker = dep.worker("w2")
+    try:
+        await asyncio.to_thread(worker.start)
+        await asyncio.to_thread(worker.wait_ready, [TENANT], partitions=dep.settings.partitions)
         async with dep.client() as client:
             assert (
                 await _reason(client, "payment.capture", {"payment_id": "pay_old"}) == "not_found"
@@ -190,6 +215,8 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
             assert await _reason(client, "customer.update", {"customer_id": "cus_gone"}) == (
                 "not_found"
             )
+    finally:
+        await asyncio.to_thread(worker.stop)
     text = (dep.base_dir / "w1.log").read_text()
     assert "4 settled entities unchanged for 540 days left the tables" in text, text[-3000:]
 
