@@ -59,7 +59,10 @@ class KillingProxy:
     provider: its answer is held until a POST is held for each cut still to make, or no
     POST has come for ``quiet`` seconds (the worker waits on those held), and then the
     last of ``workers`` (the worker of the moment) is SIGKILLed before any of them goes
-    back (``cut``: each cut's place in ``posts``; ``kills``: how many kills)."""
+    back (``cut``: each cut's place in ``posts``; ``kills``: how many kills). With
+    ``hold_max``, the kill comes at the latest that long after the first answer was
+    held, so that it lands inside the workers' call timeout even while they go on
+    calling (for a test that lowers that timeout: what a kill leaves held lasts less)."""
 
     def __init__(
         self,
@@ -69,8 +72,9 @@ class KillingProxy:
         forward: Collection[str],
         key_of: Callable[[Post], str | None],
         quiet: float = 2.0,
+        hold_max: float | None = None,
     ) -> None:
-        self.upstream, self.cuts, self.quiet = upstream, cuts, quiet
+        self.upstream, self.cuts, self.quiet, self.hold_max = upstream, cuts, quiet, hold_max
         self.workers: list[Any] = []  # (started by through_the_cuts)
         self._forward = {name.lower() for name in forward}
         self._key_of = key_of
@@ -145,11 +149,14 @@ class KillingProxy:
         return None
 
     async def _kill_when_quiet(self, back: asyncio.Event) -> None:
-        """Kill once no POST has come for ``quiet`` seconds, unless ``back`` is set first
-        (the held answers gone back: a kill came)."""
+        """Kill once no POST has come for ``quiet`` seconds (or ``hold_max`` has passed),
+        unless ``back`` is set first (the held answers gone back: a kill came)."""
         loop = asyncio.get_running_loop()
+        held_since = loop.time()
+        hold_max = float("inf") if self.hold_max is None else self.hold_max
         while not back.is_set():
-            if loop.time() - self._last_post < self.quiet:
+            now = loop.time()
+            if now - self._last_post < self.quiet and now - held_since < hold_max:
                 await asyncio.sleep(self.quiet / 10)
             else:
                 self._kill()

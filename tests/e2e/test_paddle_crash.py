@@ -49,6 +49,13 @@ N_CUS = 6  # per tenant
 N_PAY = 16  # per tenant: even ones of a customer, odd ones without
 # The request headers a Paddle call is made of (the proxy forwards only these).
 PADDLE_HEADERS = ("authorization", "content-type", "paddle-version", "user-agent")
+# The call timeout (10 s by default): a create's in-flight key, which the next worker
+# waits out before running a killed worker's create again, is held three of them (the
+# call, then as long again for Paddle to land it). At 10 s the last kill's keys held
+# the run ~20 s past the cuts; the proxy kills at most HOLD_MAX after it first holds an
+# answer, well inside the timeout, so a cut call is still in flight when its worker dies.
+GATEWAY_TIMEOUT_S = 6
+HOLD_MAX_S = 3.0
 
 
 def _created(path: str, customer: bool | None = None) -> Callable[[Post], bool]:
@@ -110,10 +117,11 @@ async def _effects(paddle_url: str) -> dict[str, list[dict[str, Any]]]:
 async def test_sigkill_between_a_paddle_create_and_its_commit_makes_nothing_twice(
     deployment_factory: Any, paddle_url: str
 ) -> None:
-    proxy = KillingProxy(paddle_url, CUTS, forward=PADDLE_HEADERS, key_of=_tag)
+    proxy = KillingProxy(paddle_url, CUTS, forward=PADDLE_HEADERS, key_of=_tag, hold_max=HOLD_MAX_S)
     proxy_url = proxy.start()
     dep: Deployment = await deployment_factory(
         paystream_paddle_api_base=proxy_url,
+        paystream_gateway_timeout_seconds=str(GATEWAY_TIMEOUT_S),
         paystream_master_key=base64.b64encode(MASTER.key).decode(),
     )
     run = uuid.uuid4().hex[:6]
