@@ -40,6 +40,8 @@ SUB_TENANTS = ("hooli", "piedpiper", "raviga")
 # bank (the simulator's closed test account); tyrell's payment taxed (20% within).
 PAYOUT_TENANTS = ("stark", "lannister", "wayne")
 AT_ONCE = {"settlement_delay_days": 0}
+PAYOUTS = (("stark", 2000), ("lannister", 1000), ("wayne", 1500))
+READ_BACK = {"stark": "payout.paid", "wayne": "payout.failed"}
 CLOSED_ACCOUNT = "000111111113"
 VAT_INC = {"display_name": "VAT", "percentage": "20", "inclusive": True, "country": "GB",
            "tax_rate_id": "vat"}  # fmt: skip
@@ -54,6 +56,83 @@ async def _subscribe(client: Any, tenant: str, token: str = "pm_card_visa") -> A
     )
     body = {"customer_id": cus, "payment_method_id": str(saved.get_data()["entity_id"])}
     return await client.command("subscription.create", tenant, {**MONTHLY, **body})
+
+
+async def _acme(client: Any) -> str:
+    """A customer's two declines, then a payment (last: the latest window): the id."""
+    customer = await client.command("customer.create", "acme", {})
+    cus = str(customer.get_data()["entity_id"])
+    for _ in range(2):
+        await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
+    await client.command("payment.create", "acme", PAID)
+    return cus
+
+
+async def _globex(client: Any) -> None:
+    """A refund read back failed (last: its latest window)."""
+    paid = await client.command("payment.create", "globex", REFUND_FAILS)
+    pay = str(paid.get_data()["entity_id"])
+    refund = await client.command("refund.create", "globex", {"payment_id": pay})
+    ref = str(refund.get_data()["entity_id"])
+    failed = await client.command("refund.refresh", "globex", {"refund_id": ref})
+    assert failed.get_type().endswith("refund.failed"), failed
+
+
+async def _initech(client: Any) -> None:
+    """A payment disputed at once."""
+    disputed = await client.command("payment.create", "initech", DISPUTED)
+    assert disputed.get_data()["related"][0]["entity_type"] == "dispute", disputed
+
+
+async def _subscriptions(client: Any) -> None:
+    """hooli's created (its first invoice paid; last), piedpiper's created and canceled
+    (the cancel last), raviga's first invoice declined."""
+
+    async def hooli() -> None:
+        made = await _subscribe(client, "hooli")
+        assert made.get_type().endswith("subscription.created"), made
+
+    async def piedpiper() -> None:
+        made = await _subscribe(client, "piedpiper")
+        sub = str(made.get_data()["entity_id"])
+        gone = await client.command("subscription.cancel", "piedpiper", {"subscription_id": sub})
+        assert gone.get_type().endswith("subscription.canceled"), gone
+
+    async def raviga() -> None:
+        failed = await _subscribe(client, "raviga", SAVES_NEVER_CHARGES)
+        assert failed.get_type().endswith("subscription.failed"), failed
+
+    await asyncio.gather(hooli(), piedpiper(), raviga())
+
+
+async def _payout(client: Any, tenant: str, amount: int) -> None:
+    """A payment, then a payout of part of it; stark's and wayne's read back."""
+    await client.command("payment.create", tenant, {**PAID, "currency": "EUR"})
+    method = "standard" if tenant == "lannister" else "instant"
+    made = await client.command(
+        "payout.create", tenant,
+        {"payout_id": "po1", "amount": amount, "currency": "EUR", "method": method},
+    )  # fmt: skip
+    assert made.get_type().endswith("payout.created"), made.get_data()
+    if (outcome := READ_BACK.get(tenant)) is not None:
+        read = await client.command("payout.refresh", tenant, {"payout_id": "po1"})
+        assert read.get_type().endswith(outcome), read
+
+
+async def _tyrell(client: Any) -> None:
+    """A payment taxed (20% VAT within)."""
+    await client.command("tax_rate.create", "tyrell", VAT_INC)
+    calc = await client.command(
+        "tax.calculate", "tyrell",
+        {"currency": "GBP", "tax_rate_ids": ["vat"],
+         "line_items": [{"amount": 1200, "reference": "hat"}]},
+    )  # fmt: skip
+    taxed = await client.command(
+        "payment.create", "tyrell",
+        {**PAID, "amount": 1200, "currency": "GBP",
+         "tax_calculation_id": calc.get_data()["entity_id"]},
+    )  # fmt: skip
+    assert taxed.get_data()["object"]["amount_tax"] == 200, taxed
 
 
 def _fraud_day() -> int:
@@ -71,15 +150,17 @@ class Workers:
 async def workers(deployment_factory: Any) -> AsyncIterator[Workers]:
     """A worker running the insights (1 s windows, an alert at 2 declines of a customer)
     and one of another deployment not running them, started at once."""
-    dep: Deployment = await deployment_factory(
-        paystream_agents="commands,insights",
-        paystream_insights_window_seconds="1",
-        paystream_fraud_subject_declines="2",
-        # A day's fraud window (tumbling, aligned to the clock): with 10 minutes, the
-        # two declines straddled a boundary now and then, and no alert was raised.
-        paystream_fraud_window_seconds="86400",
+    dep, plain = await asyncio.gather(
+        deployment_factory(
+            paystream_agents="commands,insights",
+            paystream_insights_window_seconds="1",
+            paystream_fraud_subject_declines="2",
+            # A day's fraud window (tumbling, aligned to the clock): with 10 minutes, the
+            # two declines straddled a boundary now and then, and no alert was raised.
+            paystream_fraud_window_seconds="86400",
+        ),
+        deployment_factory(),
     )
-    plain: Deployment = await deployment_factory()
     await plain.add_tenants(Tenant(tenant_id="acme"))
     pair = Workers((dep, dep.worker()), (plain, plain.worker()))
     try:
@@ -105,54 +186,15 @@ async def insightful(workers: Workers) -> AsyncIterator[tuple[WorkerProcess, str
     )  # fmt: skip
     names += PAYOUT_TENANTS
     await asyncio.to_thread(worker.wait_ready, names, partitions=dep.settings.partitions)
+    day = _fraud_day()
     async with dep.client() as client:
-        day = _fraud_day()
-        customer = await client.command("customer.create", "acme", {})
-        cus = str(customer.get_data()["entity_id"])  # type: ignore[index]
-        for _ in range(2):
-            await client.command("payment.create", "acme", {**DECLINED, "customer_id": cus})
-        await client.command("payment.create", "acme", PAID)  # last: the latest window
-        paid = await client.command("payment.create", "globex", REFUND_FAILS)
-        pay = str(paid.get_data()["entity_id"])  # type: ignore[index]
-        refund = await client.command("refund.create", "globex", {"payment_id": pay})
-        ref = str(refund.get_data()["entity_id"])  # type: ignore[index]
-        failed = await client.command("refund.refresh", "globex", {"refund_id": ref})
-        assert failed.get_type().endswith("refund.failed"), failed
-        disputed = await client.command("payment.create", "initech", DISPUTED)
-        assert disputed.get_data()["related"][0]["entity_type"] == "dispute", disputed  # type: ignore[index]
-        # Subscriptions: hooli's created (its first invoice paid; last), piedpiper's
-        # created and canceled (the cancel last), raviga's first invoice declined.
-        made = await _subscribe(client, "hooli")
-        assert made.get_type().endswith("subscription.created"), made
-        made = await _subscribe(client, "piedpiper")
-        sub = str(made.get_data()["entity_id"])
-        gone = await client.command("subscription.cancel", "piedpiper", {"subscription_id": sub})
-        assert gone.get_type().endswith("subscription.canceled"), gone
-        failed = await _subscribe(client, "raviga", SAVES_NEVER_CHARGES)
-        assert failed.get_type().endswith("subscription.failed"), failed
-        for tenant, payout in (("stark", 2000), ("lannister", 1000), ("wayne", 1500)):
-            await client.command("payment.create", tenant, {**PAID, "currency": "EUR"})
-            method = "standard" if tenant == "lannister" else "instant"
-            made = await client.command(
-                "payout.create", tenant,
-                {"payout_id": "po1", "amount": payout, "currency": "EUR", "method": method},
-            )  # fmt: skip
-            assert made.get_type().endswith("payout.created"), made.get_data()
-        for tenant, outcome in (("stark", "payout.paid"), ("wayne", "payout.failed")):
-            read = await client.command("payout.refresh", tenant, {"payout_id": "po1"})
-            assert read.get_type().endswith(outcome), read
-        await client.command("tax_rate.create", "tyrell", VAT_INC)
-        calc = await client.command(
-            "tax.calculate", "tyrell",
-            {"currency": "GBP", "tax_rate_ids": ["vat"],
-             "line_items": [{"amount": 1200, "reference": "hat"}]},
+        # Each tenant's commands in order (its last one in its latest window); the
+        # tenants side by side: the windows and the alert are per tenant.
+        cus, *_ = await asyncio.gather(
+            _acme(client), _globex(client), _initech(client), _subscriptions(client),
+            *(_payout(client, t, amount) for t, amount in PAYOUTS), _tyrell(client),
         )  # fmt: skip
-        taxed = await client.command(
-            "payment.create", "tyrell",
-            {**PAID, "amount": 1200, "currency": "GBP",
-             "tax_calculation_id": calc.get_data()["entity_id"]},
-        )  # fmt: skip
-        assert taxed.get_data()["object"]["amount_tax"] == 200, taxed
+    assert isinstance(cus, str)
     if _fraud_day() != day:  # about one run in 10^5: no alert is the right answer
         pytest.skip("the declines straddled a fraud window's boundary (UTC midnight)")
 
