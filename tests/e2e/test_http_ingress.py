@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -40,7 +41,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from paystream.tenancy.registry import tenant_record
 from tests.fixtures.pipeline import Deployment
-from tests.test_cli import run_cli
+from tests.test_cli import at_once, run_cli
 from tests.test_docs import validator
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -83,11 +84,14 @@ async def deployed(
                 limits=TenantLimits(commands_per_second=1, burst=2),
             ),
         )
-        worker.wait_ready(["shop", "other", "slow", "paced"], partitions=dep.settings.partitions)
         served: WorkerProcess | IngressProcess = worker
-        if request.param == "ingress":
+        if request.param == "ingress":  # (starting while the worker joins its group)
             served = running.enter_context(IngressProcess(dep.env, dep.base_dir / "ingress.log"))
-            await asyncio.to_thread(served.wait_ready)
+        tenants = ["shop", "other", "slow", "paced"]
+        await asyncio.gather(
+            asyncio.to_thread(worker.wait_ready, tenants, partitions=dep.settings.partitions),
+            asyncio.to_thread(served.wait_ready) if served is not worker else asyncio.sleep(0),
+        )
         yield dep, f"{served.base_url}/v1/commands"
         logs = [worker.log_path.read_text(errors="replace")]
         if isinstance(served, IngressProcess):
@@ -409,13 +413,14 @@ async def test_a_key_made_by_the_cli_sends_until_revoked(deployed: tuple[Deploym
     made = run_cli(dep, "tenants", "api-key", "create", "newco", "--label", "billing")
     key = made.stdout.strip()
     assert key.startswith("psk_") and "shown only now" in made.stderr
-    listed = [
-        json.loads(line)
-        for line in run_cli(dep, "tenants", "api-key", "list", "newco").stdout.splitlines()
-    ]
+    keys, tenants = at_once(
+        lambda: run_cli(dep, "tenants", "api-key", "list", "newco"),
+        lambda: run_cli(dep, "tenants", "list"),
+    )
+    listed = [json.loads(line) for line in keys.stdout.splitlines()]
     assert [(k["id"], k["label"]) for k in listed] == [(key.split("_")[1], "billing")]
     # The registry keeps its digest, never the key.
-    shown = run_cli(dep, "tenants", "list").stdout
+    shown = tenants.stdout
     assert key not in shown and key.split("_")[1] in shown
 
     await answered_until(url, "newco", key, 202)  # (once the worker has read the record)
@@ -501,15 +506,24 @@ async def test_a_key_rolled_by_the_cli_hands_over_to_its_successor(
     for shown in listed.values():
         assert shown["label"] == "crm"
         assert shown["commands"] == ["customer.create", "customer.update", "refund.*"]
-    # Refused as given: an unknown command, a time without its offset, a bad duration.
-    for args, said in [
+    # Refused as given: an unknown command, a time without its offset, a bad duration
+    # (each refused alone, so asked at once).
+    refusals = [
         (("--allow", "payment.teleport"), "names no command"),
         (("--allow", "teleport.*"), "names no command"),
         (("--expires-at", "2030-01-01T00:00:00"), "with its offset"),
         (("--expires-at", "2020-01-01T00:00:00Z"), "not in the future"),
         (("--expires-in", "soon"), "a number and a unit"),
-    ]:
-        bad = run_cli(dep, "tenants", "api-key", "create", "rollco", *args, check=False)
+    ]
+    answers = at_once(
+        *(
+            functools.partial(
+                run_cli, dep, "tenants", "api-key", "create", "rollco", *args, check=False
+            )
+            for args, _ in refusals
+        )
+    )
+    for (args, said), bad in zip(refusals, answers, strict=True):
         assert bad.returncode == 2 and said in bad.stderr, (args, bad.stderr)
 
 
@@ -819,30 +833,33 @@ async def test_send_over_http_prints_the_outcome(deployed: tuple[Deployment, str
     outcome = json.loads(sent.stdout)
     assert outcome["type"] == "com.paystream.payment.succeeded"
     assert outcome["data"]["object"]["amount"] == 1200
-    refused = run_cli(
-        dep, "send", "customer.create", "--tenant", "other", "--http", base, check=False,
-        PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+    # The refusals below send nothing: asked at once.
+    closed = f"http://127.0.0.1:{free_port()}"
+    refused, invalid, nobody, no_url = at_once(
+        functools.partial(
+            run_cli, dep, "send", "customer.create", "--tenant", "other", "--http", base,
+            check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+        ),
+        # Refused as sent: 2, the fields named (as bad input is over Kafka).
+        functools.partial(
+            run_cli, dep, "send", "payment.create", "--tenant", "shop", "--http", base,
+            "--data", '{"amount": -5, "currency": "USD", "payment_method_token": "pm_card_visa"}',
+            check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+        ),
+        # Nothing listening: not sent (1); not a URL: bad input (2).
+        functools.partial(
+            run_cli, dep, "send", "customer.create", "--tenant", "shop", "--http", closed,
+            check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+        ),
+        functools.partial(
+            run_cli, dep, "send", "customer.create", "--tenant", "shop", "--http",
+            "127.0.0.1:6066", check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
+        ),
     )  # fmt: skip
     assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
     assert SHOP_KEY not in refused.stdout + refused.stderr
-    # Refused as sent: 2, the fields named (as bad input is over Kafka).
-    invalid = run_cli(
-        dep, "send", "payment.create", "--tenant", "shop", "--http", base,
-        "--data", '{"amount": -5, "currency": "USD", "payment_method_token": "pm_card_visa"}',
-        check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
-    )  # fmt: skip
     assert invalid.returncode == 2 and "amount:" in invalid.stderr, invalid.stderr
-    # Nothing listening: not sent (1); not a URL: bad input (2).
-    closed = f"http://127.0.0.1:{free_port()}"
-    nobody = run_cli(
-        dep, "send", "customer.create", "--tenant", "shop", "--http", closed, check=False,
-        PAYSTREAM_INGRESS_KEY=SHOP_KEY,
-    )  # fmt: skip
     assert nobody.returncode == 1 and "was not sent" in nobody.stderr, nobody.stderr
-    no_url = run_cli(
-        dep, "send", "customer.create", "--tenant", "shop", "--http", "127.0.0.1:6066",
-        check=False, PAYSTREAM_INGRESS_KEY=SHOP_KEY,
-    )  # fmt: skip
     assert no_url.returncode == 2, no_url.stderr
 
 
