@@ -9,10 +9,10 @@ after one clean run: same outcome bytes, same entities, each provider effect onc
 
 from __future__ import annotations
 
-import copy
 import itertools
+import pickle
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from cloudevents.core.v1.event import CloudEvent
@@ -92,8 +92,19 @@ SCENARIOS: dict[str, Setup] = {
 }
 
 
+T = TypeVar("T")
+
+
+def snapshot(value: T) -> T:
+    """A deep copy of table contents (plain data), as ``copy.deepcopy`` makes one, by
+    pickling: a few times faster, and these tests copy every table before and after
+    each of hundreds of crashes (deepcopy was a third of their time)."""
+    copied: T = pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    return copied
+
+
 def _state(h: Harness) -> dict[str, dict[str, Any]]:
-    state = {name: copy.deepcopy(dict(getattr(h.tables, name))) for name in TABLES}
+    state = {name: snapshot(dict(getattr(h.tables, name))) for name in TABLES}
     # expires_at is wall-clock based and rewritten by a replay (a re-run of a command let
     # through, its entity lost), and so is when an entity applied a command ("at");
     # everything else must match
@@ -102,7 +113,7 @@ def _state(h: Harness) -> dict[str, dict[str, Any]]:
             for entry in (record.get("applied") or {}).values():
                 entry.pop("at", None)
     state["idempotency"] = {
-        k: {**v, "expires_at": None} for k, v in copy.deepcopy(h.idempotency).items()
+        k: {**v, "expires_at": None} for k, v in snapshot(h.idempotency).items()
     }
     return state
 
@@ -165,7 +176,7 @@ async def test_replay_converges_whatever_subset_of_writes_was_lost(
             elif previous is None:
                 del mapping[key]
             else:
-                mapping[key] = copy.deepcopy(previous)
+                mapping[key] = snapshot(previous)
 
         replay_emits, replay = await harness.send_event(command, timestamp_ms=WHEN_MS)
 

@@ -13,7 +13,6 @@ records of a table all go to one), landed or lost whole.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from paystream.tables import definitions as t
 from paystream.tables.changelog import ChangelogBatch
 from tests.agents.harness import Harness, data, kind
-from tests.agents.test_lost_writes import _effects, _mapping, _state
+from tests.agents.test_lost_writes import _effects, _mapping, _state, snapshot
 
 pytestmark = pytest.mark.asyncio
 
@@ -358,7 +357,7 @@ async def _every_crash(h: Harness, make: Pair, what: str) -> int:
         tenant = h.add_tenant()
         batch = await make(h, tenant)
         before = _state(h)
-        raw_before = {name: copy.deepcopy(dict(_mapping(h, name))) for name in TABLES}
+        raw_before = {name: snapshot(dict(_mapping(h, name))) for name in TABLES}
         emits = await _run(h, batch)
         after = _state(h)
         effects = await _effects(h, tenant)
@@ -387,7 +386,7 @@ async def _every_crash(h: Harness, make: Pair, what: str) -> int:
             mapping = _mapping(h, name)
             for key in after[name].keys() | before[name].keys():
                 if key in raw_before[name]:
-                    mapping[key] = copy.deepcopy(raw_before[name][key])
+                    mapping[key] = snapshot(raw_before[name][key])
                 else:
                     mapping.pop(key, None)
         replayed = await _run(h, batch)

@@ -20,7 +20,6 @@ decides as the first run did. Limits refuse a batch's commands three ways: the r
 
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from paystream.client import build_command
 from paystream.streams.codec import decode_record
 from paystream.streams.commands import COMMAND_PREFIX, PROVIDER_READS
 from tests.agents.harness import Harness, data, kind
-from tests.agents.test_lost_writes import _effects, _state
+from tests.agents.test_lost_writes import _effects, _state, snapshot
 from tests.agents.test_lost_writes_in_a_batch import _decisions_first, _random_command, _type
 
 pytestmark = pytest.mark.asyncio
@@ -57,7 +56,7 @@ def _full_state(h: Harness) -> dict[str, dict[str, Any]]:
     """The tables as compared: the entities and idempotency records as
     test_lost_writes normalises them, and the limits table exactly as it is."""
     state = _state(h)
-    state["limits"] = copy.deepcopy(dict(h.processor.limits.table))
+    state["limits"] = snapshot(dict(h.processor.limits.table))
     return state
 
 
@@ -147,7 +146,7 @@ async def _every_crash(h: Harness, limits: dict[str, Any], make: Make, what: str
         before = _full_state(h)
         # The tables as they are (``before`` is normalised, for comparing): what a lost
         # partition is put back to.
-        raw_before = {name: copy.deepcopy(dict(_mapping(h, name))) for name in TABLES}
+        raw_before = {name: snapshot(dict(_mapping(h, name))) for name in TABLES}
         emits = await _run(h, batch)
         after = _full_state(h)
         effects = await _effects(h, tenant)
@@ -176,7 +175,7 @@ async def _every_crash(h: Harness, limits: dict[str, Any], make: Make, what: str
             mapping = _mapping(h, name)
             for key in after[name].keys() | before[name].keys():
                 if key in raw_before[name]:
-                    mapping[key] = copy.deepcopy(raw_before[name][key])
+                    mapping[key] = snapshot(raw_before[name][key])
                 else:
                     mapping.pop(key, None)
         replayed = await _run(h, batch)
@@ -212,7 +211,7 @@ def _rebuilt(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     know blanked: an admission's currency and amount, kept in its decision only to count
     it once it is answered (`LimitGate.account_answered` rebuilds it answered, counted or
     not, as it then is). The rest (bucket, volume, holds, rejections) must match."""
-    limits = copy.deepcopy(state["limits"])
+    limits = snapshot(state["limits"])
     for record in limits.values():
         for decided in (record.get("decided") or {}).values() if "decided" in record else ():
             if decided.get("admit"):
