@@ -112,7 +112,8 @@ async def test_an_expired_token_is_not_shown_as_an_unreachable_worker(page: Page
     that is up, and says "worker unreachable" (an operator restarts healthy workers)."""
     await open_dashboard(page, tok)
     await page.context.clear_cookies()  # what the browser does once Max-Age passes
-    await page.wait_for_timeout(3_000)
+    # Until the page has polled without its cookie (each poll shows what it was told).
+    await expect(page.locator("#status")).not_to_have_text(re.compile(r"^live"), timeout=WAIT)
     status = await page.locator("#status").text_content()
     stats = await page.evaluate("fetch('/v1/stats').then((r) => r.status)")
     assert stats == 401
