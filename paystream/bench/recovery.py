@@ -12,6 +12,7 @@ the broker and Redis are ``KAFKA_BROKER_URL`` / ``REDIS_URL`` when set, else emb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -25,7 +26,13 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from paystream.bench.probe import process_cpu_seconds
-from paystream.bench.runner import BenchOptions, BenchServices, _deployment, _work_dir
+from paystream.bench.runner import (
+    BenchOptions,
+    BenchServices,
+    _Deployment,
+    _deployment,
+    _work_dir,
+)
 from paystream.devstack._process import free_port, wait_until
 from paystream.devstack.worker import WorkerProcess
 from paystream.settings import Settings, load_settings
@@ -98,27 +105,39 @@ def run_recovery(records: int, say: Callable[[str], None]) -> RecoveryReport:
     with _work_dir(None) as base:
         services = BenchServices(base, env_settings).start()
         try:
+            small_dep, full_dep = _declared(services, [base / "baseline", base / "full"])
             say(f"start-up alone ({BASELINE_RECORDS} records)…")
-            small = _measure(services, base / "baseline", BASELINE_RECORDS, say)
+            small = _measure(small_dep, base / "baseline", BASELINE_RECORDS, say)
             say(f"recovering {records} records…")
-            full = _measure(services, base / "full", records, say)
+            full = _measure(full_dep, base / "full", records, say)
         finally:
             services.stop()
     return RecoveryReport(records, env_settings.table_store, *full, *small)
 
 
+def _declared(services: BenchServices, bases: list[Path]) -> list[_Deployment]:
+    """A fresh deployment per directory, its tables' changelog topics declared by a
+    first worker, whose state is then dropped. The workers run at once (each its own
+    app id, so its own group): one start-up waited for, not one per measurement, and
+    none runs while a measured worker starts."""
+    deps = [_deployment(services, base, BenchOptions(commands=2, tenants=1)) for base in bases]
+    for dep in deps:
+        asyncio.run(ensure_topics(dep.settings))
+    with contextlib.ExitStack() as running:
+        first = [
+            running.enter_context(WorkerProcess(dep.worker_env, base / "declare.log", free_port()))
+            for dep, base in zip(deps, bases, strict=True)
+        ]
+        for worker in first:
+            worker.wait_ready(timeout=120)
+    return deps
+
+
 def _measure(
-    services: BenchServices, base: Path, records: int, say: Callable[[str], None]
+    dep: _Deployment, base: Path, records: int, say: Callable[[str], None]
 ) -> tuple[float, float]:
-    """(seconds from start to ready, worker CPU seconds meanwhile)."""
-    dep = _deployment(services, base, BenchOptions(commands=2, tenants=1))
-    asyncio.run(ensure_topics(dep.settings))
-    # A first worker declares its tables' changelog topics; its state is then dropped.
-    first = WorkerProcess(dep.worker_env, base / "declare.log", free_port()).start()
-    try:
-        first.wait_ready(timeout=120)
-    finally:
-        first.stop()
+    """(seconds from start to ready, worker CPU seconds meanwhile), ``records`` put
+    into ``dep``'s (declared) payments changelog first."""
     asyncio.run(_fill(dep.settings, f"{dep.settings.app_id}-payments-changelog", records))
     shutil.rmtree(dep.settings.data_dir, ignore_errors=True)
     worker = WorkerProcess(dep.worker_env, base / "recover.log", free_port())
