@@ -80,6 +80,7 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         start_new_session=True,
     )
     lines: list[str] = []
+    second: subprocess.Popen[str] | None = None
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 120
@@ -122,6 +123,16 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert token not in output and "ingress.token" in output
         # (through `paystream ingress`, a process of its own, off the worker's core)
         assert f"POST http://127.0.0.1:{ingress_port}/v1/commands" in output, output
+        # A second `dev` from the same data dir (on another port, as a busy port suggests)
+        # is refused: starting its PostgreSQL wiped the first one's data dir under it.
+        # (Started now, its interpreter's start beside the waits below; read after them.)
+        second = subprocess.Popen(
+            [sys.executable, "-m", "paystream", "dev", "--web-port", str(free_port())],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         metrics = f"http://127.0.0.1:{ingress_port}/metrics"
         wait_until(lambda: _answered_over_http(metrics), timeout=90, what="HTTP demo flows")
         # "Waiting for a replay" measured every 5 s, not production's minute: the README's
@@ -137,17 +148,9 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         wait_until(
             measured_twice, timeout=15, interval=0.5, what="two measurements of the parked backlog"
         )
-        # A second `dev` from the same data dir (on another port, as a busy port suggests)
-        # is refused: starting its PostgreSQL wiped the first one's data dir under it.
-        second = subprocess.run(
-            [sys.executable, "-m", "paystream", "dev", "--web-port", str(free_port())],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert second.returncode == 1, second.stdout + second.stderr
-        assert "another `paystream dev` runs from" in second.stderr
+        second_out, second_err = second.communicate(timeout=60)
+        assert second.returncode == 1, second_out + second_err
+        assert "another `paystream dev` runs from" in second_err
         assert broker_file.is_file()  # (the refused one left the running stack's)
         assert all(_port_open(p) for p in set(ports)), "the first stack lost a service"
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -160,6 +163,9 @@ def test_dev_demo_serves_traffic_and_ctrl_c_stops_everything() -> None:
         assert "Traceback" not in rest and "never retrieved" not in rest, rest
         assert not [p for p in set(ports) if _port_open(p)], "a service outlived `paystream dev`"
     finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.wait()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
