@@ -71,18 +71,22 @@ async def test_tenants_list_and_suspend(deployed: Deployment) -> None:
     assert by_id["acme"]["name"] == "Acme Corp" and by_id["acme"]["status"] == "active"
     run_cli(deployed, "tenants", "suspend", "acme")
     deployed.worker_handle.wait_ready(["acme"])  # type: ignore[attr-defined]
-    suspended = run_cli(deployed, "send", "customer.create", "--tenant", "acme", "--data", "{}")
+    send = partial(run_cli, deployed, "send", "customer.create", "--data", "{}")
+    # (At once: the sends, and the rename, which keeps the suspension the send meets.)
+    suspended, misnamed, renamed = at_once(
+        partial(send, "--tenant", "acme"),
+        partial(send, "--tenant", "acmee"),
+        partial(run_cli, deployed, "tenants", "add", "acme", "--name", "Acme Inc"),
+    )
     assert json.loads(suspended.stdout)["data"]["reason"] == "tenant_suspended"
     # Said on stderr too (exit 0: an outcome came), with where to look.
     assert "rejected: tenant_suspended:" in suspended.stderr, suspended.stderr
     assert "`paystream tenants list`" in suspended.stderr
     # A mistyped tenant: the same, pointing at the tenants it could have meant.
-    mistyped = run_cli(deployed, "send", "customer.create", "--tenant", "acmee", "--data", "{}")
-    assert json.loads(mistyped.stdout)["data"]["reason"] == "unknown_tenant"
-    assert "rejected: unknown_tenant: unknown tenant 'acmee'" in mistyped.stderr, mistyped.stderr
-    assert "`paystream tenants add`" in mistyped.stderr
+    assert json.loads(misnamed.stdout)["data"]["reason"] == "unknown_tenant"
+    assert "rejected: unknown_tenant: unknown tenant 'acmee'" in misnamed.stderr, misnamed.stderr
+    assert "`paystream tenants add`" in misnamed.stderr
     # Re-running a registration to rename it must not re-activate it.
-    renamed = run_cli(deployed, "tenants", "add", "acme", "--name", "Acme Inc")
     assert json.loads(renamed.stdout)["status"] == "suspended", renamed.stdout
     assert "updated acme (status suspended)" in renamed.stderr
     # Refused, each, before anything is written (so, at once, beside the activation):
