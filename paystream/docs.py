@@ -160,7 +160,9 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "payout.create": (
         "Pay `amount` of the tenant's available balance in `currency` out to its bank "
         "account (`standard`: arrives after the provider's delay; `instant`: at once); "
-        "more than is available is refused `balance_insufficient`."
+        "more than is available is refused `balance_insufficient`. Over the tenant's "
+        "`daily_payout_volume` (if set): `quota_exceeded` before any call; a payout "
+        "canceled or failed after it was made gives the day's volume nothing back."
     ),
     "payout.cancel": (
         "Cancel a `pending` payout (its amount available again). One `canceled` or "
@@ -967,6 +969,7 @@ def _outcome_schemas(components: Doc) -> None:
                     "max_payment_amount",
                     "daily_payment_volume",
                     "daily_transfer_volume",
+                    "daily_payout_volume",
                     "pending_payments",
                     "currencies",
                 ],

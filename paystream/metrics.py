@@ -163,7 +163,7 @@ LIMITED = Counter(
     "paystream_limited_commands_total",
     "Commands rejected by a tenant limit, by tenant and limit "
     "(commands_per_second, max_payment_amount, daily_payment_volume, "
-    "daily_transfer_volume, currencies, "
+    "daily_transfer_volume, daily_payout_volume, currencies, "
     "pending_payments).",
     ["tenant", "limit"],
 )

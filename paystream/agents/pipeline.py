@@ -154,8 +154,7 @@ from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import (
     MONEY_COMMANDS,
-    TRANSFER_COMMANDS,
-    TRANSFER_VOLUME,
+    OUTFLOW_VOLUMES,
     UNREAD,
     Admission,
     LimitGate,
@@ -1513,13 +1512,16 @@ class CommandProcessor(ProviderWindow):
         return waited, tenant
 
     def _short_of_room(self, cmd: CommandRef, checked: Any, tenant: Tenant) -> bool:
-        """Might a daily volume (a payment's, or a transfer's) refuse this command with
-        every hold counted (LimitGate.volume_room)? False for any other command."""
-        if cmd.command_type in TRANSFER_COMMANDS:
-            return bool(tenant.limits.daily_transfer_volume) and not self.limits.volume_room(
+        """Might a daily volume (a payment's, a transfer's or a payout's) refuse this
+        command with every hold counted (LimitGate.volume_room)? False for any other
+        command."""
+        outflow = OUTFLOW_VOLUMES.get(cmd.command_type)
+        if outflow is not None:
+            prefix, limit = outflow
+            return bool(getattr(tenant.limits, limit)) and not self.limits.volume_room(
                 cmd.tenant_id,
                 tenant.limits,
-                TRANSFER_VOLUME + str(checked.currency),
+                prefix + str(checked.currency),
                 int(checked.amount),
             )
         return (
@@ -3029,7 +3031,12 @@ def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> b
         isinstance(decision, LimitRejection)
         and not decision.replay
         and decision.extra.get("limit")
-        in ("daily_payment_volume", "daily_transfer_volume", "pending_payments")
+        in (
+            "daily_payment_volume",
+            "daily_transfer_volume",
+            "daily_payout_volume",
+            "pending_payments",
+        )
     )
 
 
@@ -3061,7 +3068,8 @@ def _hold_key(cmd: CommandRef, data: Any, idem_table_key: str, entity_keys: bool
     return idem_table_key
 
 
-# The creates the limits admit as payments (or hold against a daily transfer volume):
+# The creates the limits admit as payments (or hold against a daily transfer or payout
+# volume):
 # the field naming the entity a producer may choose, and the table it lands in (its
 # provider key is then the entity's: held once whatever key sends it, and one sent again
 # once it exists answered by its handler, not refused a quota; review h80r F2).
@@ -3069,6 +3077,7 @@ _CREATED_ENTITY = {
     "payment.create": ("payment_id", "payments"),
     "subscription.create": ("subscription_id", "subscriptions"),
     "transfer.create": ("transfer_id", "transfers"),
+    "payout.create": ("payout_id", "payouts"),
 }
 
 

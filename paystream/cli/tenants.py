@@ -67,6 +67,11 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="what transfer.create may move out per UTC day, CURRENCY=MINOR_UNITS (repeatable)",
         ),
         click.option(
+            "--daily-payout-volume",
+            multiple=True,
+            help="what payout.create may pay out per UTC day, CURRENCY=MINOR_UNITS (repeatable)",
+        ),
+        click.option(
             "--only-listed-currencies",
             is_flag=True,
             default=None,
@@ -85,8 +90,9 @@ def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
     rate, burst = args.get("rate_limit"), args.get("burst")
     caps, daily = args.get("max_payment") or (), args.get("daily_volume") or ()
     transfers = args.get("daily_transfer_volume") or ()
+    payouts = args.get("daily_payout_volume") or ()
     only_listed = bool(args.get("only_listed_currencies"))
-    if not (rate or burst or caps or daily or transfers or only_listed):
+    if not (rate or burst or caps or daily or transfers or payouts or only_listed):
         return None
     try:
         return TenantLimits(
@@ -95,6 +101,7 @@ def _limits_from(args: dict[str, Any]) -> TenantLimits | None:
             max_payment_amount=_per_currency(caps, "--max-payment"),
             daily_payment_volume=_per_currency(daily, "--daily-volume"),
             daily_transfer_volume=_per_currency(transfers, "--daily-transfer-volume"),
+            daily_payout_volume=_per_currency(payouts, "--daily-payout-volume"),
             only_listed_currencies=only_listed,
         )
     except ValidationError as exc:

@@ -58,7 +58,18 @@ A tenant's registry record may carry :class:`TenantLimits`:
   nothing back, as a refund gives nothing back to the day's payments: the day took the
   exposure on. With ``only_listed_currencies`` and a transfer volume set, a transfer in a
   currency it does not name is rejected ``limit: currencies``. Unset: transfers held to
-  the rate limit only, as before. (Payouts could share it; not done: a note in README.)
+  the rate limit only, as before.
+* ``daily_payout_volume``: per currency and UTC day, the sum of ``payout.create``
+  amounts paid out (answered ``payout.created``, or ``payout.paid`` at once), held and
+  counted as the transfers' volume is, in a volume of its own (:data:`PAYOUT_VOLUME` +
+  currency). A payout that fails or is canceled after it was created gives nothing back
+  (the day took the exposure on); one the provider answers ``payout.failed`` or
+  ``payout.canceled`` at its create moved nothing, and is not counted (as a declined
+  payment). ``only_listed_currencies`` with a payout volume set refuses a payout in a
+  currency it does not name. Unset: payouts held to the rate limit only.
+
+Both are checked by one function (:func:`_outflow_quota`), parametrized by an
+:class:`_Outflow` (:data:`_OUTFLOWS`): the bucket prefix, the limit and the wording.
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.
@@ -97,6 +108,10 @@ from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 __all__ = [
     "MAX_FUTURE_SKEW_MS",
     "MONEY_COMMANDS",
+    "OUTFLOW_COMMANDS",
+    "OUTFLOW_VOLUMES",
+    "PAYOUT_COMMANDS",
+    "PAYOUT_VOLUME",
     "REPLAY_MEMORY",
     "TRANSFER_COMMANDS",
     "TRANSFER_VOLUME",
@@ -141,6 +156,10 @@ VOLUME_OUTCOMES = frozenset(
         "invoice.paid",
         # (transfer.create: counted toward ``daily_transfer_volume``, not the payments')
         "transfer.created",
+        # (payout.create: toward ``daily_payout_volume``; a payout the create's answer
+        # says failed or canceled moved nothing, as a declined payment)
+        "payout.created",
+        "payout.paid",
     }
 )
 # The commands admitted as payments: their amount against ``max_payment_amount``, the
@@ -151,6 +170,40 @@ TRANSFER_COMMANDS = frozenset({"transfer.create"})
 # What a transfer's volume and holds are kept under in the state, before its currency:
 # apart from the payments' (a currency code never has a colon).
 TRANSFER_VOLUME = "transfer:"
+# The commands that pay the tenant's balance out to its bank, against
+# ``daily_payout_volume``; their volume and holds are kept under PAYOUT_VOLUME + currency.
+PAYOUT_COMMANDS = frozenset({"payout.create"})
+PAYOUT_VOLUME = "payout:"
+
+
+class _Outflow(NamedTuple):
+    """A command moving money out against a daily volume of its own (not a payment's):
+    what its bucket is kept under, the limit (a :class:`TenantLimits` field, and the
+    ``limit`` of its refusal), and how its refusal is worded."""
+
+    prefix: str
+    limit: str
+    noun: str  # "transfer"
+    verb: str  # what the tenant did with the day's volume: "moved out by transfers"
+
+    def cap(self, limits: TenantLimits) -> dict[str, int]:
+        caps: dict[str, int] = getattr(limits, self.limit)
+        return caps
+
+
+_OUTFLOWS = {
+    "transfer.create": _Outflow(
+        TRANSFER_VOLUME, "daily_transfer_volume", "transfer", "moved out by transfers"
+    ),
+    "payout.create": _Outflow(
+        PAYOUT_VOLUME, "daily_payout_volume", "payout", "paid out"
+    ),
+}  # fmt: skip
+OUTFLOW_COMMANDS = frozenset(_OUTFLOWS)
+# Each outflow command's bucket prefix and limit, for the pipeline's cheap room check.
+OUTFLOW_VOLUMES = {command: (o.prefix, o.limit) for command, o in _OUTFLOWS.items()}
+# The outcomes of an outflow command that count toward its volume.
+_OUTFLOW_MOVED = frozenset({"transfer.created", "payout.created", "payout.paid"})
 
 _MILLI = 1000  # milli-tokens per command
 # Unanswered payments (in flight, parked) one tenant may hold against its daily volume at
@@ -172,11 +225,16 @@ class TenantLimits(BaseModel):
     # What transfer.create may move out per currency and UTC day (review h79 L5: a leaked
     # key could move the platform's whole available balance to one of its accounts).
     daily_transfer_volume: dict[str, StrictInt] = {}
+    # What payout.create may pay out per currency and UTC day (a leaked key could pay
+    # the whole available balance out to the bank in one day).
+    daily_payout_volume: dict[str, StrictInt] = {}
     # Money limits name currencies, with no conversion: without this, a tenant capped in
     # USD could pay any amount in EUR or JPY. With it, only the currencies named move.
     only_listed_currencies: bool = False
 
-    @field_validator("max_payment_amount", "daily_payment_volume", "daily_transfer_volume")
+    @field_validator(
+        "max_payment_amount", "daily_payment_volume", "daily_transfer_volume", "daily_payout_volume"
+    )
     @classmethod
     def _per_currency(cls, value: dict[str, int]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -214,6 +272,7 @@ class TenantLimits(BaseModel):
             or self.max_payment_amount
             or self.daily_payment_volume
             or self.daily_transfer_volume
+            or self.daily_payout_volume
         )
 
     def describe(self) -> str:
@@ -232,6 +291,10 @@ class TenantLimits(BaseModel):
         parts += [
             f"≤ {format_minor(a, c)} transferred per day"
             for c, a in sorted(self.daily_transfer_volume.items())
+        ]
+        parts += [
+            f"≤ {format_minor(a, c)} paid out per day"
+            for c, a in sorted(self.daily_payout_volume.items())
         ]
         if self.only_listed_currencies:
             parts.append(f"only {', '.join(sorted(self.listed_currencies))}")
@@ -276,15 +339,17 @@ def money_command(command_type: str, data: Any) -> bool:
 
 
 def volume_command(command_type: str, data: Any) -> bool:
-    """Does this command hold against a daily volume (a payment's, or a transfer's)?"""
-    return command_type in TRANSFER_COMMANDS or money_command(command_type, data)
+    """Does this command hold against a daily volume (a payment's, a transfer's or a
+    payout's)?"""
+    return command_type in OUTFLOW_COMMANDS or money_command(command_type, data)
 
 
 def _daily_cap(limits: TenantLimits, bucket: str) -> int | None:
-    """The daily volume limit of ``bucket`` (a currency, or :data:`TRANSFER_VOLUME` and
-    one)."""
-    if bucket.startswith(TRANSFER_VOLUME):
-        return limits.daily_transfer_volume.get(bucket[len(TRANSFER_VOLUME) :])
+    """The daily volume limit of ``bucket`` (a currency, or an outflow's prefix, as
+    :data:`TRANSFER_VOLUME`, and one)."""
+    for outflow in _OUTFLOWS.values():
+        if bucket.startswith(outflow.prefix):
+            return outflow.cap(limits).get(bucket[len(outflow.prefix) :])
     return limits.daily_payment_volume.get(bucket)
 
 
@@ -540,12 +605,13 @@ class LimitGate:
                     state["held"][hold_of_this].append(_invoice_tag(data.invoice_id))
             else:
                 charged = 0  # (none counted while its currency is not limited: from then)
-        elif command_type in TRANSFER_COMMANDS and (
-            limits.daily_transfer_volume or state.get("held")
+        elif (outflow := _OUTFLOWS.get(command_type)) is not None and (
+            outflow.cap(limits) or state.get("held")
         ):
-            # Its own volume (TRANSFER_VOLUME + currency); as a payment's otherwise.
-            currency, charged = TRANSFER_VOLUME + str(data.currency), int(data.amount)
-            if str(data.currency) in limits.daily_transfer_volume:
+            # Its own volume (TRANSFER_VOLUME / PAYOUT_VOLUME + currency); as a payment's
+            # otherwise.
+            currency, charged = outflow.prefix + str(data.currency), int(data.amount)
+            if str(data.currency) in outflow.cap(limits):
                 state["held"] = _holds_of_day(state, day)
                 state["held"][hold_of_this] = [day, currency, charged, owner]
             else:
@@ -559,8 +625,9 @@ class LimitGate:
     def volume_room(self, tenant_id: str, limits: TenantLimits, currency: str, amount: int) -> bool:
         """Would a payment of ``amount`` fit the daily volume (and the cap on payments
         awaiting an answer) whatever the day, with every hold counted? A cheap bound:
-        then :meth:`admit` cannot refuse it by either. (``currency``: a transfer's is
-        :data:`TRANSFER_VOLUME` and its currency.)"""
+        then :meth:`admit` cannot refuse it by either. (``currency``: a transfer's or a
+        payout's is its prefix, :data:`TRANSFER_VOLUME` or :data:`PAYOUT_VOLUME`, and its
+        currency.)"""
         daily = _daily_cap(limits, currency)
         if daily is None:
             return True
@@ -743,7 +810,7 @@ class LimitGate:
                         _hold_of(state, hold_key or rec.command_id, owner),
                     ),
                     outcome_type
-                    if command_type in MONEY_COMMANDS or command_type in TRANSFER_COMMANDS
+                    if command_type in MONEY_COMMANDS or command_type in OUTFLOW_COMMANDS
                     else "command.rejected",
                 )
             return
@@ -773,12 +840,12 @@ class LimitGate:
             _add_volume(state, day, str(obj["currency"]), charged)
             counted = True
         elif (
-            command_type in TRANSFER_COMMANDS
-            and outcome_type == "transfer.created"
-            and obj.get("currency") in limits.daily_transfer_volume
+            (outflow := _OUTFLOWS.get(command_type)) is not None
+            and outcome_type in _OUTFLOW_MOVED
+            and obj.get("currency") in outflow.cap(limits)
         ):
-            # (a transfer's own volume, counted once as a payment's is)
-            _add_volume(state, day, TRANSFER_VOLUME + str(obj["currency"]), int(obj["amount"]))
+            # (a transfer's or a payout's own volume, counted once as a payment's is)
+            _add_volume(state, day, outflow.prefix + str(obj["currency"]), int(obj["amount"]))
             counted = True
         entry = {"id": _tag(rec.command_id), "day": day, "admit": True, "counted": counted}
         self._decide(key, state, rec, {**entry, "currency": None, "amount": None})
@@ -1089,8 +1156,8 @@ def _quota(
     hold: str,
     charge: int | None = None,
 ) -> LimitRejection | None:
-    if command_type in TRANSFER_COMMANDS:
-        return _transfer_quota(state, limits, day, data, hold)
+    if (outflow := _OUTFLOWS.get(command_type)) is not None:
+        return _outflow_quota(state, limits, day, data, hold, outflow)
     if not money_command(command_type, data) and not isinstance(data, _PRICED):
         return None
     if isinstance(data, InvoiceCharge) and not data.amount:
@@ -1151,49 +1218,52 @@ def _quota(
     return None
 
 
-def _transfer_quota(
-    state: dict[str, Any], limits: TenantLimits, day: str, data: Any, hold: str
+def _outflow_quota(
+    state: dict[str, Any], limits: TenantLimits, day: str, data: Any, hold: str, outflow: _Outflow
 ) -> LimitRejection | None:
-    """A ``transfer.create`` against ``daily_transfer_volume`` (its own volume and holds,
-    under :data:`TRANSFER_VOLUME` + currency), as a payment against the payments'."""
-    if not limits.daily_transfer_volume:
+    """A ``transfer.create`` or ``payout.create`` against its own daily volume
+    (``outflow.limit``: its volume and holds under ``outflow.prefix`` + currency), as a
+    payment against the payments'."""
+    caps = outflow.cap(limits)
+    if not caps:
         return None  # (unset: unlimited, as before the limit; only_listed_currencies too)
     currency, amount = str(data.currency), int(data.amount)
-    daily = limits.daily_transfer_volume.get(currency)
+    noun = outflow.noun
+    daily = caps.get(currency)
     if daily is None:
         if not limits.only_listed_currencies:
             return None
-        listed = sorted(limits.daily_transfer_volume)
+        listed = sorted(caps)
         return LimitRejection(
             "quota_exceeded",
-            f"transfers in {currency} are not allowed for this tenant (only {', '.join(listed)})",
+            f"{noun}s in {currency} are not allowed for this tenant (only {', '.join(listed)})",
             {"limit": "currencies", "currency": currency, "allowed": listed},
         )
     holds = _holds_of_day(state, day)
     if len(holds) >= MAX_HOLDS and hold not in holds:
         return LimitRejection(
             "quota_exceeded",
-            f"{len(holds)} payments and transfers of the tenant are awaiting their "
+            f"{len(holds)} payments, transfers and payouts of the tenant are awaiting their "
             f"provider's answer (at most {MAX_HOLDS}); send this one again once they are "
             "answered",
             {"limit": "pending_payments", "currency": currency, "allowed": MAX_HOLDS},
         )
-    bucket = TRANSFER_VOLUME + currency
+    bucket = outflow.prefix + currency
     used = int((state.get("volume") or {}).get(bucket, 0)) if state.get("day") == day else 0
     held = _held(state, day, bucket, hold)
     if used + held + amount > daily:
         return LimitRejection(
             "quota_exceeded",
-            f"transfer {format_minor(amount, currency)} would take what the tenant moved out "
-            f"by transfers on {day} to {format_minor(used + held + amount, currency)}, over "
-            f"its daily limit of {format_minor(daily, currency)}"
+            f"{noun} {format_minor(amount, currency)} would take what the tenant "
+            f"{outflow.verb} on {day} to {format_minor(used + held + amount, currency)}, "
+            f"over its daily limit of {format_minor(daily, currency)}"
             + (
-                f" ({format_minor(held, currency)} of it held by transfers not yet answered)"
+                f" ({format_minor(held, currency)} of it held by {noun}s not yet answered)"
                 if held
                 else ""
             ),
             {
-                "limit": "daily_transfer_volume",
+                "limit": outflow.limit,
                 "currency": currency,
                 "allowed": daily,
                 "used": used,

@@ -41,6 +41,8 @@ def tenant_record(tenant: Tenant) -> dict[str, object]:
             del record["limits"]["only_listed_currencies"]  # (newer than the limits)
         if not tenant.limits.daily_transfer_volume:
             del record["limits"]["daily_transfer_volume"]  # (newer still)
+        if not tenant.limits.daily_payout_volume:
+            del record["limits"]["daily_payout_volume"]  # (newer still)
     if not tenant.ingress_keys:
         del record["ingress_keys"]
     for kept in record.get("ingress_keys", {}).values():
