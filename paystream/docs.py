@@ -261,8 +261,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "at most what is left of it: captured, less refunded, less transferred from it "
         "already (`validation_error`). Without it, more than the available balance is "
         "refused `balance_insufficient`. Square, Paddle and a tenant acting for a "
-        "connected account (`--connected-account`): `unsupported`. Only the tenant's rate "
-        "limit applies (a transfer moves the platform's own balance, as a payout does)."
+        "connected account (`--connected-account`): `unsupported`. Not held to the payment "
+        "limits (a transfer moves the platform's own balance, as a payout does): to the "
+        "rate limit, and to the tenant's `daily_transfer_volume` if set (`quota_exceeded` "
+        "before any call)."
     ),
     "transfer.reverse": (
         "Take back all (`amount` left out) or part of a transfer from its connected "
