@@ -983,7 +983,11 @@ def _outcome_schemas(components: Doc) -> None:
                 "oneOf": [_INT, {"type": "array", "items": _STR}],
             },
             "used": _INT,
-            "held": {"type": "integer", "description": "held by payments not yet answered"},
+            "held": {
+                "type": "integer",
+                "description": "held by those the limit counts (payments, transfers or payouts) "
+                "not yet answered",
+            },
             "day": {"type": "string", "format": "date"},
         },
     }
