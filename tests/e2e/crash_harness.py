@@ -75,6 +75,10 @@ class KillingProxy:
         hold_max: float | None = None,
     ) -> None:
         self.upstream, self.cuts, self.quiet, self.hold_max = upstream, cuts, quiet, hold_max
+        # Seconds from each kill's first held answer to the kill: a test on a short call
+        # timeout checks its cut calls were still in flight, not timed out and retried.
+        self.kill_after: list[float] = []
+        self._first_held_at = 0.0
         self.workers: list[Any] = []  # (started by through_the_cuts)
         self._forward = {name.lower() for name in forward}
         self._key_of = key_of
@@ -131,6 +135,8 @@ class KillingProxy:
             cut = self._cut_by(post) if live == self.kills else None
             if cut is not None:
                 self._held[cut] = len(self.posts) - 1
+                if len(self._held) == 1:
+                    self._first_held_at = asyncio.get_running_loop().time()
                 back = self._back
                 if len(self.cut) + len(self._held) == len(self.cuts):
                     self._kill()
@@ -163,6 +169,7 @@ class KillingProxy:
 
     def _kill(self) -> None:
         self.workers[-1].kill(signal.SIGKILL)
+        self.kill_after.append(asyncio.get_running_loop().time() - self._first_held_at)
         self.cut.update(self._held)
         self._held = {}
         self.kills += 1

@@ -15,6 +15,7 @@ import contextlib
 import json
 import signal
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -472,7 +473,7 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
         return_exceptions=True,
     )
     failed = [
-        f"[{sig.name} {case} {store}] {type(r).__name__}: {r}"
+        f"[{sig.name} {case} {store}] " + "".join(traceback.format_exception(r))
         for (sig, case, store), r in zip(cases, results, strict=True)
         if r is not None
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import traceback
 from typing import Any
 
 import pytest
@@ -127,7 +128,7 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
         return_exceptions=True,
     )
     failed = [
-        f"[{store}] {type(r).__name__}: {r}"
+        f"[{store}] " + "".join(traceback.format_exception(r))
         for store, r in zip(STORES, results, strict=True)
         if r is not None
     ]

@@ -175,6 +175,9 @@ async def test_sigkill_between_a_paddle_create_and_its_commit_makes_nothing_twic
         cuts = [proxy.cut[n] for n in range(len(CUTS))]
         posts = [proxy.posts[at] for at in cuts]
         assert [m(p) for (m, _), p in zip(CUTS, posts, strict=True)] == [True] * len(CUTS)
+        # Each kill came while its cut calls were in flight (well inside the worker's call
+        # timeout): a call that had timed out would have been retried in-process instead.
+        assert max(proxy.kill_after) < GATEWAY_TIMEOUT_S - 1, proxy.kill_after
         cus_cut, *txn_cuts = cuts
         email = proxy.posts[cus_cut]["body"]["email"]
         again = [p["status"] for p in proxy.posts[cus_cut + 1 :] if p["body"].get("email") == email]

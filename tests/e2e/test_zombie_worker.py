@@ -21,6 +21,7 @@ import re
 import signal
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -117,7 +118,7 @@ async def test_zombie_worker_changes_nothing(deployment_factory: Any) -> None:
         return_exceptions=True,
     )
     failed = [
-        f"[{name}] {type(r).__name__}: {r}"
+        f"[{name}] " + "".join(traceback.format_exception(r))
         for name, r in zip(CASES, results, strict=True)
         if r is not None
     ]
