@@ -11,47 +11,16 @@ honoured."""
 from __future__ import annotations
 
 import copy
-import itertools
-import time
 from typing import Any
 
 import pytest
 
-from paystream.agents.pipeline import Emit, Inbound
-from paystream.client import build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
 from paystream.tenancy.limits import TenantLimits
-from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
+from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.outflow_records import OFFSETS, T0, command_record, run, send
 from tests.agents.test_payouts import DAY, _gateway, _payout_effects, _settled
 
 pytestmark = pytest.mark.asyncio
-
-# The broker's time of the records (the charges settled before are sent now).
-T0 = int(time.time() * 1000)
-_offsets = itertools.count(1_000)
-
-
-def _record(command_type: str, tenant: str, body: dict[str, Any], command_id: str,
-            at_ms: int, offset: int, **kw: Any) -> Inbound:  # fmt: skip
-    event = build_command(command_type, tenant, body, command_id=command_id, **kw)
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(rec.key, rec.value, dict(rec.headers), at_ms, "paystream.commands", 0, offset)
-
-
-async def _run(h: Harness, rec: Inbound) -> tuple[list[Emit], Any]:
-    emits = await h.processor.process(rec)
-    return emits, outcome_of(h.settings, emits)
-
-
-async def _send(h: Harness, t: str, command_type: str, body: dict[str, Any],
-                at_ms: int = T0, command_id: str | None = None) -> Any:  # fmt: skip
-    offset = next(_offsets)
-    _, out = await _run(
-        h, _record(command_type, t, body, command_id or f"c{offset}", at_ms, offset)
-    )
-    assert out is not None
-    return out
 
 
 def _po(amount: int, currency: str = "EUR", **kw: Any) -> dict[str, Any]:
@@ -77,16 +46,16 @@ async def _setup(h: Harness, limits: dict[str, Any], **kw: Any) -> str:
 
 async def test_over_the_days_cap_is_refused_before_any_call(harness: Harness) -> None:
     t = await _setup(harness, {"daily_payout_volume": {"EUR": 1_000}})
-    first = await _send(harness, t, "payout.create", _po(600))
+    first = await send(harness, t, "payout.create", _po(600))
     assert kind(first) == "payout.created", data(first)
-    over = await _send(harness, t, "payout.create", _po(401))
+    over = await send(harness, t, "payout.create", _po(401))
     message = _rejected(over, "quota_exceeded")
     assert "paid out on" in message and "over its daily limit of 10.00 EUR" in message, message
     extra = {k: data(over)[k] for k in ("limit", "currency", "allowed", "used", "held")}
     assert extra == {"limit": "daily_payout_volume", "currency": "EUR", "allowed": 1_000,
                      "used": 600, "held": 0}  # fmt: skip
     assert await _paid_out(harness, t) == [("payout.created", 600)]  # (no call)
-    fits = await _send(harness, t, "payout.create", _po(400))
+    fits = await send(harness, t, "payout.create", _po(400))
     assert kind(fits) == "payout.created", data(fits)
 
 
@@ -94,61 +63,65 @@ async def test_a_cancel_or_a_failure_gives_the_days_volume_nothing_back(
     harness: Harness,
 ) -> None:
     t = await _setup(harness, {"daily_payout_volume": {"EUR": 1_000}})
-    made = await _send(harness, t, "payout.create", _po(600, payout_id="po1"))
+    made = await send(harness, t, "payout.create", _po(600, payout_id="po1"))
     assert kind(made) == "payout.created", data(made)
-    canceled = await _send(harness, t, "payout.cancel", {"payout_id": "po1"})
+    canceled = await send(harness, t, "payout.cancel", {"payout_id": "po1"})
     assert kind(canceled) == "payout.canceled", data(canceled)
-    over = await _send(harness, t, "payout.create", _po(401))
+    over = await send(harness, t, "payout.create", _po(401))
     assert (data(over)["limit"], data(over)["used"]) == ("daily_payout_volume", 600), data(over)
     # A bank that returns it (a closed account): failed after it was made, nothing back.
     t2 = harness.add_tenant(new_tenant_id(), limits={"daily_payout_volume": {"EUR": 1_000}},
                             gateway_options={"payout_destination": "000111111113"})  # fmt: skip
     await _settled(harness, t2, 10_000)
-    made = await _send(harness, t2, "payout.create", _po(1_000, payout_id="po2"))
+    made = await send(harness, t2, "payout.create", _po(1_000, payout_id="po2"))
     assert kind(made) == "payout.created", data(made)
     await _gateway(harness, t2).advance_clock(2 * DAY)
-    failed = await _send(harness, t2, "payout.refresh", {"payout_id": "po2"})
+    failed = await send(harness, t2, "payout.refresh", {"payout_id": "po2"})
     assert kind(failed) == "payout.failed", data(failed)
-    over = await _send(harness, t2, "payout.create", _po(1))
+    over = await send(harness, t2, "payout.create", _po(1))
     assert (data(over)["limit"], data(over)["used"]) == ("daily_payout_volume", 1_000)
 
 
 async def test_a_redelivery_or_a_resend_counts_once(harness: Harness) -> None:
     t = await _setup(harness, {"daily_payout_volume": {"EUR": 1_000}})
     body = _po(600)
-    record = _record("payout.create", t, body, "po-a", T0, next(_offsets), idempotency_key="k1")
-    _, out = await _run(harness, record)
+    record = command_record(
+        "payout.create", t, body, "po-a", T0, next(OFFSETS), idempotency_key="k1"
+    )
+    _, out = await run(harness, record)
     assert kind(out) == "payout.created", data(out)
-    _, again = await _run(harness, record)  # redelivered: the same record
+    _, again = await run(harness, record)  # redelivered: the same record
     assert data(again) == data(out)
     # The same request under another command id (a client resending): its answer.
-    resent = _record("payout.create", t, body, "po-b", T0, next(_offsets), idempotency_key="k1")
-    _, answered = await _run(harness, resent)
+    resent = command_record(
+        "payout.create", t, body, "po-b", T0, next(OFFSETS), idempotency_key="k1"
+    )
+    _, answered = await run(harness, resent)
     assert data(answered)["object"] == data(out)["object"]
     assert await _paid_out(harness, t) == [("payout.created", 600)]
-    fits = await _send(harness, t, "payout.create", _po(400))
+    fits = await send(harness, t, "payout.create", _po(400))
     assert kind(fits) == "payout.created", data(fits)
-    over = await _send(harness, t, "payout.create", _po(1))
+    over = await send(harness, t, "payout.create", _po(1))
     assert data(over)["used"] == 1_000, data(over)
 
 
 async def test_an_answer_whose_limits_write_was_lost_counts_once(harness: Harness) -> None:
     t = await _setup(harness, {"daily_payout_volume": {"EUR": 1_000}})
-    record = _record("payout.create", t, _po(600), "po-a", T0, next(_offsets))
+    record = command_record("payout.create", t, _po(600), "po-a", T0, next(OFFSETS))
     key = f"{t}:limits"
     before = copy.deepcopy(harness.processor.limits.table.get(key))
-    _, out = await _run(harness, record)
+    _, out = await run(harness, record)
     assert kind(out) == "payout.created", data(out)
     # A crash kept the idempotency record but not the limits write.
     if before is None:
         del harness.processor.limits.table[key]
     else:
         harness.processor.limits.table[key] = before
-    _, again = await _run(harness, record)  # answered from the idempotency record
+    _, again = await run(harness, record)  # answered from the idempotency record
     assert data(again) == data(out)
-    over = await _send(harness, t, "payout.create", _po(401))
+    over = await send(harness, t, "payout.create", _po(401))
     assert (data(over)["limit"], data(over)["used"]) == ("daily_payout_volume", 600)
-    fits = await _send(harness, t, "payout.create", _po(400))
+    fits = await send(harness, t, "payout.create", _po(400))
     assert kind(fits) == "payout.created", data(fits)
 
 
@@ -166,18 +139,18 @@ async def _parked_tenant(h: Harness, payout_id: str) -> str:
 async def test_a_parked_payout_holds_its_amount_until_answered(harness: Harness) -> None:
     t = await _parked_tenant(harness, "po-1")
     body = _po(700, payout_id="po-1")
-    parked = await harness.processor.process(_record("payout.create", t, body, "a", T0, 50))
+    parked = await harness.processor.process(command_record("payout.create", t, body, "a", T0, 50))
     assert [e.topic for e in parked] == [harness.settings.retry_topic]
     # While it is parked its 700 hold: 301 more is over the day's 1 000.
-    over = await _send(harness, t, "payout.create", _po(301))
+    over = await send(harness, t, "payout.create", _po(301))
     assert (data(over)["limit"], data(over)["held"]) == ("daily_payout_volume", 700)
     assert "held by payouts not yet answered" in data(over)["message"]
     # Re-driven (`dlq replay`): made, counted once, its hold released.
-    _, out = await _run(harness, _record("payout.create", t, body, "a", T0 + 1, 51))
+    _, out = await run(harness, command_record("payout.create", t, body, "a", T0 + 1, 51))
     assert kind(out) == "payout.created", data(out)
-    fits = await _send(harness, t, "payout.create", _po(300))
+    fits = await send(harness, t, "payout.create", _po(300))
     assert kind(fits) == "payout.created", data(fits)
-    last = await _send(harness, t, "payout.create", _po(1))
+    last = await send(harness, t, "payout.create", _po(1))
     assert (data(last)["used"], data(last)["held"]) == (1_000, 0), data(last)
 
 
@@ -189,14 +162,14 @@ async def test_a_chosen_id_made_and_sent_again_is_answered_not_refused(
     # saying it was not made (its client would pay out again under a new id).
     t = await _setup(harness, {"daily_payout_volume": {"EUR": 1_000}})
     body = _po(700, payout_id="po-9")
-    first = _record("payout.create", t, body, "a", T0, next(_offsets), idempotency_key="k1")
-    _, made = await _run(harness, first)
+    first = command_record("payout.create", t, body, "a", T0, next(OFFSETS), idempotency_key="k1")
+    _, made = await run(harness, first)
     assert kind(made) == "payout.created", data(made)
-    again = _record("payout.create", t, body, "b", T0, next(_offsets), idempotency_key="k2")
-    _, answer = await _run(harness, again)
+    again = command_record("payout.create", t, body, "b", T0, next(OFFSETS), idempotency_key="k2")
+    _, answer = await run(harness, again)
     assert "po-9 already exists" in _rejected(answer, "invalid_state")
     assert await _paid_out(harness, t) == [("payout.created", 700)]
-    fits = await _send(harness, t, "payout.create", _po(300))
+    fits = await send(harness, t, "payout.create", _po(300))
     assert kind(fits) == "payout.created", data(fits)
 
 
@@ -207,28 +180,28 @@ async def test_a_parked_chosen_id_sent_again_under_another_key_is_held_once(
     t = await _parked_tenant(harness, "po-1")
     body = _po(700, payout_id="po-1")
     parked = await harness.processor.process(
-        _record("payout.create", t, body, "a", T0, 60, idempotency_key="k1")
+        command_record("payout.create", t, body, "a", T0, 60, idempotency_key="k1")
     )
     assert [e.topic for e in parked] == [harness.settings.retry_topic]
-    _, out = await _run(
-        harness, _record("payout.create", t, body, "b", T0 + 1, 61, idempotency_key="k2")
+    _, out = await run(
+        harness, command_record("payout.create", t, body, "b", T0 + 1, 61, idempotency_key="k2")
     )
     assert kind(out) == "payout.created", data(out)
-    fits = await _send(harness, t, "payout.create", _po(300))
+    fits = await send(harness, t, "payout.create", _po(300))
     assert kind(fits) == "payout.created", data(fits)
-    last = await _send(harness, t, "payout.create", _po(1))
+    last = await send(harness, t, "payout.create", _po(1))
     assert (data(last)["used"], data(last)["held"]) == (1_000, 0), data(last)
 
 
 async def test_payouts_and_payments_keep_volumes_of_their_own(harness: Harness) -> None:
     limits = {"daily_payment_volume": {"EUR": 10_000}, "daily_payout_volume": {"EUR": 500}}
     t = await _setup(harness, limits)  # (its 10 000 charge: the day's payments)
-    made = await _send(harness, t, "payout.create", _po(500))
+    made = await send(harness, t, "payout.create", _po(500))
     assert kind(made) == "payout.created", data(made)
     card = {"amount": 1, "currency": "EUR", "payment_method_token": "pm_card_visa"}
-    more = await _send(harness, t, "payment.create", card)
+    more = await send(harness, t, "payment.create", card)
     assert data(more)["limit"] == "daily_payment_volume" and data(more)["used"] == 10_000
-    over = await _send(harness, t, "payout.create", _po(1))
+    over = await send(harness, t, "payout.create", _po(1))
     assert (data(over)["limit"], data(over)["used"]) == ("daily_payout_volume", 500)
 
 
@@ -238,7 +211,7 @@ async def test_unset_payouts_are_unlimited_as_before(harness: Harness) -> None:
     limits = {"daily_payment_volume": {"EUR": 10_000}, "daily_transfer_volume": {"EUR": 1},
               "only_listed_currencies": True}  # fmt: skip
     t = await _setup(harness, limits)
-    made = await _send(harness, t, "payout.create", _po(10_000))
+    made = await send(harness, t, "payout.create", _po(10_000))
     assert kind(made) == "payout.created", data(made)
 
 
@@ -246,13 +219,13 @@ async def test_only_listed_currencies_refuses_a_payout_in_another(harness: Harne
     limits = {"daily_payout_volume": {"USD": 1_000}, "daily_payment_volume": {"EUR": 10**6},
               "only_listed_currencies": True}  # fmt: skip
     t = await _setup(harness, limits)
-    out = await _send(harness, t, "payout.create", _po(100))
+    out = await send(harness, t, "payout.create", _po(100))
     assert "payouts in EUR are not allowed" in _rejected(out, "quota_exceeded")
     assert (data(out)["limit"], data(out)["allowed"]) == ("currencies", ["USD"])
     assert await _paid_out(harness, t) == []
     # Without it, a currency the payout volume does not name pays out unlimited.
     t2 = await _setup(harness, {"daily_payout_volume": {"USD": 1_000}})
-    made = await _send(harness, t2, "payout.create", _po(10_000))
+    made = await send(harness, t2, "payout.create", _po(10_000))
     assert kind(made) == "payout.created", data(made)
 
 

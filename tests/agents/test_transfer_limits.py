@@ -10,48 +10,16 @@ unset, unlimited; ``only_listed_currencies`` honoured."""
 from __future__ import annotations
 
 import copy
-import itertools
-import time
 from typing import Any
 
 import pytest
 
-from paystream.agents.pipeline import Emit, Inbound
-from paystream.client import build_command
-from paystream.settings import CloudEventsMode
-from paystream.streams.codec import encode_event
 from paystream.tenancy.limits import TenantLimits
-from tests.agents.harness import Harness, data, kind, new_tenant_id, outcome_of
+from tests.agents.harness import Harness, data, kind, new_tenant_id
+from tests.agents.outflow_records import OFFSETS, T0, command_record, run, send
 from tests.agents.test_transfers import _account, _paid, _rejected, _tr, _transfers
 
 pytestmark = pytest.mark.asyncio
-
-# The broker's time of the records (the accounts and payments set up before are sent now).
-T0 = int(time.time() * 1000)
-_offsets = itertools.count(1_000)
-
-
-def _record(command_type: str, tenant: str, body: dict[str, Any], command_id: str,
-            at_ms: int, offset: int, **kw: Any) -> Inbound:  # fmt: skip
-    event = build_command(command_type, tenant, body, command_id=command_id, **kw)
-    rec = encode_event(event, tenant.encode(), CloudEventsMode.BINARY)
-    return Inbound(rec.key, rec.value, dict(rec.headers), at_ms, "paystream.commands", 0, offset)
-
-
-async def _run(h: Harness, rec: Inbound) -> tuple[list[Emit], Any]:
-    emits = await h.processor.process(rec)
-    outcome = outcome_of(h.settings, emits)
-    return emits, outcome
-
-
-async def _send(h: Harness, t: str, command_type: str, body: dict[str, Any],
-                at_ms: int = T0, command_id: str | None = None) -> Any:  # fmt: skip
-    offset = next(_offsets)
-    _, out = await _run(
-        h, _record(command_type, t, body, command_id or f"c{offset}", at_ms, offset)
-    )
-    assert out is not None
-    return out
 
 
 async def _setup(h: Harness, limits: dict[str, Any], **kw: Any) -> tuple[str, str, str]:
@@ -64,66 +32,70 @@ async def _setup(h: Harness, limits: dict[str, Any], **kw: Any) -> tuple[str, st
 
 async def test_over_the_days_cap_is_refused_before_any_call(harness: Harness) -> None:
     t, acct, pay = await _setup(harness, {"daily_transfer_volume": {"USD": 1_000}})
-    first = await _send(harness, t, "transfer.create", _tr(acct, 600, payment_id=pay))
+    first = await send(harness, t, "transfer.create", _tr(acct, 600, payment_id=pay))
     assert kind(first) == "transfer.created", data(first)
-    over = await _send(harness, t, "transfer.create", _tr(acct, 401, payment_id=pay))
+    over = await send(harness, t, "transfer.create", _tr(acct, 401, payment_id=pay))
     message = _rejected(over, "quota_exceeded")
     assert "over its daily limit of 10.00 USD" in message, message
     extra = {k: data(over)[k] for k in ("limit", "currency", "allowed", "used", "held")}
     assert extra == {"limit": "daily_transfer_volume", "currency": "USD", "allowed": 1_000,
                      "used": 600, "held": 0}  # fmt: skip
     assert await _transfers(harness, t) == [("transfer.created", 600)]  # (no call)
-    fits = await _send(harness, t, "transfer.create", _tr(acct, 400, payment_id=pay))
+    fits = await send(harness, t, "transfer.create", _tr(acct, 400, payment_id=pay))
     assert kind(fits) == "transfer.created", data(fits)
 
 
 async def test_a_reversal_gives_the_days_volume_nothing_back(harness: Harness) -> None:
     t, acct, pay = await _setup(harness, {"daily_transfer_volume": {"USD": 1_000}})
-    made = await _send(harness, t, "transfer.create", _tr(acct, 1_000, payment_id=pay))
+    made = await send(harness, t, "transfer.create", _tr(acct, 1_000, payment_id=pay))
     assert kind(made) == "transfer.created", data(made)
-    back = await _send(harness, t, "transfer.reverse", {"transfer_id": data(made)["object"]["id"]})
+    back = await send(harness, t, "transfer.reverse", {"transfer_id": data(made)["object"]["id"]})
     assert kind(back) == "transfer.reversed", data(back)
-    over = await _send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
+    over = await send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
     assert data(over)["limit"] == "daily_transfer_volume", data(over)
 
 
 async def test_a_redelivery_or_a_resend_counts_once(harness: Harness) -> None:
     t, acct, pay = await _setup(harness, {"daily_transfer_volume": {"USD": 1_000}})
     body = _tr(acct, 600, payment_id=pay)
-    record = _record("transfer.create", t, body, "tr-a", T0, next(_offsets), idempotency_key="k1")
-    _, out = await _run(harness, record)
+    record = command_record(
+        "transfer.create", t, body, "tr-a", T0, next(OFFSETS), idempotency_key="k1"
+    )
+    _, out = await run(harness, record)
     assert kind(out) == "transfer.created", data(out)
-    _, again = await _run(harness, record)  # redelivered: the same record
+    _, again = await run(harness, record)  # redelivered: the same record
     assert data(again) == data(out)
     # The same request under another command id (a client resending): its answer.
-    resent = _record("transfer.create", t, body, "tr-b", T0, next(_offsets), idempotency_key="k1")
-    _, answered = await _run(harness, resent)
+    resent = command_record(
+        "transfer.create", t, body, "tr-b", T0, next(OFFSETS), idempotency_key="k1"
+    )
+    _, answered = await run(harness, resent)
     assert data(answered)["object"] == data(out)["object"]
     assert await _transfers(harness, t) == [("transfer.created", 600)]
-    fits = await _send(harness, t, "transfer.create", _tr(acct, 400, payment_id=pay))
+    fits = await send(harness, t, "transfer.create", _tr(acct, 400, payment_id=pay))
     assert kind(fits) == "transfer.created", data(fits)
-    over = await _send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
+    over = await send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
     assert data(over)["used"] == 1_000, data(over)
 
 
 async def test_an_answer_whose_limits_write_was_lost_counts_once(harness: Harness) -> None:
     t, acct, pay = await _setup(harness, {"daily_transfer_volume": {"USD": 1_000}})
-    record = _record("transfer.create", t, _tr(acct, 600, payment_id=pay), "tr-a", T0,
-                     next(_offsets))  # fmt: skip
+    record = command_record("transfer.create", t, _tr(acct, 600, payment_id=pay), "tr-a", T0,
+                     next(OFFSETS))  # fmt: skip
     key = f"{t}:limits"
     before = copy.deepcopy(harness.processor.limits.table.get(key))
-    _, out = await _run(harness, record)
+    _, out = await run(harness, record)
     assert kind(out) == "transfer.created", data(out)
     # A crash kept the idempotency record but not the limits write.
     if before is None:
         del harness.processor.limits.table[key]
     else:
         harness.processor.limits.table[key] = before
-    _, again = await _run(harness, record)  # answered from the idempotency record
+    _, again = await run(harness, record)  # answered from the idempotency record
     assert data(again) == data(out)
-    over = await _send(harness, t, "transfer.create", _tr(acct, 401, payment_id=pay))
+    over = await send(harness, t, "transfer.create", _tr(acct, 401, payment_id=pay))
     assert (data(over)["limit"], data(over)["used"]) == ("daily_transfer_volume", 600)
-    fits = await _send(harness, t, "transfer.create", _tr(acct, 400, payment_id=pay))
+    fits = await send(harness, t, "transfer.create", _tr(acct, 400, payment_id=pay))
     assert kind(fits) == "transfer.created", data(fits)
 
 
@@ -137,17 +109,19 @@ async def test_a_parked_transfer_holds_its_amount_until_answered(harness: Harnes
     acct = str((await _account(harness, t))["id"])
     pay = str((await _paid(harness, t))["id"])
     body = _tr(acct, 700, payment_id=pay, transfer_id="tr-1")
-    parked = await harness.processor.process(_record("transfer.create", t, body, "a", T0, 50))
+    parked = await harness.processor.process(
+        command_record("transfer.create", t, body, "a", T0, 50)
+    )
     assert [e.topic for e in parked] == [harness.settings.retry_topic]
     # While it is parked its 700 hold: 301 more is over the day's 1 000.
-    over = await _send(harness, t, "transfer.create", _tr(acct, 301, payment_id=pay))
+    over = await send(harness, t, "transfer.create", _tr(acct, 301, payment_id=pay))
     assert (data(over)["limit"], data(over)["held"]) == ("daily_transfer_volume", 700)
     # Re-driven (`dlq replay`): made, counted once, its hold released.
-    _, out = await _run(harness, _record("transfer.create", t, body, "a", T0 + 1, 51))
+    _, out = await run(harness, command_record("transfer.create", t, body, "a", T0 + 1, 51))
     assert kind(out) == "transfer.created", data(out)
-    fits = await _send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
+    fits = await send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
     assert kind(fits) == "transfer.created", data(fits)
-    last = await _send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
+    last = await send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
     assert (data(last)["used"], data(last)["held"]) == (1_000, 0), data(last)
 
 
@@ -160,14 +134,14 @@ async def test_a_chosen_id_made_and_sent_again_is_answered_not_refused(
     # id; review h80r F2, as h59f for payments).
     t, acct, pay = await _setup(harness, {"daily_transfer_volume": {"USD": 1_000}})
     body = _tr(acct, 700, payment_id=pay, transfer_id="tr-9")
-    first = _record("transfer.create", t, body, "a", T0, next(_offsets), idempotency_key="k1")
-    _, made = await _run(harness, first)
+    first = command_record("transfer.create", t, body, "a", T0, next(OFFSETS), idempotency_key="k1")
+    _, made = await run(harness, first)
     assert kind(made) == "transfer.created", data(made)
-    again = _record("transfer.create", t, body, "b", T0, next(_offsets), idempotency_key="k2")
-    _, answer = await _run(harness, again)
+    again = command_record("transfer.create", t, body, "b", T0, next(OFFSETS), idempotency_key="k2")
+    _, answer = await run(harness, again)
     assert "tr-9 already exists" in _rejected(answer, "invalid_state")
     assert await _transfers(harness, t) == [("transfer.created", 700)]
-    fits = await _send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
+    fits = await send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
     assert kind(fits) == "transfer.created", data(fits)
 
 
@@ -185,32 +159,32 @@ async def test_a_parked_chosen_id_sent_again_under_another_key_is_held_once(
     pay = str((await _paid(harness, t))["id"])
     body = _tr(acct, 700, payment_id=pay, transfer_id="tr-1")
     parked = await harness.processor.process(
-        _record("transfer.create", t, body, "a", T0, 60, idempotency_key="k1")
+        command_record("transfer.create", t, body, "a", T0, 60, idempotency_key="k1")
     )
     assert [e.topic for e in parked] == [harness.settings.retry_topic]
-    _, out = await _run(
-        harness, _record("transfer.create", t, body, "b", T0 + 1, 61, idempotency_key="k2")
+    _, out = await run(
+        harness, command_record("transfer.create", t, body, "b", T0 + 1, 61, idempotency_key="k2")
     )
     assert kind(out) == "transfer.created", data(out)
-    fits = await _send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
+    fits = await send(harness, t, "transfer.create", _tr(acct, 300, payment_id=pay))
     assert kind(fits) == "transfer.created", data(fits)
-    last = await _send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
+    last = await send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
     assert (data(last)["used"], data(last)["held"]) == (1_000, 0), data(last)
 
 
 async def test_transfers_and_payments_keep_volumes_of_their_own(harness: Harness) -> None:
     limits = {"daily_payment_volume": {"USD": 10_000}, "daily_transfer_volume": {"USD": 500}}
     t, acct, pay = await _setup(harness, limits)  # (its 10 000 payment: the day's payments)
-    made = await _send(harness, t, "transfer.create", _tr(acct, 500, payment_id=pay))
+    made = await send(harness, t, "transfer.create", _tr(acct, 500, payment_id=pay))
     assert kind(made) == "transfer.created", data(made)
-    more = await _send(
+    more = await send(
         harness,
         t,
         "payment.create",
         {"amount": 1, "currency": "USD", "payment_method_token": "pm_card_visa"},
     )
     assert data(more)["limit"] == "daily_payment_volume" and data(more)["used"] == 10_000
-    over = await _send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
+    over = await send(harness, t, "transfer.create", _tr(acct, 1, payment_id=pay))
     assert (data(over)["limit"], data(over)["used"]) == ("daily_transfer_volume", 500)
 
 
@@ -218,7 +192,7 @@ async def test_unset_transfers_are_unlimited_as_before(harness: Harness) -> None
     # A payment volume alone (and only_listed_currencies) leaves transfers as they were.
     limits = {"daily_payment_volume": {"USD": 10_000}, "only_listed_currencies": True}
     t, acct, pay = await _setup(harness, limits)
-    made = await _send(harness, t, "transfer.create", _tr(acct, 10_000, payment_id=pay))
+    made = await send(harness, t, "transfer.create", _tr(acct, 10_000, payment_id=pay))
     assert kind(made) == "transfer.created", data(made)
 
 
@@ -226,12 +200,12 @@ async def test_only_listed_currencies_refuses_a_transfer_in_another(harness: Har
     limits = {"daily_transfer_volume": {"EUR": 1_000}, "daily_payment_volume": {"USD": 10**6},
               "only_listed_currencies": True}  # fmt: skip
     t, acct, pay = await _setup(harness, limits)
-    out = await _send(harness, t, "transfer.create", _tr(acct, 100, payment_id=pay))
+    out = await send(harness, t, "transfer.create", _tr(acct, 100, payment_id=pay))
     assert "transfers in USD are not allowed" in _rejected(out, "quota_exceeded")
     assert (data(out)["limit"], data(out)["allowed"]) == ("currencies", ["EUR"])
     # Without it, a currency the transfer volume does not name moves unlimited.
     t2, acct2, pay2 = await _setup(harness, {"daily_transfer_volume": {"EUR": 1_000}})
-    made = await _send(harness, t2, "transfer.create", _tr(acct2, 10_000, payment_id=pay2))
+    made = await send(harness, t2, "transfer.create", _tr(acct2, 10_000, payment_id=pay2))
     assert kind(made) == "transfer.created", data(made)
     assert await _transfers(harness, t) == []
 
