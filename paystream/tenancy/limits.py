@@ -1185,37 +1185,11 @@ def _quota(
     amount = charge_now(command_type, data, charge)
     if daily is None or not amount:
         return None
-    holds = _holds_of_day(state, day)
-    if len(holds) >= MAX_HOLDS and hold not in holds:
-        return LimitRejection(
-            "quota_exceeded",
-            f"{len(holds)} payments of the tenant are awaiting their provider's answer "
-            f"(at most {MAX_HOLDS}); send this one again once they are answered",
-            {"limit": "pending_payments", "currency": currency, "allowed": MAX_HOLDS},
-        )
-    used = int((state.get("volume") or {}).get(currency, 0)) if state.get("day") == day else 0
-    held = _held(state, day, currency, hold)
-    if used + held + amount > daily:
-        return LimitRejection(
-            "quota_exceeded",
-            f"amount {format_minor(amount, currency)} would take the tenant's volume on "
-            f"{day} to {format_minor(used + held + amount, currency)}, over its daily limit "
-            f"of {format_minor(daily, currency)}"
-            + (
-                f" ({format_minor(held, currency)} of it held by payments not yet answered)"
-                if held
-                else ""
-            ),
-            {
-                "limit": "daily_payment_volume",
-                "currency": currency,
-                "allowed": daily,
-                "used": used,
-                "held": held,
-                "day": day,
-            },
-        )
-    return None
+    return _daily_volume(
+        state, day, hold, currency, amount, daily,
+        limit="daily_payment_volume", bucket=currency, lead="amount",
+        what="the tenant's volume", holders="payments", awaiting="payments",
+    )  # fmt: skip
 
 
 def _outflow_quota(
@@ -1239,36 +1213,60 @@ def _outflow_quota(
             f"{noun}s in {currency} are not allowed for this tenant (only {', '.join(listed)})",
             {"limit": "currencies", "currency": currency, "allowed": listed},
         )
+    return _daily_volume(
+        state, day, hold, currency, amount, daily,
+        limit=outflow.limit, bucket=outflow.prefix + currency, lead=noun,
+        what=f"what the tenant {outflow.verb}", holders=f"{noun}s",
+        awaiting="payments, transfers and payouts",
+    )  # fmt: skip
+
+
+def _daily_volume(
+    state: dict[str, Any],
+    day: str,
+    hold: str,
+    currency: str,
+    amount: int,
+    daily: int,
+    *,
+    limit: str,
+    bucket: str,
+    lead: str,
+    what: str,
+    holders: str,
+    awaiting: str,
+) -> LimitRejection | None:
+    """``amount`` against a daily volume of ``daily`` (what the day's ``bucket`` used and
+    holds other than ``hold``), refused too once the day holds ``MAX_HOLDS`` others: the
+    payments' and the outflows' checks, in their own words."""
     holds = _holds_of_day(state, day)
     if len(holds) >= MAX_HOLDS and hold not in holds:
         return LimitRejection(
             "quota_exceeded",
-            f"{len(holds)} payments, transfers and payouts of the tenant are awaiting their "
-            f"provider's answer (at most {MAX_HOLDS}); send this one again once they are "
-            "answered",
+            f"{len(holds)} {awaiting} of the tenant are awaiting their provider's answer "
+            f"(at most {MAX_HOLDS}); send this one again once they are answered",
             {"limit": "pending_payments", "currency": currency, "allowed": MAX_HOLDS},
         )
-    bucket = outflow.prefix + currency
     used = int((state.get("volume") or {}).get(bucket, 0)) if state.get("day") == day else 0
     held = _held(state, day, bucket, hold)
-    if used + held + amount > daily:
-        return LimitRejection(
-            "quota_exceeded",
-            f"{noun} {format_minor(amount, currency)} would take what the tenant "
-            f"{outflow.verb} on {day} to {format_minor(used + held + amount, currency)}, "
-            f"over its daily limit of {format_minor(daily, currency)}"
-            + (
-                f" ({format_minor(held, currency)} of it held by {noun}s not yet answered)"
-                if held
-                else ""
-            ),
-            {
-                "limit": outflow.limit,
-                "currency": currency,
-                "allowed": daily,
-                "used": used,
-                "held": held,
-                "day": day,
-            },
-        )
-    return None
+    if used + held + amount <= daily:
+        return None
+    return LimitRejection(
+        "quota_exceeded",
+        f"{lead} {format_minor(amount, currency)} would take {what} on {day} to "
+        f"{format_minor(used + held + amount, currency)}, over its daily limit of "
+        f"{format_minor(daily, currency)}"
+        + (
+            f" ({format_minor(held, currency)} of it held by {holders} not yet answered)"
+            if held
+            else ""
+        ),
+        {
+            "limit": limit,
+            "currency": currency,
+            "allowed": daily,
+            "used": used,
+            "held": held,
+            "day": day,
+        },
+    )
