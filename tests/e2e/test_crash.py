@@ -15,7 +15,6 @@ import contextlib
 import json
 import signal
 import time
-import traceback
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -41,6 +40,7 @@ from paystream.streams.admin import bootstrap_servers
 from paystream.streams.codec import decode_record, encode_event, headers_to_dict
 from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
+from tests.e2e.together import side_by_side
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -465,19 +465,12 @@ async def test_worker_stopped_mid_stream_loses_nothing_and_doubles_nothing(
     after a kill or stop is a fresh process of the same group. Cases of different stores
     run side by side, and every check names its case."""
     fleets = await crash_fleet(*(store for _, _, store in cases))
-    results = await asyncio.gather(
-        *(
-            _stopped_mid_stream(fleet, sig, case, store)
+    await side_by_side(
+        {
+            f"{sig.name} {case} {store}": _stopped_mid_stream(fleet, sig, case, store)
             for fleet, (sig, case, store) in zip(fleets, cases, strict=True)
-        ),
-        return_exceptions=True,
+        }
     )
-    failed = [
-        f"[{sig.name} {case} {store}] " + "".join(traceback.format_exception(r))
-        for (sig, case, store), r in zip(cases, results, strict=True)
-        if r is not None
-    ]
-    assert not failed, "\n\n".join(failed)
 
 
 async def _stopped_mid_stream(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import traceback
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from paystream.client import PaystreamClient
 from paystream.devstack._process import wait_until
 from paystream.streams.admin import changelog_topics, ensure_topics
 from paystream.tenancy.models import Tenant
-from tests.e2e.together import start_together, stop_together
+from tests.e2e.together import side_by_side, start_together, stop_together
 from tests.e2e.topic_tail import TopicTail
 from tests.fixtures.pipeline import Deployment
 
@@ -123,16 +122,7 @@ async def test_settled_entities_past_retention_leave_the_tables_for_good(
     """Each table store side by side, each on a deployment (and workers) of its own: most
     of a case is waiting (worker starts, group joins, recovery), and every check names
     its store."""
-    results = await asyncio.gather(
-        *(_retention_case(deployment_factory, store) for store in STORES),
-        return_exceptions=True,
-    )
-    failed = [
-        f"[{store}] " + "".join(traceback.format_exception(r))
-        for store, r in zip(STORES, results, strict=True)
-        if r is not None
-    ]
-    assert not failed, "\n\n".join(failed)
+    await side_by_side({store: _retention_case(deployment_factory, store) for store in STORES})
 
 
 async def _retention_case(deployment_factory: Any, store: str) -> None:

@@ -21,7 +21,6 @@ import re
 import signal
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +41,7 @@ from paystream.tenancy.limits import TenantLimits
 from paystream.tenancy.models import Tenant
 from tests.e2e.test_crash import OutcomeLog, _payment, _wait_for, _wait_split, provider_effects
 from tests.e2e.threaded_proxy import ThreadedProxy
+from tests.e2e.together import side_by_side
 from tests.fixtures.pipeline import Deployment
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -113,16 +113,9 @@ CASES = {
 async def test_zombie_worker_changes_nothing(deployment_factory: Any) -> None:
     """Both cases side by side, each on a deployment (and workers) of its own: most of a
     case is waiting (group joins, the session timeout), and every check names its case."""
-    results = await asyncio.gather(
-        *(_zombie_case(deployment_factory, hold) for hold in CASES.values()),
-        return_exceptions=True,
+    await side_by_side(
+        {name: _zombie_case(deployment_factory, hold) for name, hold in CASES.items()}
     )
-    failed = [
-        f"[{name}] " + "".join(traceback.format_exception(r))
-        for name, r in zip(CASES, results, strict=True)
-        if r is not None
-    ]
-    assert not failed, "\n\n".join(failed)
 
 
 async def _zombie_case(deployment_factory: Any, until_rebalance: bool) -> None:

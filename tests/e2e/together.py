@@ -5,10 +5,12 @@ group; one after the other, a two-worker test paid each twice."""
 from __future__ import annotations
 
 import asyncio
+import traceback
+from collections.abc import Awaitable, Mapping
 
 from paystream.devstack.worker import WorkerProcess
 
-__all__ = ["start_together", "stop_together"]
+__all__ = ["side_by_side", "start_together", "stop_together"]
 
 
 async def start_together(*workers: WorkerProcess) -> None:
@@ -21,3 +23,15 @@ async def start_together(*workers: WorkerProcess) -> None:
 
 async def stop_together(*workers: WorkerProcess) -> None:
     await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
+
+
+async def side_by_side(cases: Mapping[str, Awaitable[None]]) -> None:
+    """Each case run at once (on deployments of their own); every failure reported
+    together, each named and with its traceback (a case's checks look alike)."""
+    results = await asyncio.gather(*cases.values(), return_exceptions=True)
+    failed = [
+        f"[{name}] " + "".join(traceback.format_exception(r))
+        for name, r in zip(cases, results, strict=True)
+        if r is not None
+    ]
+    assert not failed, "\n\n".join(failed)
