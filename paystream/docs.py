@@ -973,6 +973,8 @@ def _outcome_schemas(components: Doc) -> None:
                     "daily_transfer_volume",
                     "daily_payout_volume",
                     "pending_payments",
+                    "pending_transfers",
+                    "pending_payouts",
                     "currencies",
                 ],
             },

@@ -164,7 +164,7 @@ LIMITED = Counter(
     "Commands rejected by a tenant limit, by tenant and limit "
     "(commands_per_second, max_payment_amount, daily_payment_volume, "
     "daily_transfer_volume, daily_payout_volume, currencies, "
-    "pending_payments).",
+    "pending_payments, pending_transfers, pending_payouts).",
     ["tenant", "limit"],
 )
 PUBLISH_FAILURES = Counter(

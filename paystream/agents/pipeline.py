@@ -3036,6 +3036,8 @@ def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> b
             "daily_transfer_volume",
             "daily_payout_volume",
             "pending_payments",
+            "pending_transfers",
+            "pending_payouts",
         )
     )
 

@@ -18,8 +18,10 @@ A tenant's registry record may carry :class:`TenantLimits`:
   provider failed): each *holds* its amount under its idempotency key until its outcome
   counts it or releases it (against its day and the next: it is counted on the day it
   is answered), so payments parked during an outage and re-driven later cannot take the
-  day over its quota. At most :data:`MAX_HOLDS` hold at once. Over either limit, the
-  command is rejected ``quota_exceeded`` (``limit`` names which). A
+  day over its quota. At most :data:`MAX_HOLDS` payments hold at once (``limit:
+  pending_payments`` past it; transfers and payouts have rooms of their own, below).
+  Over either limit, the command is rejected ``quota_exceeded`` (``limit`` names
+  which). A
   ``subscription.create`` is admitted as a payment of its first charge (its first
   invoice, taxed as above; none during a free trial): held, counted when
   ``subscription.created`` says it was paid, released otherwise. Renewals are billed
@@ -70,6 +72,10 @@ A tenant's registry record may carry :class:`TenantLimits`:
 
 Both are checked by one function (:func:`_outflow_quota`), parametrized by an
 :class:`_Outflow` (:data:`_OUTFLOWS`): the bucket prefix, the limit and the wording.
+Each kind (payments, transfers, payouts) has a room of its own for :data:`MAX_HOLDS`
+holds not yet answered (``limit: pending_payments``, ``pending_transfers``,
+``pending_payouts``): one shared room let a flood of parked payouts refuse the
+customers' payments (review h80r L2).
 
 **Time** is the command record's Kafka timestamp, not the worker's clock: a worker that
 catches up on a backlog must not reject commands that were sent at an allowed pace.
@@ -96,7 +102,7 @@ import functools
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Collection, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -183,6 +189,7 @@ class _Outflow(NamedTuple):
 
     prefix: str
     limit: str
+    pending: str  # the ``limit`` of a refusal for too many of them not yet answered
     noun: str  # "transfer"
     verb: str  # what the tenant did with the day's volume: "moved out by transfers"
 
@@ -193,10 +200,11 @@ class _Outflow(NamedTuple):
 
 _OUTFLOWS = {
     "transfer.create": _Outflow(
-        TRANSFER_VOLUME, "daily_transfer_volume", "transfer", "moved out by transfers"
+        TRANSFER_VOLUME, "daily_transfer_volume", "pending_transfers", "transfer",
+        "moved out by transfers",
     ),
     "payout.create": _Outflow(
-        PAYOUT_VOLUME, "daily_payout_volume", "payout", "paid out"
+        PAYOUT_VOLUME, "daily_payout_volume", "pending_payouts", "payout", "paid out"
     ),
 }  # fmt: skip
 OUTFLOW_COMMANDS = frozenset(_OUTFLOWS)
@@ -209,7 +217,10 @@ _MILLI = 1000  # milli-tokens per command
 # Unanswered payments (in flight, parked) one tenant may hold against its daily volume at
 # once. Every admission sums them, and they live in one changelog record: an outage
 # parking tens of thousands made each admission 40x slower and the record too big for
-# the broker (failing its batch on every redelivery). Past it, new payments wait.
+# the broker (failing its batch on every redelivery). Past it, new payments wait. As
+# many transfers and as many payouts, each kind in a room of its own (a flood of one
+# kind must not refuse another: review h80r L2): at most three times this in the
+# record (some 290 KB of holds at the most).
 MAX_HOLDS = 1_000
 
 
@@ -342,6 +353,20 @@ def volume_command(command_type: str, data: Any) -> bool:
     """Does this command hold against a daily volume (a payment's, a transfer's or a
     payout's)?"""
     return command_type in OUTFLOW_COMMANDS or money_command(command_type, data)
+
+
+def _kind(bucket: str) -> str:
+    """Which room a hold of ``bucket`` takes: its outflow's prefix (``transfer:``,
+    ``payout:``), or "" for a payment's (a bucket that is its currency alone)."""
+    return bucket[: bucket.find(":") + 1]
+
+
+def _waiting(holds: Iterable[Sequence[Any]], bucket: str) -> int:
+    """How many of ``holds`` are of ``bucket``'s kind (payments, transfers or payouts,
+    whatever their currency): each kind's room is its own. (Counted only once the
+    holds of every kind together fill one room.)"""
+    kind = _kind(bucket)
+    return sum(1 for h in holds if _kind(str(h[1])) == kind)
 
 
 def _daily_cap(limits: TenantLimits, bucket: str) -> int | None:
@@ -623,8 +648,8 @@ class LimitGate:
         return Admission(tenant_id, rec.offset, day, currency, charged or 0, hold_of_this)
 
     def volume_room(self, tenant_id: str, limits: TenantLimits, currency: str, amount: int) -> bool:
-        """Would a payment of ``amount`` fit the daily volume (and the cap on payments
-        awaiting an answer) whatever the day, with every hold counted? A cheap bound:
+        """Would a payment of ``amount`` fit the daily volume (and its kind's room for
+        holds awaiting an answer) whatever the day, with every hold counted? A cheap bound:
         then :meth:`admit` cannot refuse it by either. (``currency``: a transfer's or a
         payout's is its prefix, :data:`TRANSFER_VOLUME` or :data:`PAYOUT_VOLUME`, and its
         currency.)"""
@@ -633,7 +658,7 @@ class LimitGate:
             return True
         state = self.table.get(self.key(tenant_id)) or {}
         held = state.get("held") or {}
-        if len(held) + 1 >= MAX_HOLDS:
+        if len(held) + 1 >= MAX_HOLDS and _waiting(held.values(), currency) + 1 >= MAX_HOLDS:
             return False
         used = int((state.get("volume") or {}).get(currency, 0))
         return used + sum(int(h[2]) for h in held.values()) + amount <= daily
@@ -1188,7 +1213,7 @@ def _quota(
     return _daily_volume(
         state, day, hold, currency, amount, daily,
         limit="daily_payment_volume", bucket=currency, lead="amount",
-        what="the tenant's volume", holders="payments", awaiting="payments",
+        what="the tenant's volume", holders="payments", pending="pending_payments",
     )  # fmt: skip
 
 
@@ -1216,8 +1241,7 @@ def _outflow_quota(
     return _daily_volume(
         state, day, hold, currency, amount, daily,
         limit=outflow.limit, bucket=outflow.prefix + currency, lead=noun,
-        what=f"what the tenant {outflow.verb}", holders=f"{noun}s",
-        awaiting="payments, transfers and payouts",
+        what=f"what the tenant {outflow.verb}", holders=f"{noun}s", pending=outflow.pending,
     )  # fmt: skip
 
 
@@ -1234,19 +1258,22 @@ def _daily_volume(
     lead: str,
     what: str,
     holders: str,
-    awaiting: str,
+    pending: str,
 ) -> LimitRejection | None:
     """``amount`` against a daily volume of ``daily`` (what the day's ``bucket`` used and
-    holds other than ``hold``), refused too once the day holds ``MAX_HOLDS`` others: the
-    payments' and the outflows' checks, in their own words."""
+    holds other than ``hold``), refused too (``pending``) once the day holds
+    ``MAX_HOLDS`` others of its kind (``holders``: payments, transfers or payouts; see
+    :func:`_waiting`): the payments' and the outflows' checks, in their own words."""
     holds = _holds_of_day(state, day)
     if len(holds) >= MAX_HOLDS and hold not in holds:
-        return LimitRejection(
-            "quota_exceeded",
-            f"{len(holds)} {awaiting} of the tenant are awaiting their provider's answer "
-            f"(at most {MAX_HOLDS}); send this one again once they are answered",
-            {"limit": "pending_payments", "currency": currency, "allowed": MAX_HOLDS},
-        )
+        waiting = _waiting(holds.values(), bucket)
+        if waiting >= MAX_HOLDS:
+            return LimitRejection(
+                "quota_exceeded",
+                f"{waiting:,} {holders} of the tenant are awaiting their provider's answer "
+                f"(at most {MAX_HOLDS:,} at once); send this one again once they are answered",
+                {"limit": pending, "currency": currency, "allowed": MAX_HOLDS},
+            )
     used = int((state.get("volume") or {}).get(bucket, 0)) if state.get("day") == day else 0
     held = _held(state, day, bucket, hold)
     if used + held + amount <= daily:

@@ -237,3 +237,35 @@ async def test_the_limit_is_validated_and_described() -> None:
         TenantLimits(daily_payout_volume={"USD": -1})
     with pytest.raises(ValueError, match="given twice"):
         TenantLimits(daily_payout_volume={"USD": 1, "usd": 2})
+
+
+async def test_parked_payouts_fill_a_room_of_their_own(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payouts parked during an outage hold in their own room (MAX_HOLDS lowered to 2):
+    past it a payout is refused `pending_payouts`, saying payouts; the customers'
+    payments still go through (one room shared by every kind refused them
+    `pending_payments`, and a payout so refused spoke of "payments": review h80r L2)."""
+    monkeypatch.setattr("paystream.tenancy.limits.MAX_HOLDS", 2)
+    t = new_tenant_id()
+    limits = {"daily_payout_volume": {"EUR": 5_000}, "daily_payment_volume": {"EUR": 10**6}}
+    flaky = {f"pse:{t}:payout:po-{n}": 3 for n in range(2)}  # (each parked: its key fails)
+    harness.add_tenant(t, limits=limits, gateway_options={"fail_first": flaky})
+    await _settled(harness, t, 10_000)
+    card = {"amount": 100, "currency": "EUR", "payment_method_token": "pm_card_visa"}
+    for n in range(2):
+        rec = command_record("payout.create", t, _po(100, payout_id=f"po-{n}"), f"p{n}", T0,
+                             next(OFFSETS))  # fmt: skip
+        assert [e.topic for e in await harness.processor.process(rec)] == [
+            harness.settings.retry_topic
+        ]
+        # (a call that succeeds between the two: the circuit opens after 5 failures in a row)
+        paid = await send(harness, t, "payment.create", card)
+        assert kind(paid) == "payment.succeeded", data(paid)
+    waits = await send(harness, t, "payout.create", _po(100))
+    assert "2 payouts of the tenant are awaiting" in _rejected(waits, "quota_exceeded")
+    assert (data(waits)["limit"], data(waits)["allowed"]) == ("pending_payouts", 2)
+    # Payments still go through: the payouts hold in their own room.
+    for _ in range(2):
+        paid = await send(harness, t, "payment.create", card)
+        assert kind(paid) == "payment.succeeded", data(paid)
