@@ -6,8 +6,8 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from cloudevents.core.v1.event import CloudEvent
 
@@ -17,6 +17,7 @@ from paystream.http_client import Accepted, IngressClient
 __all__ = [
     "DEMO_TOKENS",
     "SUBSCRIPTION_TOKENS",
+    "Platform",
     "demo_progress",
     "demo_summary",
     "make_tax_rates",
@@ -92,6 +93,70 @@ SETTLEMENT_DAYS = 2
 PAYOUT_SHARE = 0.5
 PAYOUT_DAYS = 3
 
+# Share of a platform tenant's flows (one given a `Platform`) that are Stripe Connect
+# money flows, once its connected account is enabled: a destination charge (the platform
+# keeps DESTINATION_FEE of it), or a separate charge then `transfer.create` of the
+# seller's TRANSFER_SHARE of it, REVERSALS of those then reversed in part (a quarter:
+# `transfer.reverse`). In the platform's currency, which its transfer cap names.
+CONNECT = 0.1
+DESTINATION_FEE = 0.1
+TRANSFER_SHARE = 0.8
+REVERSALS = 0.3
+
+
+class Platform(NamedTuple):
+    """A demo tenant acting as a Connect platform: its connected account
+    (``connected_account.create`` data naming its ``connected_account_id``; its email's
+    ``+enabled`` tag has the simulator enable it once onboarded), the ``currency`` of its
+    Connect flows, and the tenant's ``daily_transfer_volume`` in it, which one transfer
+    of the demo's start goes over (refused ``quota_exceeded``, so the refusal shows from
+    the start)."""
+
+    account: Mapping[str, Any]
+    currency: str
+    daily_transfer_volume: int
+
+
+class Send(Protocol):
+    """Send one command of the flow's tenant and wait for its outcome's data (counted in
+    ``seen`` by type, ``[tag]`` appended when given, a refusal by a tenant limit with the
+    limit's name: ``command.rejected[daily_transfer_volume]``)."""
+
+    def __call__(
+        self, kind: str, data: dict[str, Any], tag: str = "", command_id: str | None = None
+    ) -> Awaitable[dict[str, Any]]:
+        pass
+
+
+def _sender(
+    client: PaystreamClient,
+    tenant: str,
+    seen: Counter[str],
+    http: IngressClient | None = None,
+) -> Send:
+    """A :class:`Send` for ``tenant``, over ``http`` when given, else through Kafka."""
+
+    async def send(
+        kind: str, data: dict[str, Any], tag: str = "", command_id: str | None = None
+    ) -> dict[str, Any]:
+        command = build_command(kind, tenant, data, command_id=command_id)
+        if http is not None:
+            answer = await http.send(command, wait=30)
+            if isinstance(answer, Accepted):  # taken, its outcome not within the wait
+                raise OutcomeTimeout(f"no outcome for command {command.get_id()} over HTTP")
+            event = answer
+        else:
+            event = await client.send(command, timeout=30)
+        body = event.get_data()
+        body = body if isinstance(body, dict) else {}
+        label = event.get_type().removeprefix("com.paystream.")
+        limit = body.get("limit") if label == "command.rejected" else None
+        tag = tag or (limit if isinstance(limit, str) else "")
+        seen[f"{label}[{tag}]" if tag else label] += 1
+        return body
+
+    return send
+
 
 async def _flow(
     client: PaystreamClient,
@@ -102,27 +167,20 @@ async def _flow(
     http: IngressClient | None = None,
     advance: Advance | None = None,
     tax_rate_ids: Sequence[str] = (),
+    account: tuple[str, str] | None = None,
 ) -> None:
     """customer → attach card → pay (auto or manual capture; some taxed first by the
     tenant's ``tax_rate_ids``; a card asking for 3-D Secure: the customer's step at the
     provider, then `payment.refresh`) → maybe refund; now and then a card tester instead,
     or a subscriber (`_subscribe`: its renewals need ``advance``), or the tenant paying
-    out (`_pay_out`). With ``http``, a share of flows go over HTTP."""
+    out (`_pay_out`), or, a platform's with its connected ``account`` enabled, a Connect
+    money flow (`_connect`). With ``http``, a share of flows go over HTTP."""
     over_http = http is not None and rng.random() < HTTP_SHARE
+    send = _sender(client, tenant, seen, http if over_http else None)
 
-    async def send(kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        command = build_command(kind, tenant, data)
-        if over_http and http is not None:
-            answer = await http.send(command, wait=30)
-            if isinstance(answer, Accepted):  # taken, its outcome not within the wait
-                raise OutcomeTimeout(f"no outcome for command {command.get_id()} over HTTP")
-            event = answer
-        else:
-            event = await client.send(command, timeout=30)
-        seen[event.get_type().removeprefix("com.paystream.")] += 1
-        body = event.get_data()
-        return body if isinstance(body, dict) else {}
-
+    if account is not None and rng.random() < CONNECT:
+        await _connect(send, *account, rng)
+        return
     if rng.random() < PAYOUTS:
         await _pay_out(send, tenant, rng, advance)
         return
@@ -195,9 +253,6 @@ async def _flow(
         made = (refund.get("object") or {}).get("status") in ("succeeded", "pending")
         if rid and made and rng.random() < REFRESH_REFUNDS:
             await send("refund.refresh", {"refund_id": rid})
-
-
-Send = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 async def _subscribe(
@@ -290,6 +345,90 @@ async def _pay_out(send: Send, tenant: str, rng: random.Random, advance: Advance
         await asyncio.sleep(rng.uniform(*SUBSCRIPTION_PAUSE))
         await advance(tenant, DAY)
         payout = await send("payout.refresh", {"payout_id": poid})
+
+
+async def _connect(
+    send: Send,
+    account: str,
+    currency: str,
+    rng: random.Random,
+    *,
+    first: bool = False,
+    over: int = 0,
+) -> None:
+    """A platform's Connect money flow with its enabled connected ``account``: a
+    destination charge (`payment.create` naming the account, the platform keeping a fee,
+    counted ``[destination]``), or a separate charge then `transfer.create` of the
+    seller's share from it (``transfer_group`` the order's), maybe reversed in part
+    (`transfer.reverse`). ``first`` (the demo's start): both, the transfer reversed in
+    part, and beside them a transfer of ``over`` (more than the tenant's daily transfer
+    cap: refused ``quota_exceeded`` before any call, counted
+    ``command.rejected[daily_transfer_volume]``; naming a smaller charge, it moves
+    nothing on a tenant registered without the cap either: refused as more than is left
+    of its payment)."""
+    amount = rng.randrange(2_000, 15_000)
+    card = {"currency": currency, "payment_method_token": "pm_card_visa"}
+    destination = first or rng.random() < 0.5
+    separate = first or not destination
+
+    async def destination_charge() -> None:
+        fee = int(amount * DESTINATION_FEE)
+        await send(
+            "payment.create",
+            {**card, "amount": amount, "connected_account_id": account,
+             "application_fee_amount": fee, "description": "demo marketplace order"},
+            "destination",
+        )  # fmt: skip
+
+    async def transfer(share: int, reverse: bool) -> None:
+        charged = await send(
+            "payment.create", {**card, "amount": amount, "description": "demo marketplace order"}
+        )
+        pid = charged.get("entity_id")
+        if not pid or (charged.get("object") or {}).get("status") != "succeeded":
+            return
+        made = await send(
+            "transfer.create",
+            {"connected_account_id": account, "amount": share, "currency": currency,
+             "payment_id": pid, "transfer_group": f"order-{pid}", "description": "seller share"},
+        )  # fmt: skip
+        tid = made.get("entity_id")
+        if tid and reverse and (made.get("object") or {}).get("status") == "created":
+            await send("transfer.reverse", {"transfer_id": tid, "amount": max(1, share // 4)})
+
+    flows = []
+    if destination:
+        flows.append(destination_charge())
+    if separate:
+        flows.append(transfer(int(amount * TRANSFER_SHARE), first or rng.random() < REVERSALS))
+    if first and over:
+        flows.append(transfer(over, False))
+    await asyncio.gather(*flows)
+
+
+async def onboard_platform(send: Send, tenant: str, platform: Platform) -> str | None:
+    """The platform's connected account made (`connected_account.create` of its chosen
+    id, under a command id of the tenant's and the account's: a demo started again on
+    the same stack is answered from its record; past the idempotency window, refused
+    `already exists`, it goes on with it), its onboarding link made (the simulator's
+    holder visits, and the account's email tag enables it), then read back
+    (`connected_account.refresh`); its id once enabled, else None (its Connect flows are
+    not sent)."""
+    aid = str(platform.account["connected_account_id"])
+    made = await send(
+        "connected_account.create",
+        dict(platform.account),
+        command_id=f"demo-connected-account-{tenant}-{aid}",
+    )
+    if not made.get("entity_id") and "already exists" not in str(made.get("message", "")):
+        return None
+    await send(
+        "connected_account.onboarding_link",
+        {"connected_account_id": aid, "refresh_url": "https://platform.example/reauth",
+         "return_url": "https://platform.example/done"},
+    )  # fmt: skip
+    read = await send("connected_account.refresh", {"connected_account_id": aid})
+    return aid if (read.get("object") or {}).get("status") == "enabled" else None
 
 
 # A demo tenant's tax rates: ``tax_rate.create`` data, each naming its ``tax_rate_id``.
@@ -398,14 +537,18 @@ async def run_demo(
     seen: Counter[str] | None = None,
     advance: Advance | None = None,
     tax_rates: TaxRates | None = None,
+    platforms: Mapping[str, Platform] | None = None,
 ) -> Counter[str]:
     """Start ``rate`` flows per second until cancelled (or ``duration`` seconds);
     ``authenticate`` plays the customers' 3-D Secure steps (none without it); ``advance``
     moves a tenant's simulator clock, a day for each renewal or payout day shown (none
     without it); ``http`` takes a share of the flows (HTTP_SHARE) through the HTTP
     ingress; ``tax_rates`` are made as the flows start (`make_tax_rates`), then a share
-    of the tenant's payments and subscriptions are taxed by them. Outcomes are counted by type
-    into ``seen`` as they come (the caller's, to report after a stop)."""
+    of the tenant's payments and subscriptions are taxed by them; ``platforms``' connected
+    accounts are onboarded as the flows start (`onboard_platform`), then one of each
+    Connect flow is sent (`_connect`, ``first``) and a share of the tenant's flows are
+    Connect flows. Outcomes are counted by type into ``seen`` as they come (the caller's,
+    to report after a stop)."""
     rng = random.Random(seed)
     seen = Counter() if seen is None else seen
     tasks: set[asyncio.Task[None]] = set()
@@ -418,11 +561,29 @@ async def run_demo(
     async def make_rates() -> None:
         rate_ids.update(await make_tax_rates(client, tax_rates or {}, seen))
 
+    # Likewise the platforms' connected accounts: their Connect flows start once enabled.
+    accounts: dict[str, tuple[str, str]] = {}  # tenant: (its account, the currency)
+
+    async def onboard(tenant: str, platform: Platform) -> None:
+        send = _sender(client, tenant, seen)
+        aid = await onboard_platform(send, tenant, platform)
+        if aid is not None:
+            accounts[tenant] = aid, platform.currency
+            await _connect(
+                send, aid, platform.currency, rng, first=True,
+                over=platform.daily_transfer_volume + 1,
+            )  # fmt: skip
+
+    def start(setup: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(setup)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(lambda t: None if t.cancelled() else _count_timeouts(t, seen))
+
     if tax_rates:
-        making = asyncio.create_task(make_rates())
-        tasks.add(making)
-        making.add_done_callback(tasks.discard)
-        making.add_done_callback(lambda t: None if t.cancelled() else _count_timeouts(t, seen))
+        start(make_rates())
+    for tenant, platform in (platforms or {}).items():
+        start(onboard(tenant, platform))
     try:
         while duration is None or time.monotonic() - started < duration:
             tenant = rng.choice(tenants)
@@ -436,6 +597,7 @@ async def run_demo(
                     http,
                     advance,
                     rate_ids.get(tenant, ()),
+                    accounts.get(tenant),
                 )
             )
             tasks.add(task)
@@ -461,7 +623,9 @@ def _count_timeouts(task: asyncio.Task[None], seen: Counter[str]) -> None:
 
 
 def _trouble(kind: str) -> bool:
-    """An outcome kind saying something went wrong: always named on the progress line."""
+    """An outcome kind saying something went wrong: always named on the progress line
+    (whatever its ``[tag]``)."""
+    kind = kind.split("[", 1)[0]
     return (
         kind.endswith(("failed", ".rejected"))
         or kind.startswith(("timeout", "error:"))

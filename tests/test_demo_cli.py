@@ -42,11 +42,27 @@ async def test_demo_registers_its_tenants_and_drives_payments(deployment_factory
     assert int(done.group(1)) == sum(seen.values()) > 0
     assert any(kind.startswith("payment.") for kind in seen), seen
     assert seen["tax_rate.created"] == 3, seen  # acme's rate and globex's two
+    # globex is a Connect platform: its connected account onboarded and enabled, then a
+    # destination charge, a separate charge with a transfer reversed in part, and a
+    # transfer over its daily_transfer_volume (refused before any call), at the start.
+    for connect in (
+        "connected_account.created",
+        "connected_account.onboarding_link_created",
+        "connected_account.updated",
+        "payment.succeeded[destination]",
+        "transfer.created",
+        "transfer.reversed",
+        "command.rejected[daily_transfer_volume]",
+    ):
+        assert seen.get(connect, 0) >= 1, (connect, seen)
     # Started again on the same stack (compose restarts the demo): the same rates,
     # answered as made before, not refused as existing (command.rejected).
     assert re.search(r"^  tax_rate\.created +3$", restarted, re.M), restarted
+    # Started again: its account answered from its record, enabled, and the flows again.
+    assert re.search(r"^  transfer\.created +\d+$", restarted, re.M), restarted
     listed = {t["tenant_id"]: t for t in map(json.loads, listed_run.stdout.splitlines())}
     assert listed["globex"]["limits"]["commands_per_second"] == 50
+    assert listed["globex"]["limits"]["daily_transfer_volume"] == {"EUR": 500_000}
     # globex's bank account is closed: its payouts fail (payout.failed).
     assert listed["globex"]["gateway_options"] == {"payout_destination": "000111111113"}
     # A registered tenant is never rewritten (compose restarts the demo): an operator's

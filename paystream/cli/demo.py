@@ -21,8 +21,29 @@ from paystream.cli.base import _Finite, _run, _settings, cli
 
 DEMO_TENANTS = ("acme", "globex")
 # One demo tenant has limits, so the dashboard shows them at work: the demo's larger USD
-# payments go over the per-payment cap (quota_exceeded); the rate limit leaves room.
-DEMO_LIMITS = {"globex": TenantLimits(commands_per_second=50, max_payment_amount={"USD": 40_000})}
+# payments go over the per-payment cap (quota_exceeded); the rate limit leaves room. It
+# is also a Connect platform (DEMO_PLATFORMS), its transfers capped per day: one of the
+# demo's start goes over it (quota_exceeded), and its steady ones use it up in a while.
+DEMO_LIMITS = {
+    "globex": TenantLimits(
+        commands_per_second=50,
+        max_payment_amount={"USD": 40_000},
+        daily_transfer_volume={"EUR": 500_000},
+    )
+}
+# The demo's Connect platform and its connected account (`connected_account.create`
+# data; the simulator enables a "+enabled" email's once onboarded): destination charges
+# and separate charges with transfers (some reversed in part) to it, in EUR, which the
+# platform's daily_transfer_volume names.
+DEMO_PLATFORMS = {
+    "globex": {
+        "connected_account_id": "demo-seller",
+        "country": "DE",
+        "email": "seller+enabled@globex.example",
+        "capabilities": ["card_payments", "transfers"],
+    }
+}
+CONNECT_CURRENCY = "EUR"
 # And one's bank account is closed (Stripe's test account number, as the simulator
 # takes it): its payouts fail at arrival (payout.failed, account_closed), their amount
 # available again.
@@ -64,8 +85,8 @@ DEMO_TAX_RATES = {
 
 
 def describe_demo_setup() -> list[str]:
-    """What the demo tenants are given beyond limits, as `dev` lists it: their tax rates
-    and a bank account whose payouts fail."""
+    """What the demo tenants are given beyond limits, as `dev` lists it: their tax rates,
+    a bank account whose payouts fail, and a Connect platform's connected account."""
     rates = " · ".join(
         f"{tid}: "
         + ", ".join(
@@ -80,6 +101,12 @@ def describe_demo_setup() -> list[str]:
         lines.append(
             f"payouts    {tid}: to bank account {options['payout_destination']}, closed "
             "(its payouts fail: payout.failed)"
+        )
+    for tid, account in DEMO_PLATFORMS.items():
+        lines.append(
+            f"connect    {tid}: connected account {account['connected_account_id']} "
+            f"(destination charges, transfers in {CONNECT_CURRENCY}; one transfer over the "
+            "day's cap: command.rejected[daily_transfer_volume])"
         )
     return lines
 
@@ -224,7 +251,7 @@ async def _demo_flows(
     http_base: str | None,
 ) -> None:
     from paystream.client import PaystreamClient
-    from paystream.demo import demo_progress, run_demo
+    from paystream.demo import Platform, demo_progress, run_demo
     from paystream.http_client import IngressClient
 
     why: str | None = None
@@ -264,6 +291,14 @@ async def _demo_flows(
                 http=http,
                 seen=seen,
                 tax_rates=DEMO_TAX_RATES,
+                platforms={
+                    tid: Platform(
+                        account,
+                        CONNECT_CURRENCY,
+                        DEMO_LIMITS[tid].daily_transfer_volume[CONNECT_CURRENCY],
+                    )
+                    for tid, account in DEMO_PLATFORMS.items()
+                },
             )
         )
         watcher = asyncio.ensure_future(watch_worker())
