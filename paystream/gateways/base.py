@@ -30,6 +30,7 @@ __all__ = [
     "REFUND_REF_KEY",
     "REQUEST_SENT_SINCE",
     "SUBSCRIPTION_REF_KEY",
+    "TRANSFER_REF_KEY",
     "UNNARROWED_OPERATIONS",
     "AcceptDispute",
     "AccountLinkResult",
@@ -85,6 +86,7 @@ __all__ = [
     "RetrievePayout",
     "RetrieveRefund",
     "RetrieveSubscription",
+    "RetrieveTransfer",
     "ReverseTransfer",
     "SubmitDisputeEvidence",
     "SubscriptionResult",
@@ -105,11 +107,13 @@ __all__ = [
     "read_payout_ref",
     "read_refund_ref",
     "read_subscription_ref",
+    "read_transfer_ref",
     "refund_ref",
     "require_capability",
     "require_operation",
     "subscription_ref",
     "supports",
+    "transfer_ref",
     "unnarrowed",
 ]
 
@@ -146,6 +150,8 @@ SUBSCRIPTION_REF_KEY = "paystream_subscription"
 PAYOUT_REF_KEY = "paystream_payout"
 # A connected account's (Stripe's account.updated events carry the Account, metadata too).
 CONNECTED_ACCOUNT_REF_KEY = "paystream_connected_account"
+# A transfer's (Stripe's transfer.* events carry the Transfer with its metadata).
+TRANSFER_REF_KEY = "paystream_transfer"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 
 
@@ -184,6 +190,17 @@ def payout_ref(metadata: Mapping[str, str], tenant_id: str, payout_id: str) -> d
     """As ``payment_ref``, for a payout (one not found from a webhook is read back by
     ``payout.refresh``)."""
     return _with_ref(PAYOUT_REF_KEY, metadata, tenant_id, payout_id)
+
+
+def transfer_ref(metadata: Mapping[str, str], tenant_id: str, transfer_id: str) -> dict[str, str]:
+    """As ``payment_ref``, for a transfer (one not found from a webhook is read back by
+    ``transfer.refresh``)."""
+    return _with_ref(TRANSFER_REF_KEY, metadata, tenant_id, transfer_id)
+
+
+def read_transfer_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, transfer id) from a Transfer's metadata, if it names them."""
+    return _read_ref(TRANSFER_REF_KEY, metadata)
 
 
 def connected_account_ref(
@@ -569,6 +586,13 @@ class ReverseTransfer(_Req):
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
+class RetrieveTransfer(_Req):
+    """Read a transfer back: what is reversed of it now, by paystream's commands or
+    outside them (the provider's dashboard, its own recoveries). A read: no key."""
+
+    provider_transfer_id: str
+
+
 class ConnectedAccountStatus(StrEnum):
     """paystream's statuses of a connected account, derived from its provider's flags
     (tables/state_machines.connected_account_status): pending → enabled | restricted |
@@ -894,6 +918,7 @@ KEYLESS_OPERATIONS = frozenset(
         "retrieve_balance",
         "retrieve_connected_account",
         "retrieve_invoice",
+        "retrieve_transfer",
     }
 )
 
@@ -946,6 +971,7 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     # (a transfer's reversal moves money back: the tenant's to be given, as a refund)
     "create_transfer": Capability.CONNECTED_ACCOUNTS,
     "reverse_transfer": Capability.CONNECTED_ACCOUNTS,
+    "retrieve_transfer": Capability.CONNECTED_ACCOUNTS,
     "create_invoice": Capability.INVOICES,
     "finalize_invoice": Capability.INVOICES,
     "pay_invoice": Capability.INVOICES,
@@ -974,6 +1000,9 @@ UNNARROWED_OPERATIONS = frozenset(
         # A connected account made stays the tenant's to read back (its merchant onboards
         # whatever the tenant's options say now).
         "retrieve_connected_account",
+        # A transfer made stays the tenant's to read back (a reversal made outside
+        # paystream changes what its payment may still refund).
+        "retrieve_transfer",
         # An invoice made stays the tenant's to void or read back (its customer has it).
         "void_invoice",
         "retrieve_invoice",
@@ -1199,6 +1228,13 @@ class PaymentGateway(Protocol):
     ) -> TransferResult:
         """The transfer with ``req.amount`` (or all that is left) reversed to the
         platform; more than is left is refused ``ErrorCode.INVALID_REQUEST``."""
+        ...
+
+    async def retrieve_transfer(
+        self, req: RetrieveTransfer, *, idempotency_key: str
+    ) -> TransferResult:
+        """The transfer as the provider holds it now, its reversals made anywhere counted
+        (a read: see retrieve_payment)."""
         ...
 
     async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:

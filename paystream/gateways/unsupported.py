@@ -90,6 +90,11 @@ class NoConnectedAccounts(_Unsupported):
     ) -> gw_base.TransferResult:
         self._unsupported("reverse_transfer")
 
+    async def retrieve_transfer(
+        self, req: gw_base.RetrieveTransfer, *, idempotency_key: str
+    ) -> gw_base.TransferResult:
+        self._unsupported("retrieve_transfer")
+
 
 class NoInvoices(_Unsupported):
     """One-off invoices (no INVOICES capability)."""

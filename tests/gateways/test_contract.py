@@ -53,6 +53,7 @@ from paystream.gateways.base import (
     RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
+    RetrieveTransfer,
     ReverseTransfer,
     SubmitDisputeEvidence,
     SubscriptionResult,
@@ -1869,6 +1870,28 @@ async def test_a_transfer_from_a_charge_is_made_once_and_reversed_in_parts(
     rest = ReverseTransfer(provider_transfer_id=tid)
     done = await harness.gateway.reverse_transfer(rest, idempotency_key=key())
     assert done.amount_reversed == 1500
+
+
+@over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)
+async def test_a_transfer_read_back_counts_every_reversal(harness: Harness) -> None:
+    """retrieve_transfer (transfer.refresh): what is reversed of it now, however it was
+    reversed; a read, asked again it answers afresh; an unknown transfer not found."""
+    acct = await _enabled_account(harness)
+    charge = await pay(harness, 2000)
+    made = await harness.gateway.create_transfer(
+        _transfer(acct, 1500, charge), idempotency_key=key()
+    )
+    read = RetrieveTransfer(provider_transfer_id=made.provider_transfer_id)
+    first = await harness.gateway.retrieve_transfer(read, idempotency_key=(rk := key()))
+    assert (first.amount, first.amount_reversed) == (usd(1500), 0)
+    part = ReverseTransfer(provider_transfer_id=made.provider_transfer_id, amount=400)
+    await harness.gateway.reverse_transfer(part, idempotency_key=key())
+    again = await harness.gateway.retrieve_transfer(read, idempotency_key=rk)
+    assert (again.amount_reversed, again.destination_account) == (400, acct.provider_account_id)
+    missing = RetrieveTransfer(provider_transfer_id="tr_missing0000")
+    await expect(
+        ErrorCode.NOT_FOUND, harness.gateway.retrieve_transfer(missing, idempotency_key=key())
+    )
 
 
 @over_gateways(square_lacks=NO_CONNECTED_ACCOUNTS, paddle_lacks=NO_CONNECTED_ACCOUNTS)

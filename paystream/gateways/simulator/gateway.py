@@ -64,6 +64,7 @@ from paystream.gateways.base import (
     RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
+    RetrieveTransfer,
     ReverseTransfer,
     SubmitDisputeEvidence,
     SubscriptionResult,
@@ -501,6 +502,17 @@ class SimulatorGateway:
             lambda tx: ops.reverse_transfer(tx, req, idempotency_key), TransferResult,
         )  # fmt: skip
 
+    async def retrieve_transfer(
+        self, req: RetrieveTransfer, *, idempotency_key: str
+    ) -> TransferResult:
+        # A read, as retrieve_payment: no key kept, every call answers afresh.
+        self._platform_only("retrieve_transfer")
+        return await self._run(
+            "retrieve_transfer", req, idempotency_key,
+            lambda tx: ops.retrieve_transfer(tx, req), TransferResult,
+            keyed=False,
+        )  # fmt: skip
+
     async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:
         return await self._run(
             "create_invoice", req, idempotency_key,
@@ -591,6 +603,19 @@ class SimulatorGateway:
             ),
             CustomerResult,
         )
+
+    async def reverse_transfer_outside(
+        self, provider_transfer_id: str, amount: int | None = None
+    ) -> TransferResult:
+        """The platform reverses ``amount`` (None: all that is left) of a transfer outside
+        paystream (Stripe's dashboard, or Stripe recovering a negative balance): only a
+        ``transfer.refresh`` (or a webhook's) tells paystream. Each call is one of its own."""
+        req = ReverseTransfer(provider_transfer_id=provider_transfer_id, amount=amount)
+        key = f"reversal:{provider_transfer_id}:{uuid.uuid4().hex}"
+        return await self._provider_action(
+            key, {"amount": amount},
+            lambda tx: ops.reverse_transfer(tx, req, key), TransferResult,
+        )  # fmt: skip
 
     async def customer_credit(self, provider_customer_id: str, currency: str) -> int:
         """The customer's balance in ``currency`` as the seller's dashboard shows it (a

@@ -48,6 +48,7 @@ from paystream.gateways.base import (
     RetrievePayout,
     RetrieveRefund,
     RetrieveSubscription,
+    RetrieveTransfer,
     ReverseTransfer,
     SubmitDisputeEvidence,
     UpdateCustomer,
@@ -110,6 +111,7 @@ __all__ = [
     "retrieve_payout",
     "retrieve_refund",
     "retrieve_subscription",
+    "retrieve_transfer",
     "submit_dispute_evidence",
     "update_customer",
     "update_subscription",
@@ -1731,3 +1733,8 @@ async def reverse_transfer(tx: Tx, req: ReverseTransfer, key: str) -> dict[str, 
     tx.put(tr)
     tx.effect(Effect.of("transfer.reversed", key, tr["id"], amount, tr["currency"]))
     return {"ok": results.transfer(tr)}
+
+
+async def retrieve_transfer(tx: Tx, req: RetrieveTransfer) -> dict[str, Any]:
+    """The transfer now: its reversals, paystream's or made outside it, counted."""
+    return {"ok": results.transfer(await _must(tx, req.provider_transfer_id, "transfer"))}

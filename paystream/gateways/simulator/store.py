@@ -301,6 +301,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.RetrieveConnectedAccount,
         gw.CreateTransfer,
         gw.ReverseTransfer,
+        gw.RetrieveTransfer,
     }
 )
 

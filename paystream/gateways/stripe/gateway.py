@@ -1234,6 +1234,17 @@ class StripeGateway:
         obj = await self._call("reverse_transfer", lambda: self._v1.transfers.retrieve_async(tid))
         return mapping.transfer(obj)
 
+    async def retrieve_transfer(
+        self, req: gw_base.RetrieveTransfer, *, idempotency_key: str
+    ) -> gw_base.TransferResult:
+        """``GET /v1/transfers/{id}`` (https://docs.stripe.com/api/transfers/retrieve; a
+        GET: no key): ``amount_reversed`` counts every reversal, those made in the
+        Dashboard or by Stripe (an account's negative balance recovered) included."""
+        self._platform_only("retrieve_transfer")
+        tid = req.provider_transfer_id
+        obj = await self._call("retrieve_transfer", lambda: self._v1.transfers.retrieve_async(tid))
+        return mapping.transfer(obj)
+
     async def knows_request(
         self, operation: str, req: BaseModel, *, idempotency_key: str
     ) -> bool | None:
