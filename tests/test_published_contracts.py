@@ -96,6 +96,7 @@ VALID: dict[str, dict[str, Any]] = {
         "transfer_group": "order-1",
     },
     "transfer.reverse": {"transfer_id": "tr_1", "amount": 2000},
+    "transfer.refresh": {"transfer_id": "tr_1"},
 }
 BODY = "/paths/~1v1~1commands/post/requestBody/content/application~1json/schema"
 

@@ -3377,15 +3377,19 @@ async def create_transfer(ctx: HandlerContext, data: c.CreateTransfer) -> Handle
         source_payment_id=None if payment is None else payment.provider_payment_id,
         transfer_group=data.transfer_group,
         description=data.description,
-        metadata=dict(data.metadata),
+        # Named at a provider that sends webhooks (its transfer.* events find the
+        # transfer by this reference: a reversal made outside paystream), as payouts are.
+        metadata=(
+            gw.transfer_ref(data.metadata, ctx.cmd.tenant_id, tid)
+            if _WEBHOOKS in ctx.gateway.capabilities
+            else dict(data.metadata)
+        ),
     )
     # As payout.create's: a chosen id is the key's scope (one transfer per id, however
     # often it is sent), else the command's.
     key = ctx.create_key("transfer", data.transfer_id)
     try:
-        res = await _gateway(
-            ctx, "create_transfer", lambda: ctx.gateway.create_transfer(req, idempotency_key=key)
-        )
+        res = await _transfer_at_provider(ctx, req, key, data.metadata, tid)
     except GatewayError as exc:
         if _chosen_id_taken(ctx, exc, data.transfer_id):
             raise Rejection(
@@ -3422,6 +3426,44 @@ async def create_transfer(ctx: HandlerContext, data: c.CreateTransfer) -> Handle
     return HandlerResult("transfer.created", rec, [payment])
 
 
+async def _transfer_at_provider(
+    ctx: HandlerContext,
+    req: gw.CreateTransfer,
+    key: str,
+    plain: Mapping[str, str],
+    tid: str,
+) -> gw.TransferResult:
+    """The transfer, at the provider. One let through may have been first sent without
+    the webhook reference (gw.transfer_ref: by the release before it, or by a tenant
+    that had no `webhooks` then) or with it (one that has lost them since): its provider
+    refuses other parameters under the key (Stripe's idempotency_error), so the other
+    way is tried once, as a refund's (_refund_at_provider). Safe: the key holds one
+    request, and the provider transfers nothing under it a second time."""
+    try:
+        return await _gateway(ctx, "create_transfer", _transfer_call(ctx, req, key))
+    except GatewayError as exc:
+        with_ref = gw.transfer_ref(plain, ctx.cmd.tenant_id, tid)
+        other = req.model_copy(
+            update={"metadata": dict(plain) if req.metadata == with_ref else with_ref}
+        )
+        if not (ctx.let_through and exc.code is ErrorCode.IDEMPOTENCY_ERROR and not exc.retryable):
+            raise
+        if other == req:  # (a reference not added to 50 keys: the same request)
+            raise
+        try:
+            return await _gateway(ctx, "create_transfer", _transfer_call(ctx, other, key))
+        except GatewayError as again:
+            if again.code is not ErrorCode.IDEMPOTENCY_ERROR or again.retryable:
+                raise
+            raise exc from again
+
+
+def _transfer_call(
+    ctx: HandlerContext, req: gw.CreateTransfer, key: str
+) -> Callable[[], Awaitable[gw.TransferResult]]:
+    return lambda: ctx.gateway.create_transfer(req, idempotency_key=key)
+
+
 async def reverse_transfer(ctx: HandlerContext, data: c.ReverseTransfer) -> HandlerResult:
     """All (``amount`` left out) or part of a transfer back from its connected account:
     never more than is left (`validation_error`); one reversed entirely `invalid_state`.
@@ -3454,9 +3496,20 @@ async def reverse_transfer(ctx: HandlerContext, data: c.ReverseTransfer) -> Hand
     res = await _gateway(
         ctx, "reverse_transfer", lambda: ctx.gateway.reverse_transfer(req, idempotency_key=ctx.idem)
     )
+    return _take_transfer(ctx, rec, res)
+
+
+def _take_transfer(
+    ctx: HandlerContext, rec: TransferRecord, res: gw.TransferResult
+) -> HandlerResult:
+    """The provider's answer about ``rec``: what it says is reversed of it now (by a
+    reverse, or outside paystream), never less than recorded (one let through is
+    answered under its key as it was then: the simulator's cached answer, before
+    reversals recorded since). What grew since the record is `transfer.reversed`
+    (``amount_reversed_now``), and given back to its payment's ``amount_transferred``:
+    counted from the record, so a reversal lowers it once however often it is read
+    (nothing grown: ``amount_reversed_now`` 0, a let-through reverse's answer)."""
     previous, reversed_before = rec.status, rec.amount_reversed
-    # Never less than recorded: one let through is answered under its key as it was
-    # then (the simulator's cached answer), before reversals recorded since.
     reversed_now = max(rec.amount_reversed, res.amount_reversed)
     status = transfer_status(res.amount.amount, reversed_now)
     if status != rec.status:
@@ -3478,6 +3531,33 @@ async def reverse_transfer(ctx: HandlerContext, data: c.ReverseTransfer) -> Hand
         return HandlerResult("transfer.reversed", rec, extra=extra)
     payment.amount_transferred = max(0, (payment.amount_transferred or 0) - back)
     return HandlerResult("transfer.reversed", rec, [payment], extra=extra)
+
+
+async def refresh_transfer(ctx: HandlerContext, data: c.RefreshTransfer) -> HandlerResult:
+    """The transfer as its provider holds it now: reversed since outside paystream too
+    (the provider's dashboard; Stripe recovering a connected account's negative balance).
+    What was reversed since is `transfer.reversed`, as a transfer.reverse's (its payment
+    may refund and transfer it again); nothing, `transfer.updated`. A read: asked again,
+    the provider answers afresh, and what it learnt is emitted once (counted from the
+    record). One reversed entirely is final: refused before any call. Needs only the
+    provider's capability (gw.UNNARROWED_OPERATIONS), as a connected account's refresh."""
+    rec = ctx.load(TransferRecord, data.transfer_id)
+    if rec.status == gw.TransferStatus.REVERSED.value:
+        raise Rejection(
+            RejectReason.INVALID_STATE, f"transfer {rec.id} is reversed: it can change no more"
+        )
+    ctx.at_provider(rec)
+    req = gw.RetrieveTransfer(provider_transfer_id=rec.provider_transfer_id)
+    res = await _gateway(
+        ctx,
+        "retrieve_transfer",
+        lambda: ctx.gateway.retrieve_transfer(req, idempotency_key=ctx.idem),
+    )
+    previous = rec.status
+    learnt = _take_transfer(ctx, rec, res)
+    if learnt.extra["amount_reversed_now"] == 0:
+        return HandlerResult("transfer.updated", rec, extra={"previous_status": previous})
+    return learnt
 
 
 def _connected_accounts_supported(ctx: HandlerContext) -> None:
@@ -3714,4 +3794,5 @@ HANDLERS: dict[str, Handler] = {
     "connected_account.refresh": refresh_connected_account,
     "transfer.create": create_transfer,
     "transfer.reverse": reverse_transfer,
+    "transfer.refresh": refresh_transfer,
 }

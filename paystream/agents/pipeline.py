@@ -3091,6 +3091,7 @@ _WEBHOOK_REFRESHES = frozenset(
         "subscription.refresh",
         "payout.refresh",
         "connected_account.refresh",
+        "transfer.refresh",
     }
 )
 

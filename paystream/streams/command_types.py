@@ -41,4 +41,5 @@ COMMAND_TYPES: tuple[str, ...] = (
     "invoice.refresh",
     "transfer.create",
     "transfer.reverse",
+    "transfer.refresh",
 )

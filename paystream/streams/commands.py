@@ -796,6 +796,13 @@ class ReverseTransfer(CommandData):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class RefreshTransfer(CommandData):
+    """Read a transfer back from its provider: reversed since, outside paystream too (the
+    provider's dashboard, or the provider recovering a connected account's balance)."""
+
+    transfer_id: EntityId
+
+
 class VoidInvoice(CommandData):
     """Void an open (or draft) invoice: never to be paid. A paid one is refunded instead,
     at its provider (its payment is the provider's, not a paystream payment)."""
@@ -848,6 +855,7 @@ COMMANDS: dict[str, type[CommandData]] = {
     "invoice.refresh": RefreshInvoice,
     "transfer.create": CreateTransfer,
     "transfer.reverse": ReverseTransfer,
+    "transfer.refresh": RefreshTransfer,
 }
 if set(COMMANDS) != set(COMMAND_TYPES):  # (a command added to one and not to the other)
     raise RuntimeError(
@@ -867,6 +875,7 @@ PROVIDER_READS = frozenset(
         "balance.retrieve",
         "connected_account.refresh",
         "invoice.refresh",
+        "transfer.refresh",
     }
 )
 

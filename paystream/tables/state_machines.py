@@ -169,7 +169,8 @@ def check_payout_move(status: str, to: str) -> None:
 # made whole, then reversed in parts (amount_reversed) until ``reversed`` (all of it).
 # paystream names the three: created → partially_reversed → reversed (final).
 TRANSFER_MOVES: dict[str, frozenset[str]] = {
-    "created": frozenset({"partially_reversed", "reversed"}),
+    # (created -> created: a transfer.refresh that read back nothing reversed)
+    "created": frozenset({"created", "partially_reversed", "reversed"}),
     "partially_reversed": frozenset({"partially_reversed", "reversed"}),
     "reversed": frozenset(),
 }

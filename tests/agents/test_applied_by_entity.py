@@ -280,6 +280,7 @@ SCENARIOS: dict[str, Setup] = {
     "transfer.create (derived id)": lambda h, t: _transferring(h, t, "transfer.create"),
     "transfer.reverse": lambda h, t: _transferring(h, t, "transfer.reverse", amount=200),
     "transfer.reverse (all)": lambda h, t: _transferring(h, t, "transfer.reverse"),
+    "transfer.refresh (unchanged)": lambda h, t: _transferring(h, t, "transfer.refresh"),
 }
 
 

@@ -65,6 +65,7 @@ COMMAND_TYPES = (
     "dispute.accept",
     "transfer.create",
     "transfer.reverse",
+    "transfer.refresh",
 )
 TOKENS = (
     "tok_visa",
@@ -174,6 +175,7 @@ def command_data(draw: st.DrawFn, command_type: str) -> dict[str, Any]:
             "transfer_id": _ids("t1", "t2"),
             "amount": st.one_of(st.just(_MISSING), amounts),
         },
+        "transfer.refresh": {"transfer_id": _ids("t1", "t2")},
     }[command_type]
     out: dict[str, Any] = {}
     for name, values in fields.items():

@@ -66,7 +66,7 @@ def _suspend(h: Harness, t: str) -> None:
 # A customer delete (customer.delete, customer.erase) takes no provider key, as on
 # Stripe: nothing to ask the provider by (its retry meets "not found", answered as such).
 # Nor does a read (payment.refresh, refund.refresh, subscription.refresh, payout.refresh,
-# connected_account.refresh, invoice.refresh):
+# connected_account.refresh, invoice.refresh, transfer.refresh):
 # lost whole, nothing of it happened here, and a suspended tenant's refresh is refused as
 # any new command is (what the provider reports is read again once it is active). Nor
 # does tax.calculate, which asks no provider: paystream computes it from its own rates.
@@ -83,6 +83,7 @@ KEYED = sorted(
             "payout.refresh",
             "connected_account.refresh",
             "invoice.refresh",
+            "transfer.refresh",
             "tax.calculate",
         )
     )

@@ -205,7 +205,7 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 )
                 assert read["object"]["status"] == "enabled", read
                 # Transfers (in SEK: no other chain's balance is touched): from a charge,
-                # then reversed.
+                # read back, then reversed.
                 paid = await over_kafka(
                     "payment.create",
                     {"payment_id": "pt1", "amount": 4000, "currency": "SEK",
@@ -217,6 +217,8 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                      "payment_id": paid["entity_id"], "transfer_id": "tr1"},
                 )  # fmt: skip
                 assert made["related"][0]["object"]["amount_transferred"] == 3000, made
+                await over_http("transfer.refresh", {"transfer_id": "tr1"})
+                assert seen["transfer.refresh"] == "transfer.updated", seen
                 back = await over_kafka("transfer.reverse", {"transfer_id": "tr1"})
                 assert back["object"]["status"] == "reversed", back
 
