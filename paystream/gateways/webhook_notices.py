@@ -22,6 +22,7 @@ __all__ = [
     "RefundNotice",
     "SubscriptionInvoiceNotice",
     "SubscriptionNotice",
+    "TransferNotice",
     "disputed_payment",
     "plain_id",
     "signed_event",
@@ -187,6 +188,21 @@ class PayoutNotice:
     payout_id: str
     provider_payout_id: str
     status: str | None  # the payout's status in the event (None: one not known here)
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+
+
+@dataclass(frozen=True, slots=True)
+class TransferNotice:
+    """A followed event about a transfer that names paystream's transfer in its metadata
+    (a reversal made outside paystream: the provider's dashboard, or its recoveries)."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the transfer's metadata names them
+    transfer_id: str
+    provider_transfer_id: str
+    amount_reversed: int | None  # what the event says is reversed of it (None: unsaid)
     account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when the provider made the event (unix seconds), if it says
 

@@ -4,8 +4,10 @@ A verified event about a payment paystream made becomes a ``payment.refresh`` co
 the tenant's partition (one about a refund, a ``refund.refresh``; one about a Stripe
 subscription or its invoice, a ``subscription.refresh``; one about a Stripe payout, a
 ``payout.refresh``; a Stripe ``account.updated`` about a connected account paystream
-made, heard on the platform's Connect endpoint, a ``connected_account.refresh``), so
-the payment (or refund, subscription, payout, account) is read back from the provider
+made, heard on the platform's Connect endpoint, a ``connected_account.refresh``; a
+Stripe ``transfer.reversed`` or ``transfer.updated`` about a transfer paystream made, a
+``transfer.refresh``), so the payment (or refund, subscription, payout, account,
+transfer) is read back from the provider
 and its outcome
 goes out as any command's does: in order with the tenant's other commands, once (its
 command id derives from the event's id, so a webhook sent again is answered from the
@@ -14,7 +16,8 @@ nothing paystream has not read (the success of a payment it charged itself, a re
 success it was answered, a dispute's status it holds, a subscription's status and period
 or an invoice's status it holds, a payout's status it holds or a payout failed or
 canceled here, an account's flags and requirements it holds or an account rejected
-here) is acknowledged and dropped.
+here, a transfer's reversed amount it holds or a transfer reversed entirely here) is
+acknowledged and dropped.
 
 A dispute's event (``charge.dispute.*``) names no payment of paystream's: its Dispute
 carries none of paystream's metadata. Its PaymentIntent does, and is read from Stripe
@@ -89,6 +92,7 @@ from paystream.gateways.stripe.webhooks import (
     payout_notice,
     refund_notice,
     subscription_notice,
+    transfer_notice,
     verified_event,
 )
 from paystream.gateways.webhook_notices import (
@@ -100,6 +104,7 @@ from paystream.gateways.webhook_notices import (
     RefundNotice,
     SubscriptionInvoiceNotice,
     SubscriptionNotice,
+    TransferNotice,
 )
 from paystream.ids import derived_id
 from paystream.ids import invoice_id as derived_invoice_id
@@ -112,6 +117,7 @@ from paystream.streams.commands import (
     RefreshPayout,
     RefreshRefund,
     RefreshSubscription,
+    RefreshTransfer,
 )
 from paystream.streams.pan import contains_card_number
 from paystream.streams.topics import commands_topic
@@ -152,7 +158,14 @@ _DISPUTED_PAYMENT_READ = {"stripe": "read_payment_intent", "square": "read_payme
 
 
 # What a verified event may be about, once a dispute's is read as its payment's.
-_Notice = PaymentNotice | RefundNotice | SubscriptionNotice | PayoutNotice | ConnectedAccountNotice
+_Notice = (
+    PaymentNotice
+    | RefundNotice
+    | SubscriptionNotice
+    | PayoutNotice
+    | ConnectedAccountNotice
+    | TransferNotice
+)
 
 
 class _Unavailable(Exception):
@@ -279,8 +292,8 @@ class WebhookView(View):
             notice = found_notice
         if notice is None:
             why = (
-                "not an event about a payment, refund, subscription, payout or connected "
-                "account paystream made"
+                "not an event about a payment, refund, subscription, payout, connected "
+                "account or transfer paystream made"
             )
             return self._ignored(provider, tenant, why)
         what = _kind(notice)
@@ -535,6 +548,7 @@ def _notice(
         or subscription_notice(event)
         or payout_notice(event)
         or connected_account_notice(event)
+        or transfer_notice(event)
         or dispute_notice(event)
     )
 
@@ -577,6 +591,8 @@ def _kind(notice: _Notice) -> str:
         return "payout"
     if isinstance(notice, ConnectedAccountNotice):
         return "connected account"
+    if isinstance(notice, TransferNotice):
+        return "transfer"
     return "refund" if isinstance(notice, RefundNotice) else "payment"
 
 
@@ -587,6 +603,8 @@ def _entity_id(notice: _Notice) -> str:
         return notice.payout_id
     if isinstance(notice, ConnectedAccountNotice):
         return notice.connected_account_id
+    if isinstance(notice, TransferNotice):
+        return notice.transfer_id
     return notice.refund_id if isinstance(notice, RefundNotice) else notice.payment_id
 
 
@@ -600,6 +618,8 @@ async def _known_already(tenant: str, row: dict[str, Any], notice: _Notice) -> s
         return _payout_known_already(row, notice)
     if isinstance(notice, ConnectedAccountNotice):
         return _account_known_already(row, notice)
+    if isinstance(notice, TransferNotice):
+        return _transfer_known_already(row, notice)
     if row.get("provider_payment_id") != notice.provider_payment_id:
         return "the payment is another provider payment's"
     status = str(row.get("status"))
@@ -925,6 +945,20 @@ def _account_known_already(row: dict[str, Any], notice: ConnectedAccountNotice) 
     return None
 
 
+def _transfer_known_already(row: dict[str, Any], notice: TransferNotice) -> str | None:
+    """Why a transfer event's refresh would bring nothing: it is another provider
+    transfer's, the transfer is reversed entirely here (final), or the event says what
+    paystream holds reversed of it (the echo of its own transfer.reverse, or a
+    ``transfer.updated`` of its metadata). One that does not say is read."""
+    if row.get("provider_transfer_id") != notice.provider_transfer_id:
+        return "the transfer is another provider transfer's"
+    if row.get("status") == "reversed":
+        return "the transfer is reversed already"
+    if notice.amount_reversed is not None and notice.amount_reversed == row.get("amount_reversed"):
+        return "the transfer is as recorded already"
+    return None
+
+
 # Dropped events named in the log, at most, per tenant and minute (the rest counted).
 DROPPED_NAMED_PER_MINUTE = 20
 
@@ -969,6 +1003,8 @@ async def _entity_row(tenant: str, notice: _Notice) -> dict[str, Any] | None:
         return await _row(
             tenant, t.connected_accounts, "connected_accounts", notice.connected_account_id
         )
+    if isinstance(notice, TransferNotice):
+        return await _row(tenant, t.transfers, "transfers", notice.transfer_id)
     return await _row(tenant, t.payments, "payments", notice.payment_id)
 
 
@@ -1023,6 +1059,9 @@ def _refresh(provider: str, tenant: str, notice: _Notice) -> tuple[str, KafkaRec
         command_type = "connected_account.refresh"
         body = {"connected_account_id": notice.connected_account_id}
         model = RefreshConnectedAccount
+    elif isinstance(notice, TransferNotice):
+        command_type, body = "transfer.refresh", {"transfer_id": notice.transfer_id}
+        model = RefreshTransfer
     else:
         command_type, body = "payment.refresh", {"payment_id": notice.payment_id}
         model = RefreshPayment

@@ -668,7 +668,8 @@ async def test_a_refund_failed_event_reads_the_refund_back(
 
 
 _NOT_OURS = (
-    "not an event about a payment, refund, subscription, payout or connected account paystream made"
+    "not an event about a payment, refund, subscription, payout, connected account or "
+    "transfer paystream made"
 )
 
 
@@ -901,3 +902,71 @@ async def test_a_dispute_whose_payment_cannot_be_read_is_sent_again_later(
             "message": "the disputed payment cannot be read from the provider; send it again",
         },
     )
+
+
+def transfer_event(provider_transfer_id: str, ref: str, amount_reversed: int) -> bytes:
+    obj = {
+        "id": provider_transfer_id,
+        "object": "transfer",
+        "amount_reversed": amount_reversed,
+        "metadata": {"paystream_transfer": ref},
+    }
+    event = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": "transfer.reversed",
+        "created": int(time.time()),
+        "data": {"object": obj},
+    }
+    return json.dumps(event).encode()
+
+
+async def test_a_transfer_reversed_outside_paystream_is_learnt_by_webhook(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """A reversal made with Stripe's SDK (the Dashboard's), then Stripe's
+    `transfer.reversed`: the transfer's refresh, its reversal learnt once (the event
+    sent again says what paystream holds now: dropped)."""
+    from tests.e2e.connect_e2e import enabled_account
+
+    _, base_url = deployed
+    acct = await enabled_account(client, TENANT, localstripe_url)
+    paid = await client.command(
+        "payment.create",
+        TENANT,
+        {"amount": 5000, "currency": "EUR", "payment_method_token": "pm_card_visa"},
+    )
+    assert outcome(paid) == "payment.succeeded", paid.get_data()
+    pay = paid.get_data()["object"]
+    body = {"connected_account_id": acct["id"], "amount": 4000, "currency": "EUR",
+            "payment_id": pay["id"]}  # fmt: skip
+    made = await client.command("transfer.create", TENANT, body)
+    assert outcome(made) == "transfer.created", made.get_data()
+    tr = made.get_data()["object"]
+    http = stripe.AIOHTTPClient()
+    sdk = stripe.StripeClient(
+        LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe_url}, http_client=http
+    )
+    try:
+        await sdk.v1.transfers.reversals.create_async(tr["provider_transfer_id"], {"amount": 1500})
+    finally:
+        await http.close_async()
+    event = transfer_event(tr["provider_transfer_id"], f"{TENANT}:{tr['id']}", 1500)
+    command_id = derived_id("whk", "stripe", TENANT, json.loads(event)["id"])
+    answered = client.expect(TENANT, command_id)
+    status, answer = await post(base_url, event, signed(event))
+    assert (status, answer) == (
+        200,
+        {"received": True, "action": "refresh", "command_id": command_id},
+    )
+    learnt = await asyncio.wait_for(answered, 60)
+    assert outcome(learnt) == "transfer.reversed", learnt.get_data()
+    assert learnt.get_data()["amount_reversed_now"] == 1500
+    assert learnt.get_data()["related"][0]["object"]["amount_transferred"] == 2500
+    # Stripe's retry of the event (or another saying what paystream now holds): no news.
+    status, again = await post(base_url, event, signed(event))
+    assert (status, again) == (
+        200,
+        {"received": True, "action": "ignored", "why": "the transfer is as recorded already"},
+    ), again
+    assert (await payment(base_url, pay["id"]))["amount_transferred"] == 2500

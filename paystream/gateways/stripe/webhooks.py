@@ -23,6 +23,7 @@ from paystream.gateways.base import (
     read_payout_ref,
     read_refund_ref,
     read_subscription_ref,
+    read_transfer_ref,
 )
 from paystream.gateways.stripe.mapping import (
     dispute_status,
@@ -44,6 +45,7 @@ from paystream.gateways.webhook_notices import (
     PayoutNotice,
     RefundNotice,
     SubscriptionNotice,
+    TransferNotice,
     disputed_payment,
     plain_id,
     signed_event,
@@ -58,6 +60,7 @@ __all__ = [
     "FOLLOWED_PAYOUT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
     "FOLLOWED_SUBSCRIPTION_EVENTS",
+    "FOLLOWED_TRANSFER_EVENTS",
     "MAX_BODY_BYTES",
     "SIGNATURE_HEADER",
     "TOLERANCE_SECONDS",
@@ -75,6 +78,7 @@ __all__ = [
     "payout_notice",
     "refund_notice",
     "subscription_notice",
+    "transfer_notice",
     "verified_event",
 ]
 
@@ -141,6 +145,10 @@ FOLLOWED_PAYOUT_EVENTS = frozenset(
 # A connected account's event on the platform's Connect endpoint: its holder onboarded,
 # a requirement came due or was met, Stripe enabled, restricted or rejected it.
 FOLLOWED_ACCOUNT_EVENTS = frozenset({"account.updated"})
+# A transfer's: reversed (in the Dashboard, or by Stripe recovering a connected account's
+# negative balance) or its metadata or description edited, with no request of
+# paystream's. (Not `transfer.created`: paystream made it, and read it then.)
+FOLLOWED_TRANSFER_EVENTS = frozenset({"transfer.reversed", "transfer.updated"})
 # Every event followed (the generated API docs list these: one source, tested).
 EVERY_FOLLOWED_EVENT: frozenset[str] = (
     FOLLOWED_EVENTS
@@ -149,6 +157,7 @@ EVERY_FOLLOWED_EVENT: frozenset[str] = (
     | FOLLOWED_SUBSCRIPTION_EVENTS
     | FOLLOWED_PAYOUT_EVENTS
     | FOLLOWED_ACCOUNT_EVENTS
+    | FOLLOWED_TRANSFER_EVENTS
 )
 _SUBSCRIPTION_OBJECT = {
     "invoice.paid": "invoice",
@@ -239,6 +248,27 @@ def _notice(
         ref[1],
         obj["id"],
         None if status is None else status.value,
+        account,
+        _created(event),
+    )
+
+
+def transfer_notice(event: dict[str, Any]) -> TransferNotice | None:
+    """What a followed transfer event says of paystream's transfer; None for another
+    event, or a transfer paystream did not make (or made before it named its transfers:
+    read back by ``transfer.refresh``)."""
+    found = _followed(event, FOLLOWED_TRANSFER_EVENTS, "transfer", read_transfer_ref)
+    if found is None:
+        return None
+    event_id, event_type, obj, ref, account = found
+    reversed_ = obj.get("amount_reversed")
+    return TransferNotice(
+        event_id,
+        event_type,
+        ref[0],
+        ref[1],
+        obj["id"],
+        reversed_ if isinstance(reversed_, int) and not isinstance(reversed_, bool) else None,
         account,
         _created(event),
     )
