@@ -272,6 +272,16 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "`validation_error`, a transfer reversed entirely `invalid_state`. What comes back "
         "of a transfer from a payment may be transferred from that payment again."
     ),
+    "transfer.refresh": (
+        "Read a transfer back from its provider: reversed since outside paystream too "
+        "(in Stripe's Dashboard, or by Stripe recovering a connected account's negative "
+        "balance). What was reversed since is `transfer.reversed`, as a "
+        "`transfer.reverse`'s (its payment's `amount_transferred` lowered: refundable, "
+        "and transferable again), emitted once however often it is read; nothing, "
+        "`transfer.updated`. One `reversed` is final: refused `invalid_state` before the "
+        "provider is asked. Stripe's `transfer.reversed` and `transfer.updated` webhooks "
+        "send it. Another tenant's transfer, or none: `not_found`."
+    ),
     "tax.calculate": (
         "The tax on `line_items` by the tenant's tax rates, computed by paystream as Stripe "
         "Billing computes it (per line and rate, rounded half up; no provider asked): a "
@@ -665,7 +675,18 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
             },
             "amount_reversed_now": {
                 "type": "integer",
-                "description": "minor units this reversal took back",
+                "description": "minor units this reversal took back (for a "
+                "`transfer.refresh`: what was reversed since paystream last read it)",
+            },
+        },
+    ),
+    "transfer.updated": (
+        "transfer",
+        "`transfer.refresh` read the transfer back with nothing reversed since.",
+        {
+            "previous_status": {
+                "type": "string",
+                "description": "the transfer's status before the refresh (unchanged)",
             },
         },
     ),
@@ -2315,7 +2336,8 @@ def openapi() -> Doc:
                 "(`<tenant>:<payment id>`), a refund from its `paystream_refund`, which "
                 "paystream sets on the payments and refunds it creates "
                 "(unless the producer's metadata already holds 50 keys); a subscription, "
-                "payout or connected account from its own metadata, a dispute from its "
+                "payout, connected account or transfer from its own metadata, a dispute "
+                "from its "
                 "PaymentIntent's (docs/stripe.md, Webhooks). The refresh is "
                 "sealed as paystream's own: it is neither checked against the tenant's "
                 "rate limit nor spends its tokens. Followed Square events: "
