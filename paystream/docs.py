@@ -201,12 +201,19 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "`payment_method_id` (another of the same customer's), off session: "
         "`invoice.paid`, or `invoice.payment_failed` (the decline in `error`, as a "
         "`payment.failed`'s; the invoice stays `open`: pay it again under a new command "
-        "id). A `draft` is refused `invalid_state` (finalize it first), a `paid` or `void` "
-        "one too. Sent under the command's key: redelivered or re-driven, it charges once."
+        "id). An `uncollectible` one may be paid too. A `draft` is refused `invalid_state` "
+        "(finalize it first), a `paid` or `void` one too. Sent under the command's key: "
+        "redelivered or re-driven, it charges once."
     ),
     "invoice.void": (
-        "Void a `draft` or `open` invoice: never to be paid. A `paid` one is refused "
-        "`invalid_state` (refund its payment instead: `refund.create`)."
+        "Void a `draft`, `open` or `uncollectible` invoice: never to be paid. A `paid` one "
+        "is refused `invalid_state` (refund its payment instead: `refund.create`)."
+    ),
+    "invoice.mark_uncollectible": (
+        "Write an `open` invoice off: `uncollectible` (`invoice.marked_uncollectible`), "
+        "no longer expected to be paid, yet still payable (`invoice.pay`, or its customer "
+        "on the provider's page) or voidable; its parked pays keep their holds. A "
+        "`draft`, `paid`, `void` or `uncollectible` one is refused `invalid_state`."
     ),
     "invoice.refresh": (
         "Read a one-off invoice back from its provider (a sent invoice paid by its "
@@ -390,8 +397,8 @@ _PAYOUT_PREVIOUS: Doc = {
 _INVOICE_PREVIOUS: Doc = {
     "previous_status": {
         "type": "string",
-        "description": "answering `invoice.finalize`, `invoice.pay`, `invoice.void` or "
-        "`invoice.refresh`: the invoice's status before",
+        "description": "answering `invoice.finalize`, `invoice.pay`, `invoice.void`, "
+        "`invoice.mark_uncollectible` or `invoice.refresh`: the invoice's status before",
     },
 }
 
@@ -605,9 +612,16 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "The invoice was voided: never to be paid. Emitted once per invoice.",
         _INVOICE_PREVIOUS,
     ),
+    "invoice.marked_uncollectible": (
+        "invoice",
+        "The invoice was written off, `uncollectible` (`invoice.mark_uncollectible`, or "
+        "read back so by `invoice.refresh`): it may still be paid (`invoice.paid`) or "
+        "voided (`invoice.voided`).",
+        _INVOICE_PREVIOUS,
+    ),
     "invoice.updated": (
         "invoice",
-        "`invoice.refresh` read the invoice back unchanged (`draft` or `open`).",
+        "`invoice.refresh` read the invoice back unchanged (`draft`, `open` or `uncollectible`).",
         _INVOICE_PREVIOUS,
     ),
     "tax_rate.created": ("tax_rate", "The tax rate was made (`active`).", {}),

@@ -895,6 +895,7 @@ async def test_every_invoice_outcome_matches_its_published_payload(
             outs.append(await h.send("invoice.finalize", t, {"invoice_id": iid}))
             outs.append(await h.send("invoice.pay", t, {"invoice_id": iid}))
         outs.append(await h.send("invoice.refresh", t, {"invoice_id": "i2"}))
+        outs.append(await h.send("invoice.mark_uncollectible", t, {"invoice_id": "i2"}))
         outs.append(await h.send("invoice.void", t, {"invoice_id": "i2"}))
     seen = set()
     for event in outs:
@@ -909,5 +910,6 @@ async def test_every_invoice_outcome_matches_its_published_payload(
         "invoice.paid",
         "invoice.payment_failed",
         "invoice.updated",
+        "invoice.marked_uncollectible",
         "invoice.voided",
     }, seen

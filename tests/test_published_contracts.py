@@ -59,6 +59,7 @@ VALID: dict[str, dict[str, Any]] = {
     "invoice.finalize": {"invoice_id": "in_1"},
     "invoice.pay": {"invoice_id": "in_1", "payment_method_id": "pm_2"},
     "invoice.void": {"invoice_id": "in_1"},
+    "invoice.mark_uncollectible": {"invoice_id": "in_1"},
     "invoice.refresh": {"invoice_id": "in_1"},
     "payout.cancel": {"payout_id": "po1"},
     "payout.refresh": {"payout_id": "po1"},

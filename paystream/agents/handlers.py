@@ -2705,7 +2705,12 @@ _INVOICE_OUTCOME = {
     gw.InvoiceStatus.OPEN: "invoice.updated",
     gw.InvoiceStatus.PAID: "invoice.paid",
     gw.InvoiceStatus.VOID: "invoice.voided",
+    gw.InvoiceStatus.UNCOLLECTIBLE: "invoice.marked_uncollectible",
 }
+
+
+# A one-off invoice's statuses an invoice.pay charges (held to the tenant's limits).
+_PAYABLE_INVOICE = frozenset({gw.InvoiceStatus.OPEN.value, gw.InvoiceStatus.UNCOLLECTIBLE.value})
 
 
 # Statuses a finalize may reach that are answered as such (invoice.paid, invoice.voided),
@@ -2770,7 +2775,9 @@ def _invoice_moved(ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResul
     the status it had before in ``previous_status``."""
     previous = rec.status
     _take_invoice(ctx, rec, res)
-    return HandlerResult(_INVOICE_OUTCOME[res.status], rec, extra={"previous_status": previous})
+    # (uncollectible read back uncollectible: unchanged, as open read back open)
+    outcome = "invoice.updated" if previous == rec.status else _INVOICE_OUTCOME[res.status]
+    return HandlerResult(outcome, rec, extra={"previous_status": previous})
 
 
 def _invoice_method(
@@ -2828,7 +2835,13 @@ async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerR
         days_until_due=data.days_until_due,
         provider_payment_method_id=None if pm is None else pm.provider_payment_method_id,
         description=data.description,
-        metadata=dict(data.metadata),
+        # Named at a provider that sends webhooks (its invoice.* events find the invoice
+        # by this reference, as a payout's), the record keeping the tenant's own.
+        metadata=(
+            gw.invoice_ref(data.metadata, ctx.cmd.tenant_id, iid)
+            if _WEBHOOKS in ctx.gateway.capabilities
+            else dict(data.metadata)
+        ),
     )
     # As payment.create's: a chosen id is the key's scope (one invoice per id, however
     # often it is sent), else the command's. (A gateway that makes an invoice in several
@@ -2839,14 +2852,34 @@ async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerR
             ctx, "create_invoice", lambda: ctx.gateway.create_invoice(req, idempotency_key=key)
         )
     except GatewayError as exc:
-        if _chosen_id_taken(ctx, exc, data.invoice_id):
+        # One let through may have been first sent by a version before the webhook
+        # reference (gw.invoice_ref), or with it by a tenant whose capabilities have lost
+        # `webhooks` since: its provider refuses other parameters under the key
+        # (Stripe's idempotency_error). Sent again the other way, answered as it was
+        # (as payment.create's, _create_at_provider).
+        plain = dict(data.metadata)
+        with_ref = gw.invoice_ref(plain, ctx.cmd.tenant_id, iid)
+        other = req.model_copy(update={"metadata": plain if req.metadata != plain else with_ref})
+        if (
+            ctx.let_through
+            and exc.code is ErrorCode.IDEMPOTENCY_ERROR
+            and not exc.retryable
+            and other != req
+        ):
+            res = await _gateway(
+                ctx,
+                "create_invoice",
+                lambda: ctx.gateway.create_invoice(other, idempotency_key=key),
+            )
+        elif _chosen_id_taken(ctx, exc, data.invoice_id):
             raise Rejection(
                 RejectReason.INVALID_STATE,
                 f"invoice id {iid} is taken at the provider by an earlier create of other "
                 "parameters: one refused, or one still parked (`paystream dlq list`); "
                 "create this invoice under a new id",
             ) from exc
-        raise
+        else:
+            raise
     rec = InvoiceRecord(
         **_base(ctx, iid),
         customer_id=customer.id,
@@ -2960,6 +2993,27 @@ async def void_invoice(ctx: HandlerContext, data: c.VoidInvoice) -> HandlerResul
     )
     res = await _gateway(
         ctx, "void_invoice", lambda: ctx.gateway.void_invoice(req, idempotency_key=ctx.idem)
+    )
+    return _invoice_moved(ctx, rec, res)
+
+
+async def mark_invoice_uncollectible(
+    ctx: HandlerContext, data: c.MarkInvoiceUncollectible
+) -> HandlerResult:
+    """An open invoice written off: `uncollectible`, no longer expected to be paid, yet
+    still payable (`invoice.pay`, or its customer on the provider's page) or voidable.
+    Its pays parked keep their holds (it may still be paid). A draft, paid or void one is
+    `invalid_state` before the provider is asked."""
+    rec = _one_off_invoice(ctx, data.invoice_id)
+    # Even let through (re-driven after a refresh or a webhook recorded it so, or paid or
+    # void): its outcome was emitted then, once.
+    _invoice_transition(rec, "mark_uncollectible")
+    ctx.at_provider(rec)
+    req = gw.MarkInvoiceUncollectible(provider_invoice_id=rec.provider_invoice_id)
+    res = await _gateway(
+        ctx,
+        "mark_invoice_uncollectible",
+        lambda: ctx.gateway.mark_invoice_uncollectible(req, idempotency_key=ctx.idem),
     )
     return _invoice_moved(ctx, rec, res)
 
@@ -3746,12 +3800,13 @@ def invoice_charge(
     """What the tenant limits hold an ``invoice.pay`` to: its one-off invoice's amount
     due and currency, read from the invoice's table (local to its partition, as the
     command is). Nothing (amount 0) for an invoice pay_invoice refuses whatever the
-    limits: unknown here, a subscription's, or not open (a draft, paid, void)."""
+    limits: unknown here, a subscription's, or not payable (a draft, paid, void; an
+    uncollectible one is payable, as an open one)."""
     raw = invoices.get(entity_key(tenant_id, data.invoice_id))
     if (
         not isinstance(raw, Mapping)
         or raw.get("subscription_id") is not None
-        or raw.get("status") != gw.InvoiceStatus.OPEN.value
+        or raw.get("status") not in _PAYABLE_INVOICE
     ):
         return InvoiceCharge(0, "")
     return InvoiceCharge(int(raw.get("amount") or 0), str(raw.get("currency")), data.invoice_id)
@@ -3785,6 +3840,7 @@ HANDLERS: dict[str, Handler] = {
     "invoice.finalize": finalize_invoice,
     "invoice.pay": pay_invoice,
     "invoice.void": void_invoice,
+    "invoice.mark_uncollectible": mark_invoice_uncollectible,
     "invoice.refresh": refresh_invoice,
     "tax_rate.create": create_tax_rate,
     "tax_rate.archive": archive_tax_rate,

@@ -22,6 +22,7 @@ from paystream.money import Money
 
 __all__ = [
     "CONNECTED_ACCOUNT_REF_KEY",
+    "INVOICE_REF_KEY",
     "METADATA_KEYS_MAX",
     "OPERATION_CAPABILITY",
     "PAYMENT_REF_KEY",
@@ -68,6 +69,7 @@ __all__ = [
     "InvoiceLine",
     "InvoiceResult",
     "InvoiceStatus",
+    "MarkInvoiceUncollectible",
     "PayInvoice",
     "PaymentGateway",
     "PaymentMethodResult",
@@ -99,10 +101,12 @@ __all__ = [
     "UpdateSubscription",
     "VoidInvoice",
     "connected_account_ref",
+    "invoice_ref",
     "merged_metadata",
     "payment_ref",
     "payout_ref",
     "read_connected_account_ref",
+    "read_invoice_ref",
     "read_payment_ref",
     "read_payout_ref",
     "read_refund_ref",
@@ -152,6 +156,9 @@ PAYOUT_REF_KEY = "paystream_payout"
 CONNECTED_ACCOUNT_REF_KEY = "paystream_connected_account"
 # A transfer's (Stripe's transfer.* events carry the Transfer with its metadata).
 TRANSFER_REF_KEY = "paystream_transfer"
+# A one-off invoice's (Stripe's invoice.* events carry the Invoice with its metadata; a
+# subscription's invoices are named by their subscription's, in subscription_details).
+INVOICE_REF_KEY = "paystream_invoice"
 METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 
 
@@ -209,6 +216,17 @@ def connected_account_ref(
     """As ``payment_ref``, for a connected account (one not found from a webhook is read
     back by ``connected_account.refresh``)."""
     return _with_ref(CONNECTED_ACCOUNT_REF_KEY, metadata, tenant_id, account_id)
+
+
+def invoice_ref(metadata: Mapping[str, str], tenant_id: str, invoice_id: str) -> dict[str, str]:
+    """As ``payment_ref``, for a one-off invoice (one not found from a webhook is read
+    back by ``invoice.refresh``)."""
+    return _with_ref(INVOICE_REF_KEY, metadata, tenant_id, invoice_id)
+
+
+def read_invoice_ref(metadata: Any) -> tuple[str, str] | None:
+    """(tenant id, invoice id) from an Invoice's metadata, if it names them."""
+    return _read_ref(INVOICE_REF_KEY, metadata)
 
 
 def read_connected_account_ref(metadata: Any) -> tuple[str, str] | None:
@@ -304,6 +322,9 @@ class InvoiceStatus(StrEnum):
     # it), or a one-off invoice finalized, charged or sent for payment.
     OPEN = "open"
     VOID = "void"  # never to be paid (its subscription canceled, or voided)
+    # A one-off invoice written off (Stripe's mark_uncollectible): still payable, or
+    # voidable, at its provider. (A subscription's reads open: see stripe/mapping.py.)
+    UNCOLLECTIBLE = "uncollectible"
 
 
 # The invoices a subscription read lists at most (newest first).
@@ -682,6 +703,13 @@ class VoidInvoice(_Req):
     draft_amount: Money | None = None
 
 
+class MarkInvoiceUncollectible(_Req):
+    """Write an open invoice off (Stripe: POST /v1/invoices/{id}/mark_uncollectible): no
+    longer collected, yet still payable, or voidable, at its provider."""
+
+    provider_invoice_id: str
+
+
 class RetrieveInvoice(_Req):
     """Read an invoice back (a read: no key of its own)."""
 
@@ -976,6 +1004,7 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "finalize_invoice": Capability.INVOICES,
     "pay_invoice": Capability.INVOICES,
     "void_invoice": Capability.INVOICES,
+    "mark_invoice_uncollectible": Capability.INVOICES,
     "retrieve_invoice": Capability.INVOICES,
 }
 
@@ -1005,6 +1034,8 @@ UNNARROWED_OPERATIONS = frozenset(
         "retrieve_transfer",
         # An invoice made stays the tenant's to void or read back (its customer has it).
         "void_invoice",
+        # (a write-off stops collecting, as a void does: it starts nothing)
+        "mark_invoice_uncollectible",
         "retrieve_invoice",
     }
 )
@@ -1252,7 +1283,13 @@ class PaymentGateway(Protocol):
         ...
 
     async def void_invoice(self, req: VoidInvoice, *, idempotency_key: str) -> InvoiceResult:
-        """A draft or open invoice voided: never to be paid."""
+        """A draft, open or uncollectible invoice voided: never to be paid."""
+        ...
+
+    async def mark_invoice_uncollectible(
+        self, req: MarkInvoiceUncollectible, *, idempotency_key: str
+    ) -> InvoiceResult:
+        """An open invoice written off (uncollectible): still payable or voidable."""
         ...
 
     async def retrieve_invoice(

@@ -38,6 +38,7 @@ COMMAND_TYPES: tuple[str, ...] = (
     "invoice.finalize",
     "invoice.pay",
     "invoice.void",
+    "invoice.mark_uncollectible",
     "invoice.refresh",
     "transfer.create",
     "transfer.reverse",

@@ -69,6 +69,7 @@ __all__ = [
     "FinalizeInvoice",
     "InvoiceCollection",
     "InvoiceLineItem",
+    "MarkInvoiceUncollectible",
     "PayInvoice",
     "PayoutMethod",
     "Proration",
@@ -810,6 +811,14 @@ class VoidInvoice(CommandData):
     invoice_id: EntityId
 
 
+class MarkInvoiceUncollectible(CommandData):
+    """Write an open invoice off (uncollectible: no longer expected to be paid), as
+    Stripe's mark_uncollectible. Its customer may still pay it (on the provider's page,
+    or by ``invoice.pay``), and it may still be voided."""
+
+    invoice_id: EntityId
+
+
 class RefreshInvoice(CommandData):
     """Read a one-off invoice back from its provider: paid by the customer (a sent
     invoice paid on the provider's page), or voided there since."""
@@ -852,6 +861,7 @@ COMMANDS: dict[str, type[CommandData]] = {
     "invoice.finalize": FinalizeInvoice,
     "invoice.pay": PayInvoice,
     "invoice.void": VoidInvoice,
+    "invoice.mark_uncollectible": MarkInvoiceUncollectible,
     "invoice.refresh": RefreshInvoice,
     "transfer.create": CreateTransfer,
     "transfer.reverse": ReverseTransfer,

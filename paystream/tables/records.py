@@ -395,7 +395,7 @@ class InvoiceRecord(EntityRecord):
     # None: a one-off invoice (its period too).
     subscription_id: str | None = None
     customer_id: str
-    status: str  # draft | open | paid | void (InvoiceStatus)
+    status: str  # draft | open | uncollectible | paid | void (InvoiceStatus)
     amount: int
     currency: str
     period_start: datetime | None = None

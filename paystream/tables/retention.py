@@ -124,7 +124,8 @@ def settled(record: Mapping[str, Any]) -> bool:
 
 
 def _invoice_closed(record: Mapping[str, Any]) -> bool:
-    """Paid or void: an open invoice may yet be paid (the provider retries it)."""
+    """Paid or void: an open (or uncollectible) invoice may yet be paid (the provider
+    retries it, or its customer pays it)."""
     return record.get("status") in ("paid", "void")
 
 

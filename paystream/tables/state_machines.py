@@ -92,11 +92,13 @@ SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
 }
 
 # invoice status → the statuses it may move to: a draft (a one-off invoice's) is
-# finalized (open), or voided; an open one is paid (a retry) or voided; paid and void
-# are final.
+# finalized (open), or voided; an open one is paid (a retry), voided or written off
+# (uncollectible: a one-off invoice's, by invoice.mark_uncollectible or read back so),
+# which may still be paid or voided at its provider; paid and void are final.
 INVOICE_MOVES: dict[str, frozenset[str]] = {
     "draft": frozenset({"draft", "open", "paid", "void"}),
-    "open": frozenset({"open", "paid", "void"}),
+    "open": frozenset({"open", "paid", "void", "uncollectible"}),
+    "uncollectible": frozenset({"uncollectible", "paid", "void"}),
     "paid": frozenset({"paid"}),
     "void": frozenset({"void"}),
 }
@@ -121,13 +123,15 @@ def invoice_moves(status: str, to: str) -> bool:
 # A one-off invoice's commands → the statuses each may act on (Stripe's: finalize a
 # draft; pay an open one (Stripe's pay finalizes a draft first: paystream asks for
 # invoice.finalize, so the total charged is one the tenant saw); void a draft or an
-# open one (a paid one is refunded instead); read back a draft or an open one (paid and
-# void are final: their outcome is emitted once).
+# open one (a paid one is refunded instead); write off an open one (Stripe's
+# mark_uncollectible), which may still be paid or voided; read back a draft, an open or
+# an uncollectible one (paid and void are final: their outcome is emitted once).
 INVOICE_TRANSITIONS: dict[str, frozenset[str]] = {
     "finalize": frozenset({"draft"}),
-    "pay": frozenset({"open"}),
-    "void": frozenset({"draft", "open"}),
-    "refresh": frozenset({"draft", "open"}),
+    "pay": frozenset({"open", "uncollectible"}),
+    "void": frozenset({"draft", "open", "uncollectible"}),
+    "mark_uncollectible": frozenset({"open"}),
+    "refresh": frozenset({"draft", "open", "uncollectible"}),
 }
 
 _INVOICE_INSTEAD = {
@@ -135,6 +139,9 @@ _INVOICE_INSTEAD = {
     # (refund.create takes a paystream payment; an invoice's is its provider's)
     ("void", "paid"): ": refund its payment at its provider instead",
     ("finalize", "open"): ": it is finalized already",
+    ("finalize", "uncollectible"): ": it is finalized already",
+    ("mark_uncollectible", "draft"): ": finalize it first (invoice.finalize)",
+    ("mark_uncollectible", "uncollectible"): ": it is uncollectible already",
     ("refresh", "paid"): ": it can change no more (refund its payment to give it back)",
     ("refresh", "void"): ": it can change no more",
 }
@@ -143,7 +150,8 @@ _INVOICE_INSTEAD = {
 def check_invoice_transition(status: str, verb: str) -> None:
     if status not in INVOICE_TRANSITIONS[verb]:
         instead = _INVOICE_INSTEAD.get((verb, status), "")
-        raise InvalidState(f"cannot {verb} an invoice that is {status}{instead}")
+        what = verb.replace("_", " ")
+        raise InvalidState(f"cannot {what} an invoice that is {status}{instead}")
 
 
 # payout status → the statuses it may move to (Stripe's payout lifecycle): pending →

@@ -944,8 +944,9 @@ def learnt_void(outcome_type: str, obj: Mapping[str, Any]) -> bool:
     refresh)? Nothing will be collected on it: the holds of its pays, parked, can charge
     nothing (a voided invoice was never paid; re-driven, they are refused "already
     void"), so they go (:meth:`LimitGate.release_invoice_holds`; review h79r_c F7).
-    Not an ``uncollectible`` one: Stripe still takes a payment of it, and paystream reads
-    it as open."""
+    Not an ``uncollectible`` one (invoice.marked_uncollectible): its provider still
+    takes a payment of it (invoice.pay, or its customer's), so its pays keep their
+    holds."""
     return (
         outcome_type == "invoice.voided"
         and obj.get("subscription_id") is None

@@ -198,14 +198,14 @@ async def _invoiced(
     h: Harness, t: str, command_type: str, token: str = "pm_card_visa", **body: Any
 ) -> tuple[str, dict[str, Any]]:
     """A customer's saved card and, for a command about an invoice, a draft of it
-    (finalized for a pay)."""
+    (finalized for a pay or a write-off)."""
     cus = await _customer(h, t)
     pm = await _made(h, t, "payment_method.attach", {"customer_id": cus, "token": token})
     create = {"customer_id": cus, "payment_method_id": pm, "currency": "EUR", "line_items": _LINES}
     if command_type == "invoice.create":
         return command_type, {**create, **body}
     invoice = await _made(h, t, "invoice.create", create)
-    if command_type == "invoice.pay":
+    if command_type in ("invoice.pay", "invoice.mark_uncollectible"):
         await _made(h, t, "invoice.finalize", {"invoice_id": invoice})
     return command_type, {"invoice_id": invoice}
 
@@ -275,6 +275,7 @@ SCENARIOS: dict[str, Setup] = {
         h, t, "invoice.pay", token="pm_card_chargeCustomerFail"
     ),
     "invoice.void": lambda h, t: _invoiced(h, t, "invoice.void"),
+    "invoice.mark_uncollectible": lambda h, t: _invoiced(h, t, "invoice.mark_uncollectible"),
     "invoice.refresh": lambda h, t: _invoiced(h, t, "invoice.refresh"),
     "transfer.create": lambda h, t: _transferring(h, t, "transfer.create", transfer_id="tr9"),
     "transfer.create (derived id)": lambda h, t: _transferring(h, t, "transfer.create"),

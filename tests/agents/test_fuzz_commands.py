@@ -66,6 +66,7 @@ COMMAND_TYPES = (
     "transfer.create",
     "transfer.reverse",
     "transfer.refresh",
+    "invoice.mark_uncollectible",
 )
 TOKENS = (
     "tok_visa",
@@ -176,6 +177,8 @@ def command_data(draw: st.DrawFn, command_type: str) -> dict[str, Any]:
             "amount": st.one_of(st.just(_MISSING), amounts),
         },
         "transfer.refresh": {"transfer_id": _ids("t1", "t2")},
+        # (No invoice exists here: refused not_found, or its id refused as a command's.)
+        "invoice.mark_uncollectible": {"invoice_id": _ids("in1", "in2")},
     }[command_type]
     out: dict[str, Any] = {}
     for name, values in fields.items():

@@ -234,6 +234,9 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 paid = await over_http("invoice.pay", {"invoice_id": "i1"})
                 assert paid["object"]["status"] == "paid" and paid["object"]["amount"] == 3000
                 await over_http("invoice.create", {**body, "invoice_id": "i2"})
+                await over_kafka("invoice.finalize", {"invoice_id": "i2"})
+                await over_http("invoice.mark_uncollectible", {"invoice_id": "i2"})
+                assert seen["invoice.mark_uncollectible"] == "invoice.marked_uncollectible"
                 await over_kafka("invoice.void", {"invoice_id": "i2"})
                 assert seen["invoice.void"] == "invoice.voided", seen
 

@@ -51,6 +51,7 @@ from paystream.gateways.base import (
     FinalizeInvoice,
     GatewayContext,
     InvoiceResult,
+    MarkInvoiceUncollectible,
     PayInvoice,
     PaymentMethodResult,
     PaymentResult,
@@ -537,6 +538,15 @@ class SimulatorGateway:
         return await self._run(
             "void_invoice", req, idempotency_key,
             lambda tx: invoices.void_invoice(tx, req, idempotency_key), InvoiceResult,
+        )  # fmt: skip
+
+    async def mark_invoice_uncollectible(
+        self, req: MarkInvoiceUncollectible, *, idempotency_key: str
+    ) -> InvoiceResult:
+        return await self._run(
+            "mark_invoice_uncollectible", req, idempotency_key,
+            lambda tx: invoices.mark_invoice_uncollectible(tx, req, idempotency_key),
+            InvoiceResult,
         )  # fmt: skip
 
     async def retrieve_invoice(

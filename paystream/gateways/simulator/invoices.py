@@ -1,7 +1,8 @@
 """The simulator's one-off invoices, as Stripe Invoicing's: a draft of line items to a
 customer, finalized (open: its total fixed, a sent one's due date counted), charged off
 session to a saved card of the customer's (a decline leaves it open, the card's error
-answered and kept under the call's key), or voided. Its card behaviours are Stripe's test
+answered and kept under the call's key), voided, or written off (uncollectible: still
+payable or voidable, as Stripe's). Its card behaviours are Stripe's test
 cards', as a subscription's renewals are."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from paystream.gateways.base import (
     CreateInvoice,
     FinalizeInvoice,
+    MarkInvoiceUncollectible,
     PayInvoice,
     RetrieveInvoice,
     VoidInvoice,
@@ -31,6 +33,7 @@ from paystream.tax import Line, Rate, calculate, parse_percentage
 __all__ = [
     "create_invoice",
     "finalize_invoice",
+    "mark_invoice_uncollectible",
     "pay_invoice",
     "retrieve_invoice",
     "void_invoice",
@@ -203,7 +206,7 @@ async def pay_invoice(tx: Tx, req: PayInvoice, key: str) -> dict[str, Any]:
     invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
     if invoice["status"] == "paid":
         raise ops._refuse(ErrorCode.INVALID_STATE, "invoice is already paid")
-    if invoice["status"] not in ("draft", "open"):
+    if invoice["status"] not in ("draft", "open", "uncollectible"):
         raise ops._refuse(
             ErrorCode.INVALID_STATE, f"cannot pay an invoice that is {invoice['status']}"
         )
@@ -289,7 +292,7 @@ async def void_invoice(tx: Tx, req: VoidInvoice, key: str) -> dict[str, Any]:
     invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
     if invoice["status"] == "void":
         return {"ok": results.invoice(invoice)}  # (as Stripe's gateway reads one back)
-    if invoice["status"] not in ("draft", "open"):
+    if invoice["status"] not in ("draft", "open", "uncollectible"):
         raise ops._refuse(
             ErrorCode.INVALID_STATE, f"cannot void an invoice that is {invoice['status']}"
         )
@@ -297,6 +300,26 @@ async def void_invoice(tx: Tx, req: VoidInvoice, key: str) -> dict[str, Any]:
     await _balance_given_back(tx, invoice)
     tx.put(invoice)
     tx.effect(Effect.of("invoice.voided", key, invoice["id"]))
+    return {"ok": results.invoice(invoice)}
+
+
+async def mark_invoice_uncollectible(
+    tx: Tx, req: MarkInvoiceUncollectible, key: str
+) -> dict[str, Any]:
+    """An open invoice written off, as Stripe's mark_uncollectible: only an open one (a
+    draft, paid or void one is refused); it may still be paid or voided. Nothing moves
+    on the customer's balance (Stripe gives it back only on a void)."""
+    invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
+    if invoice["status"] == "uncollectible":
+        return {"ok": results.invoice(invoice)}  # (as Stripe's gateway reads one back)
+    if invoice["status"] != "open":
+        raise ops._refuse(
+            ErrorCode.INVALID_STATE,
+            f"cannot mark an invoice that is {invoice['status']} uncollectible",
+        )
+    invoice = {**invoice, "status": "uncollectible"}
+    tx.put(invoice)
+    tx.effect(Effect.of("invoice.marked_uncollectible", key, invoice["id"]))
     return {"ok": results.invoice(invoice)}
 
 

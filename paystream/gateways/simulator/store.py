@@ -295,6 +295,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.FinalizeInvoice,
         gw.PayInvoice,
         gw.VoidInvoice,
+        gw.MarkInvoiceUncollectible,
         gw.RetrieveInvoice,
         gw.CreateConnectedAccount,
         gw.CreateAccountLink,

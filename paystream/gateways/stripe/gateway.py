@@ -201,6 +201,16 @@ STRIPE_OPTIONS = frozenset({"stripe_version", "capabilities"})
 
 
 # Stripe API versions: a date, and since 2024-09-30 a release name ("2024-09-30.acacia").
+# An invoice action refused, the invoice read back at the status it was to reach: the
+# answer (a void, or a write-off, sent again once its key's answer is gone).
+_ALREADY_SO = frozenset({("void_invoice", "void"), ("mark_invoice_uncollectible", "uncollectible")})
+# How a refused invoice action is named in its invalid_state message.
+_INVOICE_VERB = {
+    "finalize_invoice": "finalize",
+    "pay_invoice": "pay",
+    "void_invoice": "void",
+    "mark_invoice_uncollectible": "mark uncollectible",
+}
 _STRIPE_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[a-z]+)?")
 
 
@@ -990,7 +1000,9 @@ class StripeGateway:
             )
         except GatewayError as exc:
             if exc.http_status != 402:
-                await self._refused_for_status("pay_invoice", iid, exc, "open", "draft")
+                await self._refused_for_status(
+                    "pay_invoice", iid, exc, "open", "draft", "uncollectible"
+                )
             raise
         return mapping.one_off_invoice(obj)
 
@@ -1015,7 +1027,9 @@ class StripeGateway:
             try:
                 if exc.code is ErrorCode.NOT_FOUND:
                     raise
-                held = await self._refused_for_status("void_invoice", iid, exc, "open", "draft")
+                held = await self._refused_for_status(
+                    "void_invoice", iid, exc, "open", "draft", "uncollectible"
+                )
             except GatewayError as gone:
                 if gone.code is not ErrorCode.NOT_FOUND or req.draft_amount is None:
                     raise
@@ -1033,6 +1047,27 @@ class StripeGateway:
                 await self._call("void_invoice", lambda: self._v1.invoices.delete_async(iid))
                 made = mapping.one_off_invoice(held)
                 return made.model_copy(update={"status": gw_base.InvoiceStatus.VOID})
+            raise
+        return mapping.one_off_invoice(obj)
+
+    async def mark_invoice_uncollectible(
+        self, req: gw_base.MarkInvoiceUncollectible, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        """``POST /v1/invoices/{id}/mark_uncollectible`` (an open invoice only; it may
+        still be paid or voided). Refused, read back: one uncollectible already is the
+        answer (sent again once its key's answer is gone), any other ``invalid_state``."""
+        iid = req.provider_invoice_id
+        try:
+            obj = await self._call(
+                "mark_invoice_uncollectible",
+                lambda: self._v1.invoices.mark_uncollectible_async(
+                    iid, None, self._opts(idempotency_key)
+                ),
+            )
+        except GatewayError as exc:
+            held = await self._refused_for_status("mark_invoice_uncollectible", iid, exc, "open")
+            if held is not None and held.get("status") == "uncollectible":
+                return mapping.one_off_invoice(held)
             raise
         return mapping.one_off_invoice(obj)
 
@@ -1059,11 +1094,11 @@ class StripeGateway:
         status = held.get("status")
         if status in allowed:
             return held  # (refused for something else: the request's own fault)
-        if operation == "void_invoice" and status == "void":
+        if (operation, status) in _ALREADY_SO:
             return held
         raise GatewayError(
             ErrorCode.INVALID_STATE,
-            f"cannot {operation.removesuffix('_invoice')} an invoice that is {status} "
+            f"cannot {_INVOICE_VERB.get(operation, operation)} an invoice that is {status} "
             f"({exc.message})",
             provider=PROVIDER,
             retryable=False,

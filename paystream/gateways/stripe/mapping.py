@@ -343,6 +343,15 @@ def invoice_status(status: Any) -> InvoiceStatus | None:
     return _INVOICE_STATUS.get(status) if isinstance(status, str) else None
 
 
+def one_off_invoice_status(status: Any) -> InvoiceStatus | None:
+    """Ours for a one-off Invoice's status: as a subscription's, but ``uncollectible`` is
+    its own (invoice.mark_uncollectible; a one-off invoice's void is its own command, so
+    one written off and then paid or voided moves on from it all the same)."""
+    if status == "uncollectible":
+        return InvoiceStatus.UNCOLLECTIBLE
+    return invoice_status(status)
+
+
 def _epoch(value: Any) -> datetime:
     return datetime.fromtimestamp(int(value), tz=UTC)
 
@@ -485,7 +494,7 @@ def one_off_invoice(obj: Mapping[str, Any], *, as_made: bool = False) -> Invoice
     paid, and the re-driven finalize and pay were refused instead of answered from
     their keys."""
     raw = obj.get("status")
-    status = InvoiceStatus.DRAFT if raw == _DRAFT or as_made else invoice_status(raw)
+    status = InvoiceStatus.DRAFT if raw == _DRAFT or as_made else one_off_invoice_status(raw)
     if status is None:
         raise _unknown("invoice", raw)
     amount = obj.get("amount_paid") if status is InvoiceStatus.PAID else obj.get("amount_due")

@@ -37,7 +37,7 @@ _INVOICE: dict[str, Any] = {
         ("open", InvoiceStatus.OPEN),
         ("paid", InvoiceStatus.PAID),
         ("void", InvoiceStatus.VOID),
-        ("uncollectible", InvoiceStatus.OPEN),
+        ("uncollectible", InvoiceStatus.UNCOLLECTIBLE),  # (its own: still payable)
     ],
 )
 def test_every_status_is_read(status: str, ours: InvoiceStatus) -> None:
