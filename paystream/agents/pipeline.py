@@ -3092,6 +3092,7 @@ _WEBHOOK_REFRESHES = frozenset(
         "payout.refresh",
         "connected_account.refresh",
         "transfer.refresh",
+        "invoice.refresh",
     }
 )
 

@@ -17,6 +17,7 @@ __all__ = [
     "BadWebhook",
     "ConnectedAccountNotice",
     "DisputeNotice",
+    "InvoiceNotice",
     "PaymentNotice",
     "PayoutNotice",
     "RefundNotice",
@@ -203,6 +204,21 @@ class TransferNotice:
     transfer_id: str
     provider_transfer_id: str
     amount_reversed: int | None  # what the event says is reversed of it (None: unsaid)
+    account: str | None  # the connected account it happened on (a Connect endpoint's)
+    created: int | None = None  # when the provider made the event (unix seconds), if it says
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceNotice:
+    """A followed event about a one-off invoice that names paystream's invoice in its
+    metadata (a subscription's invoice names its subscription: a SubscriptionNotice)."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str  # as the invoice's metadata names them
+    invoice_id: str
+    provider_invoice_id: str
+    status: str | None  # the invoice's status in the event (None: one not known here)
     account: str | None  # the connected account it happened on (a Connect endpoint's)
     created: int | None = None  # when the provider made the event (unix seconds), if it says
 

@@ -201,3 +201,61 @@ async def test_a_create_sent_with_its_reference_is_answered_after_webhooks_are_t
         gw.payment_ref({"order": "o-9"}, t, "p1"),
     ]
     assert await _effects(h, t, "charge") == 1
+
+
+# ---- one-off invoices: their reference (gw.invoice_ref) ------------------------------
+
+
+async def _invoice_parked(h: Harness, t: str, key: str) -> tuple[dict[str, Any], Any]:
+    """A customer with a saved card, and an invoice.create (c9, invoice in1) parked on
+    its key's failures: its body, and the gateway the requests of ``create_invoice`` are
+    recorded at (the first: the create as it was sent)."""
+    h.add_tenant(t, gateway_options={"fail_first": {key: 3}})
+    cus = await _answer(h, _command(t, "customer.create", {"customer_id": "cu1"}, "c7"))
+    assert kind(cus) == "customer.created", data(cus)
+    attach = {"customer_id": "cu1", "token": "pm_card_visa", "payment_method_id": "pm1"}
+    assert kind(await _answer(h, _command(t, "payment_method.attach", attach, "c8"))) == (
+        "payment_method.attached"
+    )
+    body = {"customer_id": "cu1", "payment_method_id": "pm1", "currency": "EUR",
+            "invoice_id": "in1", "metadata": {"order": "o-1"},
+            "line_items": [{"description": "Hours", "amount": 2500}]}  # fmt: skip
+    return body, _record_requests(h, t, "create_invoice")
+
+
+async def test_an_invoice_carries_its_reference_where_webhooks_are_sent(
+    harness: Harness,
+) -> None:
+    h, t = harness, new_tenant_id()
+    body, sent = await _invoice_parked(h, t, "unused")
+    _with_webhooks(h, t)
+    out = await _answer(h, _command(t, "invoice.create", body, "c9"))
+    assert kind(out) == "invoice.created", data(out)
+    [req] = sent
+    assert req.metadata == {"order": "o-1", gw.INVOICE_REF_KEY: f"{t}:in1"}
+    # The invoice's own record keeps the producer's metadata only.
+    assert data(out)["object"]["metadata"] == {"order": "o-1"}
+
+
+async def test_an_invoice_parked_before_the_upgrade_is_answered_when_redriven(
+    harness: Harness,
+) -> None:
+    """First sent by an older version (no reference), its answer lost: re-driven by this
+    one, refused by the provider as other parameters under the key, then sent once more
+    as it was first sent and answered: the same invoice, made once."""
+    h, t = harness, new_tenant_id()
+    key = f"pse:{t}:invoice:in1"
+    body, sent = await _invoice_parked(h, t, key)
+    parked = await h.processor.process(_command(t, "invoice.create", body, "c9"))
+    assert [e.topic for e in parked] == [h.settings.retry_topic]
+    gateway = h.pool.get(Tenant.model_validate(h.tenants[t]))
+    old = await gateway.create_invoice(sent[0], idempotency_key=key)  # (it reached it)
+    _with_webhooks(h, t)  # the upgrade: invoices now carry the reference
+    sent.clear()
+    out = await _answer(h, _command(t, "invoice.create", body, "c9"))
+    assert kind(out) == "invoice.created", data(out)
+    assert data(out)["object"]["provider_invoice_id"] == old.provider_invoice_id
+    assert [r.metadata for r in sent] == [
+        {"order": "o-1", gw.INVOICE_REF_KEY: f"{t}:in1"},
+        {"order": "o-1"},
+    ]

@@ -970,3 +970,117 @@ async def test_a_transfer_reversed_outside_paystream_is_learnt_by_webhook(
         {"received": True, "action": "ignored", "why": "the transfer is as recorded already"},
     ), again
     assert (await payment(base_url, pay["id"]))["amount_transferred"] == 2500
+
+
+# A one-off invoice's events (localstripe_server.py's FAKE sends Stripe's invoice.paid,
+# invoice.voided, invoice.marked_uncollectible of one-off invoices).
+
+
+async def test_a_sent_invoice_paid_at_stripe_is_learnt_by_webhook_and_counted_once(
+    deployed: tuple[Deployment, str], client: PaystreamClient, localstripe_url: str
+) -> None:
+    """A send_invoice invoice paid by its customer at Stripe (its hosted page: here the
+    stripe SDK's pay, straight to localstripe): Stripe's invoice.paid brings the
+    invoice's refresh, its invoice.paid outcome, with no invoice.refresh sent by anyone;
+    counted toward the day's volume once (a day of 120.00: 50.00 learnt, then another
+    50.00 paid by invoice.pay fits, a third is over)."""
+    dep, base_url = deployed
+    tenant_id = "invoicing"
+    tenant = _hooked_tenant(tenant_id, limits=TenantLimits(daily_payment_volume={"USD": 12_000}))
+    await dep.add_tenants(tenant)
+    hook = f"paystream-{uuid.uuid4().hex}"
+    endpoint = f"{base_url}/webhooks/stripe/{tenant_id}"
+    async with aiohttp.ClientSession() as session:
+        config = {"url": endpoint, "secret": SECRET}
+        async with session.post(f"{localstripe_url}/_config/webhooks/{hook}", data=config):
+            pass
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # (the worker learns of the tenant from the registry topic)
+            cus = await client.command("customer.create", tenant_id, {"email": "i@example.com"})
+            if outcome(cus) == "customer.created":
+                break
+            assert time.monotonic() < deadline, cus.get_data()
+            await asyncio.sleep(0.5)
+        customer = cus.get_data()["object"]
+        pm = await client.command(
+            "payment_method.attach",
+            tenant_id,
+            {"customer_id": customer["id"], "token": "pm_card_visa"},
+        )
+        assert outcome(pm) == "payment_method.attached", pm.get_data()
+        method = pm.get_data()["object"]
+        lines = [{"description": "Hours", "amount": 5000}]
+        sent = await client.command(
+            "invoice.create",
+            tenant_id,
+            {"customer_id": customer["id"], "currency": "USD", "line_items": lines,
+             "collection_method": "send_invoice", "days_until_due": 30},
+        )  # fmt: skip
+        assert outcome(sent) == "invoice.created", sent.get_data()
+        invoice = sent.get_data()["object"]
+        opened = await client.command("invoice.finalize", tenant_id, {"invoice_id": invoice["id"]})
+        assert outcome(opened) == "invoice.finalized", opened.get_data()
+
+        stripe_client = stripe.StripeClient(
+            LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe_url}
+        )
+        paid_at_stripe = await asyncio.to_thread(
+            stripe_client.invoices.pay,
+            invoice["provider_invoice_id"],
+            {"payment_method": method["provider_payment_method_id"]},
+        )
+        assert paid_at_stripe.status == "paid"
+
+        url = f"{base_url}/v1/tenants/{tenant_id}/invoices/{invoice['id']}"
+        deadline = time.monotonic() + 60
+        while True:
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                held = await resp.json()
+            if held.get("status") == "paid":
+                break
+            assert time.monotonic() < deadline, f"the webhook never moved the invoice: {held}"
+            await asyncio.sleep(0.2)
+
+        invoice_id = invoice["id"].encode()
+
+        def of_the_invoice(r: Any) -> bool:
+            return dict(r.headers).get("ce_subject", b"") == invoice_id or invoice_id in (
+                r.value or b""
+            )
+
+        def paid(rs: list[Any]) -> bool:
+            ok = b"com.paystream.invoice.paid"
+            return any(of_the_invoice(r) and dict(r.headers).get("ce_type") == ok for r in rs)
+
+        records = await dep.read_topic(dep.settings.events_topic, idle_polls=2, until=paid)
+        outcomes = [r for r in records if of_the_invoice(r)]
+        types = [dict(r.headers)["ce_type"].decode() for r in outcomes]
+        assert types == [
+            "com.paystream.invoice.created",
+            "com.paystream.invoice.finalized",
+            "com.paystream.invoice.paid",
+        ], types
+        causation = dict(outcomes[2].headers)["ce_causationid"].decode()
+        assert causation.startswith("whk_"), causation  # (the webhook's refresh)
+
+        async def charged() -> Any:
+            made = await client.command(
+                "invoice.create",
+                tenant_id,
+                {"customer_id": customer["id"], "currency": "USD", "line_items": lines,
+                 "payment_method_id": method["id"]},
+            )  # fmt: skip
+            made_id = made.get_data()["object"]["id"]
+            await client.command("invoice.finalize", tenant_id, {"invoice_id": made_id})
+            return await client.command("invoice.pay", tenant_id, {"invoice_id": made_id})
+
+        second = await charged()
+        assert outcome(second) == "invoice.paid", second.get_data()  # (10000 of 12000)
+        third = await charged()
+        assert third.get_data().get("reason") == "quota_exceeded", third.get_data()
+    finally:
+        async with aiohttp.ClientSession() as session:
+            mute = {"url": endpoint, "secret": SECRET, "events[]": "paystream.none"}
+            async with session.post(f"{localstripe_url}/_config/webhooks/{hook}", data=mute):
+                pass

@@ -19,6 +19,7 @@ import stripe
 
 from paystream.gateways.base import (
     read_connected_account_ref,
+    read_invoice_ref,
     read_payment_ref,
     read_payout_ref,
     read_refund_ref,
@@ -29,6 +30,7 @@ from paystream.gateways.stripe.mapping import (
     dispute_status,
     evidence_due_by,
     invoice_status,
+    one_off_invoice_status,
     payment_status,
     payout_status,
     refund_status,
@@ -41,6 +43,7 @@ from paystream.gateways.webhook_notices import (
     BadWebhook,
     ConnectedAccountNotice,
     DisputeNotice,
+    InvoiceNotice,
     PaymentNotice,
     PayoutNotice,
     RefundNotice,
@@ -57,6 +60,7 @@ __all__ = [
     "FOLLOWED_ACCOUNT_EVENTS",
     "FOLLOWED_DISPUTE_EVENTS",
     "FOLLOWED_EVENTS",
+    "FOLLOWED_INVOICE_EVENTS",
     "FOLLOWED_PAYOUT_EVENTS",
     "FOLLOWED_REFUND_EVENTS",
     "FOLLOWED_SUBSCRIPTION_EVENTS",
@@ -67,6 +71,7 @@ __all__ = [
     "BadWebhook",
     "ConnectedAccountNotice",
     "DisputeNotice",
+    "InvoiceNotice",
     "PaymentNotice",
     "PayoutNotice",
     "RefundNotice",
@@ -74,6 +79,7 @@ __all__ = [
     "connected_account_notice",
     "dispute_notice",
     "disputed_payment_notice",
+    "invoice_notice",
     "payment_notice",
     "payout_notice",
     "refund_notice",
@@ -142,6 +148,20 @@ FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
 FOLLOWED_PAYOUT_EVENTS = frozenset(
     {"payout.paid", "payout.failed", "payout.canceled", "payout.updated"}
 )
+# A one-off invoice's events (paystream's invoice.*, its metadata naming the invoice):
+# paid by its customer on Stripe's page (a sent one), a payment of it failed, voided,
+# written off or finalized in Stripe's dashboard. (Not `invoice.created`: paystream made
+# it; not `invoice.updated`: its status moves are these. A subscription's invoices'
+# events are its subscription's: FOLLOWED_SUBSCRIPTION_EVENTS.)
+FOLLOWED_INVOICE_EVENTS = frozenset(
+    {
+        "invoice.paid",
+        "invoice.payment_failed",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+        "invoice.finalized",
+    }
+)
 # A connected account's event on the platform's Connect endpoint: its holder onboarded,
 # a requirement came due or was met, Stripe enabled, restricted or rejected it.
 FOLLOWED_ACCOUNT_EVENTS = frozenset({"account.updated"})
@@ -158,6 +178,7 @@ EVERY_FOLLOWED_EVENT: frozenset[str] = (
     | FOLLOWED_PAYOUT_EVENTS
     | FOLLOWED_ACCOUNT_EVENTS
     | FOLLOWED_TRANSFER_EVENTS
+    | FOLLOWED_INVOICE_EVENTS
 )
 _SUBSCRIPTION_OBJECT = {
     "invoice.paid": "invoice",
@@ -222,7 +243,28 @@ def payout_notice(event: dict[str, Any]) -> PayoutNotice | None:
     )
 
 
-_Notice = TypeVar("_Notice", PaymentNotice, RefundNotice, PayoutNotice)
+def invoice_notice(event: dict[str, Any]) -> InvoiceNotice | None:
+    """What a followed invoice event says of paystream's one-off invoice; None for
+    another event, or an invoice paystream did not make (one made in the dashboard, or a
+    subscription's: named by its subscription, subscription_notice)."""
+    found = _notice(
+        InvoiceNotice,
+        event,
+        FOLLOWED_INVOICE_EVENTS,
+        "invoice",
+        read_invoice_ref,
+        one_off_invoice_status,
+    )
+    if found is None:
+        return None
+    obj = event["data"]["object"]
+    parent = obj.get("parent")
+    if obj.get("subscription") or (isinstance(parent, dict) and parent.get("subscription_details")):
+        return None  # (a subscription's: its metadata is never paystream_invoice's)
+    return found
+
+
+_Notice = TypeVar("_Notice", PaymentNotice, RefundNotice, PayoutNotice, InvoiceNotice)
 
 
 def _notice(
