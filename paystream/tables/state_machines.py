@@ -180,7 +180,10 @@ TRANSFER_MOVES: dict[str, frozenset[str]] = {
     # (created -> created: a transfer.refresh that read back nothing reversed)
     "created": frozenset({"created", "partially_reversed", "reversed"}),
     "partially_reversed": frozenset({"partially_reversed", "reversed"}),
-    "reversed": frozenset(),
+    # (reversed -> reversed: a let-through reverse answered after its reversal was
+    # learnt, by a refresh or another reverse; nothing moves, as a payout's failed ->
+    # failed. Nothing leaves it.)
+    "reversed": frozenset({"reversed"}),
 }
 
 
