@@ -689,8 +689,11 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
             },
             "amount_reversed_now": {
                 "type": "integer",
-                "description": "minor units this reversal took back (for a "
-                "`transfer.refresh`: what was reversed since paystream last read it)",
+                "description": "minor units reversed beyond what paystream had "
+                "recorded: this reversal's, plus any reversal of a parked "
+                "`transfer.reverse` it was the first to learn (a `transfer.refresh`: "
+                "what was reversed since paystream last read it); sum it, never count "
+                "`transfer.reversed` outcomes",
             },
         },
     ),
