@@ -120,7 +120,7 @@ class Platform(NamedTuple):
 class Send(Protocol):
     """Send one command of the flow's tenant and wait for its outcome's data (counted in
     ``seen`` by type, ``[tag]`` appended when given, a refusal by a tenant limit with the
-    limit's name: ``command.rejected[daily_transfer_volume]``)."""
+    limit's name instead, whatever the tag: ``command.rejected[daily_transfer_volume]``)."""
 
     def __call__(
         self, kind: str, data: dict[str, Any], tag: str = "", command_id: str | None = None
@@ -151,7 +151,9 @@ def _sender(
         body = body if isinstance(body, dict) else {}
         label = event.get_type().removeprefix("com.paystream.")
         limit = body.get("limit") if label == "command.rejected" else None
-        tag = tag or (limit if isinstance(limit, str) else "")
+        # (A limit's name before the flow's tag: a destination charge refused by the
+        # rate limit is command.rejected[commands_per_second], not [destination].)
+        tag = limit if isinstance(limit, str) else tag
         seen[f"{label}[{tag}]" if tag else label] += 1
         return body
 

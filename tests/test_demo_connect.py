@@ -119,3 +119,43 @@ def test_a_limit_refusal_is_trouble_whatever_its_tag() -> None:
     seen["command.rejected[daily_transfer_volume]"] = 1
     line = demo.demo_progress(seen)
     assert "command.rejected[daily_transfer_volume]=1" in line, line
+
+
+async def test_a_refused_destination_charge_is_counted_under_its_limit(redis_url: str) -> None:
+    """A refusal by a tenant limit is counted under the limit's name, a tagged flow's too:
+    a destination charge refused by the rate limit was command.rejected[destination]
+    (review h81rc)."""
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant(limits={"commands_per_second": 1, "burst": 1})
+        client: Any = ThroughTheProcessor(h)
+        seen: Counter[str] = Counter()
+        send = demo._sender(client, t, seen)
+        card = {"currency": "EUR", "payment_method_token": "pm_card_visa", "amount": 100}
+        for _ in range(3):
+            await send("payment.create", card, "destination")
+        assert seen == Counter(
+            {"payment.succeeded[destination]": 1, "command.rejected[commands_per_second]": 2}
+        ), seen
+
+
+async def test_the_steady_flows_go_on_once_the_cap_is_used_up(redis_url: str) -> None:
+    """The steady Connect flows use up the day's transfer cap: their transfers are then
+    refused by it (counted under its name), and nothing else is refused; the charges and
+    destination charges go on. Started again past the idempotency window, the account is
+    answered from its record, not refused as existing."""
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant(limits={**GLOBEX.model_dump(), "commands_per_second": None})
+        client: Any = ThroughTheProcessor(h)
+        seen: Counter[str] = Counter()
+        send = demo._sender(client, t, seen)
+        assert await demo.onboard_platform(send, t, PLATFORM) == ACCOUNT
+        rng = random.Random(3)
+        for _ in range(250):
+            await demo._connect(send, ACCOUNT, "EUR", rng)
+        assert seen["command.rejected[daily_transfer_volume]"] >= 1, seen
+        assert sum(x["amount"] for x in h.tables.transfers.values()) <= CAP
+        assert not [k for k in seen if k.startswith("command.rejected") and "daily" not in k]
+        h.idempotency.clear()  # (a day later: the create's record expired)
+        again: Counter[str] = Counter()
+        assert await demo.onboard_platform(demo._sender(client, t, again), t, PLATFORM) == ACCOUNT
+        assert not again["command.rejected"], again
