@@ -96,8 +96,9 @@ async def test_run_demo_sends_connect_flows_once_the_account_is_enabled(
         assert seen["command.rejected[daily_transfer_volume]"] >= 1, seen
         made = [p for p in h.tables.payments.values() if p.get("connected_account_id")]
         transfers = list(h.tables.transfers.values())
-        # More than the start's one of each: the steady flows sent some too.
-        assert len(made) + len(transfers) > 2, (len(made), len(transfers), seen)
+        # More than the start's one of each: the steady flows sent some of each too (a
+        # steady flow of one kind alone passed "more than two in all": review h81rc).
+        assert len(made) > 1 and len(transfers) > 1, (len(made), len(transfers), seen)
         assert {p["tenant_id"] for p in made} | {x["tenant_id"] for x in transfers} == {platform}
 
 
