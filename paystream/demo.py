@@ -95,12 +95,13 @@ PAYOUT_DAYS = 3
 
 # Share of a platform tenant's flows (one given a `Platform`) that are Stripe Connect
 # money flows, once its connected account is enabled: a destination charge (the platform
-# keeps DESTINATION_FEE of it), or a separate charge then `transfer.create` of the
-# seller's TRANSFER_SHARE of it, REVERSALS of those then reversed in part (a quarter:
-# `transfer.reverse`). In the platform's currency, which its transfer cap names.
+# keeps DESTINATION_FEE_PERCENT of it), or a separate charge then `transfer.create` of
+# the seller's TRANSFER_SHARE_PERCENT of it (whole percentages: money stays integer),
+# REVERSALS of those then reversed in part (a quarter: `transfer.reverse`). In the
+# platform's currency, which its transfer cap names.
 CONNECT = 0.1
-DESTINATION_FEE = 0.1
-TRANSFER_SHARE = 0.8
+DESTINATION_FEE_PERCENT = 10
+TRANSFER_SHARE_PERCENT = 80
 REVERSALS = 0.3
 
 
@@ -374,7 +375,7 @@ async def _connect(
     separate = first or not destination
 
     async def destination_charge() -> None:
-        fee = int(amount * DESTINATION_FEE)
+        fee = amount * DESTINATION_FEE_PERCENT // 100
         await send(
             "payment.create",
             {**card, "amount": amount, "connected_account_id": account,
@@ -402,7 +403,9 @@ async def _connect(
     if destination:
         flows.append(destination_charge())
     if separate:
-        flows.append(transfer(int(amount * TRANSFER_SHARE), first or rng.random() < REVERSALS))
+        flows.append(
+            transfer(amount * TRANSFER_SHARE_PERCENT // 100, first or rng.random() < REVERSALS)
+        )
     if first and over:
         flows.append(transfer(over, False))
     await asyncio.gather(*flows)
