@@ -103,7 +103,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -112,7 +112,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 
 __all__ = [
+    "LIMITS_RECORD_MAX_BYTES",
     "MAX_FUTURE_SKEW_MS",
+    "MAX_HOLDS",
     "MONEY_COMMANDS",
     "OUTFLOW_COMMANDS",
     "OUTFLOW_VOLUMES",
@@ -222,6 +224,18 @@ _MILLI = 1000  # milli-tokens per command
 # kind must not refuse another: review h80r L2): at most three times this in the
 # record (some 290 KB of holds at the most).
 MAX_HOLDS = 1_000
+# The largest the tenant's state (one changelog record) may grow to, worst case: every
+# kept decision and hold at its cap, every value at its longest
+# (tests/tenancy/test_limits_record_size.py). As a dead letter's kept command, 768 KiB:
+# what every topic paystream writes must take is 1 MiB (streams/admin.py:
+# RECORD_MAX_BYTES; Kafka's default), the rest is for the key (a tenant id of up to 255
+# characters) and the record's framing. Over it the broker refuses the record: the
+# batch fails on every redelivery and the worker exits (commands.py: _NEVER_TAKEN), as
+# does each next owner of the partition. Not the entities' 512 KiB
+# (tables/changelog.py: CHANGELOG_VALUE_MAX_BYTES), at which an entity sheds old
+# outcomes: none of this state may be shed (every decision of an uncommitted record,
+# every hold).
+LIMITS_RECORD_MAX_BYTES = 768 * 1024
 
 
 class TenantLimits(BaseModel):
@@ -417,6 +431,9 @@ class LimitRejection:
     message: str
     extra: dict[str, Any]
     replay: bool = False  # decided before, for this same record
+    # What the state keeps of it for a redelivery (see _REFUSALS): the builder's name
+    # and its arguments, from which the same builder makes this very rejection again.
+    why: tuple[Any, ...] = field(default=(), compare=False)
 
 
 class Admission(NamedTuple):
@@ -602,14 +619,11 @@ class LimitGate:
         state["at_ms"] = at_ms
         tag = _tag(rec.command_id)
         if isinstance(decision, LimitRejection):
-            entry: dict[str, Any] = {
-                "id": tag,
-                "day": day,
-                "admit": False,
-                "reason": decision.reason,
-                "message": decision.message,
-                "extra": decision.extra,
-            }
+            entry: dict[str, Any] = {"id": tag, "day": day, "admit": False}
+            if decision.why:
+                entry["why"] = list(decision.why)  # (its builder's arguments: _REFUSALS)
+            else:
+                entry.update(reason=decision.reason, message=decision.message, extra=decision.extra)
             if spent:
                 entry["spent"] = True
             self._decide(key, state, rec, entry)
@@ -1079,7 +1093,13 @@ def _kept(state: Mapping[str, Any] | None, rec: Record) -> dict[str, Any] | None
 
 
 def _replayed(decided: Mapping[str, Any]) -> LimitRejection:
-    return LimitRejection(decided["reason"], decided["message"], decided["extra"], replay=True)
+    """The rejection kept in ``decided``: made again by its builder from its arguments
+    (``why``), or, kept by an earlier release, as it was kept (reason, message, data)."""
+    why = decided.get("why")
+    if why is None:
+        return LimitRejection(decided["reason"], decided["message"], decided["extra"], replay=True)
+    made = _REFUSALS[why[0]](*why[1:])
+    return LimitRejection(made.reason, made.message, made.extra, replay=True, why=tuple(why))
 
 
 def _tag(command_id: str) -> str:
@@ -1165,9 +1185,13 @@ def _rate(state: dict[str, Any], limits: TenantLimits, at_ms: int) -> LimitRejec
         return None
     state["tokens"] = tokens
     retry_after_ms = -(-(_MILLI - tokens) // rate)  # ceiling division
+    return _refusal("rate", rate, capacity // _MILLI, retry_after_ms)
+
+
+def _rate_limited(rate: int, burst: int, retry_after_ms: int) -> LimitRejection:
     return LimitRejection(
         "rate_limited",
-        f"tenant over its rate limit of {rate} commands/s (burst {capacity // _MILLI}); "
+        f"tenant over its rate limit of {rate} commands/s (burst {burst}); "
         f"retry after {retry_after_ms} ms",
         {"limit": "commands_per_second", "retry_after_ms": retry_after_ms},
     )
@@ -1193,29 +1217,17 @@ def _quota(
     currency = str(data.currency)
     amount = int(data.amount) if charge is None else charge
     if limits.only_listed_currencies and currency not in limits.listed_currencies:
-        listed = sorted(limits.listed_currencies)
-        return LimitRejection(
-            "quota_exceeded",
-            f"payments in {currency} are not allowed for this tenant (only {', '.join(listed)})",
-            {"limit": "currencies", "currency": currency, "allowed": listed},
-        )
+        return _refusal("currencies", "payment", currency, _codes(limits.listed_currencies))
     cap = limits.max_payment_amount.get(currency)
     if cap is not None and amount > cap:
-        return LimitRejection(
-            "quota_exceeded",
-            f"amount {format_minor(amount, currency)} is over the tenant's per-payment "
-            f"limit of {format_minor(cap, currency)}",
-            {"limit": "max_payment_amount", "currency": currency, "allowed": cap},
-        )
+        return _refusal("cap", amount, currency, cap)
     daily = limits.daily_payment_volume.get(currency)
     amount = charge_now(command_type, data, charge)
     if daily is None or not amount:
         return None
     return _daily_volume(
-        state, day, hold, currency, amount, daily,
-        limit="daily_payment_volume", bucket=currency, lead="amount",
-        what="the tenant's volume", holders="payments", pending="pending_payments",
-    )  # fmt: skip
+        state, day, hold, currency, amount, daily, limit="daily_payment_volume", bucket=currency
+    )
 
 
 def _outflow_quota(
@@ -1233,16 +1245,10 @@ def _outflow_quota(
     if daily is None:
         if not limits.only_listed_currencies:
             return None
-        listed = sorted(caps)
-        return LimitRejection(
-            "quota_exceeded",
-            f"{noun}s in {currency} are not allowed for this tenant (only {', '.join(listed)})",
-            {"limit": "currencies", "currency": currency, "allowed": listed},
-        )
+        return _refusal("currencies", noun, currency, _codes(caps))
     return _daily_volume(
         state, day, hold, currency, amount, daily,
-        limit=outflow.limit, bucket=outflow.prefix + currency, lead=noun,
-        what=f"what the tenant {outflow.verb}", holders=f"{noun}s", pending=outflow.pending,
+        limit=outflow.limit, bucket=outflow.prefix + currency,
     )  # fmt: skip
 
 
@@ -1256,29 +1262,48 @@ def _daily_volume(
     *,
     limit: str,
     bucket: str,
-    lead: str,
-    what: str,
-    holders: str,
-    pending: str,
 ) -> LimitRejection | None:
     """``amount`` against a daily volume of ``daily`` (what the day's ``bucket`` used and
-    holds other than ``hold``), refused too (``pending``) once the day holds
-    ``MAX_HOLDS`` others of its kind (``holders``: payments, transfers or payouts; see
-    :func:`_waiting`): the payments' and the outflows' checks, in their own words."""
+    holds other than ``hold``), refused too (its ``pending`` limit) once the day holds
+    ``MAX_HOLDS`` others of its kind (payments, transfers or payouts; see
+    :func:`_waiting`): the payments' and the outflows' checks, in their own words
+    (:data:`_WORDS`, by ``limit``)."""
     holds = _holds_of_day(state, day)
     if len(holds) >= MAX_HOLDS and hold not in holds:
         waiting = _waiting(holds.values(), bucket)
         if waiting >= MAX_HOLDS:
-            return LimitRejection(
-                "quota_exceeded",
-                f"{waiting:,} {holders} of the tenant are awaiting their provider's answer "
-                f"(at most {MAX_HOLDS:,} at once); send this one again once they are answered",
-                {"limit": pending, "currency": currency, "allowed": MAX_HOLDS},
-            )
+            return _refusal("pending", limit, waiting, currency, MAX_HOLDS)
     used = int((state.get("volume") or {}).get(bucket, 0)) if state.get("day") == day else 0
     held = _held(state, day, bucket, hold)
     if used + held + amount <= daily:
         return None
+    return _refusal("daily", limit, amount, currency, day, used, held, daily)
+
+
+class _Words(NamedTuple):
+    """How a daily volume's refusals word it: "{lead} 5.00 USD would take {what} ...",
+    "... held by {holders} not yet answered"; ``pending``: the ``limit`` of a refusal for
+    too many of them awaiting an answer."""
+
+    lead: str
+    what: str
+    holders: str
+    pending: str
+
+
+_WORDS = {
+    "daily_payment_volume": _Words("amount", "the tenant's volume", "payments", "pending_payments"),
+    **{
+        o.limit: _Words(o.noun, f"what the tenant {o.verb}", f"{o.noun}s", o.pending)
+        for o in _OUTFLOWS.values()
+    },
+}
+
+
+def _over_daily(
+    limit: str, amount: int, currency: str, day: str, used: int, held: int, daily: int
+) -> LimitRejection:
+    lead, what, holders, _ = _WORDS[limit]
     return LimitRejection(
         "quota_exceeded",
         f"{lead} {format_minor(amount, currency)} would take {what} on {day} to "
@@ -1298,3 +1323,123 @@ def _daily_volume(
             "day": day,
         },
     )
+
+
+def _too_many_waiting(limit: str, waiting: int, currency: str, allowed: int) -> LimitRejection:
+    words = _WORDS[limit]
+    return LimitRejection(
+        "quota_exceeded",
+        f"{waiting:,} {words.holders} of the tenant are awaiting their provider's answer "
+        f"(at most {allowed:,} at once); send this one again once they are answered",
+        {"limit": words.pending, "currency": currency, "allowed": allowed},
+    )
+
+
+def _not_listed(noun: str, currency: str, codes: str) -> LimitRejection:
+    listed = _listed(codes)
+    return LimitRejection(
+        "quota_exceeded",
+        f"{noun}s in {currency} are not allowed for this tenant (only {', '.join(listed)})",
+        {"limit": "currencies", "currency": currency, "allowed": listed},
+    )
+
+
+def _over_cap(amount: int, currency: str, cap: int) -> LimitRejection:
+    return LimitRejection(
+        "quota_exceeded",
+        f"amount {format_minor(amount, currency)} is over the tenant's per-payment "
+        f"limit of {format_minor(cap, currency)}",
+        {"limit": "max_payment_amount", "currency": currency, "allowed": cap},
+    )
+
+
+# The builders of every refusal the limits keep for a redelivery, by the name its kept
+# decision gives (``why``: [name, *arguments]). A kept refusal is its arguments (tens of
+# bytes), not its message and data (up to 800: a currency refusal lists the allowed
+# ones twice): 2,048 kept in full made the tenant's record too big for the broker. The
+# same builder makes it first and again, so a redelivery's outcome is the same bytes. A
+# stored format: a builder's wording or arguments never change under its name (a new
+# wording is a new name; the old one stays, for refusals kept before).
+_REFUSALS: dict[str, Callable[..., LimitRejection]] = {
+    "rate": _rate_limited,
+    "currencies": _not_listed,
+    "cap": _over_cap,
+    "daily": _over_daily,
+    "pending": _too_many_waiting,
+}
+
+
+def _refusal(name: str, *args: Any) -> LimitRejection:
+    """The refusal ``_REFUSALS[name]`` makes of ``args``, knowing how to make it again."""
+    made = _REFUSALS[name](*args)
+    return LimitRejection(made.reason, made.message, made.extra, why=(name, *args))
+
+
+# Currency codes in the order a kept refusal's set of them is a bit mask over
+# (:func:`_codes`): append-only, a code's place never changes (refusals kept by an earlier
+# release name codes by it). Every accepted code is here (tests/tenancy/test_limits_record_size.py).
+_CODE_ORDER = (
+    "AED",
+    "AUD",
+    "BGN",
+    "BHD",
+    "BIF",
+    "BRL",
+    "CAD",
+    "CHF",
+    "CLP",
+    "CNY",
+    "CZK",
+    "DJF",
+    "DKK",
+    "EUR",
+    "GBP",
+    "GNF",
+    "HKD",
+    "HUF",
+    "IDR",
+    "ILS",
+    "INR",
+    "JOD",
+    "JPY",
+    "KMF",
+    "KRW",
+    "KWD",
+    "MGA",
+    "MXN",
+    "MYR",
+    "NOK",
+    "NZD",
+    "OMR",
+    "PHP",
+    "PLN",
+    "PYG",
+    "RON",
+    "RWF",
+    "SEK",
+    "SGD",
+    "THB",
+    "TND",
+    "TRY",
+    "TWD",
+    "UGX",
+    "USD",
+    "VND",
+    "VUV",
+    "XAF",
+    "XOF",
+    "XPF",
+    "ZAR",
+)
+_CODE_BIT = {code: i for i, code in enumerate(_CODE_ORDER)}
+
+
+def _codes(currencies: Iterable[str]) -> str:
+    """A set of currency codes as a kept refusal holds it: a bit mask in hex."""
+    return format(sum(1 << _CODE_BIT[c] for c in set(currencies)), "x")
+
+
+def _listed(codes: str) -> list[str]:
+    """The sorted codes :func:`_codes` made ``codes`` of."""
+    mask = int(codes, 16)
+    return sorted(c for i, c in enumerate(_CODE_ORDER) if mask >> i & 1)
