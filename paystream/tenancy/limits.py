@@ -88,7 +88,10 @@ commands come again with the same offsets. So the state (one record per tenant i
 ``limits`` table, on the tenant's partition) keeps each recent record's decision, by
 offset and command id: a redelivered record gets its decision again (the same rejection
 event, or admission without spending again) and its payment volume is counted once,
-whenever its payment first succeeds. The caller accounts records that an idempotency
+whenever its payment first succeeds. A rejection is kept as what made it (its builder
+in :data:`_REFUSALS` and the arguments), not as its message, and made again from that:
+the state, all of it kept however long a commit stalls, stays under
+:data:`LIMITS_RECORD_MAX_BYTES`. The caller accounts records that an idempotency
 record answers (:meth:`LimitGate.account_answered`), so the state cannot fall behind the
 idempotency table. A command that was admitted before (parked, or in flight at a crash)
 is let through again without checks: the provider may already have acted on it.
