@@ -218,8 +218,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "invoice.refresh": (
         "Read a one-off invoice back from its provider (a sent invoice paid by its "
         "customer, or one voided there since; `data.previous_status`: what paystream held "
-        "before). One `paid` or `void` is final: refused `invalid_state` before the "
-        "provider is asked, so its `invoice.paid` or `invoice.voided` is emitted once. A "
+        "before). One `paid` or `void` is final: answered `invoice.updated` from its "
+        "record, the provider not asked, so its `invoice.paid` or `invoice.voided` is "
+        "emitted once (a Stripe webhook's refresh queued behind the tenant's own pay or "
+        "void is answered so, not refused). A "
         "subscription's invoices are read back by `subscription.refresh`: these commands "
         "refuse them `invalid_state`."
     ),
@@ -621,7 +623,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "invoice.updated": (
         "invoice",
-        "`invoice.refresh` read the invoice back unchanged (`draft`, `open` or `uncollectible`).",
+        "`invoice.refresh` read the invoice back unchanged (`draft`, `open` or "
+        "`uncollectible`; one `paid` or `void`, final, answered from its record).",
         _INVOICE_PREVIOUS,
     ),
     "tax_rate.created": ("tax_rate", "The tax rate was made (`active`).", {}),

@@ -3021,9 +3021,14 @@ async def mark_invoice_uncollectible(
 async def refresh_invoice(ctx: HandlerContext, data: c.RefreshInvoice) -> HandlerResult:
     """A one-off invoice as its provider holds it now: paid by its customer (a sent one,
     on the provider's page) or voided there since. A read: asked again, the provider
-    answers afresh. One paid or void is final: refused before any call, so that its
-    `invoice.paid` or `invoice.voided` is emitted once, however often it is read."""
+    answers afresh. One paid or void is final: answered `invoice.updated` from its
+    record, unread, so that its `invoice.paid` or `invoice.voided` is emitted once,
+    however often it is read. (Refused `invalid_state`, the webhook's refresh queued
+    behind paystream's own pay or void, the echo read before its outcome was recorded,
+    was a `command.rejected` of a command the tenant never sent: review h81rb F1.)"""
     rec = _one_off_invoice(ctx, data.invoice_id)
+    if rec.status in (_INVOICE_PAID, _INVOICE_VOID):
+        return HandlerResult("invoice.updated", rec, extra={"previous_status": rec.status})
     _invoice_transition(rec, "refresh")
     ctx.at_provider(rec)
     req = gw.RetrieveInvoice(provider_invoice_id=rec.provider_invoice_id)

@@ -97,14 +97,16 @@ async def test_a_draft_finalized_and_paid_charges_its_total_once(harness: Harnes
     assert (charge.amount, charge.currency) == (50000, "EUR")
     assert harness.tables.invoices[f"{t}:inv1"]["status"] == "paid"
 
-    # Paid is final: no second pay, no void (refund instead), no refresh.
+    # Paid is final: no second pay, no void (refund instead); a refresh reads the record
+    # (invoice.updated, never a second invoice.paid).
     assert "already paid" in _rejected(
         await harness.send("invoice.pay", t, {"invoice_id": "inv1"}), "invalid_state"
     )
     assert "refund" in _rejected(
         await harness.send("invoice.void", t, {"invoice_id": "inv1"}), "invalid_state"
     )
-    _rejected(await harness.send("invoice.refresh", t, {"invoice_id": "inv1"}), "invalid_state")
+    read = await harness.send("invoice.refresh", t, {"invoice_id": "inv1"})
+    assert kind(read) == "invoice.updated" and data(read)["object"]["status"] == "paid"
     assert len(await _charges(harness, t)) == 1
 
 
@@ -168,8 +170,10 @@ async def test_void_and_its_refusals(harness: Harness) -> None:
     voided = await harness.send("invoice.void", t, {"invoice_id": "v1"})
     assert kind(voided) == "invoice.voided", data(voided)
     assert data(voided)["object"]["status"] == "void" and data(voided)["previous_status"] == "draft"
-    for command_type in ("invoice.void", "invoice.pay", "invoice.finalize", "invoice.refresh"):
+    for command_type in ("invoice.void", "invoice.pay", "invoice.finalize"):
         _rejected(await harness.send(command_type, t, {"invoice_id": "v1"}), "invalid_state")
+    read = await harness.send("invoice.refresh", t, {"invoice_id": "v1"})
+    assert kind(read) == "invoice.updated" and data(read)["object"]["status"] == "void"
     assert draft["status"] == "draft"
 
 
