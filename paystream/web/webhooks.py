@@ -299,8 +299,8 @@ class WebhookView(View):
             notice = found_notice
         if notice is None:
             why = (
-                "not an event about a payment, refund, subscription, payout, connected "
-                "account or transfer paystream made"
+                "not an event about a payment, refund, subscription, one-off invoice, "
+                "payout, connected account or transfer paystream made"
             )
             return self._ignored(provider, tenant, why)
         what = _kind(notice)

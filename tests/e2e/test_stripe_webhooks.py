@@ -668,8 +668,8 @@ async def test_a_refund_failed_event_reads_the_refund_back(
 
 
 _NOT_OURS = (
-    "not an event about a payment, refund, subscription, payout, connected account or "
-    "transfer paystream made"
+    "not an event about a payment, refund, subscription, one-off invoice, payout, "
+    "connected account or transfer paystream made"
 )
 
 

@@ -23,8 +23,8 @@ from tests.web.test_square_webhook_view import TENANT, _post, seen
 __all__ = ["seen"]
 
 _NOT_OURS = (
-    "not an event about a payment, refund, subscription, payout, connected account or "
-    "transfer paystream made"
+    "not an event about a payment, refund, subscription, one-off invoice, payout, "
+    "connected account or transfer paystream made"
 )
 
 

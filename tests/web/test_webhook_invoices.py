@@ -156,6 +156,7 @@ async def test_an_invoice_paystream_did_not_make_is_acknowledged_and_dropped(
     status, body = await _post(_body(metadata={"order": "7"}))
     assert (status, body["action"]) == (200, "ignored"), body
     assert "paystream made" in body["why"] and seen.lookups == 0 and seen.sent == []
+    assert "one-off invoice" in body["why"]  # (the log names what it was looked at as)
 
 
 async def test_another_tenants_or_accounts_invoice_event_is_ignored(
