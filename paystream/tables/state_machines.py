@@ -94,9 +94,13 @@ SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
 # invoice status → the statuses it may move to: a draft (a one-off invoice's) is
 # finalized (open), or voided; an open one is paid (a retry), voided or written off
 # (uncollectible: a one-off invoice's, by invoice.mark_uncollectible or read back so),
-# which may still be paid or voided at its provider; paid and void are final.
+# which may still be paid or voided at its provider; paid and void are final. A draft
+# read back may have moved on at its provider meanwhile (finalized in its dashboard, then
+# paid or written off there): any of those is taken (refused, a draft finalized and
+# written off in the dashboard stayed a draft here, every refresh of it refused: review
+# h81rb F2).
 INVOICE_MOVES: dict[str, frozenset[str]] = {
-    "draft": frozenset({"draft", "open", "paid", "void"}),
+    "draft": frozenset({"draft", "open", "paid", "void", "uncollectible"}),
     "open": frozenset({"open", "paid", "void", "uncollectible"}),
     "uncollectible": frozenset({"uncollectible", "paid", "void"}),
     "paid": frozenset({"paid"}),
