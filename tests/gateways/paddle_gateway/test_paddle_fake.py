@@ -336,3 +336,55 @@ async def test_a_recurring_checkout_makes_a_subscription_paddles_sdk_reads(
         },
     )
     _error(body, "price_trial_period_requires_billing_cycle")
+
+
+async def test_a_free_trial_checkout_charges_nothing_and_trials_paddles_sdk_reads(
+    paddle: Paddle,
+) -> None:
+    """A price's trial_period: zero charge at checkout, the subscription trialing until
+    its next_billed_at (the trial's end), then billed and active (Paddle's trials)."""
+    price = {
+        "description": "monthly",
+        "tax_mode": "internal",
+        "billing_cycle": {"interval": "month", "frequency": 1},
+        "trial_period": {"interval": "day", "frequency": 10},
+        "unit_price": {"amount": "1200", "currency_code": "USD"},
+        "product": {"name": "Plan", "tax_category": "standard"},
+    }
+    txn = await paddle.transaction(items=[{"quantity": 1, "price": price}])
+    Transaction.from_dict(txn)
+    assert txn["details"]["totals"]["grand_total"] == "0"
+    assert txn["items"][0]["price"]["trial_period"] == {"interval": "day", "frequency": 10}
+    async with paddle.session.post(f"{paddle.url}/_fake/transactions/{txn['id']}/checkout") as r:
+        paid = (await r.json())["data"]
+    Transaction.from_dict(paid)
+    assert paid["status"] == "completed" and paid["payments"][0]["amount"] == "0"
+    status, body = await paddle.call("GET", f"/subscriptions/{paid['subscription_id']}")
+    sub = body["data"]
+    Subscription.from_dict(sub)
+    trial = sub["current_billing_period"]
+    assert sub["status"] == "trialing" and sub["first_billed_at"] is None
+    assert sub["next_billed_at"] == trial["ends_at"] == sub["items"][0]["trial_dates"]["ends_at"]
+    assert paid["billing_period"] == trial
+    async with paddle.session.post(
+        f"{paddle.url}/_fake/subscriptions/{sub['id']}/renew", json={"outcome": "captured"}
+    ) as r:
+        active = (await r.json())["data"]
+    Subscription.from_dict(active)
+    assert active["status"] == "active"
+    assert active["current_billing_period"]["starts_at"] == trial["ends_at"]
+    status, body = await paddle.call("GET", f"/transactions?subscription_id={sub['id']}")
+    assert status == 200, body
+    first = next(t for t in body["data"] if t["origin"] == "subscription_recurring")
+    assert first["details"]["totals"]["grand_total"] == "1200"
+    # A trial_period as Paddle's price errors name them.
+    for trial_period, code in (
+        ({"interval": "day"}, "price_trial_period_missing_fields"),
+        ({"interval": "day", "frequency": 0}, "price_trial_period_frequency_below_1"),
+    ):
+        _, body = await paddle.call(
+            "POST",
+            "/transactions",
+            {"items": [{"quantity": 1, "price": {**price, "trial_period": trial_period}}]},
+        )
+        _error(body, code)
