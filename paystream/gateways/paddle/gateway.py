@@ -992,8 +992,6 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             )
         if req.tax_rates:
             raise UnsupportedOperation(PROVIDER, "create_subscription(tax_rates=...)")
-        if req.trial_days:
-            raise UnsupportedOperation(PROVIDER, "create_subscription(trial_days=...)")
         if req.amount.currency not in CURRENCIES or req.interval not in subscriptions.INTERVALS:
             raise _refused(
                 ErrorCode.INVALID_REQUEST,
@@ -1018,7 +1016,9 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         """``create_subscription`` under its in-flight key, as ``_pay_once``: its lookup
         (the request's earlier checkout transaction), then its POST."""
         operation = "create_subscription"
-        asked = (req.amount.amount, req.amount.currency)
+        # (a free trial: its checkout charges nothing, Paddle's recurring items with a
+        # trial_period being of zero charge until the trial ends)
+        asked = (0 if req.trial_days else req.amount.amount, req.amount.currency)
         txn = await self._lookup(operation, attempt.tag, params, req, attempt.token)
         if txn is None:
             payment = CreatePayment(
@@ -1029,9 +1029,11 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
                 metadata=req.metadata,
             )
             body = self._transaction_body(payment, attempt.tag, params)
-            body["items"][0]["price"]["billing_cycle"] = subscriptions.billing_cycle(
-                req.interval, req.interval_count
-            )
+            price = body["items"][0]["price"]
+            price["billing_cycle"] = subscriptions.billing_cycle(req.interval, req.interval_count)
+            if req.trial_days:
+                # (only with one: a request without a trial keeps the body it had)
+                price["trial_period"] = subscriptions.trial_period(req.trial_days)
             settled = await self._sending(attempt)
             made = await self._call(operation, "POST", "transactions", body=body, settled=settled)
             txn = self._one(made)

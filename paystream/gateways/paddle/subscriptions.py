@@ -40,6 +40,7 @@ __all__ = [
     "invoices",
     "price_of",
     "subscription",
+    "trial_period",
 ]
 
 # paystream's intervals are Paddle's billing_cycle intervals, one for one.
@@ -66,6 +67,27 @@ _INVOICE = {
 
 def billing_cycle(interval: str, interval_count: int) -> dict[str, Any]:
     return {"interval": interval, "frequency": interval_count}
+
+
+def trial_period(days: int) -> dict[str, Any]:
+    """A free trial of ``days`` as a price's ``trial_period`` (Paddle's price object:
+    ``{interval, frequency}``, only with a ``billing_cycle``): Paddle Checkout saves the
+    customer's payment method and charges nothing; the subscription is ``trialing``
+    until its ``next_billed_at``, the trial's end, when the first period is billed."""
+    return {"interval": "day", "frequency": days}
+
+
+def _trial_end(price: Mapping[str, Any], begins: datetime) -> datetime | None:
+    """When a trial of ``price`` begun at ``begins`` would end; None: the price has none."""
+    trial = price.get("trial_period")
+    if trial is None:
+        return None
+    if not isinstance(trial, Mapping) or trial.get("interval") not in INTERVALS:
+        raise unreadable("a trial_period this version does not know")
+    frequency = trial.get("frequency")
+    if not isinstance(frequency, int) or frequency < 1:
+        raise unreadable("a trial_period without a frequency")
+    return begins + relativedelta(**{f"{trial['interval']}s": frequency})
 
 
 def _time(text: Any) -> datetime:
@@ -112,12 +134,15 @@ def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
     """The subscription a checkout transaction not yet paid stands for: ``requires_action``
     (its customer pays at the checkout URL: ``next_action``; paid, none, while Paddle
     makes the subscription), or ``canceled`` with it.
-    Its period is the one it would bill paid now (Paddle starts it at payment)."""
+    Its period is the one it would bill paid now (Paddle starts it at payment); with a
+    free trial, the trial it would start, its ``trial_end`` that period's end (nothing
+    charged at its checkout: the day's volume counts none of it)."""
     status = txn.get("status")
     price, money = price_of(txn.get("items"))
     interval, count = _cycle(price)
     made = _time(txn.get("created_at"))
-    ends = made + relativedelta(**{f"{interval}s": count})
+    trial_end = _trial_end(price, made)
+    ends = trial_end or made + relativedelta(**{f"{interval}s": count})
 
     def stage(
         as_status: SubscriptionStatus, period_end: datetime, **extra: Any
@@ -130,6 +155,7 @@ def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
             interval_count=count,
             current_period_start=made,
             current_period_end=period_end,
+            trial_end=trial_end if as_status is SubscriptionStatus.REQUIRES_ACTION else None,
             **extra,
         )
 

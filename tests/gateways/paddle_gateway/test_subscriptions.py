@@ -7,6 +7,7 @@ canceled at period end (and resumed) or now. Against the FAKE Paddle
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -234,8 +235,6 @@ async def test_what_it_refuses_before_any_call(paddle_url: str) -> None:
     with pytest.raises(GatewayError) as token:
         await gw.create_subscription(_plan(token="paymtd_x"), idempotency_key=key())
     assert token.value.code is ErrorCode.INVALID_REQUEST and '"checkout"' in token.value.message
-    with pytest.raises(UnsupportedOperation):
-        await gw.create_subscription(_plan(trial_days=7), idempotency_key=key())
     with pytest.raises(GatewayError) as currency:
         await gw.create_subscription(
             _plan().model_copy(update={"amount": Money(amount=5, currency="IDR")}),
@@ -340,4 +339,142 @@ async def test_a_change_paddle_refuses_for_the_subscriptions_state_is_invalid_st
             idempotency_key=key(),
         )
     assert refused.value.code is ErrorCode.INVALID_STATE, refused.value
+    await gw.aclose()
+
+
+async def _subscription_at_paddle(url: str, sub_id: str) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {FAKE_PADDLE_API_KEY}"}
+    async with (
+        aiohttp.ClientSession(headers=auth) as session,
+        session.get(f"{url}/subscriptions/{sub_id}") as r,
+    ):
+        return dict((await r.json())["data"])
+
+
+async def test_a_free_trial_charges_nothing_at_checkout_then_bills(paddle_url: str) -> None:
+    """trial_days as the non-catalog price's trial_period: its checkout charges nothing,
+    the subscription trialing until its trial_end, then billed and active."""
+    gw = gateway(paddle_url)
+    client = losing(gw, "POST", "nothing", lose=0)  # (records what is sent)
+    made = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=7), idempotency_key=key()
+    )
+    sid = made.provider_subscription_id
+    assert made.status is SubscriptionStatus.REQUIRES_ACTION and made.next_action
+    assert made.amount == usd(1200)  # (what each period bills, after the trial)
+    assert made.trial_end == made.current_period_end  # (the trial it starts, paid now)
+    assert made.trial_end - made.current_period_start == timedelta(days=7)
+    (txn,) = [e for e in await effects(paddle_url) if e["id"] == sid]
+    assert txn["amount"] == 0  # (nothing to pay at its checkout)
+    (sent,) = [b for b in client.bodies if "items" in b]
+    assert sent["items"][0]["price"]["trial_period"] == {
+        "interval": "day",
+        "frequency": 7,
+    }
+    await paddle_checkout(paddle_url, sid)
+    trialing = await _read(gw, sid)
+    assert trialing.status is SubscriptionStatus.TRIALING
+    assert trialing.amount == usd(1200) and trialing.next_action is None
+    assert trialing.trial_end == trialing.current_period_end
+    assert trialing.trial_end - trialing.current_period_start == timedelta(days=7)
+    assert [(i.status, i.amount) for i in trialing.invoices] == [(InvoiceStatus.PAID, usd(0))]
+    paddle_sub = await _paddle_sub_id(paddle_url, sid)
+    assert (await _subscription_at_paddle(paddle_url, paddle_sub))["next_billed_at"].startswith(
+        trialing.trial_end.strftime("%Y-%m-%dT%H:%M:%S")
+    )
+    # Its first charge, at the trial's end: active, billed a month from the trial's end.
+    await _renew(paddle_url, paddle_sub)
+    active = await _read(gw, sid)
+    assert active.status is SubscriptionStatus.ACTIVE and active.trial_end is None
+    assert active.current_period_start == trialing.trial_end
+    assert [(i.status, i.amount) for i in active.invoices] == [
+        (InvoiceStatus.PAID, usd(1200)),
+        (InvoiceStatus.PAID, usd(0)),
+    ]
+    await gw.aclose()
+
+
+async def test_a_trial_whose_first_charge_is_declined_is_past_due(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    made = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=3), idempotency_key=key()
+    )
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    trial_end = (await _read(gw, sid)).trial_end
+    paddle_sub = await _paddle_sub_id(paddle_url, sid)
+    await _renew(paddle_url, paddle_sub, "declined")
+    due = await _read(gw, sid)
+    assert due.status is SubscriptionStatus.PAST_DUE and due.trial_end is None
+    assert due.invoices[0].status is InvoiceStatus.OPEN
+    assert (due.invoices[0].failure_code, due.invoices[0].amount) == ("declined", usd(1200))
+    assert due.invoices[0].period_start == trial_end
+    await _renew(paddle_url, paddle_sub)  # (Paddle's retry, paid: the same period)
+    paid = await _read(gw, sid)
+    assert paid.status is SubscriptionStatus.ACTIVE and paid.current_period_start == trial_end
+    await gw.aclose()
+
+
+async def test_a_trial_canceled_at_its_end_or_now_bills_nothing(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    ending = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=5), idempotency_key=key()
+    )
+    sid = ending.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    scheduled = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=sid, at_period_end=True), idempotency_key=key()
+    )
+    assert scheduled.status is SubscriptionStatus.TRIALING and scheduled.cancel_at_period_end
+    paddle_sub = await _paddle_sub_id(paddle_url, sid)
+    at_paddle = await _subscription_at_paddle(paddle_url, paddle_sub)
+    assert at_paddle["scheduled_change"]["effective_at"] == at_paddle["next_billed_at"]
+    await _renew(paddle_url, paddle_sub)  # (the trial's end: the cancel, no charge)
+    ended = await _read(gw, sid)
+    assert ended.status is SubscriptionStatus.CANCELED
+    assert [i.amount for i in ended.invoices] == [usd(0)]  # (nothing billed)
+
+    now = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=5), idempotency_key=key()
+    )
+    await paddle_checkout(paddle_url, now.provider_subscription_id)
+    gone = await gw.cancel_subscription(
+        CancelSubscription(provider_subscription_id=now.provider_subscription_id),
+        idempotency_key=key(),
+    )
+    assert gone.status is SubscriptionStatus.CANCELED and gone.canceled_at is not None
+    assert [i.amount for i in gone.invoices] == [usd(0)]
+    await gw.aclose()
+
+
+async def test_a_trial_create_sent_again_makes_one_checkout(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    req = _plan(customer=await _customer(gw), trial_days=14)
+    client = losing(gw, "POST", "transactions")
+    idem = key()
+    REQUEST_SENT_SINCE.set(time.time())
+    with pytest.raises(GatewayError) as lost:
+        await gw.create_subscription(req, idempotency_key=idem)
+    assert lost.value.code is ErrorCode.TIMEOUT
+    assert await gw.knows_request("create_subscription", req, idempotency_key=idem)
+    again = await gw.create_subscription(req, idempotency_key=idem)
+    assert again.status is SubscriptionStatus.REQUIRES_ACTION and again.trial_end is not None
+    tag = request_tag(idem)
+    made = [e for e in await effects(paddle_url) if e["kind"] == "transaction"]
+    mine = [e for e in made if (e["custom_data"] or {}).get("paystream_request") == tag]
+    assert [e["id"] for e in mine] == [again.provider_subscription_id]
+    assert client.sent.count(("POST", "transactions")) == 1
+    # The same key for the plan without its trial is another request: refused.
+    with pytest.raises(GatewayError) as other:
+        await gw.create_subscription(req.model_copy(update={"trial_days": 0}), idempotency_key=idem)
+    assert other.value.code is ErrorCode.IDEMPOTENCY_ERROR
+    await gw.aclose()
+
+
+async def test_a_plan_without_a_trial_sends_no_trial_period(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    client = losing(gw, "POST", "nothing", lose=0)
+    await gw.create_subscription(_plan(customer=await _customer(gw)), idempotency_key=key())
+    (sent,) = [b for b in client.bodies if "items" in b]
+    assert "trial_period" not in sent["items"][0]["price"]
     await gw.aclose()

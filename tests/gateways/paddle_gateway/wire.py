@@ -85,6 +85,7 @@ class LosingClient(PaddleClient):
         self._lost = (method, path)
         self._to_lose = lose
         self.sent: list[tuple[str, str]] = []
+        self.bodies: list[dict[str, Any]] = []  # (each body sent, in order)
 
     async def call(
         self,
@@ -96,6 +97,8 @@ class LosingClient(PaddleClient):
         settled: Callable[[bool], None] | None = None,
     ) -> dict[str, Any]:
         self.sent.append((method, path))
+        if body is not None:
+            self.bodies.append(dict(body))
         answer = await super().call(method, path, body=body, query=query, settled=settled)
         if (method, path) == self._lost and self._to_lose > 0:
             self._to_lose -= 1
