@@ -876,7 +876,7 @@ class LimitGate:
         if (
             ((command_type in MONEY_COMMANDS and outcome_type in VOLUME_OUTCOMES) or learnt)
             and obj.get("currency") in limits.daily_payment_volume
-            and not (command_type == "subscription.create" and obj.get("status") == "trialing")
+            and not (command_type == "subscription.create" and _in_trial(obj))
         ):
             charged = int(obj.get("amount") or 0) if amount is None else amount
             _add_volume(state, day, str(obj["currency"]), charged)
@@ -927,6 +927,15 @@ class LimitGate:
             if int(oldest) >= floor:
                 break
             del decided[oldest]
+
+
+def _in_trial(obj: Mapping[str, Any]) -> bool:
+    """Is this subscription.create's outcome a free trial (nothing charged): ``trialing``,
+    or at a checkout that starts one (Paddle's ``requires_action`` with a
+    ``trial_end``)?"""
+    return obj.get("status") == "trialing" or (
+        obj.get("status") == "requires_action" and bool(obj.get("trial_end"))
+    )
 
 
 def charge_now(command_type: str, data: Any, amount: int | None = None) -> int:

@@ -510,3 +510,46 @@ def test_an_invoice_learnt_paid_answered_from_its_record_is_counted_once() -> No
     of_sub = {"object": {**paid["object"], "id": "in_2", "subscription_id": "sub_1"}}
     g.gate.account_answered("t1", g.limits, g.record(T0), "invoice.refresh", "invoice.paid", of_sub)
     assert g.state["volume"] == {"EUR": 30_000}
+
+
+@dataclass
+class Subscribe:
+    amount: int
+    currency: str = "USD"
+    trial_days: int = 0
+
+
+@pytest.mark.parametrize(
+    ("status", "trial_end", "counted"),
+    [
+        ("requires_action", "2026-10-01T00:00:00+00:00", 0),  # (Paddle: a trial's checkout)
+        ("trialing", "2026-10-01T00:00:00+00:00", 0),
+        ("requires_action", None, 700),  # (Paddle: a first period to pay at checkout)
+        ("active", None, 700),
+    ],
+)
+def test_a_subscription_create_answered_from_its_record_counts_no_trial(
+    status: str, trial_end: str | None, counted: int
+) -> None:
+    """A subscription.create accounted from its idempotency record (its limits write
+    lost): a free trial (trialing, or at a checkout that starts one: Paddle's
+    requires_action with a trial_end) charged nothing and counts nothing."""
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 5000}))
+    obj = {"amount": 700, "currency": "USD", "status": status, "trial_end": trial_end}
+    outcome = (
+        "subscription.created" if status != "requires_action" else ("subscription.requires_action")
+    )
+    g.gate.account_answered(
+        "t1", g.limits, g.record(T0), "subscription.create", outcome, {"object": obj}
+    )
+    assert g.state.get("volume", {}).get("USD", 0) == counted
+
+
+def test_a_trial_at_checkout_holds_and_counts_nothing() -> None:
+    """Admitted: a subscription.create with trial_days charges nothing now (whatever its
+    outcome: Paddle's checkout of a trial answers subscription.requires_action)."""
+    g = Gate(TenantLimits(daily_payment_volume={"USD": 1000}))
+    got = g.send(T0, "subscription.create", Subscribe(900, trial_days=7))
+    assert isinstance(got, Admission) and got.currency is None
+    g.gate.settle(got, "subscription.requires_action")
+    assert isinstance(g.pay(1000), Admission)  # (the day's whole volume still free)
