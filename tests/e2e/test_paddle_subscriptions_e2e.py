@@ -204,3 +204,63 @@ async def test_an_unpaid_one_is_canceled_and_checkout_is_paddles_only(
         "subscription.create", TENANT, {**body, "payment_method_id": "pm_none"}
     )
     assert outcome(saved) == "command.rejected", data(saved)
+
+
+async def test_a_free_trial_starts_at_checkout_then_bills(
+    deployed: tuple[Deployment, str], client: PaystreamClient, paddle_url: str
+) -> None:
+    """trial_days: the checkout's price carries Paddle's trial_period, charges nothing;
+    its transaction.completed reads the subscription trialing (its trial_end), the first
+    charge at the trial's end active; a trial canceled at its end is never billed."""
+    _, base_url = deployed
+    cus = await client.command("customer.create", TENANT, {"email": "trial@paddled.test"})
+    customer = data(cus)["object"]
+    body = {
+        "customer_id": customer["id"],
+        "payment_method_token": "checkout",
+        "amount": 1500,
+        "currency": "USD",
+        "interval": "month",
+        "trial_days": 14,
+    }
+    made = await client.command("subscription.create", TENANT, body)
+    assert outcome(made) == "subscription.requires_action", data(made)
+    sub = data(made)["object"]
+    assert sub["trial_end"] and sub["amount"] == 1500
+    checkout_id = sub["provider_subscription_id"]
+    async with provider_objects(paddle_url, FAKE_PADDLE_API_KEY, "") as paddle_api:
+        txn = (await paddle_api("transactions", checkout_id))["data"]
+        price = txn["items"][0]["price"]
+        assert price["trial_period"] == {"interval": "day", "frequency": 14}
+        assert txn["details"]["totals"]["grand_total"] == "0"
+
+        await fake(paddle_url, f"/_fake/transactions/{checkout_id}/checkout")
+        trial = await notified(client, paddle_url, base_url, "transaction.completed", checkout_id)
+        assert outcome(trial) == "subscription.updated", data(trial)
+        live = data(trial)["object"]
+        assert live["status"] == "trialing" and live["trial_end"], live
+        assert live["trial_end"] == live["current_period_end"]
+        assert [(r["object"]["status"], r["object"]["amount"]) for r in data(trial)["related"]] == [
+            ("paid", 0)
+        ]
+        paddle_sub = (await paddle_api("transactions", checkout_id))["data"]["subscription_id"]
+        # The trial's end: Paddle charges the saved method, the subscription active.
+        await fake(paddle_url, f"/_fake/subscriptions/{paddle_sub}/renew")
+        paid = await notified(client, paddle_url, base_url, "subscription.activated", paddle_sub)
+        assert data(paid)["object"]["status"] == "active", data(paid)
+        assert data(paid)["object"]["current_period_start"] == live["trial_end"]
+
+    # Another, canceled at its trial's end: nothing billed.
+    ending = await client.command("subscription.create", TENANT, body)
+    other = data(ending)["object"]
+    await fake(paddle_url, f"/_fake/transactions/{other['provider_subscription_id']}/checkout")
+    read = await client.command("subscription.refresh", TENANT, {"subscription_id": other["id"]})
+    assert data(read)["object"]["status"] == "trialing", data(read)
+    scheduled = await client.command(
+        "subscription.cancel", TENANT, {"subscription_id": other["id"], "at_period_end": True}
+    )
+    assert outcome(scheduled) == "subscription.updated", data(scheduled)
+    assert data(scheduled)["object"]["cancel_at_period_end"] is True
+    assert data(scheduled)["object"]["status"] == "trialing"
+    gone = await client.command("subscription.cancel", TENANT, {"subscription_id": other["id"]})
+    assert outcome(gone) == "subscription.canceled", data(gone)
