@@ -661,7 +661,12 @@ async def _publish(
             # (TOPIC_AUTHORIZATION_FAILED, POLICY_VIOLATION, ...): nothing of the refused
             # record batch landed, and failing the batch ended the worker, then each next
             # owner of its partitions in turn (review h69b).
-            if isinstance(failure, _NEVER_TAKEN) or not (
+            if isinstance(failure, _NEVER_TAKEN):
+                # The broker's error names no record, and the restart's topic check
+                # passes (the topics take 1 MiB; this record is bigger): say which.
+                log.critical("the broker refuses a record too large: %s", _largest(records))
+                raise failure
+            if not (
                 failure.retriable or isinstance(failure, KafkaTimeoutError) or is_refusal(failure)
             ):
                 raise failure
@@ -690,8 +695,22 @@ async def _publish(
 
 # Refusals the broker repeats for as long as the batch is the same (a record over the
 # topic's max.message.bytes): the worker exits, and its restart's _check_record_limits
-# names the topic, rather than stalling its partitions for good, excused by liveness.
+# names the topic, rather than stalling its partitions for good, excused by liveness. (A
+# record over what the topics take, not a topic under it: named as the worker exits.)
 _NEVER_TAKEN = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+def _largest(records: Sequence[OutRecord], count: int = 3) -> str:
+    """The ``count`` largest of ``records``: topic[partition], key (tenant or entity ids,
+    never card data or secrets; cut short) and size in bytes, for an operator."""
+
+    def size(r: OutRecord) -> int:
+        return len(r.key or b"") + len(r.value or b"")
+
+    top = sorted(records, key=size, reverse=True)[:count]
+    return "; ".join(
+        f"{r.topic}[{r.partition}] key {(r.key or b'')[:80]!r}: {size(r):,} bytes" for r in top
+    )
 
 
 class DeliveryAbandoned(MembershipLapsed):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
@@ -326,7 +327,7 @@ async def test_a_batch_that_deleted_from_the_store_is_not_dropped_with_the_worke
 
 @pytest.mark.parametrize("refusal", [MessageSizeTooLargeError, RecordListTooLargeError])
 async def test_a_batch_the_broker_will_never_take_is_not_retried_for_ever(
-    monkeypatch: pytest.MonkeyPatch, refusal: type[Exception]
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, refusal: type[Exception]
 ) -> None:
     calls: list[int] = []
 
@@ -336,13 +337,20 @@ async def test_a_batch_the_broker_will_never_take_is_not_retried_for_ever(
 
     monkeypatch.setattr(commands, "send_batches", send)
     monkeypatch.setattr(commands, "PUBLISH_RETRY_MAX_SECONDS", 0.001)
-    records = [OutRecord("paystream.events", 0, b"t", b"x" * 10)]
+    records = [
+        OutRecord("paystream.events", 0, b"t", b"x" * 10),
+        OutRecord("paystream-limits-changelog", 3, b'"limits:acme"', b"x" * 1_200_000),
+    ]
     try:
-        with pytest.raises(refusal):
+        with pytest.raises(refusal), caplog.at_level(logging.CRITICAL, commands.log.name):
             await asyncio.wait_for(commands._publish(None, records, 1), 1.0)
     finally:
         PUBLISH.delivered()
     assert len(calls) == 1
+    # Said with what the broker's error leaves out (review h81rd): which record, its size.
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "paystream-limits-changelog[3]" in said and "limits:acme" in said, said
+    assert "1,200,013 bytes" in said, said
 
 
 class _Processor:
