@@ -1452,6 +1452,12 @@ def _codes(currencies: Iterable[str]) -> str:
 
 
 def _listed(codes: str) -> list[str]:
-    """The sorted codes :func:`_codes` made ``codes`` of."""
+    """The sorted codes :func:`_codes` made ``codes`` of (a new list: it goes into a
+    rejection's data)."""
+    return list(_listed_once(codes))
+
+
+@functools.lru_cache(maxsize=256)  # a tenant's few sets, refused again and again
+def _listed_once(codes: str) -> tuple[str, ...]:
     mask = int(codes, 16)
-    return sorted(c for i, c in enumerate(_CODE_ORDER) if mask >> i & 1)
+    return tuple(sorted(c for i, c in enumerate(_CODE_ORDER) if mask >> i & 1))

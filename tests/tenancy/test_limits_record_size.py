@@ -218,3 +218,12 @@ def test_every_builder_is_exercised(name: str) -> None:
 
 
 FIRST_51 = "ca5836eb3da6bc90799b14817d68e045aae51f077c04090db70522078c37f52d"
+
+
+def test_a_listed_set_is_a_new_list_each_time() -> None:
+    """The codes a currency refusal lists go into its data: one rejection's list (cached
+    by its mask) changed by a caller must not change the next one's."""
+    codes = lim._codes(["USD", "EUR"])
+    first = lim._listed(codes)
+    first.append("JPY")
+    assert lim._listed(codes) == ["EUR", "USD"]
