@@ -98,6 +98,7 @@ __all__ = [
     "TransferResult",
     "TransferStatus",
     "UpdateCustomer",
+    "UpdateInvoice",
     "UpdateSubscription",
     "VoidInvoice",
     "connected_account_ref",
@@ -683,6 +684,24 @@ class CreateInvoice(_Req):
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
+class UpdateInvoice(_Req):
+    """Change a draft invoice (Stripe: POST /v1/invoices/{id}, and its invoice items
+    deleted and added): ``lines`` replace its lines whole (None: kept), a sent invoice's
+    ``days_until_due``, its ``description``, its ``metadata`` (merged as
+    :func:`merged_metadata`). Sent again under its key it sets the same lines: none added
+    twice, however the call before was cut."""
+
+    provider_invoice_id: str
+    # The invoice's, as made (its new total is checked before any call: see
+    # CreateInvoice; a provider reads its own).
+    currency: str
+    tax_rates: tuple[TaxRateRef, ...] = ()
+    lines: tuple[InvoiceLine, ...] | None = None
+    description: str | None = None
+    days_until_due: int | None = None
+    metadata: dict[str, str] | None = None
+
+
 class FinalizeInvoice(_Req):
     provider_invoice_id: str
 
@@ -1001,6 +1020,7 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     "reverse_transfer": Capability.CONNECTED_ACCOUNTS,
     "retrieve_transfer": Capability.CONNECTED_ACCOUNTS,
     "create_invoice": Capability.INVOICES,
+    "update_invoice": Capability.INVOICES,
     "finalize_invoice": Capability.INVOICES,
     "pay_invoice": Capability.INVOICES,
     "void_invoice": Capability.INVOICES,
@@ -1270,6 +1290,10 @@ class PaymentGateway(Protocol):
 
     async def create_invoice(self, req: CreateInvoice, *, idempotency_key: str) -> InvoiceResult:
         """A draft one-off invoice of the request's lines (nothing charged)."""
+        ...
+
+    async def update_invoice(self, req: UpdateInvoice, *, idempotency_key: str) -> InvoiceResult:
+        """A draft invoice changed (its lines replaced whole), still a draft."""
         ...
 
     async def finalize_invoice(

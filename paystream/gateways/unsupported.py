@@ -119,6 +119,11 @@ class NoInvoices(_Unsupported):
     ) -> gw_base.InvoiceResult:
         self._unsupported("void_invoice")
 
+    async def update_invoice(
+        self, req: gw_base.UpdateInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        self._unsupported("update_invoice")
+
     async def mark_invoice_uncollectible(
         self, req: gw_base.MarkInvoiceUncollectible, *, idempotency_key: str
     ) -> gw_base.InvoiceResult:

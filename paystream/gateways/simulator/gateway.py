@@ -72,6 +72,7 @@ from paystream.gateways.base import (
     TaxRateResult,
     TransferResult,
     UpdateCustomer,
+    UpdateInvoice,
     UpdateSubscription,
     VoidInvoice,
     require_capability,
@@ -518,6 +519,12 @@ class SimulatorGateway:
         return await self._run(
             "create_invoice", req, idempotency_key,
             lambda tx: invoices.create_invoice(tx, req, idempotency_key), InvoiceResult,
+        )  # fmt: skip
+
+    async def update_invoice(self, req: UpdateInvoice, *, idempotency_key: str) -> InvoiceResult:
+        return await self._run(
+            "update_invoice", req, idempotency_key,
+            lambda tx: invoices.update_invoice(tx, req, idempotency_key), InvoiceResult,
         )  # fmt: skip
 
     async def finalize_invoice(

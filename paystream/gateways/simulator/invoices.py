@@ -15,7 +15,9 @@ from paystream.gateways.base import (
     MarkInvoiceUncollectible,
     PayInvoice,
     RetrieveInvoice,
+    UpdateInvoice,
     VoidInvoice,
+    merged_metadata,
 )
 from paystream.gateways.errors import ErrorCode
 from paystream.gateways.simulator import operations as ops
@@ -36,6 +38,7 @@ __all__ = [
     "mark_invoice_uncollectible",
     "pay_invoice",
     "retrieve_invoice",
+    "update_invoice",
     "void_invoice",
 ]
 
@@ -123,6 +126,47 @@ async def create_invoice(tx: Tx, req: CreateInvoice, key: str) -> dict[str, Any]
     tx.put(invoice)
     tx.effect(Effect.of("invoice.created", key, invoice["id"]))
     return {"ok": results.invoice(invoice)}
+
+
+async def update_invoice(tx: Tx, req: UpdateInvoice, key: str) -> dict[str, Any]:
+    """A draft changed, as Stripe's invoice update and invoice items: its lines replaced
+    whole (its total worked out again, with its tax rates), its description, a sent
+    one's days_until_due, its metadata merged. One transaction: the lines are never
+    half replaced, and the key's answer replays it (one effect per key)."""
+    invoice = await ops._must(tx, req.provider_invoice_id, "invoice")
+    if invoice["status"] != "draft":
+        raise ops._refuse(
+            ErrorCode.INVALID_STATE,
+            f"cannot update an invoice that is {invoice['status']}: only a draft's lines "
+            "and fields may change",
+        )
+    if req.days_until_due is not None and invoice["collection_method"] != "send_invoice":
+        raise ops._invalid("days_until_due is for collection_method send_invoice only")
+    metadata = merged_metadata(dict(invoice["metadata"]), req.metadata)
+    problem = payment_parameters_problem(None, None, metadata)
+    if problem is not None:
+        raise ops._invalid(problem)
+    changed = {**invoice, "metadata": metadata}
+    if req.description is not None:
+        changed["description"] = req.description
+    if req.days_until_due is not None:
+        changed["days_until_due"] = req.days_until_due
+    if req.lines is not None:
+        if not req.lines:
+            raise ops._invalid("an invoice has at least one line item")
+        if any(line.unit_amount < 1 or line.quantity < 1 for line in req.lines):
+            raise ops._invalid("a line item's unit amount and quantity are at least 1")
+        lines = [line.model_dump() for line in req.lines]
+        calc = _totals(lines, invoice["tax_rates"], invoice["currency"])
+        ops._check_amount(Money(amount=calc.amount_total, currency=invoice["currency"]))
+        changed.update(lines=lines, amount=calc.amount_total)
+        if invoice["tax_rates"]:
+            changed.update(
+                subtotal=calc.amount_subtotal, tax=calc.amount_tax, total=calc.amount_total
+            )
+    tx.put(changed)
+    tx.effect(Effect.of("invoice.updated", key, changed["id"]))
+    return {"ok": results.invoice(changed)}
 
 
 def _finalized(invoice: dict[str, Any], now: int) -> dict[str, Any]:

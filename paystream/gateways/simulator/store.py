@@ -292,6 +292,7 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.ArchiveTaxRate,
         gw.InvoiceLine,
         gw.CreateInvoice,
+        gw.UpdateInvoice,
         gw.FinalizeInvoice,
         gw.PayInvoice,
         gw.VoidInvoice,

@@ -134,7 +134,7 @@ def _refuse_unsent(problem: str | None) -> None:
         )
 
 
-def _uncharged_total_problem(req: gw_base.CreateInvoice) -> str | None:
+def _uncharged_total_problem(req: gw_base.CreateInvoice | gw_base.UpdateInvoice) -> str | None:
     """Why Stripe could not charge an invoice's total (with its exclusive tax, as
     paystream.tax works it out, the simulator's arithmetic): under the currency's minimum
     charge Stripe marks it paid uncharged and adds the amount to the customer's credit
@@ -145,7 +145,7 @@ def _uncharged_total_problem(req: gw_base.CreateInvoice) -> str | None:
         Rate(r.provider_tax_rate_id, parse_percentage(r.percentage), r.inclusive)
         for r in req.tax_rates
     ]
-    lines = [Line(line.unit_amount, line.quantity, rates) for line in req.lines]
+    lines = [Line(line.unit_amount, line.quantity, rates) for line in req.lines or ()]
     try:
         total = calculate(lines, req.currency).amount_total
     except ValueError:
@@ -211,6 +211,11 @@ _INVOICE_VERB = {
     "void_invoice": "void",
     "mark_invoice_uncollectible": "mark uncollectible",
 }
+# An invoice item an invoice.update made names the update (a digest of its key) and its
+# line's place in its metadata: the update sent again keeps those, deletes the others and
+# adds only the lines still missing (a crash between two item calls leaves none twice).
+_UPDATE_TAG = "paystream_update"
+_UPDATE_LINE = "paystream_line"
 _STRIPE_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[a-z]+)?")
 
 
@@ -965,6 +970,104 @@ class StripeGateway:
             "create_invoice",
             lambda: self._v1.invoice_items.create_async(item, self._opts(key)),
         )
+
+    async def update_invoice(
+        self, req: gw_base.UpdateInvoice, *, idempotency_key: str
+    ) -> gw_base.InvoiceResult:
+        """A draft changed: ``POST /v1/invoices/{id}`` (description, days_until_due,
+        metadata: under a key derived from the command's), then its lines replaced
+        (https://docs.stripe.com/api/invoiceitems: items of a draft only): its items read
+        (``GET /v1/invoiceitems?invoice=``), those this update did not make deleted
+        (``DELETE /v1/invoiceitems/{id}``: one gone already is gone), each line it has
+        not made yet added under a derived key, named in the item's metadata. Sent again
+        after a cut between two calls, it finishes the same replacement: no line twice,
+        none of the old left. Read back, its new totals are the answer. One no longer a
+        draft is ``invalid_state`` before any change."""
+        iid = req.provider_invoice_id
+        if req.lines is not None:
+            _require_hundredths("update_invoice", gw_base.Money(amount=1, currency=req.currency))
+            _refuse_unsent(_uncharged_total_problem(req))
+        if req.metadata is not None:
+            _refuse_unsent(payment_parameters_problem(None, None, req.metadata))
+        held = await self._read_invoice("update_invoice", iid)
+        if held.get("status") != "draft":
+            raise GatewayError(
+                ErrorCode.INVALID_STATE,
+                f"cannot update an invoice that is {held.get('status')}: only a draft's "
+                "lines and fields may change",
+                provider=PROVIDER,
+                retryable=False,
+            )
+        params = _without_none(
+            description=req.description,
+            days_until_due=req.days_until_due,
+            metadata=req.metadata,
+        )
+        if params:
+            await self._call(
+                "update_invoice",
+                lambda: self._v1.invoices.update_async(
+                    iid, params, self._opts(_derived_key(idempotency_key, "invoice"))
+                ),
+            )
+        if req.lines is not None:
+            await self._replace_lines(held, req.lines, idempotency_key)
+        read = await self._read_invoice("update_invoice", iid)
+        return mapping.one_off_invoice(read, as_made=True)
+
+    async def _replace_lines(
+        self, held: Mapping[str, Any], lines: tuple[gw_base.InvoiceLine, ...], key: str
+    ) -> None:
+        iid = str(held["id"])
+        customer = held.get("customer")
+        customer = customer.get("id") if isinstance(customer, Mapping) else customer
+        tag = hashlib.sha256(key.encode()).hexdigest()[:32]
+        items: list[Mapping[str, Any]] = []
+        params: dict[str, Any] = {"invoice": iid, "limit": PENDING_PAGE}
+        while True:
+            found = await self._call(
+                "update_invoice", lambda: self._v1.invoice_items.list_async(dict(params))
+            )
+            page = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+            items += page
+            if not found.get("has_more") or not page:
+                break
+            params["starting_after"] = page[-1]["id"]
+        made: set[str] = set()
+        for item in items:
+            meta = item.get("metadata") or {}
+            place = meta.get(_UPDATE_LINE) if isinstance(meta, Mapping) else None
+            if isinstance(meta, Mapping) and meta.get(_UPDATE_TAG) == tag and place not in made:
+                made.add(str(place))
+                continue
+            await self._delete_item(str(item["id"]))
+        for n, line in enumerate(lines):
+            if str(n) in made:
+                continue
+            item = {
+                "customer": customer,
+                "invoice": iid,
+                "currency": str(held.get("currency") or "").lower(),
+                "description": line.description,
+                "quantity": line.quantity,
+                "unit_amount_decimal": str(line.unit_amount),
+                "metadata": {_UPDATE_TAG: tag, _UPDATE_LINE: str(n)},
+            }
+            await self._add_item(item, _derived_key(key, f"line{n}"))
+
+    async def _add_item(self, item: dict[str, Any], key: str) -> None:
+        await self._call(
+            "update_invoice", lambda: self._v1.invoice_items.create_async(item, self._opts(key))
+        )
+
+    async def _delete_item(self, item_id: str) -> None:
+        """``DELETE /v1/invoiceitems/{id}`` (takes no key: deleting twice deletes nothing
+        more; one gone already, 404, is as asked)."""
+        try:
+            await self._call("update_invoice", lambda: self._v1.invoice_items.delete_async(item_id))
+        except GatewayError as exc:
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
 
     async def finalize_invoice(
         self, req: gw_base.FinalizeInvoice, *, idempotency_key: str

@@ -98,6 +98,21 @@ _REQUESTS: list[tuple[str, BaseModel]] = [
             metadata={"b": "1", "a": ""},
         ),
     ),
+    ("update_invoice", gw.UpdateInvoice(provider_invoice_id="in_x", currency="EUR")),
+    (
+        "update_invoice",
+        gw.UpdateInvoice(
+            provider_invoice_id="in_x",
+            currency="EUR",
+            tax_rates=(
+                gw.TaxRateRef(provider_tax_rate_id="txr_x", percentage="20", inclusive=False),
+            ),
+            lines=(gw.InvoiceLine(description="Zoë's hours", unit_amount=1500, quantity=2),),
+            description="March",
+            days_until_due=7,
+            metadata={"b": "1", "a": ""},
+        ),
+    ),
     ("finalize_invoice", gw.FinalizeInvoice(provider_invoice_id="in_x")),
     ("pay_invoice", gw.PayInvoice(provider_invoice_id="in_x", provider_payment_method_id="pm_x")),
     ("pay_invoice", gw.PayInvoice(provider_invoice_id="in_x")),
