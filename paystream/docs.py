@@ -190,6 +190,16 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "page). A tenant whose provider lacks invoices (Square, Paddle), or whose "
         "`capabilities` leave them out, is refused `unsupported` before anything is asked."
     ),
+    "invoice.update": (
+        "Change a `draft` invoice before it is finalized: `line_items` replace its lines "
+        "as a whole (as `invoice.create` takes them; sent again, the same lines are set, "
+        "none added twice), `description`, `days_until_due` (a `send_invoice` one's), "
+        '`metadata` (merged key by key, a key given "" removed): `invoice.updated` with '
+        "its new total. New lines are held to the tenant's `max_payment_amount` and "
+        "`only_listed_currencies` at the new total with exclusive tax, as a create's. An "
+        "`open`, `uncollectible`, `paid` or `void` one is refused `invalid_state` before "
+        "the provider is asked. Square and Paddle: `unsupported`."
+    ),
     "invoice.finalize": (
         "Finalize a `draft` invoice: `open`, its total fixed (a sent one's `due_date` "
         "counted from now): `invoice.finalized`; or `invoice.paid` when nothing is left "
@@ -399,7 +409,8 @@ _PAYOUT_PREVIOUS: Doc = {
 _INVOICE_PREVIOUS: Doc = {
     "previous_status": {
         "type": "string",
-        "description": "answering `invoice.finalize`, `invoice.pay`, `invoice.void`, "
+        "description": "answering `invoice.update`, `invoice.finalize`, `invoice.pay`, "
+        "`invoice.void`, "
         "`invoice.mark_uncollectible` or `invoice.refresh`: the invoice's status before",
     },
 }
@@ -623,8 +634,10 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "invoice.updated": (
         "invoice",
-        "`invoice.refresh` read the invoice back unchanged (`draft`, `open` or "
-        "`uncollectible`; one `paid` or `void`, final, answered from its record).",
+        "`invoice.update` changed a `draft` (its lines, total, description, "
+        "`days_until_due` or metadata as they are now), or `invoice.refresh` read the "
+        "invoice back unchanged (`draft`, `open` or `uncollectible`; one `paid` or "
+        "`void`, final, answered from its record).",
         _INVOICE_PREVIOUS,
     ),
     "tax_rate.created": ("tax_rate", "The tax rate was made (`active`).", {}),

@@ -892,6 +892,8 @@ async def test_every_invoice_outcome_matches_its_published_payload(
         for iid, pm, extra in (("i1", "m1", {"tax_rate_ids": ["vat"]}), ("i2", "m2", {})):
             body = {**base, "invoice_id": iid, "payment_method_id": pm, "metadata": {"k": "v"}}
             outs.append(await h.send("invoice.create", t, {**body, **extra}))
+            change = {"invoice_id": iid, "line_items": [*lines, *lines], "metadata": {"k": ""}}
+            outs.append(await h.send("invoice.update", t, change))
             outs.append(await h.send("invoice.finalize", t, {"invoice_id": iid}))
             outs.append(await h.send("invoice.pay", t, {"invoice_id": iid}))
         outs.append(await h.send("invoice.refresh", t, {"invoice_id": "i2"}))

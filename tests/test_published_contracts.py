@@ -56,6 +56,13 @@ VALID: dict[str, dict[str, Any]] = {
         "tax_rate_ids": ["vat"],
         "metadata": {"order": "o-1"},
     },
+    "invoice.update": {
+        "invoice_id": "in_1",
+        "line_items": [{"description": "Hours", "amount": 1500, "quantity": 2}],
+        "description": "March",
+        "days_until_due": 14,
+        "metadata": {"po": "p-9"},
+    },
     "invoice.finalize": {"invoice_id": "in_1"},
     "invoice.pay": {"invoice_id": "in_1", "payment_method_id": "pm_2"},
     "invoice.void": {"invoice_id": "in_1"},

@@ -2817,12 +2817,7 @@ async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerR
     req = gw.CreateInvoice(
         provider_customer_id=customer.provider_customer_id,
         currency=data.currency,
-        lines=tuple(
-            gw.InvoiceLine(
-                description=line.description, unit_amount=line.amount, quantity=line.quantity
-            )
-            for line in data.line_items
-        ),
+        lines=_gateway_lines(data.line_items),
         tax_rates=tuple(
             gw.TaxRateRef(
                 provider_tax_rate_id=r.provider_tax_rate_id,
@@ -2899,6 +2894,71 @@ async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerR
         metadata=dict(data.metadata),
     )
     return HandlerResult("invoice.created", rec)
+
+
+def _gateway_lines(lines: Sequence[c.InvoiceLineItem]) -> tuple[gw.InvoiceLine, ...]:
+    return tuple(
+        gw.InvoiceLine(
+            description=line.description, unit_amount=line.amount, quantity=line.quantity
+        )
+        for line in lines
+    )
+
+
+async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerResult:
+    """A draft changed before it is finalized: its lines replaced whole, its description,
+    a sent one's days_until_due, its metadata merged (as Stripe's). Only a draft: an
+    open, uncollectible, paid or void one is `invalid_state` before the provider is
+    asked. Sent again (redelivered, re-driven), it sets the same lines: the gateway
+    replaces them under the command's key, never adding one twice."""
+    rec = _one_off_invoice(ctx, data.invoice_id)
+    _invoice_transition(rec, "update")
+    if data.days_until_due is not None and rec.collection_method != "send_invoice":
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"invoice {rec.id} is collected {rec.collection_method}: days_until_due is for "
+            "collection_method send_invoice only",
+        )
+    if len(gw.merged_metadata(rec.metadata or {}, data.metadata)) > gw.METADATA_KEYS_MAX:
+        # (as customer.update's: the invoice's keys after the merge; not remembered)
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"invoice {rec.id} would hold more than {gw.METADATA_KEYS_MAX} metadata keys",
+            remember=False,
+        )
+    ctx.at_provider(rec)
+    # Its rates as they are (archived since or not: its provider bills them, as a
+    # repricing takes its subscription's).
+    rates = [ctx.load(TaxRateRecord, rid) for rid in rec.tax_rate_ids or ()]
+    req = gw.UpdateInvoice(
+        provider_invoice_id=rec.provider_invoice_id,
+        currency=rec.currency,
+        tax_rates=tuple(
+            gw.TaxRateRef(
+                provider_tax_rate_id=r.provider_tax_rate_id,
+                percentage=r.percentage,
+                inclusive=r.inclusive,
+            )
+            for r in rates
+        ),
+        lines=None if data.line_items is None else _gateway_lines(data.line_items),
+        description=data.description,
+        days_until_due=data.days_until_due,
+        metadata=None if data.metadata is None else dict(data.metadata),
+    )
+    res = await _gateway(
+        ctx, "update_invoice", lambda: ctx.gateway.update_invoice(req, idempotency_key=ctx.idem)
+    )
+    previous = rec.status
+    _take_invoice(ctx, rec, res)
+    if data.line_items is not None:
+        rec.line_items = [line.model_dump(mode="json") for line in data.line_items]
+    if data.description is not None:
+        rec.description = data.description
+    if data.days_until_due is not None:
+        rec.days_until_due = data.days_until_due
+    rec.metadata = gw.merged_metadata(rec.metadata or {}, data.metadata)
+    return HandlerResult("invoice.updated", rec, extra={"previous_status": previous})
 
 
 async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> HandlerResult:
@@ -3799,6 +3859,46 @@ def invoice_total(
     return InvoiceTotal(total, data.currency)
 
 
+def invoice_update_total(
+    invoices: Mapping[str, Any],
+    rates_table: Mapping[str, Any],
+    tenant_id: str,
+    data: c.UpdateInvoice,
+) -> InvoiceTotal | None:
+    """What the tenant limits hold an ``invoice.update`` replacing a draft's lines to:
+    its new total with its rates' exclusive tax, in the invoice's currency, as an
+    ``invoice.create``'s (:func:`invoice_total`). Its rates are the invoice's, as they are
+    (archived since or not: its provider bills them). None (nothing checked) for an
+    update keeping the lines, or of an invoice update_invoice refuses whatever the
+    limits: unknown here, a subscription's, not a draft."""
+    raw = invoices.get(entity_key(tenant_id, data.invoice_id))
+    if (
+        data.line_items is None
+        or not isinstance(raw, Mapping)
+        or raw.get("subscription_id") is not None
+        or raw.get("status") != gw.InvoiceStatus.DRAFT.value
+    ):
+        return None
+    currency = str(raw.get("currency"))
+    rates: list[taxes.Rate] = []
+    for rate_id in raw.get("tax_rate_ids") or ():
+        rate = rates_table.get(entity_key(tenant_id, rate_id))
+        try:
+            if not isinstance(rate, Mapping):
+                raise ValueError(rate_id)
+            percentage = taxes.parse_percentage(str(rate.get("percentage")))
+        except ValueError:
+            rates = []
+            break
+        rates.append(taxes.Rate(rate_id, percentage, bool(rate.get("inclusive"))))
+    lines = [taxes.Line(line.amount, line.quantity, rates) for line in data.line_items]
+    try:
+        total = taxes.calculate(lines, currency).amount_total
+    except ValueError:
+        total = sum(line.amount * line.quantity for line in data.line_items)
+    return InvoiceTotal(total, currency)
+
+
 def invoice_charge(
     invoices: Mapping[str, Any], tenant_id: str, data: c.PayInvoice
 ) -> InvoiceCharge:
@@ -3842,6 +3942,7 @@ HANDLERS: dict[str, Handler] = {
     "payout.refresh": refresh_payout,
     "balance.retrieve": retrieve_balance,
     "invoice.create": create_invoice,
+    "invoice.update": update_invoice,
     "invoice.finalize": finalize_invoice,
     "invoice.pay": pay_invoice,
     "invoice.void": void_invoice,

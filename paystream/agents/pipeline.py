@@ -64,6 +64,7 @@ from paystream.agents.handlers import (
     entity_key,
     invoice_charge,
     invoice_total,
+    invoice_update_total,
     subscription_charge,
     subscription_pending_charge,
     subscription_repricing,
@@ -1615,13 +1616,20 @@ class CommandProcessor(ProviderWindow):
         its subscription's currency (a Repricing: its data names no currency, and a new
         price unchecked let a tenant capped at 100 bill any amount a period), an
         ``invoice.pay``'s invoice's amount due (an InvoiceCharge), an ``invoice.create``'s
-        total (an InvoiceTotal), or its own data."""
+        total (an InvoiceTotal), an ``invoice.update``'s new total when it replaces the
+        lines (an InvoiceTotal too), or its own data."""
         if cmd.command_type == "invoice.pay":
             # (its invoice's amount due: its data names none)
             return invoice_charge(self.tables.invoices, cmd.tenant_id, data)
         if cmd.command_type == "invoice.create":
             # (its total with exclusive tax: a sent invoice is paid on the provider's page)
             return invoice_total(self.tables.tax_rates, cmd.tenant_id, data)
+        if cmd.command_type == "invoice.update":
+            # (its new total, checked as a create's: its lines replaced)
+            updated = invoice_update_total(
+                self.tables.invoices, self.tables.tax_rates, cmd.tenant_id, data
+            )
+            return data if updated is None else updated
         if cmd.command_type != "subscription.update":
             return data
         repricing = subscription_repricing(self.tables.subscriptions, cmd.tenant_id, data)

@@ -35,6 +35,7 @@ COMMAND_TYPES: tuple[str, ...] = (
     "connected_account.onboarding_link",
     "connected_account.refresh",
     "invoice.create",
+    "invoice.update",
     "invoice.finalize",
     "invoice.pay",
     "invoice.void",

@@ -83,6 +83,7 @@ __all__ = [
     "SubscriptionInterval",
     "TaxLineItem",
     "UpdateCustomer",
+    "UpdateInvoice",
     "UpdateSubscription",
     "VoidInvoice",
     "validation_errors",
@@ -755,6 +756,41 @@ class CreateInvoice(CommandData):
         return self
 
 
+class UpdateInvoice(CommandData):
+    """Change a draft invoice before `invoice.finalize` fixes it, as Stripe's invoice
+    update and invoice items allow: ``line_items`` replace its lines as a whole (the
+    shape `invoice.create` takes; sent again, the same lines are set, never added
+    twice), ``description``, ``days_until_due`` (a ``send_invoice`` one's) and
+    ``metadata`` (merged key by key, a key given "" removed, as Stripe's). What is not
+    given stays; an open, paid or void invoice is refused."""
+
+    invoice_id: EntityId
+    line_items: (
+        Annotated[list[InvoiceLineItem], Field(min_length=1, max_length=MAX_INVOICE_LINES)] | None
+    ) = None
+    description: ShortText | None = None
+    days_until_due: Annotated[StrictInt, Field(ge=1, le=MAX_DAYS_UNTIL_DUE)] | None = None
+    metadata: Metadata | None = None
+
+    HASH_BY_DUMP: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateInvoice:
+        lines = self.line_items or ()
+        if sum(line.amount * line.quantity for line in lines) > MAX_MINOR_AMOUNT:
+            raise ValueError("the line items' amounts times quantities add up to too much")
+        if (
+            self.line_items is None
+            and self.description is None
+            and self.days_until_due is None
+            and self.metadata is None
+        ):
+            raise ValueError(
+                "nothing to update: give line_items, description, days_until_due or metadata"
+            )
+        return self
+
+
 class FinalizeInvoice(CommandData):
     """Finalize a draft invoice: ``open``, its total fixed, payable; or paid at once when
     nothing is left to charge (its customer's credit balance covers it)."""
@@ -858,6 +894,7 @@ COMMANDS: dict[str, type[CommandData]] = {
     "connected_account.onboarding_link": CreateAccountLink,
     "connected_account.refresh": RefreshConnectedAccount,
     "invoice.create": CreateInvoice,
+    "invoice.update": UpdateInvoice,
     "invoice.finalize": FinalizeInvoice,
     "invoice.pay": PayInvoice,
     "invoice.void": VoidInvoice,

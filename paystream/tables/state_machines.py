@@ -132,6 +132,8 @@ def invoice_moves(status: str, to: str) -> bool:
 # an uncollectible one (paid and void are final: their outcome is emitted once).
 INVOICE_TRANSITIONS: dict[str, frozenset[str]] = {
     "finalize": frozenset({"draft"}),
+    # (change a draft's lines and fields: Stripe's invoice items only on a draft)
+    "update": frozenset({"draft"}),
     "pay": frozenset({"open", "uncollectible"}),
     "void": frozenset({"draft", "open", "uncollectible"}),
     "mark_uncollectible": frozenset({"open"}),
@@ -144,6 +146,10 @@ _INVOICE_INSTEAD = {
     ("void", "paid"): ": refund its payment at its provider instead",
     ("finalize", "open"): ": it is finalized already",
     ("finalize", "uncollectible"): ": it is finalized already",
+    ("update", "open"): ": a finalized invoice's total is fixed (void it and create another)",
+    ("update", "uncollectible"): ": a finalized invoice's total is fixed",
+    ("update", "paid"): ": it can change no more",
+    ("update", "void"): ": it can change no more",
     ("mark_uncollectible", "draft"): ": finalize it first (invoice.finalize)",
     ("mark_uncollectible", "uncollectible"): ": it is uncollectible already",
     ("refresh", "paid"): ": it can change no more (refund its payment to give it back)",

@@ -207,7 +207,7 @@ async def _invoiced(
     invoice = await _made(h, t, "invoice.create", create)
     if command_type in ("invoice.pay", "invoice.mark_uncollectible"):
         await _made(h, t, "invoice.finalize", {"invoice_id": invoice})
-    return command_type, {"invoice_id": invoice}
+    return command_type, {"invoice_id": invoice, **body}
 
 
 async def _with_dispute(h: Harness, t: str, command_type: str) -> tuple[str, dict[str, Any]]:
@@ -273,6 +273,9 @@ SCENARIOS: dict[str, Setup] = {
     "invoice.pay": lambda h, t: _invoiced(h, t, "invoice.pay"),
     "invoice.pay (declined)": lambda h, t: _invoiced(
         h, t, "invoice.pay", token="pm_card_chargeCustomerFail"
+    ),
+    "invoice.update": lambda h, t: _invoiced(
+        h, t, "invoice.update", line_items=[{"description": "Other", "amount": 2500}]
     ),
     "invoice.void": lambda h, t: _invoiced(h, t, "invoice.void"),
     "invoice.mark_uncollectible": lambda h, t: _invoiced(h, t, "invoice.mark_uncollectible"),

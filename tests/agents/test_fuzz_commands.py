@@ -67,6 +67,7 @@ COMMAND_TYPES = (
     "transfer.reverse",
     "transfer.refresh",
     "invoice.mark_uncollectible",
+    "invoice.update",
 )
 TOKENS = (
     "tok_visa",
@@ -179,6 +180,21 @@ def command_data(draw: st.DrawFn, command_type: str) -> dict[str, Any]:
         "transfer.refresh": {"transfer_id": _ids("t1", "t2")},
         # (No invoice exists here: refused not_found, or its id refused as a command's.)
         "invoice.mark_uncollectible": {"invoice_id": _ids("in1", "in2")},
+        "invoice.update": {
+            "invoice_id": _ids("in1", "in2"),
+            "line_items": st.one_of(
+                st.just(_MISSING),
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"description": st.sampled_from(["Hours", "", "Fee"]), "amount": amounts}
+                    ),
+                    max_size=3,
+                ),
+            ),
+            "description": st.one_of(st.just(_MISSING), st.sampled_from(["March", ""])),
+            "days_until_due": st.one_of(st.just(_MISSING), st.integers(-1, 40)),
+            "metadata": st.one_of(st.just(_MISSING), metadata),
+        },
     }[command_type]
     out: dict[str, Any] = {}
     for name, values in fields.items():

@@ -230,6 +230,8 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                 made = await over_kafka("invoice.create", {**body, "invoice_id": "i1"})
                 assert made["object"]["status"] == "draft", made
                 await over_http("invoice.refresh", {"invoice_id": "i1"})
+                await over_kafka("invoice.update", {"invoice_id": "i1", "line_items": lines})
+                assert seen["invoice.update"] == "invoice.updated", seen
                 await over_kafka("invoice.finalize", {"invoice_id": "i1"})
                 paid = await over_http("invoice.pay", {"invoice_id": "i1"})
                 assert paid["object"]["status"] == "paid" and paid["object"]["amount"] == 3000

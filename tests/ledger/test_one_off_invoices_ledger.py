@@ -80,3 +80,23 @@ async def test_a_one_off_invoice_is_written_and_moved_forward(
     assert (row.subtotal, row.tax, row.provider_payment_id) == (3000, 600, "pi_1")
     assert [a for _, a in audit] == [f"com.paystream.{o}" for o, _, _ in steps]
     assert (await verify_audit(app_engine, t, keyring)).problems == []
+
+
+async def test_an_updated_drafts_new_total_is_stored(
+    app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """invoice.update's outcome (invoice.updated, a draft still): its new amount, subtotal
+    and tax replace the draft's (upserted by version); a replay of the created outcome,
+    older, changes nothing back."""
+    t = f"inv-{uuid.uuid4().hex[:10]}"
+    created = _outcome(t, "invoice.created", "invoice.create", _invoice(t, 1, "draft"))
+    changed = _invoice(t, 2, "draft", amount=9600, subtotal=8000, tax=1600, total=9600)
+    updated = _outcome(t, "invoice.updated", "invoice.update", changed)
+    for event in (created, updated, created):
+        await write_events(app_engine, outcome_to_ledger_events(event), keyring=keyring)
+    async with tenant_session(app_engine, t) as s:
+        [row] = (await s.scalars(select(Invoice))).all()
+    assert (row.status, row.amount, row.subtotal, row.tax, row.version) == (
+        "draft", 9600, 8000, 1600, 2,
+    )  # fmt: skip
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
