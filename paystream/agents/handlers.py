@@ -2659,22 +2659,23 @@ async def cancel_payout(ctx: HandlerContext, data: c.CancelPayout) -> HandlerRes
 async def refresh_payout(ctx: HandlerContext, data: c.RefreshPayout) -> HandlerResult:
     """The payout as its provider holds it now: in transit, paid on arrival, or failed
     (returned by the bank: its amount available again). A read: asked again, the
-    provider answers afresh. One canceled or failed is final: refused before any call,
-    as a failed refund's refresh is, so that the outcome that gave its amount back
+    provider answers afresh. One canceled or failed is final: answered `payout.updated`
+    from its record, unread, so that the outcome that gave its amount back
     (`payout.canceled`, `payout.failed`) is emitted once, however often it is read (a
-    provider's webhook sent again included). A paid one stays readable: a bank may
-    still return it (paid -> failed)."""
+    provider's webhook sent again included). (Refused `invalid_state`, the webhook's
+    refresh queued behind paystream's own cancel, the echo read before its outcome was
+    recorded, was a `command.rejected` of a command the tenant never sent: as
+    refresh_invoice's, review h81rb F1.) A paid one stays readable: a bank may still
+    return it (paid -> failed)."""
     rec = ctx.load(PayoutRecord, data.payout_id)
     if rec.status in _PAYOUT_FINAL:
-        raise Rejection(
-            RejectReason.INVALID_STATE, f"payout {rec.id} is {rec.status}: it can change no more"
-        )
+        return HandlerResult("payout.updated", rec, extra={"previous_status": rec.status})
     ctx.at_provider(rec)
     req = gw.RetrievePayout(provider_payout_id=rec.provider_payout_id)
     res = await _gateway(
         ctx, "retrieve_payout", lambda: ctx.gateway.retrieve_payout(req, idempotency_key=ctx.idem)
     )
-    # (Failed now, it was not before: a failed payout's refresh is refused above.)
+    # (Failed now, it was not before: a failed payout's refresh is answered above.)
     return _payout_moved(ctx, rec, res)
 
 
@@ -3658,13 +3659,15 @@ async def refresh_transfer(ctx: HandlerContext, data: c.RefreshTransfer) -> Hand
     What was reversed since is `transfer.reversed`, as a transfer.reverse's (its payment
     may refund and transfer it again); nothing, `transfer.updated`. A read: asked again,
     the provider answers afresh, and what it learnt is emitted once (counted from the
-    record). One reversed entirely is final: refused before any call. Needs only the
-    provider's capability (gw.UNNARROWED_OPERATIONS), as a connected account's refresh."""
+    record). One reversed entirely is final: answered `transfer.updated` from its record,
+    unread (refused `invalid_state`, the webhook's refresh queued behind paystream's own
+    transfer.reverse of all of it, the echo read before its outcome was recorded, was a
+    `command.rejected` of a command the tenant never sent: as refresh_payout's). Needs
+    only the provider's capability (gw.UNNARROWED_OPERATIONS), as a connected account's
+    refresh."""
     rec = ctx.load(TransferRecord, data.transfer_id)
     if rec.status == gw.TransferStatus.REVERSED.value:
-        raise Rejection(
-            RejectReason.INVALID_STATE, f"transfer {rec.id} is reversed: it can change no more"
-        )
+        return HandlerResult("transfer.updated", rec, extra={"previous_status": rec.status})
     ctx.at_provider(rec)
     req = gw.RetrieveTransfer(provider_transfer_id=rec.provider_transfer_id)
     res = await _gateway(

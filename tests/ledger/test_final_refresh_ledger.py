@@ -1,0 +1,66 @@
+"""A refresh of a final payout (canceled) or transfer (reversed entirely) in the ledger:
+its `payout.updated` / `transfer.updated`, answered from the record (review h81rb F1),
+is a version that moves canceled -> canceled and reversed -> reversed: PAYOUT_MOVES and
+TRANSFER_MOVES take it, so it is stored and applied, not dead-lettered as a move the
+entity cannot make, and every audit entry verifies."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream.ledger import tenant_session, verify_audit, write_events
+from paystream.ledger.models import Payout, Transfer
+from paystream.ledger.sink import outcome_to_ledger_events
+from paystream.tenancy.crypto import MasterKeyring
+from tests.agents.conftest import running_harness
+from tests.agents.harness import data, kind
+from tests.agents.test_payouts import _settled
+
+LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
+
+
+@pytest.mark.asyncio
+async def test_final_payouts_and_transfers_read_again_are_stored_and_applied(
+    redis_url: str, app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        await _settled(h, t, 5_000)
+        outs = [
+            await h.send(
+                "payout.create", t, {"payout_id": "po1", "amount": 1_000, "currency": "EUR"}
+            ),
+            await h.send("payout.cancel", t, {"payout_id": "po1"}),
+            await h.send("payout.refresh", t, {"payout_id": "po1"}),
+        ]
+        body = {"connected_account_id": "ca1", "country": "US",
+                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
+        await h.send("connected_account.create", t, body)
+        await h.send(
+            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
+        )
+        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
+        pay = {"payment_id": "p1", "amount": 10_000, "currency": "USD",
+               "payment_method_token": "pm_card_visa"}  # fmt: skip
+        outs.append(await h.send("payment.create", t, pay))
+        made = {"transfer_id": "tr1", "connected_account_id": "ca1", "amount": 6_000,
+                "currency": "USD", "payment_id": "p1"}  # fmt: skip
+        outs.append(await h.send("transfer.create", t, made))
+        outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1"}))
+        outs.append(await h.send("transfer.refresh", t, {"transfer_id": "tr1"}))
+    assert [kind(o) for o in outs] == [
+        "payout.created", "payout.canceled", "payout.updated",
+        "payment.succeeded", "transfer.created", "transfer.reversed", "transfer.updated",
+    ], [data(o) for o in outs]  # fmt: skip
+    events = [e for o in outs for e in outcome_to_ledger_events(o)]
+    result = await write_events(app_engine, events, keyring=keyring)
+    assert result.events_written == len(events)
+    assert result.entities_stale == 0
+    async with tenant_session(app_engine, t) as s:
+        payout = (await s.scalars(select(Payout))).one()
+        transfer = (await s.scalars(select(Transfer))).one()
+    assert (payout.status, payout.version) == ("canceled", 3)
+    assert (transfer.status, transfer.amount_reversed, transfer.version) == ("reversed", 6_000, 3)
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
