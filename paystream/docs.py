@@ -172,9 +172,11 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "payout.refresh": (
         "Read a payout back from its provider: in transit, paid, or failed since "
         "(`data.previous_status`: what paystream held before). One `canceled` or "
-        "`failed` is final: refused `invalid_state` before the provider is asked, so its "
-        "`payout.canceled` or `payout.failed` is emitted once; one `paid` is read again "
-        "(a bank may still return it: `payout.paid` again, or `payout.failed`)."
+        "`failed` is final: answered `payout.updated` from its record, the provider not "
+        "asked, so its `payout.canceled` or `payout.failed` is emitted once (a Stripe "
+        "webhook's refresh queued behind the tenant's own cancel is answered so, not "
+        "refused); one `paid` is read again (a bank may still return it: `payout.paid` "
+        "again, or `payout.failed`)."
     ),
     "balance.retrieve": (
         "Read the tenant's balance at its provider, per currency: `available` and "
@@ -297,9 +299,11 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "balance). What was reversed since is `transfer.reversed`, as a "
         "`transfer.reverse`'s (its payment's `amount_transferred` lowered: refundable, "
         "and transferable again), emitted once however often it is read; nothing, "
-        "`transfer.updated`. One `reversed` is final: refused `invalid_state` before the "
-        "provider is asked. Stripe's `transfer.reversed` and `transfer.updated` webhooks "
-        "send it. Another tenant's transfer, or none: `not_found`."
+        "`transfer.updated`. One `reversed` is final: answered `transfer.updated` from its "
+        "record, the provider not asked (a Stripe webhook's refresh queued behind the "
+        "tenant's own reverse of all of it is answered so, not refused). Stripe's "
+        "`transfer.reversed` and `transfer.updated` webhooks send it. Another tenant's "
+        "transfer, or none: `not_found`."
     ),
     "tax.calculate": (
         "The tax on `line_items` by the tenant's tax rates, computed by paystream as Stripe "
@@ -550,7 +554,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "payout.updated": (
         "payout",
-        "`payout.refresh` read the payout back not yet paid: `in_transit` since, or unchanged.",
+        "`payout.refresh` read the payout back not yet paid: `in_transit` since, or "
+        "unchanged; or one `canceled` or `failed`, final, answered from its record.",
         _PAYOUT_PREVIOUS,
     ),
     "payout.paid": ("payout", "The payout arrived at the bank.", _PAYOUT_PREVIOUS),
@@ -559,13 +564,14 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "The bank returned the payout (`object.failure_code`: the provider's payout "
         "failure code, e.g. `account_closed`, `no_account`, `insufficient_funds`; "
         "`error` its reason); its amount is available again. Emitted once per payout: a "
-        "`payout.refresh` of a failed payout is refused `invalid_state`.",
+        "`payout.refresh` of a failed payout is answered `payout.updated` from its record.",
         _PAYOUT_PREVIOUS,
     ),
     "payout.canceled": (
         "payout",
         "The pending payout was canceled; its amount is available again. Emitted once "
-        "per payout: a `payout.refresh` of a canceled payout is refused `invalid_state`.",
+        "per payout: a `payout.refresh` of a canceled payout is answered `payout.updated` "
+        "from its record.",
         _PAYOUT_PREVIOUS,
     ),
     "balance.retrieved": (
@@ -715,7 +721,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     ),
     "transfer.updated": (
         "transfer",
-        "`transfer.refresh` read the transfer back with nothing reversed since.",
+        "`transfer.refresh` read the transfer back with nothing reversed since (one "
+        "`reversed`, final, answered from its record).",
         {
             "previous_status": {
                 "type": "string",

@@ -934,9 +934,9 @@ def _payout_known_already(row: dict[str, Any], notice: PayoutNotice) -> str | No
 def _one_off_invoice_known_already(row: dict[str, Any], notice: InvoiceNotice) -> str | None:
     """Why a one-off invoice event's refresh would bring nothing: it is another provider
     invoice's (or a subscription's), or the invoice is paid or void here (final: a
-    refresh of it is refused), or the event says the status paystream holds (the echo of
-    its own finalize, pay, void or write-off; a decline of a pay it was answered, the
-    invoice still open). A status this version does not know is read."""
+    refresh of it answers from its record), or the event says the status paystream
+    holds (the echo of its own finalize, pay, void or write-off; a decline of a pay it was
+    answered, the invoice still open). A status this version does not know is read."""
     if row.get("provider_invoice_id") != notice.provider_invoice_id:
         return "the invoice is another provider invoice's"
     if row.get("subscription_id") is not None:
