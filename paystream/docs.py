@@ -642,8 +642,11 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "invoice",
         "`invoice.update` changed a `draft` (its lines, total, description, "
         "`days_until_due` or metadata as they are now), or `invoice.refresh` read the "
-        "invoice back unchanged (`draft`, `open` or `uncollectible`; one `paid` or "
-        "`void`, final, answered from its record).",
+        "invoice back with no move that has an outcome of its own: unchanged (`draft`, "
+        "`open` or `uncollectible`; one `paid` or `void`, final, answered from its "
+        "record), or a draft finalized at the provider since (`previous_status` `draft`, "
+        "status `open`; no `invoice.finalized` is emitted for it). The status it has is "
+        "`object.status`.",
         _INVOICE_PREVIOUS,
     ),
     "tax_rate.created": ("tax_rate", "The tax rate was made (`active`).", {}),

@@ -39,3 +39,22 @@ async def test_a_draft_written_off_at_the_provider_is_read_back_and_then_paid(
     assert kind(paid) == "invoice.paid", data(paid)
     assert len(await _charges(h, t)) == 1
     assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
+
+
+async def test_a_draft_finalized_at_the_provider_reads_back_as_invoice_updated(
+    harness: Harness,
+) -> None:
+    """What README and AsyncAPI say `invoice.updated` means (review h81rb F4): a refresh
+    emits no `invoice.finalized`; a draft finalized at the provider (its dashboard) reads
+    back as `invoice.updated`, previous_status draft, its status open."""
+    h = harness
+    t = h.add_tenant()
+    draft = await _draft(h, t)
+    provider = h.processor.tables.invoices[f"{t}:{draft['id']}"]["provider_invoice_id"]
+    await simulator_of(h, t).finalize_invoice(
+        gw.FinalizeInvoice(provider_invoice_id=provider), idempotency_key="in-its-dashboard"
+    )
+    read = await h.send("invoice.refresh", t, {"invoice_id": draft["id"]})
+    assert kind(read) == "invoice.updated", data(read)
+    assert (data(read)["previous_status"], data(read)["object"]["status"]) == ("draft", "open")
+    assert h.processor.tables.invoices[f"{t}:{draft['id']}"]["status"] == "open"
