@@ -1038,6 +1038,11 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             made = await self._call(operation, "POST", "transactions", body=body, settled=settled)
             txn = self._one(made)
         self._as_asked("transaction", txn, mapping.transaction_money(txn), asked)
+        if req.trial_days:
+            # (its total is 0 at any price: the price, what each period bills after the
+            # trial, held to the command's amount instead)
+            priced = (req.amount.amount, req.amount.currency)
+            self._as_asked("transaction", txn, mapping.transaction_asked(txn), priced)
         return await self._subscription_of(operation, txn)
 
     async def _subscription_of(
