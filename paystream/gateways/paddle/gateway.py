@@ -1171,6 +1171,9 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
                         },
                     }
                 ]
+                if sub.get("status") == "trialing" and price.get("trial_period"):
+                    # (Paddle's trial is its prices': the new one keeps the trial's)
+                    body["items"][0]["price"]["trial_period"] = price["trial_period"]
                 body["proration_billing_mode"] = "do_not_bill"
         change = sub.get("scheduled_change")
         canceling = isinstance(change, Mapping) and change.get("action") == "cancel"

@@ -1,5 +1,6 @@
 """A Paddle free trial's price: held to the command's amount at its checkout (whose total
-is 0 at any price). Against the FAKE Paddle (tests/fixtures/paddle_fake.py)."""
+is 0 at any price), and kept a trial's when its amount is changed during the trial.
+Against the FAKE Paddle (tests/fixtures/paddle_fake.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,68 @@ from typing import Any
 
 import pytest
 
+from paystream.gateways.base import InvoiceStatus, SubscriptionStatus, UpdateSubscription
 from paystream.gateways.errors import ErrorCode, GatewayError
+from tests.gateways.harness import paddle_checkout
 from tests.gateways.paddle_gateway.test_subscriptions import (
     _customer,
+    _paddle_sub_id,
     _plan,
+    _read,
+    _renew,
+    _subscription_at_paddle,
 )
-from tests.gateways.paddle_gateway.wire import LosingClient, gateway, key
+from tests.gateways.paddle_gateway.wire import LosingClient, gateway, key, losing, usd
+
+
+async def test_an_amount_changed_during_a_trial_keeps_the_trial(paddle_url: str) -> None:
+    """Paddle's trial is its prices' trial_period: the new price keeps the trial's, and
+    the subscription's item stays in its trial (nothing billed), billed at its end."""
+    gw = gateway(paddle_url)
+    made = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=7), idempotency_key=key()
+    )
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    trial_end = (await _read(gw, sid)).trial_end
+    client = losing(gw, "POST", "nothing", lose=0)
+    changed = await gw.update_subscription(
+        UpdateSubscription(provider_subscription_id=sid, amount=usd(900)), idempotency_key=key()
+    )
+    assert changed.status is SubscriptionStatus.TRIALING and changed.amount == usd(900)
+    assert changed.trial_end == trial_end
+    (sent,) = [b for b in client.bodies if "items" in b]
+    assert sent["items"][0]["price"]["trial_period"] == {"interval": "day", "frequency": 7}
+    assert sent["proration_billing_mode"] == "do_not_bill"
+    paddle_sub = await _paddle_sub_id(paddle_url, sid)
+    item = (await _subscription_at_paddle(paddle_url, paddle_sub))["items"][0]
+    assert item["status"] == "trialing" and item["previously_billed_at"] is None
+    assert item["trial_dates"] is not None and item["next_billed_at"] is not None
+    await _renew(paddle_url, paddle_sub)  # (the trial's end: the new amount billed)
+    active = await _read(gw, sid)
+    assert active.status is SubscriptionStatus.ACTIVE
+    assert [(i.status, i.amount) for i in active.invoices] == [
+        (InvoiceStatus.PAID, usd(900)),
+        (InvoiceStatus.PAID, usd(0)),
+    ]
+    await gw.aclose()
+
+
+async def test_an_active_subscription_changed_sends_no_trial_period(paddle_url: str) -> None:
+    gw = gateway(paddle_url)
+    made = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=3), idempotency_key=key()
+    )
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    await _renew(paddle_url, await _paddle_sub_id(paddle_url, sid))  # (the trial over)
+    client = losing(gw, "POST", "nothing", lose=0)
+    await gw.update_subscription(
+        UpdateSubscription(provider_subscription_id=sid, amount=usd(900)), idempotency_key=key()
+    )
+    (sent,) = [b for b in client.bodies if "items" in b]
+    assert "trial_period" not in sent["items"][0]["price"]
+    await gw.aclose()
 
 
 class _Repriced(LosingClient):
