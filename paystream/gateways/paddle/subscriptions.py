@@ -134,9 +134,9 @@ def checkout_subscription(txn: Mapping[str, Any]) -> SubscriptionResult:
     """The subscription a checkout transaction not yet paid stands for: ``requires_action``
     (its customer pays at the checkout URL: ``next_action``; paid, none, while Paddle
     makes the subscription), or ``canceled`` with it.
-    Its period is the one it would bill paid now (Paddle starts it at payment); with a
-    free trial, the trial it would start, its ``trial_end`` that period's end (nothing
-    charged at its checkout: the day's volume counts none of it)."""
+    Its period is the one it would bill paid at the transaction's making (Paddle starts
+    it at payment, maybe later); with a free trial, that period is the trial, its end the
+    ``trial_end`` (nothing charged at its checkout: the day's volume counts none of it)."""
     status = txn.get("status")
     price, money = price_of(txn.get("items"))
     interval, count = _cycle(price)
