@@ -2945,7 +2945,7 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
         lines=None if data.line_items is None else _gateway_lines(data.line_items),
         description=data.description,
         days_until_due=data.days_until_due,
-        metadata=None if data.metadata is None else dict(data.metadata),
+        metadata=_sent_invoice_metadata(ctx, data.metadata),
     )
     res = await _gateway(
         ctx, "update_invoice", lambda: ctx.gateway.update_invoice(req, idempotency_key=ctx.idem)
@@ -2960,6 +2960,22 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
         rec.days_until_due = data.days_until_due
     rec.metadata = gw.merged_metadata(rec.metadata or {}, data.metadata)
     return HandlerResult("invoice.updated", rec, extra={"previous_status": previous})
+
+
+def _sent_invoice_metadata(
+    ctx: HandlerContext, metadata: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    """An update's metadata as sent to its provider: at one sending webhooks, without
+    paystream's reference (gw.INVOICE_REF_KEY), which its invoice.* events find the
+    invoice by; the tenant's value under it ("" removing it, another invoice's naming
+    that one) never reaches it, as gw.invoice_ref replaces it at the create (review
+    h81re). None when nothing else is left to send."""
+    if metadata is None:
+        return None
+    if _WEBHOOKS not in ctx.gateway.capabilities:
+        return dict(metadata)
+    sent = {k: v for k, v in metadata.items() if k != gw.INVOICE_REF_KEY}
+    return sent or None
 
 
 async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> HandlerResult:
