@@ -2928,6 +2928,8 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
             remember=False,
         )
     ctx.at_provider(rec)
+    if _changed_since_first_attempt(ctx, rec):
+        return await _invoice_update_read_back(ctx, rec)
     # Its rates as they are (archived since or not: its provider bills them, as a
     # repricing takes its subscription's).
     rates = [ctx.load(TaxRateRecord, rid) for rid in rec.tax_rate_ids or ()]
@@ -2960,6 +2962,34 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
         rec.days_until_due = data.days_until_due
     rec.metadata = gw.merged_metadata(rec.metadata or {}, data.metadata)
     return HandlerResult("invoice.updated", rec, extra={"previous_status": previous})
+
+
+async def _invoice_update_read_back(ctx: HandlerContext, rec: InvoiceRecord) -> HandlerResult:
+    """An update re-driven after another command changed the invoice since it was first
+    tried (as customer.update's and subscription.update's): not sent again. Sent, it
+    deleted the newer update's items and set its own lines over them; answered from its
+    keys at Stripe (the items it made then, deleted since), it left the draft with
+    neither's lines; the simulator answered as of then, the record taking lines the
+    provider no longer held (review h81re F1). The invoice is read back (its status and
+    total as the provider holds them) and the update refused, to be sent again under a
+    new command id."""
+    req = gw.RetrieveInvoice(provider_invoice_id=rec.provider_invoice_id)
+    now = await _gateway(
+        ctx, "retrieve_invoice", lambda: ctx.gateway.retrieve_invoice(req, idempotency_key=ctx.idem)
+    )
+    previous = rec.status
+    _take_invoice(ctx, rec, now)
+    return HandlerResult(
+        "invoice.updated",
+        rec,
+        extra={"previous_status": previous},
+        rejected=Rejection(
+            RejectReason.INVALID_STATE,
+            f"invoice {rec.id} changed since this update was first tried, and the update "
+            "is not sent again (it would undo the newer change): read back as its provider "
+            "holds it; send it again with a new command id to apply it",
+        ),
+    )
 
 
 def _sent_invoice_metadata(

@@ -1,8 +1,10 @@
 """A Stripe tenant's invoice.update re-driven late (review h81re): update A parked after
 its first new item was added, update B lands (deleting A's item, adding its own), then A
-is re-driven. A deletes B's items (not made by A) and sends its lines again under their
-derived keys: Stripe answers the first from its key (the item B deleted: nothing added),
-so the draft holds neither A's lines nor B's, and the record says A's."""
+is re-driven. Sent again, A deleted B's items (not made by A) and sent its lines again
+under their derived keys: Stripe answered the first from its key (the item B deleted:
+nothing added), so the draft held A2 alone, neither update's lines, the record saying
+A1 and A2 at 30.00, answered `invoice.updated`. Now A is not sent again: read back,
+refused `invalid_state`, B standing."""
 
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ A_LINES = [{"description": "A1", "amount": 2000}, {"description": "A2", "amount"
 B_LINES = [{"description": "B1", "amount": 1000}]
 
 
-@pytest.mark.xfail(strict=True, reason="review h81re F1: a late re-drive is sent again")
 async def test_a_parked_update_re_driven_after_a_newer_one_at_stripe(
     sh: Harness,  # noqa: F811
     localstripe_url: str,
@@ -54,9 +55,8 @@ async def test_a_parked_update_re_driven_after_a_newer_one_at_stripe(
     out = await _answer(sh, _command(t, "invoice.update", a, "a"))  # `dlq replay`
     at_stripe = await _items(localstripe_url, provider_invoice)
     record = sh.processor.tables.invoices[f"{t}:{iid}"]
-    # (today: answered invoice.updated, Stripe holding A2 alone (A1's key answered from
-    # Stripe's store, B1 deleted), the record A1 and A2 at 30.00)
-    # B, the newer update, stands (or at least: Stripe holds whole lines of one update,
-    # and the record says what Stripe holds).
+    assert kind(out) == "command.rejected" and data(out)["reason"] == "invalid_state", data(out)
+    # B, the newer update, stands, and the record says what Stripe holds.
     assert at_stripe == [("B1", 1000, 1)], (kind(out), at_stripe)
     assert [line["description"] for line in record["line_items"]] == ["B1"]
+    assert record["amount"] == 1000
