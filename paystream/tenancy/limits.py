@@ -88,12 +88,14 @@ commands come again with the same offsets. So the state (one record per tenant i
 ``limits`` table, on the tenant's partition) keeps each recent record's decision, by
 offset and command id: a redelivered record gets its decision again (the same rejection
 event, or admission without spending again) and its payment volume is counted once,
-whenever its payment first succeeds. A rejection is kept as what made it (its builder
-in :data:`_REFUSALS` and the arguments), not as its message, and made again from that:
-the state, all of it kept however long a commit stalls, stays under
-:data:`LIMITS_RECORD_MAX_BYTES`. The caller accounts records that an idempotency
-record answers (:meth:`LimitGate.account_answered`), so the state cannot fall behind the
-idempotency table. A command that was admitted before (parked, or in flight at a crash)
+whenever its payment first succeeds. A rejection is kept in full (reason, message and
+data, as the release before kept it and can read it) while the state keeps fewer than
+:data:`FULL_REFUSALS` so; past that, as what made it (its builder in :data:`_REFUSALS`
+and the arguments), not as its message, and made again from that: the state, all of it
+kept however long a commit stalls, stays under :data:`LIMITS_RECORD_MAX_BYTES`. The
+caller accounts records that an idempotency record answers
+(:meth:`LimitGate.account_answered`), so the state cannot fall behind the idempotency
+table. A command that was admitted before (parked, or in flight at a crash)
 is let through again without checks: the provider may already have acted on it.
 A command paystream sends itself (a webhook's sealed refresh: paystream/origin_seal.py) is
 ``exempt``: neither checked nor spending a token, on every delivery alike.
@@ -115,6 +117,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 
 __all__ = [
+    "FULL_REFUSALS",
     "LIMITS_RECORD_MAX_BYTES",
     "MAX_FUTURE_SKEW_MS",
     "MAX_HOLDS",
@@ -239,6 +242,17 @@ MAX_HOLDS = 1_000
 # outcomes: none of this state may be shed (every decision of an uncommitted record,
 # every hold).
 LIMITS_RECORD_MAX_BYTES = 768 * 1024
+# Refusals kept in full (reason, message and data: the very entry the release before
+# wrote, and all it can read) while the tenant's state keeps fewer than this many so;
+# past it, as what made them (``why``: :data:`_REFUSALS`). During a rolling upgrade a
+# partition can move back to a worker of the release before, which dead-letters a
+# redelivery it meets a ``why`` for (KeyError: a second answer, internal_error, after the
+# first refusal; review h81rd M1): only a tenant refused this many times in records not
+# yet committed (a flood, a stalled commit) gets ``why``s. At their longest (a currency
+# refusal listing 50 codes: 774 bytes in full, 199 as ``why``) they take the worst-case
+# record from 720 KB to 777 KB, under LIMITS_RECORD_MAX_BYTES
+# (tests/tenancy/test_limits_record_size.py).
+FULL_REFUSALS = 100
 
 
 class TenantLimits(BaseModel):
@@ -623,9 +637,11 @@ class LimitGate:
         tag = _tag(rec.command_id)
         if isinstance(decision, LimitRejection):
             entry: dict[str, Any] = {"id": tag, "day": day, "admit": False}
-            if decision.why:
+            self._forget_committed(state, rec.partition)  # (counted uncommitted only)
+            if decision.why and not _room_in_full(state["decided"]):
                 entry["why"] = list(decision.why)  # (its builder's arguments: _REFUSALS)
             else:
+                # (The keys in the order the release before wrote them: FULL_REFUSALS.)
                 entry.update(reason=decision.reason, message=decision.message, extra=decision.extra)
             if spent:
                 entry["spent"] = True
@@ -1104,6 +1120,22 @@ def _kept(state: Mapping[str, Any] | None, rec: Record) -> dict[str, Any] | None
     return decided
 
 
+def _room_in_full(decided: Mapping[str, Any]) -> bool:
+    """May one more refusal be kept in full: do the kept decisions hold fewer than
+    :data:`FULL_REFUSALS` refusals so (the release before's included)? (Counted only
+    once there are that many decisions: a flood, a stalled commit; the full ones are the
+    oldest, so the count soon stops.)"""
+    if len(decided) < FULL_REFUSALS:
+        return True
+    full = 0
+    for d in decided.values():
+        if full >= FULL_REFUSALS:
+            break
+        if not d["admit"] and "why" not in d:
+            full += 1
+    return full < FULL_REFUSALS
+
+
 def _replayed(decided: Mapping[str, Any]) -> LimitRejection:
     """The rejection kept in ``decided``: made again by its builder from its arguments
     (``why``), or, kept by an earlier release, as it was kept (reason, message, data)."""
@@ -1229,7 +1261,7 @@ def _quota(
     currency = str(data.currency)
     amount = int(data.amount) if charge is None else charge
     if limits.only_listed_currencies and currency not in limits.listed_currencies:
-        return _refusal("currencies", "payment", currency, _codes(limits.listed_currencies))
+        return _currencies_refused("payment", currency, limits.listed_currencies)
     cap = limits.max_payment_amount.get(currency)
     if cap is not None and amount > cap:
         return _refusal("cap", amount, currency, cap)
@@ -1257,7 +1289,7 @@ def _outflow_quota(
     if daily is None:
         if not limits.only_listed_currencies:
             return None
-        return _refusal("currencies", noun, currency, _codes(caps))
+        return _currencies_refused(noun, currency, caps)
     return _daily_volume(
         state, day, hold, currency, amount, daily,
         limit=outflow.limit, bucket=outflow.prefix + currency,
@@ -1347,13 +1379,30 @@ def _too_many_waiting(limit: str, waiting: int, currency: str, allowed: int) -> 
     )
 
 
-def _not_listed(noun: str, currency: str, codes: str) -> LimitRejection:
-    listed = _listed(codes)
+def _not_listed(noun: str, currency: str, listed: list[str]) -> LimitRejection:
     return LimitRejection(
         "quota_exceeded",
         f"{noun}s in {currency} are not allowed for this tenant (only {', '.join(listed)})",
         {"limit": "currencies", "currency": currency, "allowed": listed},
     )
+
+
+def _not_listed_coded(noun: str, currency: str, codes: str) -> LimitRejection:
+    """:func:`_not_listed` of the codes kept as a bit mask (:func:`_codes`)."""
+    return _not_listed(noun, currency, _listed(codes))
+
+
+def _currencies_refused(noun: str, currency: str, allowed: Collection[str]) -> LimitRejection:
+    """A ``noun`` in ``currency`` refused, only ``allowed`` being: kept as a bit mask of
+    them, or in full if one has no place in :data:`_CODE_ORDER` (a code added to the
+    accepted ones and not to it; review h81rd L2): a refusal rather than a failed
+    command. (Never in a release: tests/tenancy/test_limits_record_size.py pins every
+    accepted code's place, and the size bound counts on it.)"""
+    try:
+        codes = _codes(allowed)
+    except KeyError:
+        return _not_listed(noun, currency, sorted(allowed))
+    return _refusal("currencies", noun, currency, codes)
 
 
 def _over_cap(amount: int, currency: str, cap: int) -> LimitRejection:
@@ -1368,13 +1417,14 @@ def _over_cap(amount: int, currency: str, cap: int) -> LimitRejection:
 # The builders of every refusal the limits keep for a redelivery, by the name its kept
 # decision gives (``why``: [name, *arguments]). A kept refusal is its arguments (tens of
 # bytes), not its message and data (up to 800: a currency refusal lists the allowed
-# ones twice): 2,048 kept in full made the tenant's record too big for the broker. The
-# same builder makes it first and again, so a redelivery's outcome is the same bytes. A
+# ones twice): 2,048 kept in full made the tenant's record too big for the broker (the
+# first :data:`FULL_REFUSALS` are kept in full still, for the release before). The same
+# builder makes it first and again, so a redelivery's outcome is the same bytes. A
 # stored format: a builder's wording or arguments never change under its name (a new
 # wording is a new name; the old one stays, for refusals kept before).
 _REFUSALS: dict[str, Callable[..., LimitRejection]] = {
     "rate": _rate_limited,
-    "currencies": _not_listed,
+    "currencies": _not_listed_coded,
     "cap": _over_cap,
     "daily": _over_daily,
     "pending": _too_many_waiting,

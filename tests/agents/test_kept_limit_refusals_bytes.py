@@ -1,7 +1,9 @@
 """A limits refusal redelivered (the same record, after a crash; its tenant's limits
 state restored from the changelog, JSON) is answered with the very record first produced:
-the same event id, payload and headers, byte for byte. Refusals are kept as their
-builder's arguments (tenancy/limits.py: _REFUSALS) and made again on a redelivery."""
+the same event id, payload and headers, byte for byte. A tenant's first FULL_REFUSALS
+refusals not yet committed are kept in full (as the release before kept them, and can
+read them), later ones as their builder's arguments (tenancy/limits.py: _REFUSALS), made
+again on a redelivery."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from paystream.tenancy import limits as lim
 from tests.agents.harness import Harness, data
 from tests.agents.test_limits import T0, _pay, _record
 
@@ -36,8 +39,13 @@ CASES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], dic
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("form", ["full", "why"])
 @pytest.mark.parametrize("name", sorted(CASES))
-async def test_a_redelivered_limits_refusal_is_the_same_record(harness: Harness, name: str) -> None:
+async def test_a_redelivered_limits_refusal_is_the_same_record(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, name: str, form: str
+) -> None:
+    if form == "why":  # (as if FULL_REFUSALS others were kept in full already)
+        monkeypatch.setattr(lim, "FULL_REFUSALS", 0)
     limits, before, body, changed = CASES[name]
     t = harness.add_tenant(limits=limits)
     for i, b in enumerate(before, 1):
@@ -49,7 +57,10 @@ async def test_a_redelivered_limits_refusal_is_the_same_record(harness: Harness,
     key = gate.key(t)
     state = gate.table[key]
     (kept,) = [d for d in state["decided"].values() if not d["admit"]]
-    assert kept["why"][0] == name, kept
+    if form == "why":
+        assert kept["why"][0] == name, kept
+    else:  # the release before's own shape (tests/tenancy/test_limits_record_size.py)
+        assert list(kept)[:6] == ["id", "day", "admit", "reason", "message", "extra"], kept
     # The next owner of the partition reads the state from its changelog (JSON).
     gate.table[key] = orjson.loads(orjson.dumps(state))
     harness.tenants[t] = {**harness.tenants[t], "limits": {**harness.tenants[t]["limits"],

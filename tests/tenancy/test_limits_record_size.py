@@ -2,7 +2,9 @@
 and hold at its cap, every value at its longest) stays under LIMITS_RECORD_MAX_BYTES, so
 the broker never refuses it (a refused changelog record fails its batch on every
 redelivery: the worker exits, and so does each next owner of the partition). Kept
-refusals are kept as their builder's arguments, and a redelivery gets the same bytes."""
+refusals are kept in full (as the release before kept them, and can read them) up to
+FULL_REFUSALS, past that as their builder's arguments; a redelivery gets the same bytes
+from either."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from paystream.streams.commands import ID_MAX_CHARS
 from paystream.tables.changelog import BatchedChangelogTable, collect_changelog
 from paystream.tenancy import limits as lim
 from paystream.tenancy.limits import (
+    FULL_REFUSALS,
     LIMITS_RECORD_MAX_BYTES,
     MAX_HOLDS,
     REPLAY_MEMORY,
@@ -53,13 +56,34 @@ def _gate(limits: TenantLimits) -> tuple[LimitGate, dict[str, Any]]:
     return LimitGate(table, clock_ms=lambda: T0), table
 
 
-def _kept_entries() -> list[tuple[dict[str, Any], LimitRejection | None]]:
+# A refusal as the release before kept it (63bee5c, tenancy/limits.py: LimitGate.admit),
+# its keys in this order ("spent" only when it took a rate token), and how that release
+# read one back (its _replayed, verbatim): all it knows of a kept refusal.
+OLD_SHAPE = ["id", "day", "admit", "reason", "message", "extra"]
+
+
+def _replayed_by_the_release_before(decided: dict[str, Any]) -> LimitRejection:
+    return LimitRejection(decided["reason"], decided["message"], decided["extra"], replay=True)
+
+
+def _full(i: int) -> dict[str, Any]:
+    """A refusal kept in full (the gate's own shape), as any kept before."""
+    return {"id": f"{i:016x}", "day": "2026-09-21", "admit": False,
+            "reason": "quota_exceeded", "message": "m", "extra": {}}  # fmt: skip
+
+
+def _kept_entries(compact: bool = False) -> list[tuple[dict[str, Any], LimitRejection | None]]:
     """One kept decision of every kind, made by the gate at its longest, with what the
-    gate answered (a rejection), each from a state that went through JSON."""
+    gate answered (a rejection), each from a state that went through JSON. ``compact``:
+    the state keeps FULL_REFUSALS refusals in full already, so refusals are kept as
+    ``why``; else it keeps none, and they are kept in full."""
     out: list[tuple[dict[str, Any], LimitRejection | None]] = []
 
     def decide(limits: TenantLimits, command: str, data: Any, state: Any = None) -> None:
         gate, table = _gate(limits)
+        if compact:
+            state = {**(state or lim._fresh(0))}
+            state["decided"] = {str(i): _full(i) for i in range(FULL_REFUSALS)}
         if state is not None:
             table[LimitGate.key("t")] = orjson.loads(orjson.dumps(state))
         got = gate.admit("t", limits, Record("c", 0, TOP, T0), command, data)
@@ -129,12 +153,20 @@ def _holds() -> list[list[Any]]:
     return out
 
 
+def _longest(entries: list[tuple[dict[str, Any], LimitRejection | None]]) -> dict[str, Any]:
+    return max((e for e, _ in entries), key=lambda e: len(orjson.dumps(e)))
+
+
 def _worst_state() -> dict[str, Any]:
-    entries = _kept_entries()
-    longest = max((e for e, _ in entries), key=lambda e: len(orjson.dumps(e)))
+    """Every kept decision at its longest: FULL_REFUSALS refusals in full, the rest as
+    ``why`` (or admissions, if longer), every hold and volume at its longest."""
+    full, compact = _longest(_kept_entries()), _longest(_kept_entries(compact=True))
+    assert "why" not in full and len(orjson.dumps(full)) > len(orjson.dumps(compact))
     decided = {
-        str(TOP - i): {**longest, "id": f"{i:016x}", "spent": True} for i in range(REPLAY_MEMORY)
-    }
+        str(TOP - i): {**(full if i < FULL_REFUSALS else compact), "id": f"{i:016x}",
+                       "spent": True}
+        for i in range(REPLAY_MEMORY)
+    }  # fmt: skip
     held = {f"{kind}{i:015x}": hold for kind, hold in enumerate(_holds()) for i in range(MAX_HOLDS)}
     volume = {p + c: 2**63 - 1 for p in ("", "transfer:", "payout:") for c in CODES}
     return {"partition": 2**31 - 1, "at_ms": TOP, "tokens": 10_000_000 * 1000,
@@ -162,9 +194,9 @@ def test_the_worst_limits_record_fits_its_budget_and_the_broker() -> None:
 
 
 def test_the_worst_case_is_the_gates_own() -> None:
-    """The state above is what the gate keeps: its longest kept refusal is the currency
-    refusal, and it is kept as arguments, not as its (listing) message."""
-    entries = _kept_entries()
+    """The state above is what the gate keeps: past FULL_REFUSALS in full, refusals are
+    kept as arguments, not as their (listing) messages, the longest under 200 bytes."""
+    entries = _kept_entries(compact=True)
     refusals = [e for e, got in entries if got is not None]
     assert len(refusals) == len(entries) - 2 and all("why" in e for e in refusals)
     assert all("message" not in e and "extra" not in e for e in refusals)
@@ -172,16 +204,81 @@ def test_the_worst_case_is_the_gates_own() -> None:
     assert len(orjson.dumps(longest)) < 200
 
 
-def test_kept_refusals_come_again_as_the_same_bytes() -> None:
+def test_the_gate_keeps_at_most_full_refusals_in_full() -> None:
+    """The first FULL_REFUSALS refusals of records not yet committed are kept in full,
+    the next ones as ``why``; once the first are committed (forgotten), refusals are kept
+    in full again. So no state holds more in full than the worst case above."""
+    committed = [-1]
+    limits = TenantLimits(max_payment_amount={"USD": 1})
+    gate = LimitGate({}, clock_ms=lambda: T0, committed=lambda partition: committed[0])
+
+    def refuse(offset: int) -> dict[str, Any]:
+        got = gate.admit("t", limits, Record(f"c{offset}", 0, offset, T0), "payment.create",
+                         Pay(2, "USD"))  # fmt: skip
+        assert isinstance(got, LimitRejection)
+        entry: dict[str, Any] = gate.table[LimitGate.key("t")]["decided"][str(offset)]
+        return entry
+
+    kept = [refuse(i) for i in range(FULL_REFUSALS + 5)]
+    assert ["why" in e for e in kept] == [False] * FULL_REFUSALS + [True] * 5
+    committed[0] = 3  # offsets 0-2 committed: three refusals in full fewer
+    again = [refuse(FULL_REFUSALS + 5 + i) for i in range(4)]
+    assert ["why" in e for e in again] == [False, False, False, True]
+    decided = gate.table[LimitGate.key("t")]["decided"]
+    assert sum("why" not in e for e in decided.values()) == FULL_REFUSALS
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["full", "why"])
+def test_kept_refusals_come_again_as_the_same_bytes(compact: bool) -> None:
     """Each kind of refusal, redelivered from a state that went through the changelog
     (JSON), is the rejection first given: the same reason, message and data, byte for
-    byte."""
-    for entry, first in _kept_entries():
+    byte, kept in full or as ``why``."""
+    for entry, first in _kept_entries(compact):
         if first is None:
             continue
+        assert ("why" in entry) is compact
         again = lim._replayed(orjson.loads(orjson.dumps(entry)))
         assert again.replay and (again.reason, again.message) == (first.reason, first.message)
         assert orjson.dumps(again.extra) == orjson.dumps(first.extra)
+
+
+def test_few_kept_refusals_are_read_by_the_release_before() -> None:
+    """A partition moved back to a worker of the release before (a rolling upgrade)
+    finds a tenant's first FULL_REFUSALS refusals kept as that release kept them: the
+    same keys in the same order, and its reader answers each redelivery with the very
+    rejection first given (review h81rd M1: it failed with KeyError 'reason' on a
+    ``why``)."""
+    for entry, first in _kept_entries():
+        if first is None:
+            continue
+        assert list(entry) in (OLD_SHAPE, [*OLD_SHAPE, "spent"]), entry
+        again = _replayed_by_the_release_before(orjson.loads(orjson.dumps(entry)))
+        assert (again.reason, again.message) == (first.reason, first.message)
+        assert orjson.dumps(again.extra) == orjson.dumps(first.extra)
+
+
+def test_a_code_with_no_place_is_kept_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed code missing from _CODE_ORDER (added to the accepted codes alone) leaves
+    a currency refusal kept in full, even past FULL_REFUSALS, rather than fail the
+    command (review h81rd L2); its redelivery is answered the same."""
+    monkeypatch.setattr(lim, "_CODE_BIT", {c: i for c, i in lim._CODE_BIT.items() if c != "JPY"})
+    limits = TenantLimits(only_listed_currencies=True, max_payment_amount={"JPY": 9, "USD": 9})
+    gate, table = _gate(limits)
+    state = lim._fresh(0)
+    state["decided"] = {str(i): _full(i) for i in range(FULL_REFUSALS)}
+    table[LimitGate.key("t")] = state
+    rec = Record("c", 0, 500, T0)
+    first = gate.admit("t", limits, rec, "payment.create", Pay(1, "EUR"))
+    assert isinstance(first, LimitRejection) and first.extra["allowed"] == ["JPY", "USD"]
+    entry = table[LimitGate.key("t")]["decided"]["500"]
+    assert list(entry) == OLD_SHAPE, entry
+    table[LimitGate.key("t")] = orjson.loads(orjson.dumps(table[LimitGate.key("t")]))
+    again = gate.kept_rejection("t", rec)
+    assert again == LimitRejection(first.reason, first.message, first.extra, replay=True)
+    # With every code in place, the same refusal is kept as ``why``.
+    monkeypatch.undo()
+    gate.admit("t", limits, Record("c2", 0, 501, T0), "payment.create", Pay(1, "EUR"))
+    assert table[LimitGate.key("t")]["decided"]["501"]["why"][0] == "currencies"
 
 
 def test_a_refusal_kept_by_the_previous_release_is_answered_as_kept() -> None:
@@ -214,7 +311,7 @@ def test_currency_codes_keep_their_places() -> None:
 
 @pytest.mark.parametrize("name", sorted(lim._REFUSALS))
 def test_every_builder_is_exercised(name: str) -> None:
-    assert any(e.get("why", [None])[0] == name for e, _ in _kept_entries())
+    assert any(e.get("why", [None])[0] == name for e, _ in _kept_entries(compact=True))
 
 
 FIRST_51 = "ca5836eb3da6bc90799b14817d68e045aae51f077c04090db70522078c37f52d"
