@@ -1791,13 +1791,17 @@ async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerR
     """The refund as its provider holds it now: a pending one settles there, and one that
     succeeded can fail later (the card closed meanwhile: Stripe's ``refund.failed``).
     Failed, its amount is taken off the payment's refunded amount (refundable again, as
-    the provider has it). A read: asked again, the provider answers afresh."""
+    the provider has it). A read: asked again, the provider answers afresh. One failed
+    is final at every provider (and one refused when made has no refund there): answered
+    `refund.failed` from its record, unread, its previous_status failed (as an unchanged
+    read's), so that its amount is taken off once and analytics count it failed once.
+    (Refused `invalid_state`, the second and third of Stripe's refund.failed,
+    refund.updated and charge.refund.updated for one failure, queued while the refund was
+    pending here, were a `command.rejected` of a command the tenant never sent: as
+    refresh_payout's.)"""
     rec = ctx.load(RefundRecord, data.refund_id)
     if rec.status == _REFUND_FAILED.value:
-        # Failed is final at every provider (and one refused when made has no refund there).
-        raise Rejection(
-            RejectReason.INVALID_STATE, f"refund {rec.id} has failed: it can change no more"
-        )
+        return HandlerResult("refund.failed", rec, extra={"previous_status": rec.status})
     ctx.at_provider(rec)
     # A refund pending for long (a bank transfer's) may outlive its payment, removed by
     # retention once unchanged that long: the refund's status is still the provider's.
@@ -3860,13 +3864,15 @@ async def refresh_connected_account(
 ) -> HandlerResult:
     """The account as its provider holds it now: enabled, restricted or rejected since,
     and what its holder must still give. A read: asked again, it answers afresh. A
-    rejected one is final: refused before any call. Needs only the provider's capability
+    rejected one is final: answered `connected_account.updated` from its record, unread
+    (refused `invalid_state`, the second of several ``account.updated`` events queued
+    while it was not rejected here was a `command.rejected` of a command the tenant never
+    sent: as refresh_payout's). Needs only the provider's capability
     (gw.UNNARROWED_OPERATIONS: an account made stays the tenant's to read back)."""
     rec = ctx.load(ConnectedAccountRecord, data.connected_account_id)
     if rec.status == "rejected":
-        raise Rejection(
-            RejectReason.INVALID_STATE,
-            f"connected account {rec.id} is rejected: it can change no more",
+        return HandlerResult(
+            "connected_account.updated", rec, extra={"previous_status": rec.status}
         )
     ctx.at_provider(rec)
     req = gw.RetrieveConnectedAccount(provider_account_id=rec.provider_account_id)

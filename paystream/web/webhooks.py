@@ -909,7 +909,7 @@ def _refund_known_already(row: dict[str, Any], notice: RefundNotice) -> str | No
         return "the refund is another provider refund's"
     status = str(row.get("status"))
     if status == "failed":
-        return "the refund is failed already"  # (final: a refresh would be refused)
+        return "the refund is failed already"  # (final: a refresh answers from its record)
     if notice.status == status:
         # (Stripe sends `refund.updated` for what paystream read when it made it.)
         return f"the refund is {status} already"

@@ -145,7 +145,13 @@ async def test_a_rejected_account_is_final(harness: Harness) -> None:
         "connected_account.onboarding_link", t, {"connected_account_id": acct["id"], **LINK}
     )
     assert data(await _refresh(harness, t, acct["id"]))["object"]["status"] == "rejected"
-    _rejected(await _refresh(harness, t, acct["id"]), "invalid_state")
+    # (read again, answered from the record: nothing the provider says moves it)
+    again = await _refresh(harness, t, acct["id"])
+    assert kind(again) == "connected_account.updated", data(again)
+    assert (data(again)["previous_status"], data(again)["object"]["status"]) == (
+        "rejected",
+        "rejected",
+    )
     out = await harness.send(
         "connected_account.onboarding_link", t, {"connected_account_id": acct["id"], **LINK}
     )

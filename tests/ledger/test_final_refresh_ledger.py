@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import tenant_session, verify_audit, write_events
-from paystream.ledger.models import Payout, Transfer
+from paystream.ledger.models import ConnectedAccount, Payout, Refund, Transfer
 from paystream.ledger.sink import outcome_to_ledger_events
 from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
@@ -63,4 +63,50 @@ async def test_final_payouts_and_transfers_read_again_are_stored_and_applied(
         transfer = (await s.scalars(select(Transfer))).one()
     assert (payout.status, payout.version) == ("canceled", 3)
     assert (transfer.status, transfer.amount_reversed, transfer.version) == ("reversed", 6_000, 3)
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
+
+
+@pytest.mark.asyncio
+async def test_a_failed_refund_and_a_rejected_account_read_again_are_stored_and_applied(
+    redis_url: str, app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """The same for a refund failed here (`refund.failed` again, previous_status failed)
+    and a connected account rejected here (`connected_account.updated`, rejected ->
+    rejected: CONNECTED_ACCOUNT_MOVES takes it)."""
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        pay = {"payment_id": "p1", "amount": 2_000, "currency": "USD",
+               "payment_method_token": "pm_card_refundFail"}  # fmt: skip
+        outs = [
+            await h.send("payment.create", t, pay),
+            await h.send(
+                "refund.create", t, {"payment_id": "p1", "refund_id": "r1", "amount": 1_500}
+            ),
+            await h.send("refund.refresh", t, {"refund_id": "r1"}),
+            await h.send("refund.refresh", t, {"refund_id": "r1"}),
+        ]
+        body = {"connected_account_id": "ca1", "country": "US",
+                "email": "shop+rejected@example.com", "capabilities": ["transfers"]}  # fmt: skip
+        outs.append(await h.send("connected_account.create", t, body))
+        await h.send(
+            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
+        )
+        for _ in range(2):
+            outs.append(
+                await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
+            )
+    assert [kind(o) for o in outs] == [
+        "payment.succeeded", "refund.succeeded", "refund.failed", "refund.failed",
+        "connected_account.created", "connected_account.updated", "connected_account.updated",
+    ], [data(o) for o in outs]  # fmt: skip
+    assert [data(o)["object"]["status"] for o in outs[-2:]] == ["rejected", "rejected"]
+    events = [e for o in outs for e in outcome_to_ledger_events(o)]
+    result = await write_events(app_engine, events, keyring=keyring)
+    assert result.events_written == len(events)
+    assert result.entities_stale == 0
+    async with tenant_session(app_engine, t) as s:
+        refund = (await s.scalars(select(Refund))).one()
+        account = (await s.scalars(select(ConnectedAccount))).one()
+    assert (refund.status, refund.version) == ("failed", 3)
+    assert account.status == "rejected"
     assert (await verify_audit(app_engine, t, keyring)).problems == []
