@@ -103,7 +103,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "reports failed since: Stripe's `refund.failed`): answered with the refund's status "
         "there now (`data.previous_status`: what paystream held before); a refund that "
         "failed is taken off its payment's `amount_refunded` (`related`: the payment; none "
-        "when the payment has left the tables, or its id names a new payment since)."
+        "when the payment has left the tables, or its id names a new payment since). One "
+        "`failed` is final: answered `refund.failed` from its record (`previous_status` "
+        "`failed`, nothing taken off again), the provider not asked (a Stripe webhook's "
+        "refresh queued behind another's for the same failure is answered so, not refused)."
     ),
     "dispute.submit_evidence": "Submit (or, with `submit: false`, stage) evidence for a dispute.",
     "dispute.accept": "Accept a dispute (the money stays with the cardholder).",
@@ -268,7 +271,9 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "Read a connected account back from its provider: `enabled` (charges and payouts), "
         "`restricted` (something due or under review) or `rejected` since, and what is "
         "due (`data.previous_status`: what paystream held before). One `rejected` is "
-        "final: refused `invalid_state` before the provider is asked."
+        "final: answered `connected_account.updated` from its record, the provider not "
+        "asked (a Stripe webhook's refresh queued behind another is answered so, not "
+        "refused)."
     ),
     "transfer.create": (
         "Move `amount` in `currency` from the tenant's platform balance to one of its "
@@ -479,7 +484,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "The refund failed: refused when made (`error`), or read back failed by "
         "`refund.refresh` (`object.failure_code`: the provider's reason; `related`: the "
         "payment, its amount refundable again, unless it has left the tables or its id "
-        "names a new payment since).",
+        "names a new payment since); or a refresh of one failed already, answered from "
+        "its record (`previous_status` `failed`, no `related`).",
         _REFUND_REFRESHED,
     ),
     "dispute.evidence_submitted": ("dispute", "Evidence was submitted (or staged).", {}),
@@ -688,7 +694,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     "connected_account.updated": (
         "connected_account",
         "`connected_account.refresh` read the account back: its status (`enabled`, "
-        "`restricted`, `rejected`, or still `pending`) and requirements as they are now.",
+        "`restricted`, `rejected`, or still `pending`) and requirements as they are now "
+        "(one `rejected`, final, answered from its record).",
         {
             "previous_status": {
                 "type": "string",
