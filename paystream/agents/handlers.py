@@ -1399,15 +1399,36 @@ async def cancel_payment(ctx: HandlerContext, data: c.CancelPayment) -> HandlerR
     )
 
 
+# A payment's final statuses (a failed one whose client secret went to its customer is
+# open at its provider still: check_payment_transition's ``open_at_provider``).
+_PAYMENT_FINAL = frozenset({gw.PaymentStatus.CANCELED.value, gw.PaymentStatus.FAILED.value})
+_FAILED_STATUS = gw.PaymentStatus.FAILED.value
+
+
 async def refresh_payment(ctx: HandlerContext, data: c.RefreshPayment) -> HandlerResult:
     """The payment as its provider holds it now: a payment left waiting on its customer's
     3-D Secure step (or on a bank debit) moves on when read back, and a succeeded one
     may have been disputed since, or its dispute decided (a provider's webhook brings
     the refresh, or the tenant sends it). A read: asked again, the provider answers
-    afresh."""
+    afresh. One canceled, or failed and not open at its provider (no client secret went
+    to its customer), is final: answered `payment.canceled` / `payment.failed` from its
+    record, unread, previous_status its status (as an unchanged read's: analytics count
+    nothing again). (Refused `invalid_state`, the webhook's refresh queued behind the
+    tenant's own payment.cancel, the echo read before its outcome was recorded, was a
+    `command.rejected` of a command the tenant never sent: as refresh_payout's.)"""
     rec = ctx.load(PaymentRecord, data.payment_id)
     # one the provider opened meanwhile (_new_dispute, _another_dispute)
     _dispute_applied(ctx, rec.id)
+    if rec.status in _PAYMENT_FINAL and not (
+        rec.status == _FAILED_STATUS and rec.customer_action_delivered
+    ):
+        failed = rec.status == _FAILED_STATUS
+        return HandlerResult(
+            f"payment.{rec.status}",
+            rec,
+            extra={"previous_status": rec.status}
+            | (_previous_failure(rec.failure_code, rec.provider_charge_id) if failed else {}),
+        )
     _transition(rec.status, "refresh", rec.customer_action_delivered)
     disputed = _recorded_dispute(ctx, rec)
     ctx.at_provider(rec)
@@ -2252,8 +2273,15 @@ async def _cancel_read_back(
 async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription) -> HandlerResult:
     """The subscription as its provider holds it now, with the invoices it made since
     (renewals paid, or declined: past_due), a cancel at period end taken effect. A read:
-    asked again, the provider answers afresh, and bills no period twice."""
+    asked again, the provider answers afresh, and bills no period twice. One canceled is
+    final: answered `subscription.updated` from its record, unread, previous_status
+    canceled (as an unchanged read's: no second `subscription.canceled`, no churn counted
+    again). (Refused `invalid_state`, the webhook's refresh queued behind the tenant's
+    own subscription.cancel, the echo read before its outcome was recorded, was a
+    `command.rejected` of a command the tenant never sent: as refresh_payout's.)"""
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
+    if sub.status == _SUB_CANCELED.value:
+        return HandlerResult("subscription.updated", sub, extra={"previous_status": sub.status})
     try:
         check_subscription_transition(sub.status, "refresh")
     except InvalidState as exc:

@@ -820,7 +820,7 @@ async def _subscription_known_already(
     tenant: str, row: dict[str, Any], notice: SubscriptionNotice
 ) -> str | None:
     """Why a subscription event's refresh would bring nothing: it is another provider
-    subscription's, or canceled here (final: its refresh would be refused), or it says
+    subscription's, or canceled here (final: its refresh answers from its record), or it says
     what paystream holds (review h73q): Stripe sends the echo of paystream's own calls
     (a create's first invoice's ``invoice.paid``, a cancel at period end's
     ``customer.subscription.updated``, an update's), and each was a refresh of 2-3

@@ -116,8 +116,11 @@ async def test_a_failed_3ds_step_reads_back_failed_and_may_still_be_closed(
     assert data(capture)["reason"] == "invalid_state"
     cancel = await harness.send("payment.cancel", t, {"payment_id": "pay_f"})
     assert kind(cancel) == "payment.canceled", data(cancel)
+    # Canceled is final: read again, answered from the record, nothing counted again.
     closed = await harness.send("payment.refresh", t, {"payment_id": "pay_f"})
-    assert data(closed)["reason"] == "invalid_state"
+    assert (kind(closed), data(closed)["previous_status"]) == ("payment.canceled", "canceled")
+    seen = observe(closed)
+    assert seen is None or (seen.attempt, seen.declined, seen.captured) == (False, 0, 0), seen
     assert await _simulator(harness, t).effects() == []
 
 
@@ -155,9 +158,19 @@ async def test_a_declined_payment_stays_final(harness: Harness) -> None:
          "payment_method_token": "pm_card_chargeDeclined"},
     )  # fmt: skip
     assert kind(out) == "payment.failed", data(out)
-    for command in ("payment.refresh", "payment.cancel"):
-        refused = await harness.send(command, t, {"payment_id": "pay_d"})
-        assert data(refused)["reason"] == "invalid_state", (command, data(refused))
+    refused = await harness.send("payment.cancel", t, {"payment_id": "pay_d"})
+    assert data(refused)["reason"] == "invalid_state", data(refused)
+    # Read again, answered from its record: the same failure, counted no second time.
+    again = await harness.send("payment.refresh", t, {"payment_id": "pay_d"})
+    assert (kind(again), data(again)["previous_status"]) == ("payment.failed", "failed")
+    assert data(again)["previous_failure_code"] == data(again)["object"]["failure_code"]
+    assert "error" not in data(again)
+    seen = observe(again)
+    assert seen is None or (seen.attempt, seen.declined, seen.decline_code) == (
+        False,
+        0,
+        None,
+    ), seen
 
 
 async def test_a_parked_capture_redriven_after_a_refresh_gets_its_own_answer(

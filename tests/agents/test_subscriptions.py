@@ -184,13 +184,17 @@ async def test_cancel_now(harness: Harness) -> None:
     assert data(gone)["previous_status"] == "active"
     # The paid first invoice stays paid; nothing more is billed.
     await _gateway(harness, t).advance_clock(90 * DAY)
-    for command, body in (
-        ("subscription.cancel", {"subscription_id": "s1"}),
-        ("subscription.refresh", {"subscription_id": "s1"}),
-    ):
-        again = await harness.send(command, t, body)
-        assert kind(again) == "command.rejected"
-        assert data(again)["reason"] == "invalid_state", data(again)
+    again = await harness.send("subscription.cancel", t, {"subscription_id": "s1"})
+    assert kind(again) == "command.rejected"
+    assert data(again)["reason"] == "invalid_state", data(again)
+    # Read again, answered from its record (canceled is final), the provider not asked.
+    read = await harness.send("subscription.refresh", t, {"subscription_id": "s1"})
+    assert kind(read) == "subscription.updated", data(read)
+    assert (data(read)["previous_status"], data(read)["object"]["status"]) == (
+        "canceled",
+        "canceled",
+    )
+    assert "related" not in data(read)
     assert len(await _charges(harness, t)) == 1
 
 

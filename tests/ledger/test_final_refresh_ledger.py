@@ -11,7 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream.ledger import tenant_session, verify_audit, write_events
-from paystream.ledger.models import ConnectedAccount, Payout, Refund, Transfer
+from paystream.ledger.models import (
+    ConnectedAccount,
+    Payment,
+    Payout,
+    Refund,
+    Subscription,
+    Transfer,
+)
 from paystream.ledger.sink import outcome_to_ledger_events
 from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
@@ -109,4 +116,48 @@ async def test_a_failed_refund_and_a_rejected_account_read_again_are_stored_and_
         account = (await s.scalars(select(ConnectedAccount))).one()
     assert (refund.status, refund.version) == ("failed", 3)
     assert account.status == "rejected"
+    assert (await verify_audit(app_engine, t, keyring)).problems == []
+
+
+@pytest.mark.asyncio
+async def test_a_canceled_payment_and_subscription_read_again_are_stored_and_applied(
+    redis_url: str, app_engine: AsyncEngine, keyring: MasterKeyring
+) -> None:
+    """The same for a payment canceled here (`payment.canceled` again) and a subscription
+    canceled here (`subscription.updated`, canceled -> canceled: SUBSCRIPTION_MOVES
+    takes it)."""
+    async with running_harness(redis_url) as h:
+        t = h.add_tenant()
+        pay = {"payment_id": "p1", "amount": 900, "currency": "USD",
+               "payment_method_token": "pm_card_visa", "capture": "manual"}  # fmt: skip
+        outs = [
+            await h.send("payment.create", t, pay),
+            await h.send("payment.cancel", t, {"payment_id": "p1"}),
+            await h.send("payment.refresh", t, {"payment_id": "p1"}),
+            await h.send("customer.create", t, {"customer_id": "c1"}),
+            await h.send(
+                "payment_method.attach",
+                t,
+                {"customer_id": "c1", "token": "pm_card_visa", "payment_method_id": "m1"},
+            ),
+        ]
+        sub = {"subscription_id": "s1", "customer_id": "c1", "payment_method_id": "m1",
+               "amount": 1_000, "currency": "USD", "interval": "month"}  # fmt: skip
+        outs.append(await h.send("subscription.create", t, sub))
+        outs.append(await h.send("subscription.cancel", t, {"subscription_id": "s1"}))
+        outs.append(await h.send("subscription.refresh", t, {"subscription_id": "s1"}))
+    assert [kind(o) for o in outs] == [
+        "payment.authorized", "payment.canceled", "payment.canceled", "customer.created",
+        "payment_method.attached", "subscription.created", "subscription.canceled",
+        "subscription.updated",
+    ], [data(o) for o in outs]  # fmt: skip
+    events = [e for o in outs for e in outcome_to_ledger_events(o)]
+    result = await write_events(app_engine, events, keyring=keyring)
+    assert result.events_written == len(events)
+    assert result.entities_stale == 0
+    async with tenant_session(app_engine, t) as s:
+        payment = (await s.scalars(select(Payment))).one()
+        subscription = (await s.scalars(select(Subscription))).one()
+    assert (payment.status, payment.version) == ("canceled", 3)
+    assert subscription.status == "canceled"
     assert (await verify_audit(app_engine, t, keyring)).problems == []
