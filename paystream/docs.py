@@ -95,7 +95,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "a bank debit settled; a succeeded one, for a dispute opened since or its "
         "decision): answered with the payment's status there now "
         "(`data.previous_status`: what paystream held before; a dispute not recorded "
-        "before, or moved on, in `related`)."
+        "before, or moved on, in `related`). One `canceled`, or `failed` and not open at "
+        "the provider, is final: answered `payment.canceled` / `payment.failed` from its "
+        "record, the provider not asked (a Stripe webhook's refresh queued behind the "
+        "tenant's own cancel is answered so, not refused)."
     ),
     "refund.create": "Refund a payment, in full (no `amount`) or in part.",
     "refund.refresh": (
@@ -158,7 +161,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "subscription.refresh": (
         "Read a subscription back from its provider with the invoices it made since "
         "(renewals paid, or declined: `past_due`; `related`: invoices new or moved on; "
-        "`data.previous_status`: what paystream held before)."
+        "`data.previous_status`: what paystream held before). One canceled is final: "
+        "answered `subscription.updated` from its record, the provider not asked (a "
+        "Stripe webhook's refresh queued behind the tenant's own cancel is answered so, "
+        "not refused)."
     ),
     "payout.create": (
         "Pay `amount` of the tenant's available balance in `currency` out to its bank "
@@ -535,7 +541,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "`amount`, `payment_method_id` or `cancel_at_period_end` as they are now), or "
         "`subscription.refresh` read the "
         "subscription back (renewed: new `paid` invoices in `related`; `past_due`: an "
-        "invoice `open`, its decline in `error`; or unchanged).",
+        "invoice `open`, its decline in `error`; or unchanged; or one canceled, final, "
+        "answered from its record).",
         {
             **_SUB_PREVIOUS,
             "next_action": {
