@@ -11,6 +11,7 @@ __all__ = [
     "DECLINE_CODES",
     "ISSUER_DECLINES",
     "RETRYABLE",
+    "DraftLinesDiffer",
     "ErrorCode",
     "GatewayError",
     "UnsupportedOperation",
@@ -218,3 +219,12 @@ class UnsupportedOperation(GatewayError):
         )
         self.operation = operation
         self.left_out = left_out
+
+
+class DraftLinesDiffer(GatewayError):
+    """A draft's lines at its provider are not those recorded (an update of them
+    unfinished): its finalize refused ``invalid_state``, and not remembered, so the same
+    command may be sent again once the update is finished."""
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(ErrorCode.INVALID_STATE, message, provider=provider, retryable=False)

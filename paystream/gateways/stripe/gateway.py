@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -47,7 +48,12 @@ from paystream.gateways.base import (
     require_capability,
     require_operation,
 )
-from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.errors import (
+    DraftLinesDiffer,
+    ErrorCode,
+    GatewayError,
+    UnsupportedOperation,
+)
 from paystream.gateways.registry import GatewayDeps
 from paystream.gateways.stripe import mapping
 from paystream.gateways.stripe.errors import PROVIDER, map_stripe_error
@@ -216,6 +222,20 @@ _INVOICE_VERB = {
 # adds only the lines still missing (a crash between two item calls leaves none twice).
 _UPDATE_TAG = "paystream_update"
 _UPDATE_LINE = "paystream_line"
+
+
+def _item_line(item: Mapping[str, Any]) -> tuple[str, int, int]:
+    """An invoice item as (description, unit amount, quantity), as a line is recorded
+    (``unit_amount_decimal`` is a decimal string; an item of other units reads apart)."""
+    quantity = int(item.get("quantity") or 1)
+    try:
+        unit = Decimal(str(item.get("unit_amount_decimal")))
+    except ArithmeticError:
+        unit = Decimal(int(item.get("amount") or 0)) / quantity
+    whole = int(unit) if unit == unit.to_integral_value() else -1
+    return (str(item.get("description") or ""), whole, quantity)
+
+
 _STRIPE_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[a-z]+)?")
 
 
@@ -1015,6 +1035,45 @@ class StripeGateway:
         read = await self._read_invoice("update_invoice", iid)
         return mapping.one_off_invoice(read, as_made=True)
 
+    async def _draft_items(self, operation: str, iid: str) -> list[Mapping[str, Any]]:
+        """A draft's invoice items, every page (``GET /v1/invoiceitems?invoice=``)."""
+        items: list[Mapping[str, Any]] = []
+        params: dict[str, Any] = {"invoice": iid, "limit": PENDING_PAGE}
+        while True:
+            found = await self._call(
+                operation, lambda: self._v1.invoice_items.list_async(dict(params))
+            )
+            page = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
+            items += page
+            if not found.get("has_more") or not page:
+                return items
+            params["starting_after"] = page[-1]["id"]
+
+    async def _require_recorded_lines(
+        self, iid: str, lines: tuple[gw_base.InvoiceLine, ...]
+    ) -> None:
+        """Before a draft is finalized: its items are the lines paystream recorded. An
+        update replaces them in several calls (old items deleted, then new ones added);
+        parked between two, the draft holds some of each, or none, and finalized so it
+        billed them (none: paid at 0, the customer never billed; review h81re F3). Such a
+        draft is refused ``invalid_state``, unfinalized. One no longer a draft (finalized
+        by this finalize, its answer lost; or otherwise) is left to ``/finalize`` (its
+        key's answer, or the read-back of its refusal): its items can change no more."""
+        held = await self._read_invoice("finalize_invoice", iid)
+        if held.get("status") != "draft":
+            return
+        items = await self._draft_items("finalize_invoice", iid)
+        found = sorted(_item_line(item) for item in items)
+        asked = sorted((line.description, line.unit_amount, line.quantity) for line in lines)
+        if found != asked:
+            raise DraftLinesDiffer(
+                f"the draft holds {len(found)} line(s) at Stripe, not the {len(asked)} "
+                "recorded: an update of its lines is unfinished (re-drive it: `paystream "
+                "dlq replay`) or they were changed at Stripe; send invoice.update again with "
+                "the lines to bill, then finalize it",
+                provider=PROVIDER,
+            )
+
     async def _replace_lines(
         self, held: Mapping[str, Any], lines: tuple[gw_base.InvoiceLine, ...], key: str
     ) -> None:
@@ -1022,17 +1081,7 @@ class StripeGateway:
         customer = held.get("customer")
         customer = customer.get("id") if isinstance(customer, Mapping) else customer
         tag = hashlib.sha256(key.encode()).hexdigest()[:32]
-        items: list[Mapping[str, Any]] = []
-        params: dict[str, Any] = {"invoice": iid, "limit": PENDING_PAGE}
-        while True:
-            found = await self._call(
-                "update_invoice", lambda: self._v1.invoice_items.list_async(dict(params))
-            )
-            page = [i for i in found.get("data") or [] if isinstance(i, Mapping)]
-            items += page
-            if not found.get("has_more") or not page:
-                break
-            params["starting_after"] = page[-1]["id"]
+        items = await self._draft_items("update_invoice", iid)
         made: set[str] = set()
         for item in items:
             meta = item.get("metadata") or {}
@@ -1073,8 +1122,12 @@ class StripeGateway:
         self, req: gw_base.FinalizeInvoice, *, idempotency_key: str
     ) -> gw_base.InvoiceResult:
         """``POST /v1/invoices/{id}/finalize``. Refused, the invoice is read back: one no
-        longer a draft is ``invalid_state`` (Stripe names no code of its own for it)."""
+        longer a draft is ``invalid_state`` (Stripe names no code of its own for it).
+        With ``lines``, a draft's items are read first and compared with them (see
+        ``_require_recorded_lines``)."""
         iid = req.provider_invoice_id
+        if req.lines is not None:
+            await self._require_recorded_lines(iid, req.lines)
         try:
             obj = await self._call(
                 "finalize_invoice",
