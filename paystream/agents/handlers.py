@@ -2966,11 +2966,18 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
             f"invoice {rec.id} is collected {rec.collection_method}: days_until_due is for "
             "collection_method send_invoice only",
         )
-    if len(gw.merged_metadata(rec.metadata or {}, data.metadata)) > gw.METADATA_KEYS_MAX:
+    merged = gw.merged_metadata(rec.metadata or {}, data.metadata)
+    if _invoice_keys_sent(ctx, rec, merged) > gw.METADATA_KEYS_MAX:
         # (as customer.update's: the invoice's keys after the merge; not remembered)
         raise Rejection(
             RejectReason.VALIDATION_ERROR,
-            f"invoice {rec.id} would hold more than {gw.METADATA_KEYS_MAX} metadata keys",
+            f"invoice {rec.id} would hold more than {gw.METADATA_KEYS_MAX} metadata keys"
+            + (
+                f" at {ctx.gateway.provider} ({gw.INVOICE_REF_KEY}, paystream's reference "
+                "its webhooks find it by, is one of them)"
+                if _WEBHOOKS in ctx.gateway.capabilities
+                else ""
+            ),
             remember=False,
         )
     ctx.at_provider(rec)
@@ -3036,6 +3043,21 @@ async def _invoice_update_read_back(ctx: HandlerContext, rec: InvoiceRecord) -> 
             "holds it; send it again with a new command id to apply it",
         ),
     )
+
+
+def _invoice_keys_sent(ctx: HandlerContext, rec: InvoiceRecord, merged: Mapping[str, str]) -> int:
+    """The metadata keys an invoice would hold at its provider after an update merged
+    ``merged`` (the record's, the tenant's own): at one sending webhooks, paystream's
+    reference (gw.INVOICE_REF_KEY) in place of a tenant's key of that name, counted when
+    the invoice carries it. invoice.create sends it unless the tenant's keys were 50
+    already (gw.invoice_ref), and no update sends or removes it, so an invoice
+    recorded with fewer carries it (review h81re F4: 49 keys and the reference passed
+    as 49, and Stripe refused the 51st)."""
+    if _WEBHOOKS not in ctx.gateway.capabilities:
+        return len(merged)
+    own = [k for k in rec.metadata or {} if k != gw.INVOICE_REF_KEY]
+    carried = len(own) < gw.METADATA_KEYS_MAX
+    return len([k for k in merged if k != gw.INVOICE_REF_KEY]) + carried
 
 
 def _sent_invoice_metadata(
