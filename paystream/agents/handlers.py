@@ -2924,7 +2924,7 @@ async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerR
         collection_method=data.collection_method.value,
         payment_method_id=None if pm is None else pm.id,
         days_until_due=data.days_until_due,
-        description=data.description,
+        description=data.description or None,  # ("": none, as its provider holds it)
         metadata=dict(data.metadata),
     )
     return HandlerResult("invoice.created", rec)
@@ -3010,7 +3010,8 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
     if data.line_items is not None:
         rec.line_items = [line.model_dump(mode="json") for line in data.line_items]
     if data.description is not None:
-        rec.description = data.description
+        # ("" clears it: Stripe holds none, null, as the simulator does; review h81re F5)
+        rec.description = data.description or None
     if data.days_until_due is not None:
         rec.days_until_due = data.days_until_due
     rec.metadata = gw.merged_metadata(rec.metadata or {}, data.metadata)

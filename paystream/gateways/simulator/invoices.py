@@ -117,7 +117,7 @@ async def create_invoice(tx: Tx, req: CreateInvoice, key: str) -> dict[str, Any]
         "failure_message": None,
         "period_start": None,
         "period_end": None,
-        "description": req.description,
+        "description": req.description or None,  # ("": none, as Stripe holds it)
         "metadata": dict(req.metadata),
         "created": await ops.clock_now(tx),
     }
@@ -148,7 +148,7 @@ async def update_invoice(tx: Tx, req: UpdateInvoice, key: str) -> dict[str, Any]
         raise ops._invalid(problem)
     changed = {**invoice, "metadata": metadata}
     if req.description is not None:
-        changed["description"] = req.description
+        changed["description"] = req.description or None  # ("" clears it, as Stripe's)
     if req.days_until_due is not None:
         changed["days_until_due"] = req.days_until_due
     if req.lines is not None:
