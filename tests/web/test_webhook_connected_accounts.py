@@ -8,13 +8,11 @@ built for real."""
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import paystream.web.webhooks as wh
 from paystream.gateways.base import CONNECTED_ACCOUNT_REF_KEY
 from paystream.gateways.stripe.webhooks import FOLLOWED_ACCOUNT_EVENTS, connected_account_notice
 from paystream.gateways.webhook_notices import ConnectedAccountNotice
@@ -22,8 +20,12 @@ from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
     TENANT,
     _post,
     assert_a_sealed_refresh,
+    assert_another_tenants_and_accounts_are_ignored,
+    assert_it_brings_its_refresh,
+    assert_unrecorded_is_asked_again_while_recent_then_dropped,
     held_rows,
     seen,
+    stripe_event,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -52,12 +54,7 @@ def _event(
         "requirements": {"currently_due": due or [], "disabled_reason": reason},
         "metadata": {CONNECTED_ACCOUNT_REF_KEY: f"{tenant}:{account_id}"},
     }
-    event: dict[str, Any] = {
-        "id": event_id,
-        "type": "account.updated",
-        "created": int(time.time()) if created is None else created,
-        "data": {"object": obj},
-    }
+    event = stripe_event("account.updated", event_id, obj, created)
     if on is not None:
         event["account"] = on  # (a Connect endpoint's event names the account it is on)
     return event
@@ -101,27 +98,15 @@ async def test_an_account_event_brings_its_refresh(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, body = await _post(_body())
-    assert (status, body["action"]) == (200, "refresh"), body
-    (notice,) = seen.notices
-    assert isinstance(notice, ConnectedAccountNotice)
-    assert (notice.connected_account_id, notice.provider_account_id) == ("ca_a", "acct_1")
-    assert len(seen.sent) == 1
+    ids = {"connected_account_id": "ca_a", "provider_account_id": "acct_1"}
+    await assert_it_brings_its_refresh(seen, _body(), ConnectedAccountNotice, ids)
 
 
 async def test_another_tenants_or_accounts_event_is_ignored(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, body = await _post(_body(tenant="other"))
-    assert (status, body["action"]) == (200, "ignored")
-    assert "another tenant's connected account" in body["why"]
-    status, body = await _post(_body(event_id="evt_a2", on="acct_other"))
-    assert (status, body["action"]) == (
-        200,
-        "ignored",
-    ) and "another account's connected account" in body["why"]
-    assert seen.sent == []
+    await assert_another_tenants_and_accounts_are_ignored(seen, _body, "connected account", "on")
 
 
 async def test_echoes_and_rejected_accounts_are_not_refreshed(
@@ -153,12 +138,9 @@ async def test_an_unrecorded_account_is_asked_again_while_recent_then_dropped(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, _ = await _post(_body(account_id="ca_parked"))
-    assert status == 503  # (its create's answer in flight, or parked)
-    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
-    status, body = await _post(_body(event_id="evt_a3", account_id="ca_parked", created=old))
-    assert (status, body["action"]) == (200, "ignored")
-    assert seen.sent == []
+    await assert_unrecorded_is_asked_again_while_recent_then_dropped(
+        seen, _body, None, account_id="ca_parked"
+    )
 
 
 async def test_the_refresh_is_a_sealed_connected_account_refresh(

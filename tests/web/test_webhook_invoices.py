@@ -10,7 +10,6 @@ command built for real."""
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,8 +28,13 @@ from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
     TENANT,
     _post,
     assert_a_sealed_refresh,
+    assert_another_tenants_and_accounts_are_ignored,
+    assert_it_brings_its_refresh,
+    assert_the_tenants_refresh_budget_is_shared,
+    assert_unrecorded_is_asked_again_while_recent_then_dropped,
     held_rows,
     seen,
+    stripe_event,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -63,13 +67,7 @@ def _event(
         "metadata": {INVOICE_REF_KEY: f"{tenant}:{invoice}"} if metadata is None else metadata,
         "subscription": None,
     }
-    return {
-        "id": event_id,
-        "type": kind,
-        "created": int(time.time()) if created is None else created,
-        "data": {"object": obj},
-        **fields,
-    }
+    return stripe_event(kind, event_id, obj, created, **fields)
 
 
 def _body(**kw: Any) -> bytes:
@@ -141,12 +139,8 @@ async def test_an_invoice_event_brings_its_refresh(
     held: str,
 ) -> None:
     rows["in_a"]["status"] = held
-    status_code, body = await _post(_body(kind=kind))
-    assert (status_code, body["action"]) == (200, "refresh"), body
-    (notice,) = seen.notices
-    assert isinstance(notice, InvoiceNotice)
-    assert (notice.invoice_id, notice.provider_invoice_id) == ("in_a", "in_1")
-    assert len(seen.sent) == 1
+    ids = {"invoice_id": "in_a", "provider_invoice_id": "in_1"}
+    await assert_it_brings_its_refresh(seen, _body(kind=kind), InvoiceNotice, ids)
 
 
 async def test_an_invoice_paystream_did_not_make_is_acknowledged_and_dropped(
@@ -163,13 +157,7 @@ async def test_another_tenants_or_accounts_invoice_event_is_ignored(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, body = await _post(_body(tenant="other"))
-    assert (status, body["action"]) == (200, "ignored")
-    assert "another tenant's invoice" in body["why"]
-    status, body = await _post(_body(event_id="evt_i2", account="acct_other"))
-    assert (status, body["action"]) == (200, "ignored")
-    assert "another account's invoice" in body["why"]
-    assert seen.sent == []
+    await assert_another_tenants_and_accounts_are_ignored(seen, _body, "invoice")
 
 
 async def test_echoes_and_final_invoices_are_not_refreshed(
@@ -204,20 +192,16 @@ async def test_an_unrecorded_invoice_is_asked_again_while_recent_then_dropped(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, _ = await _post(_body(invoice="in_parked"))
-    assert status == 503  # (its create's answer in flight, or parked)
-    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
-    status, body = await _post(_body(event_id="evt_i3", invoice="in_parked", created=old))
-    assert (status, body["action"]) == (200, "ignored") and "invoice" in body["why"]
-    assert seen.sent == []
+    await assert_unrecorded_is_asked_again_while_recent_then_dropped(
+        seen, _body, "invoice", invoice="in_parked"
+    )
 
 
 async def test_invoice_events_share_the_tenants_refresh_budget(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    answers = [(await _post(_body(event_id=f"evt_b{i}")))[0] for i in range(30)]
-    assert len(seen.sent) == 10 and answers.count(503) == 20  # the budget's burst (1/s)
+    await assert_the_tenants_refresh_budget_is_shared(seen, _body)
 
 
 async def test_the_refresh_is_a_sealed_invoice_refresh(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,6 +110,67 @@ def assert_a_sealed_refresh(
     assert ORIGIN_HEADER in headers
     assert OriginSeals(MasterKeyring(master)).sealed(rec.key, rec.value, headers)
     assert command_type in pipeline._WEBHOOK_REFRESHES
+
+
+def stripe_event(
+    kind: str, event_id: str, obj: dict[str, Any], created: int | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A Stripe event of ``kind`` about ``obj``, created now unless told."""
+    return {
+        "id": event_id,
+        "type": kind,
+        "created": int(time.time()) if created is None else created,
+        "data": {"object": obj},
+        **fields,
+    }
+
+
+async def assert_it_brings_its_refresh(
+    seen: SimpleNamespace, body: bytes, notice_type: type, ids: dict[str, str]
+) -> None:
+    """``body`` brings one refresh, of a ``notice_type`` naming ``ids``."""
+    status, answer = await _post(body)
+    assert (status, answer["action"]) == (200, "refresh"), answer
+    (notice,) = seen.notices
+    assert isinstance(notice, notice_type)
+    assert {field: getattr(notice, field) for field in ids} == ids
+    assert len(seen.sent) == 1
+
+
+async def assert_another_tenants_and_accounts_are_ignored(
+    seen: SimpleNamespace, body: Callable[..., bytes], what: str, on: str = "account"
+) -> None:
+    """An event naming another tenant's ``what``, and one sent on another account (its
+    ``on`` field), are acknowledged and ignored: nothing sent."""
+    status, answer = await _post(body(tenant="other"))
+    assert (status, answer["action"]) == (200, "ignored"), answer
+    assert f"another tenant's {what}" in answer["why"]
+    status, answer = await _post(body(event_id="evt_other_account", **{on: "acct_other"}))
+    assert (status, answer["action"]) == (200, "ignored"), answer
+    assert f"another account's {what}" in answer["why"]
+    assert seen.sent == []
+
+
+async def assert_unrecorded_is_asked_again_while_recent_then_dropped(
+    seen: SimpleNamespace, body: Callable[..., bytes], why: str | None, **parked: str
+) -> None:
+    """An event about an entity not recorded (``parked`` names it): 503 (Stripe sends it
+    again) while recent, acknowledged and dropped once older than the retry window."""
+    status, _ = await _post(body(**parked))
+    assert status == 503  # (its create's answer in flight, or parked)
+    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
+    status, answer = await _post(body(event_id="evt_old", created=old, **parked))
+    assert (status, answer["action"]) == (200, "ignored")
+    assert why is None or why in answer["why"]
+    assert seen.sent == []
+
+
+async def assert_the_tenants_refresh_budget_is_shared(
+    seen: SimpleNamespace, body: Callable[..., bytes]
+) -> None:
+    """30 events at once: the budget's burst (10, at 1/s) sent, the rest 503."""
+    answers = [(await _post(body(event_id=f"evt_b{i}")))[0] for i in range(30)]
+    assert len(seen.sent) == 10 and answers.count(503) == 20
 
 
 def pi_event(

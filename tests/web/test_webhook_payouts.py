@@ -8,13 +8,11 @@ command built for real."""
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import paystream.web.webhooks as wh
 from paystream.gateways.base import PAYOUT_REF_KEY
 from paystream.gateways.stripe.webhooks import FOLLOWED_PAYOUT_EVENTS, payout_notice
 from paystream.gateways.webhook_notices import PayoutNotice
@@ -22,8 +20,13 @@ from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
     TENANT,
     _post,
     assert_a_sealed_refresh,
+    assert_another_tenants_and_accounts_are_ignored,
+    assert_it_brings_its_refresh,
+    assert_the_tenants_refresh_budget_is_shared,
+    assert_unrecorded_is_asked_again_while_recent_then_dropped,
     held_rows,
     seen,
+    stripe_event,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -46,13 +49,7 @@ def _event(
         "status": status or kind.removeprefix("payout.").replace("updated", "in_transit"),
         "metadata": {PAYOUT_REF_KEY: f"{tenant}:{payout}"},
     }
-    return {
-        "id": event_id,
-        "type": kind,
-        "created": int(time.time()) if created is None else created,
-        "data": {"object": obj},
-        **fields,
-    }
+    return stripe_event(kind, event_id, obj, created, **fields)
 
 
 def _body(**kw: Any) -> bytes:
@@ -99,25 +96,15 @@ async def test_a_payout_event_brings_its_refresh(
     kind: str,
     status: str,
 ) -> None:
-    status_code, body = await _post(_body(kind=kind, status=status))
-    assert (status_code, body["action"]) == (200, "refresh"), body
-    (notice,) = seen.notices
-    assert isinstance(notice, PayoutNotice)
-    assert (notice.payout_id, notice.provider_payout_id, notice.status) == ("po_a", "po_1", status)
-    assert len(seen.sent) == 1
+    ids = {"payout_id": "po_a", "provider_payout_id": "po_1", "status": status}
+    await assert_it_brings_its_refresh(seen, _body(kind=kind, status=status), PayoutNotice, ids)
 
 
 async def test_another_tenants_or_accounts_payout_event_is_ignored(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, body = await _post(_body(tenant="other"))
-    assert (status, body["action"]) == (200, "ignored") and "another tenant's payout" in body["why"]
-    status, body = await _post(_body(event_id="evt_p2", account="acct_other"))
-    assert (status, body["action"]) == (200, "ignored") and "another account's payout" in body[
-        "why"
-    ]
-    assert seen.sent == []
+    await assert_another_tenants_and_accounts_are_ignored(seen, _body, "payout")
 
 
 async def test_echoes_and_final_payouts_are_not_refreshed(
@@ -148,20 +135,16 @@ async def test_an_unrecorded_payout_is_asked_again_while_recent_then_dropped(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, _ = await _post(_body(payout="po_parked"))
-    assert status == 503  # (its create's answer in flight, or parked)
-    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
-    status, body = await _post(_body(event_id="evt_p3", payout="po_parked", created=old))
-    assert (status, body["action"]) == (200, "ignored") and "payout" in body["why"]
-    assert seen.sent == []
+    await assert_unrecorded_is_asked_again_while_recent_then_dropped(
+        seen, _body, "payout", payout="po_parked"
+    )
 
 
 async def test_payout_events_share_the_tenants_refresh_budget(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    answers = [(await _post(_body(event_id=f"evt_b{i}")))[0] for i in range(30)]
-    assert len(seen.sent) == 10 and answers.count(503) == 20  # the budget's burst (1/s)
+    await assert_the_tenants_refresh_budget_is_shared(seen, _body)
 
 
 async def test_the_refresh_is_a_sealed_payout_refresh(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,6 @@ fakes), and the refresh command built for real."""
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,8 +19,13 @@ from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
     TENANT,
     _post,
     assert_a_sealed_refresh,
+    assert_another_tenants_and_accounts_are_ignored,
+    assert_it_brings_its_refresh,
+    assert_the_tenants_refresh_budget_is_shared,
+    assert_unrecorded_is_asked_again_while_recent_then_dropped,
     held_rows,
     seen,
+    stripe_event,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -50,14 +54,7 @@ def _event(
         }
     else:
         obj = {"id": provider_id, "object": "subscription", "status": "past_due", "metadata": meta}
-    event = {
-        "id": event_id,
-        "type": kind,
-        "created": int(time.time()) if created is None else created,
-        "data": {"object": obj},
-        **fields,
-    }
-    return json.dumps(event).encode()
+    return json.dumps(stripe_event(kind, event_id, obj, created, **fields)).encode()
 
 
 @pytest.fixture
@@ -87,23 +84,15 @@ async def test_a_subscription_event_brings_its_refresh(
     rows: dict[str, Any],
     kind: str,
 ) -> None:
-    status, body = await _post(_event(kind))
-    assert (status, body["action"]) == (200, "refresh"), body
-    (notice,) = seen.notices
-    assert isinstance(notice, SubscriptionNotice)
-    assert (notice.subscription_id, notice.provider_subscription_id) == ("sub_p1", "sub_1")
-    assert len(seen.sent) == 1
+    ids = {"subscription_id": "sub_p1", "provider_subscription_id": "sub_1"}
+    await assert_it_brings_its_refresh(seen, _event(kind), SubscriptionNotice, ids)
 
 
 async def test_another_tenants_or_accounts_subscription_event_is_ignored(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, body = await _post(_event(tenant="other"))
-    assert (status, body["action"]) == (200, "ignored") and "another tenant" in body["why"]
-    status, body = await _post(_event(event_id="evt_s2", account="acct_other"))
-    assert (status, body["action"]) == (200, "ignored") and "another account" in body["why"]
-    assert seen.sent == []
+    await assert_another_tenants_and_accounts_are_ignored(seen, _event, "subscription")
 
 
 async def test_a_canceled_or_another_provider_subscription_is_not_refreshed(
@@ -123,20 +112,16 @@ async def test_an_unrecorded_subscription_is_asked_again_while_recent_then_dropp
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, _ = await _post(_event(subscription="sub_parked"))
-    assert status == 503  # (its create's answer in flight, or parked)
-    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
-    status, body = await _post(_event(event_id="evt_s3", subscription="sub_parked", created=old))
-    assert (status, body["action"]) == (200, "ignored") and "subscription" in body["why"]
-    assert seen.sent == []
+    await assert_unrecorded_is_asked_again_while_recent_then_dropped(
+        seen, _event, "subscription", subscription="sub_parked"
+    )
 
 
 async def test_subscription_events_share_the_tenants_refresh_budget(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    answers = [(await _post(_event(event_id=f"evt_b{i}")))[0] for i in range(30)]
-    assert len(seen.sent) == 10 and answers.count(503) == 20  # the budget's burst (1/s)
+    await assert_the_tenants_refresh_budget_is_shared(seen, _event)
 
 
 async def test_the_refresh_is_a_sealed_subscription_refresh(

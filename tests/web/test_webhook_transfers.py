@@ -9,13 +9,11 @@ command built for real."""
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import paystream.web.webhooks as wh
 from paystream.gateways.base import TRANSFER_REF_KEY
 from paystream.gateways.stripe.webhooks import (
     EVERY_FOLLOWED_EVENT,
@@ -27,8 +25,13 @@ from tests.web.test_webhook_lookups import (  # noqa: F401 (seen: a fixture)
     TENANT,
     _post,
     assert_a_sealed_refresh,
+    assert_another_tenants_and_accounts_are_ignored,
+    assert_it_brings_its_refresh,
+    assert_the_tenants_refresh_budget_is_shared,
+    assert_unrecorded_is_asked_again_while_recent_then_dropped,
     held_rows,
     seen,
+    stripe_event,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -52,13 +55,7 @@ def _event(
         "amount_reversed": amount_reversed,
         "metadata": {TRANSFER_REF_KEY: f"{tenant}:{transfer}"},
     }
-    return {
-        "id": event_id,
-        "type": kind,
-        "created": int(time.time()) if created is None else created,
-        "data": {"object": obj},
-        **fields,
-    }
+    return stripe_event(kind, event_id, obj, created, **fields)
 
 
 def _body(**kw: Any) -> bytes:
@@ -92,26 +89,16 @@ async def test_a_transfer_event_brings_its_refresh(
     rows: dict[str, Any],
     kind: str,
 ) -> None:
-    status_code, body = await _post(_body(kind=kind))
-    assert (status_code, body["action"]) == (200, "refresh"), body
-    (notice,) = seen.notices
-    assert isinstance(notice, TransferNotice)
-    assert (notice.transfer_id, notice.provider_transfer_id) == ("tr_a", "tr_1")
-    assert notice.amount_reversed == 2_000
-    assert len(seen.sent) == 1
+    ids = {"transfer_id": "tr_a", "provider_transfer_id": "tr_1"}
+    await assert_it_brings_its_refresh(seen, _body(kind=kind), TransferNotice, ids)
+    assert seen.notices[0].amount_reversed == 2_000
 
 
 async def test_another_tenants_or_accounts_transfer_event_is_ignored(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, body = await _post(_body(tenant="other"))
-    assert (status, body["action"]) == (200, "ignored"), body
-    assert "another tenant's transfer" in body["why"]
-    status, body = await _post(_body(event_id="evt_t2", account="acct_other"))
-    assert (status, body["action"]) == (200, "ignored"), body
-    assert "another account's transfer" in body["why"]
-    assert seen.sent == []
+    await assert_another_tenants_and_accounts_are_ignored(seen, _body, "transfer")
 
 
 async def test_echoes_and_reversed_transfers_are_not_refreshed(
@@ -145,20 +132,16 @@ async def test_an_unrecorded_transfer_is_asked_again_while_recent_then_dropped(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    status, _ = await _post(_body(transfer="tr_parked"))
-    assert status == 503  # (its create's answer in flight, or parked)
-    old = int(time.time()) - wh.UNRECORDED_RETRY_SECONDS - 60
-    status, body = await _post(_body(event_id="evt_t3", transfer="tr_parked", created=old))
-    assert (status, body["action"]) == (200, "ignored") and "transfer" in body["why"]
-    assert seen.sent == []
+    await assert_unrecorded_is_asked_again_while_recent_then_dropped(
+        seen, _body, "transfer", transfer="tr_parked"
+    )
 
 
 async def test_transfer_events_share_the_tenants_refresh_budget(
     seen: SimpleNamespace,  # noqa: F811
     rows: dict[str, Any],
 ) -> None:
-    answers = [(await _post(_body(event_id=f"evt_b{i}")))[0] for i in range(30)]
-    assert len(seen.sent) == 10 and answers.count(503) == 20  # the budget's burst (1/s)
+    await assert_the_tenants_refresh_budget_is_shared(seen, _body)
 
 
 async def test_the_refresh_is_a_sealed_transfer_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
