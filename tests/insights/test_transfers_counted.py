@@ -23,11 +23,11 @@ from paystream.web import views as v
 from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind
 from tests.insights.test_runner import T0
+from tests.ledger.transfers import an_enabled_account
 from tests.test_docs import asyncapi, validator  # noqa: F401  (a fixture)
 from tests.web.test_dashboard_disputes import _Headers
 
 CFG = InsightsConfig(window_ms=60_000, horizon_ms=600_000, grace_ms=5_000)
-LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
 
 
 async def _outcomes(redis_url: str) -> tuple[list[CloudEvent], CloudEvent]:
@@ -35,13 +35,7 @@ async def _outcomes(redis_url: str) -> tuple[list[CloudEvent], CloudEvent]:
     of the rest; and a payment in EUR with a transfer of 500 from it."""
     async with running_harness(redis_url) as h:
         t = h.add_tenant("acme")
-        body = {"connected_account_id": "ca1", "country": "US",
-                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
-        await h.send("connected_account.create", t, body)
-        await h.send(
-            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
-        )
-        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
+        await an_enabled_account(h, t)
         outs = []
         for pid, currency in (("p1", "USD"), ("p2", "EUR")):
             pay = {"payment_id": pid, "amount": 10_000, "currency": currency,

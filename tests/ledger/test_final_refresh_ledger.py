@@ -24,8 +24,7 @@ from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind
 from tests.agents.test_payouts import _settled
-
-LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
+from tests.ledger.transfers import LINK, a_transfer_made
 
 
 @pytest.mark.asyncio
@@ -42,19 +41,7 @@ async def test_final_payouts_and_transfers_read_again_are_stored_and_applied(
             await h.send("payout.cancel", t, {"payout_id": "po1"}),
             await h.send("payout.refresh", t, {"payout_id": "po1"}),
         ]
-        body = {"connected_account_id": "ca1", "country": "US",
-                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
-        await h.send("connected_account.create", t, body)
-        await h.send(
-            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
-        )
-        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
-        pay = {"payment_id": "p1", "amount": 10_000, "currency": "USD",
-               "payment_method_token": "pm_card_visa"}  # fmt: skip
-        outs.append(await h.send("payment.create", t, pay))
-        made = {"transfer_id": "tr1", "connected_account_id": "ca1", "amount": 6_000,
-                "currency": "USD", "payment_id": "p1"}  # fmt: skip
-        outs.append(await h.send("transfer.create", t, made))
+        outs += await a_transfer_made(h, t)
         outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1"}))
         outs.append(await h.send("transfer.refresh", t, {"transfer_id": "tr1"}))
     assert [kind(o) for o in outs] == [

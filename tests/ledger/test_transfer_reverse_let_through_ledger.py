@@ -23,8 +23,7 @@ from paystream.streams.codec import encode_event
 from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind, new_tenant_id, outcome_of, simulator_of
-
-LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
+from tests.ledger.transfers import a_transfer_made
 
 
 def _reverse(t: str, offset: int, amount: int | None, command_id: str = "rv-1") -> Inbound:
@@ -43,19 +42,7 @@ async def test_a_reverse_redriven_after_a_refresh_learnt_it(
     async with running_harness(redis_url) as h:
         t = new_tenant_id()
         h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:rv-1": 3}})
-        body = {"connected_account_id": "ca1", "country": "US",
-                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
-        await h.send("connected_account.create", t, body)
-        await h.send(
-            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
-        )
-        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
-        pay = {"payment_id": "p1", "amount": 10_000, "currency": "USD",
-               "payment_method_token": "pm_card_visa"}  # fmt: skip
-        outs = [await h.send("payment.create", t, pay)]
-        made = {"transfer_id": "tr1", "connected_account_id": "ca1", "amount": 6_000,
-                "currency": "USD", "payment_id": "p1"}  # fmt: skip
-        outs.append(await h.send("transfer.create", t, made))
+        outs = await a_transfer_made(h, t)
         # The reverse reaches the simulator, its answer is lost: parked.
         parked = await h.processor.process(_reverse(t, 10_001, amount))
         assert outcome_of(h.settings, parked) is None
@@ -93,19 +80,7 @@ async def test_a_reverse_redriven_after_another_reversed_the_rest(
     async with running_harness(redis_url) as h:
         t = new_tenant_id()
         h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:rv-1": 3}})
-        body = {"connected_account_id": "ca1", "country": "US",
-                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
-        await h.send("connected_account.create", t, body)
-        await h.send(
-            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
-        )
-        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
-        pay = {"payment_id": "p1", "amount": 10_000, "currency": "USD",
-               "payment_method_token": "pm_card_visa"}  # fmt: skip
-        outs = [await h.send("payment.create", t, pay)]
-        made = {"transfer_id": "tr1", "connected_account_id": "ca1", "amount": 6_000,
-                "currency": "USD", "payment_id": "p1"}  # fmt: skip
-        outs.append(await h.send("transfer.create", t, made))
+        outs = await a_transfer_made(h, t)
         parked = await h.processor.process(_reverse(t, 20_001, 2_000))
         assert outcome_of(h.settings, parked) is None
         rest = outcome_of(h.settings, await h.processor.process(_reverse(t, 20_002, None, "rv-2")))

@@ -18,8 +18,7 @@ from paystream.ledger.writer import ENTITY_TABLES
 from paystream.tenancy.crypto import MasterKeyring
 from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind
-
-LINK = {"refresh_url": "https://p.example/r", "return_url": "https://p.example/d"}
+from tests.ledger.transfers import a_transfer_made
 
 
 @pytest.mark.asyncio
@@ -28,19 +27,7 @@ async def test_transfer_outcomes_are_stored_as_events(
 ) -> None:
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
-        body = {"connected_account_id": "ca1", "country": "US",
-                "email": "shop+enabled@example.com", "capabilities": ["transfers"]}  # fmt: skip
-        await h.send("connected_account.create", t, body)
-        await h.send(
-            "connected_account.onboarding_link", t, {"connected_account_id": "ca1", **LINK}
-        )
-        await h.send("connected_account.refresh", t, {"connected_account_id": "ca1"})
-        pay = {"payment_id": "p1", "amount": 10_000, "currency": "USD",
-               "payment_method_token": "pm_card_visa"}  # fmt: skip
-        outs = [await h.send("payment.create", t, pay)]
-        made = {"transfer_id": "tr1", "connected_account_id": "ca1", "amount": 6_000,
-                "currency": "USD", "payment_id": "p1", "transfer_group": "o1"}  # fmt: skip
-        outs.append(await h.send("transfer.create", t, made))
+        outs = await a_transfer_made(h, t, transfer_group="o1")
         outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1", "amount": 1_000}))
         outs.append(await h.send("transfer.reverse", t, {"transfer_id": "tr1"}))
     assert [kind(o) for o in outs] == [
