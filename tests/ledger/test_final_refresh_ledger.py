@@ -6,7 +6,10 @@ entity cannot make, and every audit entry verifies."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from cloudevents.core.v1.event import CloudEvent
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +28,19 @@ from tests.agents.conftest import running_harness
 from tests.agents.harness import data, kind
 from tests.agents.test_payouts import _settled
 from tests.ledger.transfers import LINK, a_transfer_made
+
+
+async def _stored_and_applied(
+    app_engine: AsyncEngine, keyring: MasterKeyring, t: str, outs: list[CloudEvent], *models: Any
+) -> list[Any]:
+    """Every outcome's ledger events written: all stored, none stale (none refused as a
+    move its entity cannot make); the one row of each of ``models``."""
+    events = [e for o in outs for e in outcome_to_ledger_events(o)]
+    result = await write_events(app_engine, events, keyring=keyring)
+    assert result.events_written == len(events)
+    assert result.entities_stale == 0
+    async with tenant_session(app_engine, t) as s:
+        return [(await s.scalars(select(model))).one() for model in models]
 
 
 @pytest.mark.asyncio
@@ -48,13 +64,7 @@ async def test_final_payouts_and_transfers_read_again_are_stored_and_applied(
         "payout.created", "payout.canceled", "payout.updated",
         "payment.succeeded", "transfer.created", "transfer.reversed", "transfer.updated",
     ], [data(o) for o in outs]  # fmt: skip
-    events = [e for o in outs for e in outcome_to_ledger_events(o)]
-    result = await write_events(app_engine, events, keyring=keyring)
-    assert result.events_written == len(events)
-    assert result.entities_stale == 0
-    async with tenant_session(app_engine, t) as s:
-        payout = (await s.scalars(select(Payout))).one()
-        transfer = (await s.scalars(select(Transfer))).one()
+    payout, transfer = await _stored_and_applied(app_engine, keyring, t, outs, Payout, Transfer)
     assert (payout.status, payout.version) == ("canceled", 3)
     assert (transfer.status, transfer.amount_reversed, transfer.version) == ("reversed", 6_000, 3)
     assert (await verify_audit(app_engine, t, keyring)).problems == []
@@ -94,13 +104,9 @@ async def test_a_failed_refund_and_a_rejected_account_read_again_are_stored_and_
         "connected_account.created", "connected_account.updated", "connected_account.updated",
     ], [data(o) for o in outs]  # fmt: skip
     assert [data(o)["object"]["status"] for o in outs[-2:]] == ["rejected", "rejected"]
-    events = [e for o in outs for e in outcome_to_ledger_events(o)]
-    result = await write_events(app_engine, events, keyring=keyring)
-    assert result.events_written == len(events)
-    assert result.entities_stale == 0
-    async with tenant_session(app_engine, t) as s:
-        refund = (await s.scalars(select(Refund))).one()
-        account = (await s.scalars(select(ConnectedAccount))).one()
+    refund, account = await _stored_and_applied(
+        app_engine, keyring, t, outs, Refund, ConnectedAccount
+    )
     assert (refund.status, refund.version) == ("failed", 3)
     assert account.status == "rejected"
     assert (await verify_audit(app_engine, t, keyring)).problems == []
@@ -138,13 +144,9 @@ async def test_a_canceled_payment_and_subscription_read_again_are_stored_and_app
         "payment_method.attached", "subscription.created", "subscription.canceled",
         "subscription.updated",
     ], [data(o) for o in outs]  # fmt: skip
-    events = [e for o in outs for e in outcome_to_ledger_events(o)]
-    result = await write_events(app_engine, events, keyring=keyring)
-    assert result.events_written == len(events)
-    assert result.entities_stale == 0
-    async with tenant_session(app_engine, t) as s:
-        payment = (await s.scalars(select(Payment))).one()
-        subscription = (await s.scalars(select(Subscription))).one()
+    payment, subscription = await _stored_and_applied(
+        app_engine, keyring, t, outs, Payment, Subscription
+    )
     assert (payment.status, payment.version) == ("canceled", 3)
     assert subscription.status == "canceled"
     assert (await verify_audit(app_engine, t, keyring)).problems == []
