@@ -15,15 +15,22 @@ from tests.agents.test_let_through import _answer, _command
 pytestmark = pytest.mark.asyncio
 
 
-async def test_a_write_off_keeps_the_hold_and_the_re_driven_pay_is_counted_once(
-    harness: Harness,
-) -> None:
-    h = harness
+async def _written_off_with_a_parked_pay(h: Harness) -> tuple[str, dict[str, str]]:
+    """A tenant's invoice of 120 000 with a pay of it parked (its hold kept), written off:
+    the tenant and the invoice's body."""
     t = new_tenant_id()
     invoice, _ = await _parked_pay(h, t, 120_000)
     body = {"invoice_id": invoice}
     out = await h.send("invoice.mark_uncollectible", t, body)
     assert kind(out) == "invoice.marked_uncollectible", data(out)
+    return t, body
+
+
+async def test_a_write_off_keeps_the_hold_and_the_re_driven_pay_is_counted_once(
+    harness: Harness,
+) -> None:
+    h = harness
+    t, body = await _written_off_with_a_parked_pay(h)
     assert len(_state(h, t)["held"]) == 2  # (it may still be paid: the hold stays)
     paid = await _answer(h, _command(t, "invoice.pay", body, "pay-1"))
     assert kind(paid) == "invoice.paid", data(paid)
@@ -37,10 +44,7 @@ async def test_a_void_of_a_written_off_invoice_releases_its_parked_pays_hold(
     harness: Harness,
 ) -> None:
     h = harness
-    t = new_tenant_id()
-    invoice, _ = await _parked_pay(h, t, 120_000)
-    body = {"invoice_id": invoice}
-    await h.send("invoice.mark_uncollectible", t, body)
+    t, body = await _written_off_with_a_parked_pay(h)
     voided = await h.send("invoice.void", t, body)
     assert kind(voided) == "invoice.voided", data(voided)
     held = _state(h, t)["held"]
