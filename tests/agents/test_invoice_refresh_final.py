@@ -9,28 +9,13 @@ webhook's command id, which the tenant never sent (review h81rb F1)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from tests.agents.harness import Harness, data, kind, simulator_of
+from tests.agents.final_reads import assert_answered_from_the_record, provider_reads
+from tests.agents.harness import Harness, data, kind
 from tests.agents.test_invoices import _charges, _made, _open_invoice
 
 pytestmark = pytest.mark.asyncio
-
-
-def _unread(h: Harness, t: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The provider reads of the tenant's invoices from now on."""
-    reads: list[Any] = []
-    sim = simulator_of(h, t)
-    read = sim.retrieve_invoice
-
-    async def counted(req: Any, *, idempotency_key: str) -> Any:
-        reads.append(req)
-        return await read(req, idempotency_key=idempotency_key)
-
-    monkeypatch.setattr(sim, "retrieve_invoice", counted)
-    return reads
 
 
 async def test_the_echo_of_a_pay_is_read_from_the_record_not_refused(
@@ -41,12 +26,10 @@ async def test_the_echo_of_a_pay_is_read_from_the_record_not_refused(
     invoice = await _open_invoice(h, t)
     paid = await h.send("invoice.pay", t, {"invoice_id": invoice})
     assert kind(paid) == "invoice.paid", data(paid)
-    reads = _unread(h, t, monkeypatch)
+    reads = provider_reads(h, t, monkeypatch, "retrieve_invoice")
     # The webhook's refresh, queued while the invoice read open at the endpoint.
     echo = await h.send("invoice.refresh", t, {"invoice_id": invoice})
-    assert kind(echo) == "invoice.updated", data(echo)
-    assert data(echo)["previous_status"] == "paid"
-    assert data(echo)["object"]["status"] == "paid"
+    assert_answered_from_the_record(echo, "invoice.updated", "paid")
     assert reads == []  # (final: nothing the provider says moves it)
     assert len(await _charges(h, t)) == 1
     assert h.processor.limits.table[f"{t}:limits"]["volume"] == {"EUR": 50_000}
@@ -62,10 +45,9 @@ async def test_the_echo_of_a_void_is_read_from_the_record_not_refused(
     t = h.add_tenant()
     invoice = await _open_invoice(h, t)
     await _made(h, t, "invoice.void", {"invoice_id": invoice})
-    reads = _unread(h, t, monkeypatch)
+    reads = provider_reads(h, t, monkeypatch, "retrieve_invoice")
     echo = await h.send("invoice.refresh", t, {"invoice_id": invoice})
-    assert kind(echo) == "invoice.updated", data(echo)
-    assert (data(echo)["previous_status"], data(echo)["object"]["status"]) == ("void", "void")
+    assert_answered_from_the_record(echo, "invoice.updated", "void")
     assert reads == []
 
 

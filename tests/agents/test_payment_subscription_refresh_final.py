@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 
 from paystream.insights.observe import observe
+from tests.agents.final_reads import assert_answered_from_the_record, provider_reads
 from tests.agents.harness import Harness, data, kind, simulator_of
-from tests.agents.test_payout_transfer_refresh_final import _unread
 from tests.agents.test_subscriptions import _charges, _customer, _subscribe
 
 pytestmark = pytest.mark.asyncio
@@ -37,15 +37,11 @@ async def test_the_echo_of_a_payment_cancel_is_read_from_the_record_not_refused(
     canceled = await h.send("payment.cancel", t, {"payment_id": "p1"})
     assert kind(canceled) == "payment.canceled", data(canceled)
     effects = await simulator_of(h, t).effects()
-    reads = _unread(h, t, monkeypatch, "retrieve_payment")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_payment")
     # The webhook's refresh (payment_intent.canceled), queued while it read authorized.
     for _ in range(2):
         echo = await h.send("payment.refresh", t, {"payment_id": "p1"})
-        assert kind(echo) == "payment.canceled", data(echo)
-        assert (data(echo)["previous_status"], data(echo)["object"]["status"]) == (
-            "canceled",
-            "canceled",
-        )
+        assert_answered_from_the_record(echo, "payment.canceled", "canceled")
         assert "error" not in data(echo) and "related" not in data(echo)
         seen = observe(echo)
         assert seen is None or (seen.attempt, seen.authorized, seen.captured) == (False, 0, 0)
@@ -67,14 +63,10 @@ async def test_the_echo_of_a_subscription_cancel_is_read_from_the_record_not_ref
     assert kind(gone) == "subscription.canceled", data(gone)
     assert observe(gone) is not None and observe(gone).subscription_canceled  # type: ignore[union-attr]
     held = dict(h.tables.subscriptions[f"{t}:s1"])
-    reads = _unread(h, t, monkeypatch, "retrieve_subscription")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_subscription")
     # The webhook's refresh (customer.subscription.deleted), queued while it read active.
     echo = await h.send("subscription.refresh", t, {"subscription_id": "s1"})
-    assert kind(echo) == "subscription.updated", data(echo)
-    assert (data(echo)["previous_status"], data(echo)["object"]["status"]) == (
-        "canceled",
-        "canceled",
-    )
+    assert_answered_from_the_record(echo, "subscription.updated", "canceled")
     assert "related" not in data(echo) and "error" not in data(echo)
     seen = observe(echo)
     assert seen is None or not (seen.subscription_canceled or seen.invoices_declined), seen

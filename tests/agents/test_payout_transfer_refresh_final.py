@@ -18,26 +18,13 @@ from typing import Any
 import pytest
 
 from paystream.insights.observe import observe
-from tests.agents.harness import Harness, data, kind, simulator_of
+from tests.agents.final_reads import assert_answered_from_the_record, provider_reads
+from tests.agents.harness import Harness, data, kind
 from tests.agents.test_payouts import DAY, _balance, _gateway, _payout_effects, _settled
 from tests.agents.test_transfers import _account, _paid, _tr, _transfers
 
 pytestmark = pytest.mark.asyncio
 _CLOSED = "000111111113"  # Stripe's test account number: account_closed at arrival
-
-
-def _unread(h: Harness, t: str, monkeypatch: pytest.MonkeyPatch, call: str) -> list[Any]:
-    """The provider's ``call`` reads (retrieve_payout, retrieve_transfer) from now on."""
-    reads: list[Any] = []
-    sim = simulator_of(h, t)
-    read = getattr(sim, call)
-
-    async def counted(req: Any, *, idempotency_key: str) -> Any:
-        reads.append(req)
-        return await read(req, idempotency_key=idempotency_key)
-
-    monkeypatch.setattr(sim, call, counted)
-    return reads
 
 
 def _volume(h: Harness, t: str) -> dict[str, Any]:
@@ -55,12 +42,10 @@ async def test_the_echo_of_a_payout_cancel_is_read_from_the_record_not_refused(
     canceled = await h.send("payout.cancel", t, {"payout_id": "po1"})
     assert kind(canceled) == "payout.canceled", data(canceled)
     volume, effects = _volume(h, t), await _payout_effects(h, t)
-    reads = _unread(h, t, monkeypatch, "retrieve_payout")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_payout")
     # The webhook's refresh (payout.canceled), queued while the payout read pending.
     echo = await h.send("payout.refresh", t, {"payout_id": "po1"})
-    assert kind(echo) == "payout.updated", data(echo)
-    assert data(echo)["previous_status"] == "canceled"
-    assert data(echo)["object"]["status"] == "canceled"
+    assert_answered_from_the_record(echo, "payout.updated", "canceled")
     assert "error" not in data(echo)
     assert reads == []  # (final: nothing the provider says moves it)
     assert h.tables.payouts[f"{t}:po1"]["status"] == "canceled"
@@ -84,14 +69,10 @@ async def test_a_failed_payout_read_again_is_answered_from_its_record(
     await _gateway(h, t).advance_clock(2 * DAY)
     failed = await h.send("payout.refresh", t, {"payout_id": "po1"})
     assert kind(failed) == "payout.failed", data(failed)
-    reads = _unread(h, t, monkeypatch, "retrieve_payout")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_payout")
     for _ in range(2):
         again = await h.send("payout.refresh", t, {"payout_id": "po1"})
-        assert kind(again) == "payout.updated", data(again)
-        assert (data(again)["previous_status"], data(again)["object"]["status"]) == (
-            "failed",
-            "failed",
-        )
+        assert_answered_from_the_record(again, "payout.updated", "failed")
         assert data(again)["object"]["failure_code"] == "account_closed"
         facts = observe(again)
         assert facts is None or not (facts.payout_moves or facts.payout_failure), facts
@@ -110,7 +91,7 @@ async def test_a_paid_payout_is_still_read(
     await h.send("payout.create", t, {"payout_id": "po1", "amount": 100, "currency": "EUR"})
     await _gateway(h, t).advance_clock(2 * DAY)
     assert kind(await h.send("payout.refresh", t, {"payout_id": "po1"})) == "payout.paid"
-    reads = _unread(h, t, monkeypatch, "retrieve_payout")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_payout")
     again = await h.send("payout.refresh", t, {"payout_id": "po1"})
     assert kind(again) == "payout.paid", data(again)
     assert len(reads) == 1
@@ -130,14 +111,10 @@ async def test_the_echo_of_a_whole_transfer_reverse_is_read_from_the_record_not_
     assert kind(whole) == "transfer.reversed", data(whole)
     assert data(whole)["object"]["status"] == "reversed"
     volume, moved = _volume(h, t), await _transfers(h, t)
-    reads = _unread(h, t, monkeypatch, "retrieve_transfer")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_transfer")
     # The webhook's refresh (transfer.reversed), queued while the transfer read created.
     echo = await h.send("transfer.refresh", t, {"transfer_id": tid})
-    assert kind(echo) == "transfer.updated", data(echo)
-    assert (data(echo)["previous_status"], data(echo)["object"]["status"]) == (
-        "reversed",
-        "reversed",
-    )
+    assert_answered_from_the_record(echo, "transfer.updated", "reversed")
     assert data(echo)["object"]["amount_reversed"] == 6_000
     assert "related" not in data(echo) and "amount_reversed_now" not in data(echo)
     assert reads == []

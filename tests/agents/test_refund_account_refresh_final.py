@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from paystream.insights.observe import observe
+from tests.agents.final_reads import assert_answered_from_the_record, provider_reads
 from tests.agents.harness import Harness, data, kind, simulator_of
 from tests.agents.test_connected_accounts import LINK, _account, _refresh
-from tests.agents.test_payout_transfer_refresh_final import _unread
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,15 +54,11 @@ async def test_a_failed_refund_read_again_is_answered_from_its_record(
     assert kind(again) == "refund.succeeded", data(again)
     assert h.tables.payments[f"{t}:pay_f"]["amount_refunded"] == 2000
     effects = [(e.kind, e.amount) for e in await simulator_of(h, t).effects()]
-    reads = _unread(h, t, monkeypatch, "retrieve_refund")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_refund")
     # The webhooks' refreshes (refund.updated, charge.refund.updated), queued while pending.
     for _ in range(2):
         echo = await h.send("refund.refresh", t, {"refund_id": "re_f"})
-        assert kind(echo) == "refund.failed", data(echo)
-        assert (data(echo)["previous_status"], data(echo)["object"]["status"]) == (
-            "failed",
-            "failed",
-        )
+        assert_answered_from_the_record(echo, "refund.failed", "failed")
         assert data(echo)["object"]["failure_code"] == "expired_or_canceled_card"
         assert "related" not in data(echo) and "error" not in data(echo)
         facts = observe(echo)
@@ -89,7 +85,7 @@ async def test_a_pending_refund_is_still_read(
     assert kind(paid) == "payment.succeeded", data(paid)
     made = await h.send("refund.create", t, {"payment_id": "pay_p", "refund_id": "re_p"})
     assert kind(made) == "refund.pending", data(made)
-    reads = _unread(h, t, monkeypatch, "retrieve_refund")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_refund")
     settled = await h.send("refund.refresh", t, {"refund_id": "re_p"})
     assert kind(settled) == "refund.succeeded", data(settled)
     again = await h.send("refund.refresh", t, {"refund_id": "re_p"})
@@ -113,15 +109,11 @@ async def test_a_rejected_account_read_again_is_answered_from_its_record(
         "rejected",
     )
     held = dict(h.tables.connected_accounts[f"{t}:{acct['id']}"])
-    reads = _unread(h, t, monkeypatch, "retrieve_connected_account")
+    reads = provider_reads(h, t, monkeypatch, "retrieve_connected_account")
     # The webhooks' refreshes (account.updated more than once), queued while pending.
     for _ in range(2):
         echo = await _refresh(h, t, acct["id"])
-        assert kind(echo) == "connected_account.updated", data(echo)
-        assert (data(echo)["previous_status"], data(echo)["object"]["status"]) == (
-            "rejected",
-            "rejected",
-        )
+        assert_answered_from_the_record(echo, "connected_account.updated", "rejected")
         obj = data(echo)["object"]
         assert obj["disabled_reason"] == held["disabled_reason"] and obj["disabled_reason"]
         assert (obj["charges_enabled"], obj["payouts_enabled"]) == (False, False)
