@@ -553,15 +553,24 @@ def _changed_since_first_attempt(ctx: HandlerContext, rec: EntityRecord) -> bool
     tried? Its provider, asked again under the key, answers as it did then (a stale
     object): what changed since must not be written back over (review finding: a parked
     update re-driven after a newer one restored the old email). Each applied entry says
-    when its command ran; the newest are the ones an entity keeps."""
+    when its command ran; the newest are the ones an entity keeps. A read (``*.refresh``,
+    a Stripe webhook's among them) is no change: it only recorded what the provider
+    holds, which the command asked again finds as well (counted, a parked update
+    re-driven after a mere read was refused: review h81rx F1). An entry of the release
+    before names no command type: counted, as it was."""
     first = ctx.first_attempt_ms
     if not ctx.let_through or first is None:
         return False
     mine = ctx.cmd.command_id
     return any(
-        cid != mine and float(entry.get("at") or 0) * 1000 > first
+        cid != mine
+        and float(entry.get("at") or 0) * 1000 > first
+        and not str(entry.get("cmd") or "").endswith(_READ)
         for cid, entry in rec.applied.items()
     )
+
+
+_READ = ".refresh"
 
 
 def _customer_update_not_in_effect(data: c.UpdateCustomer, rec: CustomerRecord) -> list[str]:

@@ -1284,6 +1284,7 @@ class CommandProcessor(ProviderWindow):
                 request_hash,
                 cmd.id_salt,
                 done.emitted,
+                cmd.command_type,
             )
             self._rewrite_entities(cmd.tenant_id, done.outcome)
             self._scrub_after_erasure(cmd.tenant_id, done.outcome, _salt_source(done.id_salt))
@@ -1886,6 +1887,7 @@ class CommandProcessor(ProviderWindow):
                 "traceparent": existing.traceparent,
                 "tracestate": existing.tracestate,
             },
+            cmd.command_type,
         )
         redelivered = cmd.source is not None and existing.source == list(cmd.source)
         if redelivered:
@@ -2281,6 +2283,7 @@ class CommandProcessor(ProviderWindow):
         request_hash: str | None = None,
         id_salt: str | None = None,
         emitted: Mapping[str, Any] | None = None,
+        command_type: str | None = None,
     ) -> None:
         """Restore whichever of a command's entity writes a crash lost.
 
@@ -2303,7 +2306,9 @@ class CommandProcessor(ProviderWindow):
                 # The erasure's own write lost: the outcomes the record remembers from
                 # before it still held the personal data it blanked (review finding).
                 applied = scrub_customer_applied(applied, str(image.get("id", "")))
-            applied[command_id] = applied_entry(outcome, request_hash, id_salt, emitted)
+            # (its type kept with it, as the first write did: a read is no change)
+            kept = emitted if command_type is None else {**(emitted or {}), "cmd": command_type}
+            applied[command_id] = applied_entry(outcome, request_hash, id_salt, kept)
             trim_applied(applied, self.committed, keep=image.get("created_by"))
             table[key] = repaired = {**image, "entity_type": entity_type, "applied": applied}
             if entity_type in OWNER_FIELDS:
@@ -3199,12 +3204,14 @@ def _as_first_emitted(cmd: CommandRef, done: AlreadyApplied) -> CommandRef:
 
 def _emission(cmd: CommandRef, at: float) -> dict[str, Any]:
     """What an entity keeps of how a command's outcome was emitted (applied_entry): when,
-    its time and trace context, as the idempotency record keeps them."""
+    its time and trace context, as the idempotency record keeps them, and the command's
+    type (a read is told from a change: handlers._changed_since_first_attempt)."""
     emitted: dict[str, Any] = {"at": at, "time": time_text(cmd.time)}
     if cmd.traceparent:
         emitted["traceparent"] = outcome_traceparent(cmd)
         if cmd.tracestate:
             emitted["tracestate"] = cmd.tracestate
+    emitted["cmd"] = cmd.command_type
     return emitted
 
 

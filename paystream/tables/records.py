@@ -155,6 +155,10 @@ def _uncommitted(salt: Any, committed: Callable[[int], int]) -> bool:
 
 # What an applied entry keeps of its outcome's emission (see applied_entry).
 EMISSION_KEYS = ("at", "time", "traceparent", "tracestate")
+# Kept with them: the command's type (``cmd``), so that a read (``*.refresh``) is told
+# from a change (handlers._changed_since_first_attempt). Entries of the release before
+# have none, and count as changes, as they did.
+_ENTRY_KEYS = (*EMISSION_KEYS, "cmd")
 
 
 def applied_entry(
@@ -166,7 +170,8 @@ def applied_entry(
     """What an entity remembers of a command it applied. ``emitted``: when it applied it
     (``at``: a reused command id is another request once the idempotency window has
     passed) and its outcome's ``time``, ``traceparent`` and ``tracestate``, so that
-    answering it again from the entity emits the very event first emitted."""
+    answering it again from the entity emits the very event first emitted; and the
+    command's type (``cmd``: a read is no change, review h81rx F1)."""
     entry: dict[str, Any] = {"type": outcome.type, "data": outcome.data}
     if request_hash is not None:
         entry["hash"] = request_hash
@@ -180,11 +185,11 @@ def applied_entry(
         # order, as the filter below would take it, without a generator's frames.
         entry.update(emitted)
     else:
-        entry.update((k, v) for k, v in emitted.items() if k in EMISSION_KEYS and v is not None)
+        entry.update((k, v) for k, v in emitted.items() if k in _ENTRY_KEYS and v is not None)
     return entry
 
 
-_EMISSION_KEY_SET = frozenset(EMISSION_KEYS)
+_EMISSION_KEY_SET = frozenset(_ENTRY_KEYS)
 
 
 class CustomerRecord(EntityRecord):

@@ -1,8 +1,9 @@
-"""Review h81rx F1: an invoice.refresh of a draft whose invoice.update is parked (its
-answer lost, or never sent). The refresh is an entry in the invoice's applied commands,
-so the parked update, re-driven (`dlq replay`), is refused invalid_state as if another
-command had changed the invoice (handlers._changed_since_first_attempt), though nothing
-did; and a refresh reading an update in effect takes its total but not its lines."""
+"""An invoice.refresh of a draft whose invoice.update is parked (its answer lost, or
+never sent), review h81rx F1. The refresh is a read: the parked update, re-driven (`dlq
+replay`), is applied, not refused invalid_state as if another command had changed the
+invoice (handlers._changed_since_first_attempt); an applied entry of the release before
+(no command type) still counts as a change. Left: a refresh reading an update in effect
+takes its total but not its lines (strict xfail)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tests.agents.test_let_through import _answer, _command
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.xfail(strict=True, reason="review h81rx F1: a read counts as a change")
 @pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
 async def test_a_parked_update_re_driven_after_a_read_is_applied(
     harness: Harness, stored: bool
@@ -31,6 +31,25 @@ async def test_a_parked_update_re_driven_after_a_read_is_applied(
     record = h.processor.tables.invoices[f"{t}:{iid}"]
     lines = [(line["amount"], line.get("quantity", 1)) for line in record["line_items"]]
     assert lines == [(12000, 2)] and record["amount"] == 24000, record
+
+
+async def test_a_read_remembered_by_the_release_before_still_counts_as_a_change(
+    harness: Harness,
+) -> None:
+    """An applied entry without a command type (written by the release before) cannot be
+    told from a change: the re-drive is read back and refused, as before."""
+    h = harness
+    t, iid = await _parked(h, "fail_first")
+    read = await _answer(h, _command(t, "invoice.refresh", {"invoice_id": iid}, "r"))
+    assert kind(read) == "invoice.updated", data(read)
+    record = h.processor.tables.invoices[f"{t}:{iid}"]
+    assert record["applied"]["r"].pop("cmd") == "invoice.refresh"
+    h.processor.tables.invoices[f"{t}:{iid}"] = record
+    a = {"invoice_id": iid, "line_items": A_LINES}
+    out = await _answer(h, _command(t, "invoice.update", a, "a"))  # `dlq replay`
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == "invalid_state", data(out)
+    assert "changed since this update was first tried" in data(out)["message"]
 
 
 @pytest.mark.xfail(strict=True, reason="review h81rx F1: a read-back names no lines")
