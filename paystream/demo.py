@@ -84,13 +84,14 @@ Advance = Callable[[str, int], Awaitable[None]]
 TAXED_PAYMENTS = 0.1
 TAXED_SUBSCRIPTIONS = 0.3
 # Share of demo flows that are the tenant, not a customer: it reads its balance and pays
-# out part of what is available in one currency (PAYOUT_SHARE of it); with ``advance``,
+# out part of what is available in one currency (PAYOUT_SHARE_PERCENT of it, integer
+# arithmetic: money is never a float); with ``advance``,
 # a day passes while nothing is available yet (the simulator's settlement delay: 2 days
 # by default, on the tenant's clock), and before each `payout.refresh`, until it is paid
 # (or failed: a demo tenant's bank account may be closed), at most PAYOUT_DAYS days.
 PAYOUTS = 0.03
 SETTLEMENT_DAYS = 2
-PAYOUT_SHARE = 0.5
+PAYOUT_SHARE_PERCENT = 50
 PAYOUT_DAYS = 3
 
 # Share of a platform tenant's flows (one given a `Platform`) that are Stripe Connect
@@ -337,7 +338,11 @@ async def _pay_out(send: Send, tenant: str, rng: random.Random, advance: Advance
     currency, held = rng.choice(available)
     payout = await send(
         "payout.create",
-        {"amount": int(held * PAYOUT_SHARE), "currency": currency, "description": "demo payout"},
+        {
+            "amount": held * PAYOUT_SHARE_PERCENT // 100,
+            "currency": currency,
+            "description": "demo payout",
+        },
     )
     poid = payout.get("entity_id")
     if not poid or advance is None:

@@ -60,6 +60,7 @@ from paystream.tables.records import (
     scrub_customer_applied,
 )
 from paystream.tables.state_machines import (
+    INVOICE_TRANSITIONS,
     InvalidState,
     check_invoice_transition,
     check_payment_transition,
@@ -481,7 +482,10 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
         if code is _NOT_FOUND:
             raise Rejection(RejectReason.NOT_FOUND, exc.message) from exc
         if code is _INVALID_STATE:
-            raise Rejection(RejectReason.INVALID_STATE, exc.message) from exc
+            # (a draft whose lines an unfinished update left: not remembered, so the same
+            # finalize is applied once the update is; review h81re F3)
+            remember = not isinstance(exc, DraftLinesDiffer)
+            raise Rejection(RejectReason.INVALID_STATE, exc.message, remember=remember) from exc
         unreachable = code is _PROVIDER_UNAVAILABLE and not exc.retryable
         if unreachable or code in _CREDENTIAL_ERRORS:
             # The tenant's credentials (or the way to the provider) are wrong, not the
@@ -565,12 +569,9 @@ def _changed_since_first_attempt(ctx: HandlerContext, rec: EntityRecord) -> bool
     return any(
         cid != mine
         and float(entry.get("at") or 0) * 1000 > first
-        and not str(entry.get("cmd") or "").endswith(_READ)
+        and entry.get("cmd") not in c.PROVIDER_READS
         for cid, entry in rec.applied.items()
     )
-
-
-_READ = ".refresh"
 
 
 def _customer_update_not_in_effect(data: c.UpdateCustomer, rec: CustomerRecord) -> list[str]:
@@ -2752,10 +2753,6 @@ _INVOICE_OUTCOME = {
 }
 
 
-# A one-off invoice's statuses an invoice.pay charges (held to the tenant's limits).
-_PAYABLE_INVOICE = frozenset({gw.InvoiceStatus.OPEN.value, gw.InvoiceStatus.UNCOLLECTIBLE.value})
-
-
 # Statuses a finalize may reach that are answered as such (invoice.paid, invoice.voided),
 # not invoice.finalized (open; or a draft, read back stale).
 _FINAL_AT_FINALIZE = frozenset({gw.InvoiceStatus.PAID, gw.InvoiceStatus.VOID})
@@ -3023,7 +3020,7 @@ async def update_invoice(ctx: HandlerContext, data: c.UpdateInvoice) -> HandlerR
         rec.description = data.description or None
     if data.days_until_due is not None:
         rec.days_until_due = data.days_until_due
-    rec.metadata = gw.merged_metadata(rec.metadata or {}, data.metadata)
+    rec.metadata = merged
     return HandlerResult("invoice.updated", rec, extra={"previous_status": previous})
 
 
@@ -3101,18 +3098,11 @@ async def finalize_invoice(ctx: HandlerContext, data: c.FinalizeInvoice) -> Hand
         provider_invoice_id=rec.provider_invoice_id,
         lines=None if rec.line_items is None else _recorded_lines(rec.line_items),
     )
-    try:
-        res = await _gateway(
-            ctx,
-            "finalize_invoice",
-            lambda: ctx.gateway.finalize_invoice(req, idempotency_key=ctx.idem),
-        )
-    except Rejection as rej:
-        if isinstance(rej.__cause__, DraftLinesDiffer):
-            # (an update of its lines unfinished: once it is, the same finalize is
-            # sent again and applied; review h81re F3)
-            rej.remember = False
-        raise
+    res = await _gateway(
+        ctx,
+        "finalize_invoice",
+        lambda: ctx.gateway.finalize_invoice(req, idempotency_key=ctx.idem),
+    )
     previous = rec.status
     _take_invoice(ctx, rec, res)
     # The status it reached: finalized is paid at once when nothing is left to charge
@@ -4015,7 +4005,7 @@ def invoice_update_total(
         data.line_items is None
         or not isinstance(raw, Mapping)
         or raw.get("subscription_id") is not None
-        or raw.get("status") != gw.InvoiceStatus.DRAFT.value
+        or raw.get("status") not in INVOICE_TRANSITIONS["update"]
     ):
         return None
     currency = str(raw.get("currency"))
@@ -4050,7 +4040,7 @@ def invoice_charge(
     if (
         not isinstance(raw, Mapping)
         or raw.get("subscription_id") is not None
-        or raw.get("status") not in _PAYABLE_INVOICE
+        or raw.get("status") not in INVOICE_TRANSITIONS["pay"]
     ):
         return InvoiceCharge(0, "")
     return InvoiceCharge(int(raw.get("amount") or 0), str(raw.get("currency")), data.invoice_id)

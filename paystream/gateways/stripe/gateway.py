@@ -206,7 +206,6 @@ def _capabilities(options: Mapping[str, Any]) -> frozenset[Capability]:
 STRIPE_OPTIONS = frozenset({"stripe_version", "capabilities"})
 
 
-# Stripe API versions: a date, and since 2024-09-30 a release name ("2024-09-30.acacia").
 # An invoice action refused, the invoice read back at the status it was to reach: the
 # answer (a void, or a write-off, sent again once its key's answer is gone).
 _ALREADY_SO = frozenset({("void_invoice", "void"), ("mark_invoice_uncollectible", "uncollectible")})
@@ -236,6 +235,7 @@ def _item_line(item: Mapping[str, Any]) -> tuple[str, int, int]:
     return (str(item.get("description") or ""), whole, quantity)
 
 
+# Stripe API versions: a date, and since 2024-09-30 a release name ("2024-09-30.acacia").
 _STRIPE_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:\.[a-z]+)?")
 
 
