@@ -53,6 +53,7 @@ from paystream.streams.outcomes import (
 from paystream.tables import records
 from paystream.tables.views import TENANT_RECENT_KEPT, TENANTS_RECENT_MAX
 from paystream.tenancy.ingress_keys import COMMAND_SCOPE_PATTERN
+from paystream.tenancy.limits import HOLDING_LIMITS
 from paystream.tenancy.models import TENANT_ID_PATTERN, Tenant
 from paystream.web import ingress
 
@@ -1047,12 +1048,7 @@ def _outcome_schemas(components: Doc) -> None:
                 "enum": [
                     "commands_per_second",
                     "max_payment_amount",
-                    "daily_payment_volume",
-                    "daily_transfer_volume",
-                    "daily_payout_volume",
-                    "pending_payments",
-                    "pending_transfers",
-                    "pending_payouts",
+                    *HOLDING_LIMITS,
                     "currencies",
                 ],
             },

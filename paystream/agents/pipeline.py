@@ -154,6 +154,7 @@ from paystream.tables.records import (
 from paystream.tenancy.crypto import CryptoError
 from paystream.tenancy.gateways import GatewayPool
 from paystream.tenancy.limits import (
+    HOLDING_LIMITS,
     MONEY_COMMANDS,
     OUTFLOW_VOLUMES,
     UNREAD,
@@ -3043,15 +3044,7 @@ def _refused_while_others_hold(decision: Admission | LimitRejection | None) -> b
     return (
         isinstance(decision, LimitRejection)
         and not decision.replay
-        and decision.extra.get("limit")
-        in (
-            "daily_payment_volume",
-            "daily_transfer_volume",
-            "daily_payout_volume",
-            "pending_payments",
-            "pending_transfers",
-            "pending_payouts",
-        )
+        and decision.extra.get("limit") in HOLDING_LIMITS
     )
 
 

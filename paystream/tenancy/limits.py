@@ -118,6 +118,7 @@ from paystream.money import MAX_MINOR_AMOUNT, format_minor, normalise_currency
 
 __all__ = [
     "FULL_REFUSALS",
+    "HOLDING_LIMITS",
     "LIMITS_RECORD_MAX_BYTES",
     "MAX_FUTURE_SKEW_MS",
     "MAX_HOLDS",
@@ -1342,6 +1343,9 @@ _WORDS = {
         for o in _OUTFLOWS.values()
     },
 }
+# The ``limit`` of every refusal by what unanswered commands hold (a daily volume, or too
+# many of them pending): the dailies, then their pending partners, in _WORDS' order.
+HOLDING_LIMITS = (*_WORDS, *(w.pending for w in _WORDS.values()))
 
 
 def _over_daily(
