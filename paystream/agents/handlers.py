@@ -11,7 +11,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -3424,6 +3432,35 @@ def _rate(ctx: HandlerContext, rate_id: str) -> taxes.Rate:
     return taxes.Rate(rate.id, taxes.parse_percentage(rate.percentage), rate.inclusive)
 
 
+def _table_rates(
+    rates_table: Mapping[str, Any], tenant_id: str, rate_ids: Iterable[str], *, archived_ok: bool
+) -> list[taxes.Rate] | None:
+    """The tenant's tax rates ``rate_ids`` as its table holds them, for the limits to
+    price a command by. None if one is unknown, its percentage unreadable, or it is not
+    active unless ``archived_ok`` (the handler would refuse it, or it was let through)."""
+    rates = []
+    for rate_id in rate_ids:
+        raw = rates_table.get(entity_key(tenant_id, rate_id))
+        if not isinstance(raw, Mapping) or (raw.get("status") != "active" and not archived_ok):
+            return None
+        try:
+            percentage = taxes.parse_percentage(str(raw.get("percentage")))
+        except ValueError:
+            return None
+        rates.append(taxes.Rate(rate_id, percentage, bool(raw.get("inclusive"))))
+    return rates
+
+
+def _lines_total(line_items: Iterable[Any], rates: list[taxes.Rate], currency: str) -> int:
+    """Invoice lines' total with ``rates``' exclusive tax on every line (paystream.tax)."""
+    items = list(line_items)
+    lines = [taxes.Line(line.amount, line.quantity, rates) for line in items]
+    try:
+        return taxes.calculate(lines, currency).amount_total
+    except ValueError:  # (a rate named twice: the command's model refuses it first)
+        return sum(line.amount * line.quantity for line in items)
+
+
 def subscription_charge(
     rates_table: Mapping[str, Any], tenant_id: str, data: Any, let_through: bool
 ) -> int | None:
@@ -3438,16 +3475,9 @@ def subscription_charge(
     rate_ids = getattr(data, "tax_rate_ids", None)
     if not rate_ids:
         return None
-    rates = []
-    for rate_id in rate_ids:
-        raw = rates_table.get(entity_key(tenant_id, rate_id))
-        if not isinstance(raw, Mapping) or (raw.get("status") != "active" and not let_through):
-            return None
-        try:
-            percentage = taxes.parse_percentage(str(raw.get("percentage")))
-        except ValueError:
-            return None
-        rates.append(taxes.Rate(rate_id, percentage, bool(raw.get("inclusive"))))
+    rates = _table_rates(rates_table, tenant_id, rate_ids, archived_ok=let_through)
+    if rates is None:
+        return None
     try:
         line = taxes.Line(int(data.amount), 1, rates)
         return taxes.calculate([line], str(data.currency)).amount_total
@@ -3968,24 +3998,9 @@ def invoice_total(
     every line), in its currency. The rates are read from the tenant's tax rate table
     (local to its partition, as the command is); one unknown or archived, which
     create_invoice refuses, leaves the untaxed total, as subscription_charge does."""
-    rates: list[taxes.Rate] = []
-    for rate_id in data.tax_rate_ids or ():
-        raw = rates_table.get(entity_key(tenant_id, rate_id))
-        if not isinstance(raw, Mapping) or raw.get("status") != "active":
-            rates = []
-            break
-        try:
-            percentage = taxes.parse_percentage(str(raw.get("percentage")))
-        except ValueError:
-            rates = []
-            break
-        rates.append(taxes.Rate(rate_id, percentage, bool(raw.get("inclusive"))))
-    lines = [taxes.Line(line.amount, line.quantity, rates) for line in data.line_items]
-    try:
-        total = taxes.calculate(lines, data.currency).amount_total
-    except ValueError:  # (a rate named twice: the command's model refuses it first)
-        total = sum(line.amount * line.quantity for line in data.line_items)
-    return InvoiceTotal(total, data.currency)
+    rate_ids = data.tax_rate_ids or ()
+    rates = _table_rates(rates_table, tenant_id, rate_ids, archived_ok=False) or []
+    return InvoiceTotal(_lines_total(data.line_items, rates, data.currency), data.currency)
 
 
 def invoice_update_total(
@@ -4009,23 +4024,9 @@ def invoice_update_total(
     ):
         return None
     currency = str(raw.get("currency"))
-    rates: list[taxes.Rate] = []
-    for rate_id in raw.get("tax_rate_ids") or ():
-        rate = rates_table.get(entity_key(tenant_id, rate_id))
-        try:
-            if not isinstance(rate, Mapping):
-                raise ValueError(rate_id)
-            percentage = taxes.parse_percentage(str(rate.get("percentage")))
-        except ValueError:
-            rates = []
-            break
-        rates.append(taxes.Rate(rate_id, percentage, bool(rate.get("inclusive"))))
-    lines = [taxes.Line(line.amount, line.quantity, rates) for line in data.line_items]
-    try:
-        total = taxes.calculate(lines, currency).amount_total
-    except ValueError:
-        total = sum(line.amount * line.quantity for line in data.line_items)
-    return InvoiceTotal(total, currency)
+    rate_ids = raw.get("tax_rate_ids") or ()
+    rates = _table_rates(rates_table, tenant_id, rate_ids, archived_ok=True) or []
+    return InvoiceTotal(_lines_total(data.line_items, rates, currency), currency)
 
 
 def invoice_charge(
