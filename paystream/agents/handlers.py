@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
 from paystream import metrics
 from paystream import tax as taxes
@@ -106,6 +107,7 @@ _throttled = ThrottledLog(log)
 
 T = TypeVar("T")
 R = TypeVar("R", bound=EntityRecord)
+_Req = TypeVar("_Req", bound=BaseModel)  # a gateway request model with ``metadata``
 
 # Stripe refuses idempotency keys longer than 255 characters.
 _PROVIDER_KEY_MAX = 255
@@ -1192,19 +1194,52 @@ async def _create_at_provider(
     and refuses others (Stripe's idempotency_error). Sent again the other way, it is
     answered as it was (the key holds a request: the provider refuses all but that one,
     and charges nothing under it a second time)."""
-    try:
-        return await _gateway(
-            ctx, "create_payment", lambda: ctx.gateway.create_payment(req, idempotency_key=key)
-        )
-    except GatewayError as exc:
+
+    def refused_before_the_call(exc: GatewayError) -> None:
         if ctx.let_through and exc.code is ErrorCode.INVALID_REQUEST and not exc.reached_provider:
             # Refused by the gateway before the call (a rule newer than the version that
             # first sent it: a withdrawn currency, a return URL): the provider may hold a
             # charge under the key. Parked again, never a kept refusal (review h68am).
             raise Rejection(RejectReason.VALIDATION_ERROR, exc.message, remember=False) from exc
-        plain = dict(sent_metadata)
-        with_ref = gw.payment_ref(plain, ctx.cmd.tenant_id, payment_id)
-        other = req.model_copy(update={"metadata": plain if req.metadata != plain else with_ref})
+
+    return await _sent_either_way(
+        ctx,
+        "create_payment",
+        lambda r: ctx.gateway.create_payment(r, idempotency_key=key),
+        req,
+        gw.payment_ref(sent_metadata, ctx.cmd.tenant_id, payment_id),
+        sent_metadata,
+        first_refused=refused_before_the_call,
+    )
+
+
+async def _sent_either_way(
+    ctx: HandlerContext,
+    operation: str,
+    send: Callable[[_Req], Awaitable[T]],
+    req: _Req,
+    with_ref: Mapping[str, str],
+    plain: Mapping[str, str],
+    *,
+    first_refused: Callable[[GatewayError], None] | None = None,
+) -> T:
+    """A create sent with ``req`` and, if it is let through and its provider refuses it
+    for other parameters under the key (Stripe's idempotency_error, final), once more
+    with the other metadata: ``plain`` if ``req`` carries ``with_ref`` (the webhook
+    reference), else ``with_ref``. One let through may have been first sent either way
+    (by a version before the reference, or by a tenant that had `webhooks` then and not
+    now, or the reverse). Safe: the key holds one request, so the provider refuses all
+    but that one and makes nothing under it a second time. Refused the second way too,
+    that second refusal is raised. ``first_refused`` may answer the first error itself
+    (raise) before that."""
+    try:
+        return await _gateway(ctx, operation, lambda: send(req))
+    except GatewayError as exc:
+        if first_refused is not None:
+            first_refused(exc)
+        other = req.model_copy(update={"metadata": dict(with_ref)})
+        if other == req:
+            other = req.model_copy(update={"metadata": dict(plain)})
         if not (
             ctx.let_through
             and exc.code is ErrorCode.IDEMPOTENCY_ERROR
@@ -1212,9 +1247,7 @@ async def _create_at_provider(
             and other != req  # (a reference not added to 50 keys: no other way)
         ):
             raise
-    return await _gateway(
-        ctx, "create_payment", lambda: ctx.gateway.create_payment(other, idempotency_key=key)
-    )
+    return await _gateway(ctx, operation, lambda: send(other))
 
 
 def _new_payment(
@@ -2891,30 +2924,18 @@ async def create_invoice(ctx: HandlerContext, data: c.CreateInvoice) -> HandlerR
     # calls derives each call's key from this one.)
     key = ctx.create_key("invoice", data.invoice_id)
     try:
-        res = await _gateway(
-            ctx, "create_invoice", lambda: ctx.gateway.create_invoice(req, idempotency_key=key)
+        # One let through may have been first sent without the webhook reference
+        # (gw.invoice_ref) or with it: sent again the other way, answered as it was.
+        res = await _sent_either_way(
+            ctx,
+            "create_invoice",
+            lambda r: ctx.gateway.create_invoice(r, idempotency_key=key),
+            req,
+            gw.invoice_ref(data.metadata, ctx.cmd.tenant_id, iid),
+            data.metadata,
         )
     except GatewayError as exc:
-        # One let through may have been first sent by a version before the webhook
-        # reference (gw.invoice_ref), or with it by a tenant whose capabilities have lost
-        # `webhooks` since: its provider refuses other parameters under the key
-        # (Stripe's idempotency_error). Sent again the other way, answered as it was
-        # (as payment.create's, _create_at_provider).
-        plain = dict(data.metadata)
-        with_ref = gw.invoice_ref(plain, ctx.cmd.tenant_id, iid)
-        other = req.model_copy(update={"metadata": plain if req.metadata != plain else with_ref})
-        if (
-            ctx.let_through
-            and exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and other != req
-        ):
-            res = await _gateway(
-                ctx,
-                "create_invoice",
-                lambda: ctx.gateway.create_invoice(other, idempotency_key=key),
-            )
-        elif _chosen_id_taken(ctx, exc, data.invoice_id):
+        if _chosen_id_taken(ctx, exc, data.invoice_id):
             raise Rejection(
                 RejectReason.INVALID_STATE,
                 f"invoice id {iid} is taken at the provider by an earlier create of other "
@@ -3663,7 +3684,16 @@ async def create_transfer(ctx: HandlerContext, data: c.CreateTransfer) -> Handle
     # often it is sent), else the command's.
     key = ctx.create_key("transfer", data.transfer_id)
     try:
-        res = await _transfer_at_provider(ctx, req, key, data.metadata, tid)
+        # One let through may have been first sent without the webhook reference
+        # (gw.transfer_ref) or with it: sent again the other way, answered as it was.
+        res = await _sent_either_way(
+            ctx,
+            "create_transfer",
+            lambda r: ctx.gateway.create_transfer(r, idempotency_key=key),
+            req,
+            gw.transfer_ref(data.metadata, ctx.cmd.tenant_id, tid),
+            data.metadata,
+        )
     except GatewayError as exc:
         if _chosen_id_taken(ctx, exc, data.transfer_id):
             raise Rejection(
@@ -3698,44 +3728,6 @@ async def create_transfer(ctx: HandlerContext, data: c.CreateTransfer) -> Handle
         return HandlerResult("transfer.created", rec)
     payment.amount_transferred = (payment.amount_transferred or 0) + rec.amount
     return HandlerResult("transfer.created", rec, [payment])
-
-
-async def _transfer_at_provider(
-    ctx: HandlerContext,
-    req: gw.CreateTransfer,
-    key: str,
-    plain: Mapping[str, str],
-    tid: str,
-) -> gw.TransferResult:
-    """The transfer, at the provider. One let through may have been first sent without
-    the webhook reference (gw.transfer_ref: by the release before it, or by a tenant
-    that had no `webhooks` then) or with it (one that has lost them since): its provider
-    refuses other parameters under the key (Stripe's idempotency_error), so the other
-    way is tried once, as a refund's (_refund_at_provider). Safe: the key holds one
-    request, and the provider transfers nothing under it a second time."""
-    try:
-        return await _gateway(ctx, "create_transfer", _transfer_call(ctx, req, key))
-    except GatewayError as exc:
-        with_ref = gw.transfer_ref(plain, ctx.cmd.tenant_id, tid)
-        other = req.model_copy(
-            update={"metadata": dict(plain) if req.metadata == with_ref else with_ref}
-        )
-        if not (ctx.let_through and exc.code is ErrorCode.IDEMPOTENCY_ERROR and not exc.retryable):
-            raise
-        if other == req:  # (a reference not added to 50 keys: the same request)
-            raise
-        try:
-            return await _gateway(ctx, "create_transfer", _transfer_call(ctx, other, key))
-        except GatewayError as again:
-            if again.code is not ErrorCode.IDEMPOTENCY_ERROR or again.retryable:
-                raise
-            raise exc from again
-
-
-def _transfer_call(
-    ctx: HandlerContext, req: gw.CreateTransfer, key: str
-) -> Callable[[], Awaitable[gw.TransferResult]]:
-    return lambda: ctx.gateway.create_transfer(req, idempotency_key=key)
 
 
 async def reverse_transfer(ctx: HandlerContext, data: c.ReverseTransfer) -> HandlerResult:
