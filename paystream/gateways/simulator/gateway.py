@@ -530,9 +530,7 @@ class SimulatorGateway:
     async def finalize_invoice(
         self, req: FinalizeInvoice, *, idempotency_key: str
     ) -> InvoiceResult:
-        # (its lines not checked: an update replaces them in one transaction, never half;
-        # and left out of the key's parameters, as Stripe's /finalize is sent without)
-        req = req.model_copy(update={"lines": None})
+        req = _as_sent(req)
         return await self._run(
             "finalize_invoice", req, idempotency_key,
             lambda tx: invoices.finalize_invoice(tx, req, idempotency_key), InvoiceResult,
@@ -578,7 +576,7 @@ class SimulatorGateway:
         known. A store that cannot be asked raises, as for any call."""
         if operation in KEYLESS_OPERATIONS:
             return False
-        fingerprint = model_fingerprint(operation, req)
+        fingerprint = model_fingerprint(operation, _as_sent(req))
         return await self._store.finished(idempotency_key, fingerprint, kept_ms=KEY_KEPT_MS)
 
     async def aclose(self) -> None:
@@ -697,3 +695,14 @@ def _answer(response: dict[str, Any], result: type[R]) -> R:
     # ``model_validate`` is this call with every option left unset; made directly, it
     # skips a Python frame and its keyword handling (a fifth of the validation's cost).
     return cast(R, result.__pydantic_validator__.validate_python(response["ok"]))
+
+
+def _as_sent(req: Req) -> Req:
+    """A request as the simulator keys it: a finalize without the draft's recorded lines
+    (not checked: an update replaces them in one transaction, never half; and left out
+    of the key's parameters, as Stripe's /finalize is sent without), so that asking
+    whether a key is known (knows_request: a suspended tenant's command let through
+    after a crash) matches the key the finalize was made under."""
+    if isinstance(req, FinalizeInvoice) and req.lines is not None:
+        return cast(Req, req.model_copy(update={"lines": None}))
+    return req
