@@ -50,10 +50,14 @@ def without_credentials(action: Any) -> Any:
     return None
 
 
+_BOOKKEEPING = frozenset({"applied", "held_until"})
+
+
 def public_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     """An entity's table record as the views and exports show it: without its
-    bookkeeping (``applied``), its next action (a payment's) as its type alone."""
-    row = {k: v for k, v in raw.items() if k != "applied"}
+    bookkeeping (``applied``, ``held_until``: retention.HOLD_FIELD), its next action (a
+    payment's) as its type alone."""
+    row = {k: v for k, v in raw.items() if k not in _BOOKKEEPING}
     if row.get("next_action") is not None:
         row["next_action"] = without_credentials(row["next_action"])
     return row

@@ -36,6 +36,16 @@ recovery and the next pass deletes it again; a RocksDB store has dropped it alre
 it stays in the changelog until a worker rebuilds that partition from it (a new replica,
 a store past PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS), whose sweep then deletes it.
 
+An entity a parked command still needs is *held*: a command let through to its
+provider and parked (its answer lost, say) marks the entities it reads with
+``held_until`` (HOLD_FIELD: its idempotency key's digest → until when), written once at park
+time (agents/entity_holds.py), and none is expired while a mark is ahead of the clock:
+swept, its re-drive was parked ``not_found`` for good, the refund the provider made
+never recorded (review h68p). The mark is bookkeeping, not a change: ``last_change``
+does not read it, outcomes and views do not show it. It ends at the provider's key
+window plus a margin, or when the command finishes (its idempotency record names what
+it holds).
+
 Two rules keep a deleted entity from being made again by a command about the old one:
 a command whose record or ``time`` is older than the retention less a day is refused
 ``past_retention`` (pipeline.py: read again that late, a create would charge again),
@@ -59,7 +69,16 @@ from paystream import metrics
 from paystream.tables.changelog import at_partition
 from paystream.tables.records import CUSTOMER_PII_FIELDS, without_personal_data
 
-__all__ = ["UNREADABLE", "RetentionSweep", "expired", "last_change", "minimized", "settled"]
+__all__ = [
+    "HOLD_FIELD",
+    "UNREADABLE",
+    "RetentionSweep",
+    "expired",
+    "is_held",
+    "last_change",
+    "minimized",
+    "settled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +106,22 @@ def last_change(record: Mapping[str, Any]) -> float | None:
         if isinstance(at, int | float) and not isinstance(at, bool):
             newest = at if newest is None or at > newest else newest
     return newest
+
+
+# The field of an entity record holding it against the sweep for parked commands:
+# {idempotency key digest: until, unix seconds} (see the module's docstring).
+HOLD_FIELD = "held_until"
+
+
+def is_held(record: Mapping[str, Any], now: float) -> bool:
+    """Does a parked command hold the entity at ``now``? (A mark not readable holds it.)"""
+    marks = record.get(HOLD_FIELD)
+    if not isinstance(marks, dict):
+        return False
+    for until in marks.values():
+        if not isinstance(until, int | float) or isinstance(until, bool) or until > now:
+            return True
+    return False
 
 
 def settled(record: Mapping[str, Any]) -> bool:
@@ -153,8 +188,9 @@ def expired(
     invoice at every read. The sweep walks methods before customers and invoices before
     subscriptions, so each is judged while its expired owner is still there. An owner
     not found keeps the entity: not found may be not readable here (a store closed by a
-    rebalance, a tenant split across partitions); so does no ``owner`` to ask."""
-    if not isinstance(record, dict):
+    rebalance, a tenant split across partitions); so does no ``owner`` to ask. One a
+    parked command holds (``is_held``) is kept, and so are the entities it owns."""
+    if not isinstance(record, dict) or is_held(record, now):
         return False
     if record.get("entity_type") == "tax_calculation" and not _calculation_expired(record, now):
         return False
