@@ -23,6 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from paystream import metrics
+from paystream.agents import entity_holds
 from paystream.agents.admission_order import ADMISSION_TURN, Turn
 from paystream.agents.answers import RecordAnswers
 from paystream.agents.card_data import (
@@ -73,6 +74,7 @@ from paystream.agents.handlers import (
 from paystream.agents.idempotency_keeping import (
     ERASED_HASH,
     LET_THROUGH,
+    LET_THROUGH_VALUES,
     judged_as_read,
 )
 from paystream.agents.idempotency_keeping import request_hash as _request_hash
@@ -1244,6 +1246,11 @@ class CommandProcessor(ProviderWindow):
             ),
         )
         _name_its_customer(in_flight, cmd, data)
+        if let_through and isinstance(held_before, dict):
+            # What its park held (entity_holds), for its finish to release.
+            holds = held_before.get(entity_holds.HOLDS_FIELD)
+            if holds:
+                in_flight[entity_holds.HOLDS_FIELD] = holds
         self.idempotency[idem_table_key] = in_flight
         # Under its own key, its id is not in the table: say which request the id names
         # (written again by each command of that request, so it lasts the window of the
@@ -2274,7 +2281,54 @@ class CommandProcessor(ProviderWindow):
         )
         if customer_id is not None:
             record["customer_id"] = customer_id
+        self._release_holds(cmd, self.idempotency.get(key))
         self._remember(key, record)
+
+    def _release_holds(self, cmd: CommandRef, parked: Any) -> None:
+        """A parked command answered (its key's record ``parked`` about to be written
+        over): the entities it held (entity_holds) may leave with retention again."""
+        if isinstance(parked, dict) and parked.get(entity_holds.HOLDS_FIELD):
+            names = parked[entity_holds.HOLDS_FIELD]
+            mark = _id_digest(cmd.idempotency_key)
+            entity_holds.release(self.tables, cmd.tenant_id, names, mark)
+
+    def _hold_for_park(self, rec: Inbound, cmd: CommandRef) -> None:
+        """Parking a command let through to its provider (its idempotency record in
+        flight or parked): hold the entities its re-drive reads against the retention
+        sweep until the provider's key window has passed (entity_holds; review h68p),
+        and name them in its record, for its finish to release. A read (``*.refresh``)
+        holds nothing: it made nothing at the provider to be recorded. Written once: a
+        redelivered park finds its marks in place and writes nothing."""
+        if self.settings.entity_retention_seconds <= 0 or cmd.command_type in PROVIDER_READS:
+            return
+        key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
+        record = self.idempotency.get(key)
+        if not isinstance(record, dict) or record.get("state") not in LET_THROUGH_VALUES:
+            return  # (never sent: nothing the provider may have done to record)
+        first = record.get("first_attempt_ms")
+        if not isinstance(first, int) or isinstance(first, bool):
+            first = self._first_attempt_ms(rec)
+        until, now = entity_holds.hold_until(first), time.time()
+        data = _validated_data(rec, cmd.command_type)
+        if until <= now or data is None:
+            return
+        same = record.get("command_id") == cmd.command_id
+        if not same and record.get("request_hash") != _request_hash(cmd.command_type, data):
+            return  # (another request under its key: this one was not let through)
+        chosen = CREATES[cmd.command_type][1] if cmd.command_type in CREATES else None
+        names = entity_holds.needed(self.tables, cmd.tenant_id, data, chosen)
+        if not names:
+            return
+        # Marked by its key (the record's): a retry under it (a new command id) finishes
+        # the same request, and releases the same mark.
+        mark = _id_digest(cmd.idempotency_key)
+        entity_holds.hold(self.tables, cmd.tenant_id, names, mark, until, now)
+        before = record.get(entity_holds.HOLDS_FIELD)
+        named = list(before) if isinstance(before, list) else []
+        named += [n for n in names if n not in named]
+        if named != before:
+            # (Its expiry unchanged: the purge's queue has it already.)
+            self.idempotency[key] = {**record, entity_holds.HOLDS_FIELD: named}
 
     def _repair_entities(
         self,
@@ -2768,6 +2822,7 @@ class CommandProcessor(ProviderWindow):
                 reject=None,
                 when=record_time(rec.timestamp_ms),
             )
+        self._hold_for_park(rec, cmd)
         return [Emit(self.settings.retry_topic, parked)]
 
 

@@ -55,17 +55,7 @@ async def _effects(h: Harness, tenant: str, what: str) -> int:
     return sum(1 for e in await gateway.effects() if e.kind == what)
 
 
-_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a payment swept by entity retention while a command let through on "
-    "it waits parked (let through within the hour before its retention age, the "
-    "provider's answer lost) leaves that command parked not_found on every re-drive: "
-    "the refund the provider made is never recorded. Holding the entity needs a mark "
-    "written at park time and read by the sweep (review h68p)",
-)
-
-
-@pytest.mark.parametrize("sweep", [False, pytest.param(True, marks=_GAP)])
+@pytest.mark.parametrize("sweep", [False, True])
 async def test_a_parked_refund_the_provider_made_can_still_finish_after_the_sweep(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, sweep: bool
 ) -> None:
@@ -108,9 +98,8 @@ async def test_a_parked_refund_the_provider_made_can_still_finish_after_the_swee
         answer = outcome_of(h.settings, again)
         reparked = [dict(e.record.headers).get("paystream-park-reason") for e in again
                     if e.topic == h.settings.retry_topic]  # fmt: skip
-        # (The gap: parked again as `not_found`, on every re-drive, for good: the refund
-        # the provider made is never recorded: no refund entity, no outcome, no ledger
-        # row.)
+        # (Swept, it was parked again as `not_found`, on every re-drive, for good: the
+        # refund the provider made never recorded; review h68p. The park holds it.)
         assert answer is not None and kind(answer) == "refund.succeeded", (
             f"swept {swept}; the re-drive of the refund the provider made was parked "
             f"again {reparked}, answered {answer and kind(answer)}"
