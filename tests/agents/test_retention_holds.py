@@ -328,3 +328,64 @@ async def test_the_mark_outlives_a_crash_between_park_and_sweep(
         clock.now += 600
         answer = outcome_of(again.settings, await _redrive(again, parked, clock.now, 3))
         assert answer is not None and kind(answer) == "refund.succeeded", answer and data(answer)
+
+
+DISPUTED = {"payment_id": "p1", "amount": 1000, "currency": "USD",
+            "payment_method_token": "pm_card_createDispute"}  # fmt: skip
+MANUAL = {"payment_id": "p1", "amount": 1000, "currency": "USD",
+          "payment_method_token": "pm_card_visa", "capture": "manual"}  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("made", "command", "table"),
+    [(MANUAL, "payment.capture", "payments"), (DISPUTED, "dispute.accept", "disputes")],
+)
+async def test_other_commands_let_through_hold_what_they_act_on(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, made: dict[str, Any], command: str,
+    table: str,
+) -> None:  # fmt: skip
+    """A capture, a dispute's accept: let through an hour before their entity's
+    retention age, their answers lost, parked: the entity is held past the sweep's pass,
+    and the re-drive finishes."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    async with worker(redis_url, Changelogs(), {}) as h:
+        t = new_tenant_id()
+        h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k-c-act": 3}})
+        _, paid = await h.send_event(_event(clock, t, "payment.create", made, "c-pay"), offset=1)
+        assert paid is not None and kind(paid).startswith("payment."), paid and data(paid)
+        related = data(paid).get("related") or []
+        body = {"payment_id": "p1"} if table == "payments" else {
+            "dispute_id": related[0]["entity_id"]}  # fmt: skip
+        key = f"{t}:{next(iter(body.values()))}"
+        clock.now += RETENTION - 3600
+        emits, out = await h.send_event(_event(clock, t, command, body, "c-act"), offset=2)
+        assert out is None and [e.topic for e in emits] == [h.settings.retry_topic]
+        assert set(getattr(h.tables, table)[key][HOLD_FIELD]) == {"k-c-act"}
+        clock.now += 2 * 3600
+        # (A dispute's payment, which its accept does not read, goes at its age.)
+        assert key not in _sweep(h, clock.now)
+        answer = outcome_of(h.settings, await _redrive(h, emits[0].record, clock.now, 3))
+        assert answer is not None and kind(answer) != "command.rejected", data(answer)
+
+
+@pytest.mark.asyncio
+async def test_a_parked_read_holds_nothing(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh parked (the provider down) made nothing there to record: it marks
+    nothing, and the payment leaves at its age as before."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    async with worker(redis_url, Changelogs(), {}) as h:
+        t = new_tenant_id()
+        h.add_tenant(t, gateway_options={"fail_first": {f"ps:{t}:k-c-read": 9}})
+        body = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa",
+                "payment_id": "p1"}  # fmt: skip
+        _, paid = await h.send_event(_event(clock, t, "payment.create", body, "c-pay"), offset=1)
+        assert paid is not None and kind(paid) == "payment.succeeded"
+        clock.now += RETENTION - 3600
+        read = _event(clock, t, "payment.refresh", {"payment_id": "p1"}, "c-read")
+        emits, out = await h.send_event(read, offset=2)
+        assert out is None and [e.topic for e in emits] == [h.settings.retry_topic]
+        assert HOLD_FIELD not in h.tables.payments[f"{t}:p1"]
+        assert _sweep(h, clock.now + 2 * 3600) == [f"{t}:p1"]
