@@ -860,6 +860,11 @@ class InvoiceResult(_Res):
     # A subscription's invoice: the proration lines on it (a price change's, made with
     # ``always_invoice``: its own invoice; with ``create_prorations``: the next one's).
     proration_lines: tuple[ProrationLineResult, ...] = ()
+    # A one-off draft's lines as the provider holds them now (every one, made by
+    # paystream or not, in its order), read with it: the total's lines, recorded with it
+    # (an update whose answer was lost may have replaced them). None where the provider
+    # cannot say, or did not read them (not a draft: its lines can change no more).
+    line_items: tuple[InvoiceLine, ...] | None = None
 
 
 class TaxRateResult(_Res):

@@ -123,7 +123,17 @@ def invoice(inv: dict[str, Any]) -> dict[str, Any]:
         "tax": inv.get("tax"),
         "total": inv.get("total"),
         "proration_lines": [_proration_line(line) for line in inv.get("proration_lines") or ()],
+        "line_items": _draft_lines(inv),
     }
+
+
+def _draft_lines(inv: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A one-off draft's lines as held (see InvoiceResult.line_items); None otherwise."""
+    if not inv.get("one_off") or inv["status"] != "draft":
+        return None
+    return [
+        {k: line[k] for k in ("description", "unit_amount", "quantity")} for line in inv["lines"]
+    ]
 
 
 def _proration_line(line: dict[str, Any]) -> dict[str, Any]:

@@ -1033,7 +1033,8 @@ class StripeGateway:
         if req.lines is not None:
             await self._replace_lines(held, req.lines, idempotency_key)
         read = await self._read_invoice("update_invoice", iid)
-        return mapping.one_off_invoice(read, as_made=True)
+        lines = await self._invoice_lines("update_invoice", read)
+        return mapping.one_off_invoice(read, as_made=True).model_copy(update={"line_items": lines})
 
     async def _draft_items(self, operation: str, iid: str) -> list[Mapping[str, Any]]:
         """A draft's invoice items, every page (``GET /v1/invoiceitems?invoice=``)."""
@@ -1230,10 +1231,37 @@ class StripeGateway:
     async def retrieve_invoice(
         self, req: gw_base.RetrieveInvoice, *, idempotency_key: str
     ) -> gw_base.InvoiceResult:
-        # A GET: Stripe keys no read, so no key is sent.
-        return mapping.one_off_invoice(
-            await self._read_invoice("retrieve_invoice", req.provider_invoice_id)
-        )
+        # A GET: Stripe keys no read, so no key is sent. A draft's lines are read with it.
+        read = await self._read_invoice("retrieve_invoice", req.provider_invoice_id)
+        made = mapping.one_off_invoice(read)
+        if made.status is not gw_base.InvoiceStatus.DRAFT:
+            return made
+        lines = await self._invoice_lines("retrieve_invoice", read)
+        return made.model_copy(update={"line_items": lines})
+
+    async def _invoice_lines(
+        self, operation: str, invoice: Mapping[str, Any]
+    ) -> tuple[gw_base.InvoiceLine, ...]:
+        """An invoice's lines, every one: the first page the invoice carries (``lines``,
+        Stripe's first ten), the rest listed after it (``GET /v1/invoices/{id}/lines``,
+        ``starting_after``; reads, no key)."""
+        iid = str(invoice["id"])
+        listed = invoice.get("lines")
+        found: Mapping[str, Any] = listed if isinstance(listed, Mapping) else {"has_more": True}
+        lines: list[Mapping[str, Any]] = []
+        params: dict[str, Any] = {"limit": PENDING_PAGE}
+        asked = False
+        while True:
+            page = [line for line in found.get("data") or [] if isinstance(line, Mapping)]
+            lines += page
+            if not found.get("has_more") or (asked and not page):
+                return mapping.invoice_lines(lines)
+            if lines:
+                params["starting_after"] = str(lines[-1]["id"])
+            found = await self._call(
+                operation, lambda: self._v1.invoices.line_items.list_async(iid, dict(params))
+            )
+            asked = True
 
     async def _read_invoice(self, operation: str, invoice_id: str) -> dict[str, Any]:
         return await self._call(operation, lambda: self._v1.invoices.retrieve_async(invoice_id))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from paystream.gateways.base import (
@@ -15,6 +16,7 @@ from paystream.gateways.base import (
     CustomerResult,
     DisputeResult,
     DisputeStatus,
+    InvoiceLine,
     InvoiceResult,
     InvoiceStatus,
     PaymentMethodResult,
@@ -506,6 +508,38 @@ def one_off_invoice(obj: Mapping[str, Any], *, as_made: bool = False) -> Invoice
         due_date=_epoch(due) if due and not as_made else None,
         provider_payment_id=None if as_made else invoice_payment_intent(obj),
         **_invoice_tax(obj),
+    )
+
+
+def invoice_lines(lines: Iterable[Mapping[str, Any]]) -> tuple[InvoiceLine, ...]:
+    """A one-off invoice's lines (Stripe's InvoiceLineItems, in Stripe's order) as
+    paystream's: the unit amount as sent (``unit_amount_decimal``: its ``pricing`` since
+    API version 2025-03-31.basil, its ``price`` before; neither in localstripe's: the
+    line's ``amount`` over its ``quantity``), the quantity, the description ("" where it
+    has none). A line made elsewhere is a line too. One whose unit is not a whole minor
+    unit reads as one unit of its ``amount``: the total holds (finalize's check of the
+    draft's items still tells it apart: see the gateway's ``_item_line``)."""
+    return tuple(_invoice_line(line) for line in lines)
+
+
+def _invoice_line(line: Mapping[str, Any]) -> InvoiceLine:
+    amount = int(line.get("amount") or 0)
+    quantity = int(line.get("quantity") or 1)
+    unit: Decimal | None = None
+    for holder in (line.get("pricing"), line.get("price")):
+        raw = holder.get("unit_amount_decimal") if isinstance(holder, Mapping) else None
+        if raw is not None:
+            try:
+                unit = Decimal(str(raw))
+            except InvalidOperation:
+                unit = None
+            break
+    if unit is None and quantity and amount % quantity == 0:
+        unit = Decimal(amount // quantity)
+    if unit is None or unit != unit.to_integral_value():
+        unit, quantity = Decimal(amount), 1
+    return InvoiceLine(
+        description=str(line.get("description") or ""), unit_amount=int(unit), quantity=quantity
     )
 
 
