@@ -2849,6 +2849,17 @@ def _take_invoice(ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult
     rec.failure_code, rec.failure_message = res.failure_code, res.failure_message
     if res.tax is not None:
         rec.subtotal, rec.tax, rec.total = res.subtotal, res.tax, res.total
+    if res.line_items is not None and res.status is gw.InvoiceStatus.DRAFT:
+        # A draft's lines as read with its total (an update whose answer was lost may
+        # have replaced them: review h81rx F1): kept together. None (its provider cannot
+        # say, or an answer kept by the release before): the record's stand.
+        rec.line_items = [_line_record(line) for line in res.line_items]
+
+
+def _line_record(line: gw.InvoiceLine) -> dict[str, Any]:
+    """A line as invoice.create and invoice.update record it (c.InvoiceLineItem's dump;
+    one made at the provider may have no description, or a negative amount)."""
+    return {"description": line.description, "amount": line.unit_amount, "quantity": line.quantity}
 
 
 def _invoice_moved(ctx: HandlerContext, rec: InvoiceRecord, res: gw.InvoiceResult) -> HandlerResult:
@@ -3059,9 +3070,9 @@ async def _invoice_update_read_back(ctx: HandlerContext, rec: InvoiceRecord) -> 
     deleted the newer update's items and set its own lines over them; answered from its
     keys at Stripe (the items it made then, deleted since), it left the draft with
     neither's lines; the simulator answered as of then, the record taking lines the
-    provider no longer held (review h81re F1). The invoice is read back (its status and
-    total as the provider holds them) and the update refused, to be sent again under a
-    new command id."""
+    provider no longer held (review h81re F1). The invoice is read back (its status,
+    total and a draft's lines as the provider holds them) and the update refused, to be
+    sent again under a new command id."""
     req = gw.RetrieveInvoice(provider_invoice_id=rec.provider_invoice_id)
     now = await _gateway(
         ctx, "retrieve_invoice", lambda: ctx.gateway.retrieve_invoice(req, idempotency_key=ctx.idem)
@@ -3234,7 +3245,8 @@ async def mark_invoice_uncollectible(
 
 async def refresh_invoice(ctx: HandlerContext, data: c.RefreshInvoice) -> HandlerResult:
     """A one-off invoice as its provider holds it now: paid by its customer (a sent one,
-    on the provider's page) or voided there since. A read: asked again, the provider
+    on the provider's page) or voided there since; a draft's lines with its total (an
+    update's, its answer lost; one added at the provider). A read: asked again, the provider
     answers afresh. One paid or void is final: answered `invoice.updated` from its
     record, unread, so that its `invoice.paid` or `invoice.voided` is emitted once,
     however often it is read. (Refused `invalid_state`, the webhook's refresh queued

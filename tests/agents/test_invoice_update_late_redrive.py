@@ -77,13 +77,13 @@ async def test_a_parked_update_with_nothing_since_is_applied(harness: Harness) -
     assert await _provider_lines(h, t, iid) == [(12000, 2)]
 
 
-@pytest.mark.xfail(strict=True, reason="review h81re F1: a read-back names no lines")
 async def test_a_parked_update_in_effect_re_driven_after_a_field_change(
     harness: Harness,
 ) -> None:
-    """Residual gap: A's lines set at the provider (its answer lost), then B changed only
-    the description. Re-driven, A is read back and refused: the total read back is A's,
-    but gw.InvoiceResult names no lines, so the record keeps the lines before A."""
+    """A's lines set at the provider (its answer lost), then B changed only the
+    description. Re-driven, A is read back and refused: the total read back is A's, and
+    so are the lines read with it (gw.InvoiceResult.line_items; the record kept the
+    lines before A)."""
     h = harness
     t, iid = await _parked(h, "lose_response_first")
     b = {"invoice_id": iid, "description": "March"}
