@@ -3774,20 +3774,18 @@ async def reverse_transfer(ctx: HandlerContext, data: c.ReverseTransfer) -> Hand
     res = await _gateway(
         ctx, "reverse_transfer", lambda: ctx.gateway.reverse_transfer(req, idempotency_key=ctx.idem)
     )
-    return _take_transfer(ctx, rec, res)
+    previous = rec.status
+    return _transfer_reversed(ctx, rec, previous, _take_transfer(ctx, rec, res))
 
 
-def _take_transfer(
-    ctx: HandlerContext, rec: TransferRecord, res: gw.TransferResult
-) -> HandlerResult:
+def _take_transfer(ctx: HandlerContext, rec: TransferRecord, res: gw.TransferResult) -> int:
     """The provider's answer about ``rec``: what it says is reversed of it now (by a
     reverse, or outside paystream), never less than recorded (one let through is
     answered under its key as it was then: the simulator's cached answer, before
-    reversals recorded since). What grew since the record is `transfer.reversed`
-    (``amount_reversed_now``), and given back to its payment's ``amount_transferred``:
-    counted from the record, so a reversal lowers it once however often it is read
-    (nothing grown: ``amount_reversed_now`` 0, a let-through reverse's answer)."""
-    previous, reversed_before = rec.status, rec.amount_reversed
+    reversals recorded since). Returns what grew since the record
+    (``amount_reversed_now``): counted from the record, so a reversal is learnt once
+    however often it is read (nothing grown: 0, a let-through reverse's answer)."""
+    reversed_before = rec.amount_reversed
     reversed_now = max(rec.amount_reversed, res.amount_reversed)
     status = transfer_status(res.amount.amount, reversed_now)
     if status != rec.status:
@@ -3800,7 +3798,14 @@ def _take_transfer(
                 remember=False,
             ) from exc
     rec.status, rec.amount_reversed = status, reversed_now
-    back = max(0, rec.amount_reversed - reversed_before)
+    return max(0, rec.amount_reversed - reversed_before)
+
+
+def _transfer_reversed(
+    ctx: HandlerContext, rec: TransferRecord, previous: str, back: int
+) -> HandlerResult:
+    """`transfer.reversed` of ``rec`` (``previous``, its status before the answer was
+    taken), ``back`` given back to its payment's ``amount_transferred``."""
     extra = {"previous_status": previous, "amount_reversed_now": back}
     if rec.payment_id is None:
         return HandlerResult("transfer.reversed", rec, extra=extra)
@@ -3815,14 +3820,14 @@ async def refresh_transfer(ctx: HandlerContext, data: c.RefreshTransfer) -> Hand
     """The transfer as its provider holds it now: reversed since outside paystream too
     (the provider's dashboard; Stripe recovering a connected account's negative balance).
     What was reversed since is `transfer.reversed`, as a transfer.reverse's (its payment
-    may refund and transfer it again); nothing, `transfer.updated`. A read: asked again,
-    the provider answers afresh, and what it learnt is emitted once (counted from the
-    record). One reversed entirely is final: answered `transfer.updated` from its record,
-    unread (refused `invalid_state`, the webhook's refresh queued behind paystream's own
-    transfer.reverse of all of it, the echo read before its outcome was recorded, was a
-    `command.rejected` of a command the tenant never sent: as refresh_payout's). Needs
-    only the provider's capability (gw.UNNARROWED_OPERATIONS), as a connected account's
-    refresh."""
+    may refund and transfer it again); nothing, `transfer.updated` (its payment unread).
+    A read: asked again, the provider answers afresh, and what it learnt is emitted once
+    (counted from the record). One reversed entirely is final: answered
+    `transfer.updated` from its record, unread (refused `invalid_state`, the webhook's
+    refresh queued behind paystream's own transfer.reverse of all of it, the echo read
+    before its outcome was recorded, was a `command.rejected` of a command the tenant
+    never sent: as refresh_payout's). Needs only the provider's capability
+    (gw.UNNARROWED_OPERATIONS), as a connected account's refresh."""
     rec = ctx.load(TransferRecord, data.transfer_id)
     if rec.status == gw.TransferStatus.REVERSED.value:
         return HandlerResult("transfer.updated", rec, extra={"previous_status": rec.status})
@@ -3834,10 +3839,10 @@ async def refresh_transfer(ctx: HandlerContext, data: c.RefreshTransfer) -> Hand
         lambda: ctx.gateway.retrieve_transfer(req, idempotency_key=ctx.idem),
     )
     previous = rec.status
-    learnt = _take_transfer(ctx, rec, res)
-    if learnt.extra["amount_reversed_now"] == 0:
+    back = _take_transfer(ctx, rec, res)
+    if back == 0:
         return HandlerResult("transfer.updated", rec, extra={"previous_status": previous})
-    return learnt
+    return _transfer_reversed(ctx, rec, previous, back)
 
 
 def _connected_accounts_supported(ctx: HandlerContext) -> None:

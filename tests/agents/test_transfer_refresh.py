@@ -89,6 +89,36 @@ async def test_a_reversal_made_outside_paystream_is_learnt_once(harness: Harness
     ]
 
 
+class _ReadsCounted(dict[str, Any]):
+    """A table that counts its reads."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.reads += 1
+        return super().__getitem__(key)
+
+
+async def test_nothing_reversed_leaves_the_payment_unread(harness: Harness) -> None:
+    """A refresh that learns nothing neither changes nor reads the transfer's payment
+    (a table read per refresh for nothing); one that learns a reversal reads it once."""
+    t = harness.add_tenant()
+    tr, pay = await _made(harness, t)
+    payments = harness.tables.payments = _ReadsCounted(harness.tables.payments)
+    unchanged = await harness.send("transfer.refresh", t, {"transfer_id": tr["id"]})
+    assert kind(unchanged) == "transfer.updated", data(unchanged)
+    assert payments.reads == 0
+    await simulator_of(harness, t).reverse_transfer_outside(tr["provider_transfer_id"], 1_000)
+    read = await harness.send("transfer.refresh", t, {"transfer_id": tr["id"]})
+    assert kind(read) == "transfer.reversed", data(read)
+    assert payments.reads > 0
+    assert _row(harness, t, "payments", pay["id"])["amount_transferred"] == 6_000
+
+
 async def test_a_transfer_reversed_entirely_outside_is_final(harness: Harness) -> None:
     t = harness.add_tenant()
     tr, pay = await _made(harness, t, 6_000)
