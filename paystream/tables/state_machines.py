@@ -152,8 +152,9 @@ _INVOICE_INSTEAD = {
     ("update", "void"): ": it can change no more",
     ("mark_uncollectible", "draft"): ": finalize it first (invoice.finalize)",
     ("mark_uncollectible", "uncollectible"): ": it is uncollectible already",
-    ("refresh", "paid"): ": it can change no more (refund its payment to give it back)",
-    ("refresh", "void"): ": it can change no more",
+    # (None for refresh: a paid or void invoice's, all it refuses, is answered from its
+    # record before it is checked. A pay's paid or void and a void's void are refused
+    # before too, in their own words.)
 }
 
 

@@ -615,3 +615,47 @@ async def test_a_pay_that_pays_an_invoice_releases_the_hold_of_another_parked_pa
     state = h.processor.limits.table[f"{t}:limits"]
     assert state["volume"] == {"EUR": 100_000} and not state["held"], state
     assert len(await _charges(h, t)) == 2
+
+
+async def test_every_worded_refusal_is_one_a_command_reaches(harness: Harness) -> None:
+    """Each (command, status) given words of what to do instead is refused so through the
+    pipeline, and the words are the ones the tenant reads; none is worded that no command
+    reaches (a refresh of a paid or void invoice is answered from its record)."""
+    from paystream.tables.state_machines import _INVOICE_INSTEAD
+
+    t = harness.add_tenant()
+    reached: dict[tuple[str, str], str] = {}
+
+    async def refused(verb: str, invoice_id: str, status: str, **body: Any) -> None:
+        out = await harness.send(f"invoice.{verb}", t, {"invoice_id": invoice_id, **body})
+        message = _rejected(out, "invalid_state")
+        what = verb.replace("_", " ")
+        words = f"cannot {what} an invoice that is {status}{_INVOICE_INSTEAD[verb, status]}"
+        assert message == f"invoice {invoice_id}: {words}", message
+        reached[verb, status] = message
+
+    async def moved(verb: str, invoice_id: str) -> None:
+        out = await harness.send(f"invoice.{verb}", t, {"invoice_id": invoice_id})
+        assert not kind(out).endswith("rejected"), data(out)
+
+    a = (await _draft(harness, t))["id"]
+    await refused("pay", a, "draft")
+    await refused("mark_uncollectible", a, "draft")
+    await moved("finalize", a)
+    await refused("finalize", a, "open")
+    await refused("update", a, "open", description="x")
+    await moved("mark_uncollectible", a)
+    await refused("mark_uncollectible", a, "uncollectible")
+    await refused("finalize", a, "uncollectible")
+    await refused("update", a, "uncollectible", description="x")
+    await moved("pay", a)
+    await refused("update", a, "paid", description="x")
+    await refused("void", a, "paid")
+    b = (await _draft(harness, t))["id"]
+    await moved("void", b)
+    await refused("update", b, "void", description="x")
+    assert set(reached) == set(_INVOICE_INSTEAD)
+    # A refresh of either is answered from its record, never refused.
+    for invoice_id in (a, b):
+        read = await harness.send("invoice.refresh", t, {"invoice_id": invoice_id})
+        assert kind(read) == "invoice.updated", data(read)
