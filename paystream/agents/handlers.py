@@ -22,6 +22,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -1222,32 +1223,45 @@ async def _sent_either_way(
     plain: Mapping[str, str],
     *,
     first_refused: Callable[[GatewayError], None] | None = None,
+    sent_before: Sequence[Mapping[str, Any]] = ({},),
 ) -> T:
     """A create sent with ``req`` and, if it is let through and its provider refuses it
     for other parameters under the key (Stripe's idempotency_error, final), once more
-    with the other metadata: ``plain`` if ``req`` carries ``with_ref`` (the webhook
-    reference), else ``with_ref``. One let through may have been first sent either way
-    (by a version before the reference, or by a tenant that had `webhooks` then and not
-    now, or the reverse). Safe: the key holds one request, so the provider refuses all
-    but that one and makes nothing under it a second time. Refused the second way too,
-    that second refusal is raised. ``first_refused`` may answer the first error itself
-    (raise) before that."""
+    each other way it may have been first sent, until one is answered: with ``plain``
+    metadata and with ``with_ref`` (the webhook reference), each with the fields of each
+    of ``sent_before`` (a refund of the rest: the amount an older version named, then
+    none). One let through may have been first sent either way (by a version before the
+    reference, or by a tenant that had `webhooks` then and not now, or the reverse). Safe:
+    the key holds one request, so the provider refuses all but that one and makes nothing
+    under it a second time. Refused every way, the last refusal is raised. ``first_refused``
+    may answer the first error itself (raise) before that."""
     try:
         return await _gateway(ctx, operation, lambda: send(req))
     except GatewayError as exc:
         if first_refused is not None:
             first_refused(exc)
-        other = req.model_copy(update={"metadata": dict(with_ref)})
-        if other == req:
-            other = req.model_copy(update={"metadata": dict(plain)})
-        if not (
-            ctx.let_through
-            and exc.code is ErrorCode.IDEMPOTENCY_ERROR
-            and not exc.retryable
-            and other != req  # (a reference not added to 50 keys: no other way)
-        ):
+        if not (ctx.let_through and _refused_under_the_key(exc)):
             raise
-    return await _gateway(ctx, operation, lambda: send(other))
+        refused = exc
+    tried = [req]
+    for fields in sent_before:
+        for metadata in (plain, with_ref):
+            other = req.model_copy(update={**fields, "metadata": dict(metadata)})
+            if other in tried:  # (a reference not added to 50 keys: the same request)
+                continue
+            tried.append(other)
+            try:
+                return await _gateway(ctx, operation, partial(send, other))
+            except GatewayError as exc:
+                if not _refused_under_the_key(exc):
+                    raise
+                refused = exc
+    raise refused
+
+
+def _refused_under_the_key(exc: GatewayError) -> bool:
+    """Refused for other parameters under its key, for good (Stripe's idempotency_error)."""
+    return exc.code is ErrorCode.IDEMPOTENCY_ERROR and not exc.retryable
 
 
 def _new_payment(
@@ -1821,43 +1835,23 @@ async def _refund_at_provider(
     have been first sent otherwise than this version sends it: by an older version (the
     amount the table had left named in a refund without one; no webhook reference,
     gw.refund_ref), or with the reference by a tenant whose capabilities have lost
-    `webhooks` since. Its provider compares the parameters sent again under the key and
-    refuses others (Stripe's idempotency_error): each other way it may have been sent is
-    tried until one is answered (what is left now is what was left then unless a refund
-    failed since). Every one is safe: the key holds a request, so the provider refuses
-    all but that one, and refunds nothing under it a second time."""
-    try:
-        return await _gateway(ctx, "create_refund", _refund_call(ctx, req, key))
-    except GatewayError as exc:
-        if not (ctx.let_through and exc.code is ErrorCode.IDEMPOTENCY_ERROR and not exc.retryable):
-            raise
-        refused = exc
-    plain = dict(sent_metadata)
-    with_ref = gw.refund_ref(plain, ctx.cmd.tenant_id, rid)
-    # The last release's way first: the table's amount named, no reference. With nothing
-    # left by the table there is no amount to name; the provider holds another request
-    # under the key, and may have refunded by it: parked again as such, never refused.
-    amounts = [req.amount] if req.amount is not None else [refundable, None]
-    tried = [req]
-    for amount in [a for a in amounts if a is None or a > 0]:
-        for metadata in (plain, with_ref):
-            other = req.model_copy(update={"amount": amount, "metadata": metadata})
-            if other in tried:  # (a reference not added to 50 keys: the same request)
-                continue
-            tried.append(other)
-            try:
-                return await _gateway(ctx, "create_refund", _refund_call(ctx, other, key))
-            except GatewayError as exc:
-                if exc.code is not ErrorCode.IDEMPOTENCY_ERROR or exc.retryable:
-                    raise
-                refused = exc
-    raise refused
-
-
-def _refund_call(
-    ctx: HandlerContext, req: gw.CreateRefund, key: str
-) -> Callable[[], Awaitable[gw.RefundResult]]:
-    return lambda: ctx.gateway.create_refund(req, idempotency_key=key)
+    `webhooks` since: each other way is tried (_sent_either_way), what is left now being
+    what was left then unless a refund failed since."""
+    # The last release's way first: the table's amount named. With nothing left by the
+    # table there is no amount to name; the provider holds another request under the
+    # key, and may have refunded by it: parked again as such, never refused.
+    sent_before: list[dict[str, Any]] = [{}]
+    if req.amount is None and refundable > 0:
+        sent_before.insert(0, {"amount": refundable})
+    return await _sent_either_way(
+        ctx,
+        "create_refund",
+        lambda r: ctx.gateway.create_refund(r, idempotency_key=key),
+        req,
+        gw.refund_ref(sent_metadata, ctx.cmd.tenant_id, rid),
+        sent_metadata,
+        sent_before=sent_before,
+    )
 
 
 async def refresh_refund(ctx: HandlerContext, data: c.RefreshRefund) -> HandlerResult:
