@@ -53,7 +53,7 @@ from paystream.streams.outcomes import (
 from paystream.tables import records
 from paystream.tables.views import TENANT_RECENT_KEPT, TENANTS_RECENT_MAX
 from paystream.tenancy.ingress_keys import COMMAND_SCOPE_PATTERN
-from paystream.tenancy.limits import HOLDING_LIMITS
+from paystream.tenancy.limits import LIMIT_NAMES
 from paystream.tenancy.models import TENANT_ID_PATTERN, Tenant
 from paystream.web import ingress
 
@@ -1045,12 +1045,7 @@ def _outcome_schemas(components: Doc) -> None:
             "error": _ref("GatewayError"),
             "limit": {
                 "description": "the tenant limit that refused it",
-                "enum": [
-                    "commands_per_second",
-                    "max_payment_amount",
-                    *HOLDING_LIMITS,
-                    "currencies",
-                ],
+                "enum": list(LIMIT_NAMES),
             },
             "retry_after_ms": _INT,
             "currency": _STR,

@@ -10,6 +10,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from paystream.tenancy.limits import LIMIT_NAMES
+
 if TYPE_CHECKING:  # (named in strings: both modules import this one)
     import faust  # noqa: F401
 
@@ -161,10 +163,7 @@ DEAD_LETTERS = Counter(
 )
 LIMITED = Counter(
     "paystream_limited_commands_total",
-    "Commands rejected by a tenant limit, by tenant and limit "
-    "(commands_per_second, max_payment_amount, daily_payment_volume, "
-    "daily_transfer_volume, daily_payout_volume, currencies, "
-    "pending_payments, pending_transfers, pending_payouts).",
+    f"Commands rejected by a tenant limit, by tenant and limit ({', '.join(LIMIT_NAMES)}).",
     ["tenant", "limit"],
 )
 PUBLISH_FAILURES = Counter(

@@ -120,6 +120,7 @@ __all__ = [
     "FULL_REFUSALS",
     "HOLDING_LIMITS",
     "LIMITS_RECORD_MAX_BYTES",
+    "LIMIT_NAMES",
     "MAX_FUTURE_SKEW_MS",
     "MAX_HOLDS",
     "MONEY_COMMANDS",
@@ -1346,6 +1347,8 @@ _WORDS = {
 # The ``limit`` of every refusal by what unanswered commands hold (a daily volume, or too
 # many of them pending): the dailies, then their pending partners, in _WORDS' order.
 HOLDING_LIMITS = (*_WORDS, *(w.pending for w in _WORDS.values()))
+# The ``limit`` of every refusal: the rate, the cap, those above, the currencies.
+LIMIT_NAMES = ("commands_per_second", "max_payment_amount", *HOLDING_LIMITS, "currencies")
 
 
 def _over_daily(
