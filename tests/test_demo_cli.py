@@ -84,11 +84,16 @@ async def test_dev_on_a_configured_broker_leaves_registered_tenants_as_they_are(
     deployment_factory: Any, tmp_path: Path
 ) -> None:
     """`dev` with KAFKA_BROKER_URL set uses that broker, whose registry outlives the run:
-    a tenant it holds keeps its suspension (dev wrote every demo tenant anew)."""
+    a tenant it holds keeps its suspension (dev wrote every demo tenant anew), and its
+    limits; a limit the demo expects that its record leaves unset is added, and said
+    (globex from a run before its daily_transfer_volume never showed the cap's refusal)."""
     dep: Deployment = await deployment_factory()
     run_cli(dep, "tenants", "add", "acme", "--name", "Acme Corp")
     run_cli(dep, "tenants", "suspend", "acme")
-    run_cli(
+    # An older run's globex (no transfer cap), its rate set otherwise by an operator.
+    globex = ("--rate-limit", "70", "--max-payment", "USD=40000")
+    run_cli(dep, "tenants", "add", "globex", "--name", "Globex", *globex)
+    out = run_cli(
         dep,
         "dev",
         "--duration",
@@ -104,4 +109,9 @@ async def test_dev_on_a_configured_broker_leaves_registered_tenants_as_they_are(
         for t in map(json.loads, run_cli(dep, "tenants", "list").stdout.splitlines())
     }
     assert listed["acme"]["status"] == "suspended" and listed["acme"]["name"] == "Acme Corp"
-    assert listed["globex"]["limits"]["commands_per_second"] == 50  # the absent ones added
+    assert listed["globex"]["name"] == "Globex"
+    assert listed["globex"]["limits"]["commands_per_second"] == 70
+    assert listed["globex"]["limits"]["daily_transfer_volume"] == {"EUR": 500_000}
+    assert "acme: already registered, left as it is" in out.stdout
+    assert "globex: already registered; the demo's daily_transfer_volume added" in out.stdout
+    assert "commands_per_second left as registered" in out.stdout

@@ -131,7 +131,7 @@ _duration = click.option(
     default=True,
     show_default=True,
     help=f"register the demo tenants ({', '.join(DEMO_TENANTS)}) on the simulator where they "
-    "are not registered (a registered one is never rewritten)",
+    "are not registered (a registered one is only given the demo's limits it leaves unset)",
 )
 def demo_command(rate: float, duration: float | None, register: bool) -> None:
     """Drive demo payment flows through a running fleet (the configured broker): what
@@ -140,9 +140,7 @@ def demo_command(rate: float, duration: float | None, register: bool) -> None:
 
     async def run() -> None:
         if register:
-            absent = await _register_demo_tenants(settings)
-            for tid in DEMO_TENANTS:
-                said = "registered" if tid in absent else "already registered, left as it is"
+            for tid, said in (await _register_demo_tenants(settings)).items():
                 click.echo(f"{tid}: {said}")
         await _demo(settings, rate, duration)
 
@@ -153,32 +151,78 @@ def demo_command(rate: float, duration: float | None, register: bool) -> None:
         click.echo("\nstopped")
 
 
-async def _register_demo_tenants(settings: Settings) -> list[str]:
-    """Register the demo tenants the registry does not hold; return those registered.
+async def _register_demo_tenants(settings: Settings) -> dict[str, str]:
+    """Register the demo tenants the registry does not hold, and give those it holds the
+    limits the demo expects that their records leave unset; say what was done to each.
 
-    Only where absent: a restart (compose restarts the demo; `dev` on an external
-    broker) must not undo an operator's suspension, limits or provider; base None also
-    loses to anyone registering the same tenant meanwhile."""
+    Nothing else of a registered one is rewritten: a restart (compose restarts the demo;
+    `dev` on an external broker) must not undo an operator's suspension, limits or
+    provider. A limit its record leaves unset is filled in (a registry from a run before
+    the demo had it: globex without its daily_transfer_volume never showed the cap's
+    refusal), as `paystream tenants limits` writes it; one set otherwise is left, and
+    said. Written only where the record is still what was read (base None loses to
+    anyone registering the same tenant meanwhile)."""
     from paystream.tenancy.registry import list_tenants, put_tenants_unless_changed
 
     known = await list_tenants(settings)
-    absent = [t for t in DEMO_TENANTS if t not in known]
-    await put_tenants_unless_changed(
-        settings,
-        [
-            (
-                None,
-                Tenant(
-                    tenant_id=tid,
-                    name=tid.title(),
-                    limits=DEMO_LIMITS.get(tid, TenantLimits()),
-                    gateway_options=DEMO_GATEWAY_OPTIONS.get(tid, {}),
-                ),
+    said: dict[str, str] = {}
+    changes: list[tuple[Tenant | None, Tenant]] = []
+    for tid in DEMO_TENANTS:
+        expected = DEMO_LIMITS.get(tid, TenantLimits())
+        base = known.get(tid)
+        if base is None:
+            tenant = Tenant(
+                tenant_id=tid,
+                name=tid.title(),
+                limits=expected,
+                gateway_options=DEMO_GATEWAY_OPTIONS.get(tid, {}),
             )
-            for tid in absent
-        ],
-    )
-    return absent
+            changes.append((None, tenant))
+            said[tid] = "registered"
+            continue
+        limits, filled, left = _limits_filled_in(base.limits, expected)
+        notes = ["already registered, left as it is"]
+        if filled:
+            changes.append((base, base.model_copy(update={"limits": limits})))
+            notes = [
+                f"already registered; the demo's {', '.join(filled)} added ({limits.describe()})"
+            ]
+        if left:
+            notes.append(
+                f"{', '.join(left)} left as registered (the demo's: {expected.describe()}; "
+                "`paystream tenants limits` sets them)"
+            )
+        said[tid] = "; ".join(notes)
+    for tid in await put_tenants_unless_changed(settings, changes):
+        said[tid] = "changed by someone else meanwhile, left as they wrote it"
+    return said
+
+
+def _limits_filled_in(
+    registered: TenantLimits, expected: TenantLimits
+) -> tuple[TenantLimits, list[str], list[str]]:
+    """``registered`` with each limit ``expected`` sets that it leaves unset: (those
+    limits, the names filled in, the names set otherwise and left). A per-payment cap or
+    a daily payment volume is not added to limits that allow only their listed
+    currencies: its currency would be allowed too."""
+    filled: dict[str, object] = {}
+    left: list[str] = []
+    for name in sorted(expected.model_fields_set):
+        want, have = getattr(expected, name), getattr(registered, name)
+        if have == want:
+            continue
+        unset = have == TenantLimits.model_fields[name].default
+        widens = registered.only_listed_currencies and name in _LISTING
+        if unset and not widens:
+            filled[name] = want
+        else:
+            left.append(name)
+    limits = TenantLimits.model_validate({**registered.model_dump(), **filled})
+    return limits, list(filled), left
+
+
+# The limits whose currencies are the ones only_listed_currencies allows.
+_LISTING = frozenset({"max_payment_amount", "daily_payment_volume"})
 
 
 @contextlib.asynccontextmanager

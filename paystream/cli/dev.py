@@ -260,8 +260,11 @@ def dev(
                 )
             await ensure_topics(run_settings)
             # With KAFKA_BROKER_URL set the registry outlives this run: a restart must
-            # not undo an operator's suspension, limits or provider (it wrote them anew).
-            await _register_demo_tenants(run_settings)
+            # not undo an operator's suspension, limits or provider (it wrote them anew);
+            # a limit of the demo's its record leaves unset is added, and said.
+            for tid, said in (await _register_demo_tenants(run_settings)).items():
+                if said != "registered":
+                    click.echo(f"{tid}: {said}")
 
         try:
             asyncio.run(prepare())
