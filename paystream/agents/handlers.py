@@ -83,7 +83,13 @@ from paystream.tables.state_machines import (
     invoice_moves,
     transfer_status,
 )
-from paystream.tenancy.limits import MAX_FUTURE_SKEW_MS, InvoiceCharge, InvoiceTotal, Repricing
+from paystream.tenancy.limits import (
+    MAX_FUTURE_SKEW_MS,
+    InvoiceCharge,
+    InvoiceTotal,
+    ProrationCharge,
+    Repricing,
+)
 
 if TYPE_CHECKING:
     from paystream.tracing import CommandTrace
@@ -2016,6 +2022,7 @@ _SUBSCRIPTIONS = gw.Capability.SUBSCRIPTIONS
 
 _INCOMPLETE = gw.SubscriptionStatus.INCOMPLETE
 _SUB_CANCELED = gw.SubscriptionStatus.CANCELED
+_SUB_TRIALING = gw.SubscriptionStatus.TRIALING
 _INVOICE_OPEN = gw.InvoiceStatus.OPEN
 
 
@@ -2437,11 +2444,21 @@ def _update_not_in_effect(
         ("payment_method_id", data.payment_method_id, card),
         ("cancel_at_period_end", data.cancel_at_period_end, sub.cancel_at_period_end),
     )
-    return [
+    missing = [
         f"{name} {_shown(want)} asked, {_shown(held)} in effect"
         for name, want, held in asked
         if want is not None and want != held
     ]
+    # (a trial ended now is in effect once it is no longer trialing; a moved end, when
+    # the trial ends then)
+    held_end = None if sub.trial_end is None else int(sub.trial_end.timestamp())
+    if data.trial_end == "now" and sub.status == _SUB_TRIALING.value:
+        missing.append(f"trial_end now asked, still trialing until {sub.trial_end}")
+    elif isinstance(data.trial_end, int) and data.trial_end != held_end:
+        shown = "none" if sub.trial_end is None else sub.trial_end.isoformat()
+        asked_end = datetime.fromtimestamp(data.trial_end, UTC).isoformat()
+        missing.append(f"trial_end {asked_end} asked, {shown} in effect")
+    return missing
 
 
 def _shown(value: object) -> str:
@@ -2450,9 +2467,10 @@ def _shown(value: object) -> str:
 
 async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -> HandlerResult:
     """Its price, payment method or cancel at period end changed at the provider, with
-    no prorations: a new amount is billed from the next period on. Only what differs
-    from the record is sent, but a payment method given always is; when nothing is,
-    nothing is asked of the provider."""
+    no prorations: a new amount is billed from the next period on; a trialing one's
+    trial ended now (its first period charged under this command's key) or its end
+    moved. Only what differs from the record is sent, but a payment method or a
+    trial_end given always is; when nothing is, nothing is asked of the provider."""
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
     if not ctx.let_through:
         try:
@@ -2462,6 +2480,7 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
                 RejectReason.INVALID_STATE,
                 f"{exc}: only an active, trialing or past_due subscription is updated",
             ) from exc
+        _trial_end_allowed(sub, data)
     ctx.at_provider(sub)
     pm = (
         None
@@ -2514,9 +2533,9 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
     at_end = data.cancel_at_period_end
     if at_end == sub.cancel_at_period_end:
         at_end = None
-    if amount is None and method is None and at_end is None:
+    if amount is None and method is None and at_end is None and data.trial_end is None:
         return HandlerResult("subscription.updated", sub, extra={"previous_status": previous})
-    if amount is not None or method is not None:
+    if amount is not None or method is not None or data.trial_end is not None:
         # A new price or card bills more: the tenant's capability, as a create's. A
         # cancel at period end alone, scheduled or resumed, bills nothing new: open to a
         # tenant whose capabilities leave subscriptions out, as subscription.cancel is
@@ -2531,6 +2550,9 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         proration=None
         if amount is None or data.proration in (None, c.Proration.NONE)
         else str(data.proration),
+        # (always sent: ending or moving a trial is asked of the provider, never compared
+        # with the record, which may be stale)
+        trial_end=data.trial_end,
     )
     res = await _gateway(
         ctx,
@@ -2545,6 +2567,43 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         sub.payment_method_id = method.id
     invoices = _invoices(ctx, sub, res)
     return _subscription_outcome(res, sub, invoices, _fell_past_due(ctx, res, previous), previous)
+
+
+# Stripe's longest trial, from now: a moved trial_end is at most this far ahead.
+_TRIAL_END_MAX = timedelta(days=c.MAX_TRIAL_DAYS)
+
+
+def _trial_end_allowed(sub: SubscriptionRecord, data: c.UpdateSubscription) -> None:
+    """An update's ``trial_end``: of a trialing subscription only (`invalid_state`), a
+    time ahead and at most 730 days from now (`validation_error`). Checked here, on the
+    worker's clock, not in the command's model: a replay is answered from its record
+    before this runs, so the same command is answered alike once the time has passed
+    (a model checking the clock would refuse it then). Not asked of a command let
+    through (its provider may have taken it: its key answers)."""
+    if data.trial_end is None:
+        return
+    if sub.status != _SUB_TRIALING.value:
+        raise Rejection(
+            RejectReason.INVALID_STATE,
+            f"subscription {sub.id} is {sub.status}: only a trialing subscription's "
+            "trial_end is changed",
+        )
+    if data.trial_end == "now":
+        if sub.cancel_at_period_end and data.cancel_at_period_end is not False:
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"subscription {sub.id} is to be canceled at its trial's end: resume it "
+                "(cancel_at_period_end false, in the same update) to end its trial now",
+            )
+        return
+    now = datetime.now(UTC)
+    asked = datetime.fromtimestamp(data.trial_end, UTC)
+    if not now < asked <= now + _TRIAL_END_MAX:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"trial_end {asked.isoformat()} must be ahead, at most {c.MAX_TRIAL_DAYS} days "
+            'from now (or "now", to end the trial at once)',
+        )
 
 
 def _subscription_outcome(
@@ -3553,6 +3612,26 @@ def subscription_pending_charge(
     taxed = subscription_charge(rates_table, tenant_id, with_lines, True)
     alone = subscription_charge(rates_table, tenant_id, repricing, True)
     return net if taxed is None or alone is None else taxed - alone
+
+
+def subscription_trial_charge(
+    subscriptions: Mapping[str, Any], tenant_id: str, data: c.UpdateSubscription
+) -> ProrationCharge | None:
+    """What the tenant limits hold a ``subscription.update`` ending its trial now
+    (``trial_end: "now"``) to: its first period's charge, as a ``subscription.create``
+    without a trial is held (its amount, the new one if given, in its currency, with the
+    exclusive tax of its rates: to ``max_payment_amount``, held against the day's volume
+    and counted at what its invoice was paid), charged now under the update's key. None,
+    nothing to hold, for any other update, or a subscription update_subscription refuses
+    it for whatever the limits (unknown, or not recorded trialing: invalid_state)."""
+    if data.trial_end != "now":
+        return None
+    raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
+    if not isinstance(raw, Mapping) or raw.get("status") != _SUB_TRIALING.value:
+        return None
+    rates = raw.get("tax_rate_ids")
+    amount = data.amount if data.amount is not None else int(raw["amount"])
+    return ProrationCharge(amount, str(raw["currency"]), tuple(rates) if rates else None)
 
 
 def subscription_trialing(

@@ -69,6 +69,7 @@ from paystream.agents.handlers import (
     subscription_charge,
     subscription_pending_charge,
     subscription_repricing,
+    subscription_trial_charge,
     subscription_trialing,
 )
 from paystream.agents.idempotency_keeping import (
@@ -1641,6 +1642,11 @@ class CommandProcessor(ProviderWindow):
             return data if updated is None else updated
         if cmd.command_type != "subscription.update":
             return data
+        ending = subscription_trial_charge(self.tables.subscriptions, cmd.tenant_id, data)
+        if ending is not None:
+            # (its trial ended now: its first period charged now, as a create's without
+            # a trial; nothing prorated in a trial, so nothing else on its invoice)
+            return ending
         repricing = subscription_repricing(self.tables.subscriptions, cmd.tenant_id, data)
         if repricing is None:
             return data
@@ -2942,18 +2948,34 @@ def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
         return None
     command = outcome.data.get("command_id")
     paid = 0
+    first = _trial_ended_at(outcome.data)
     for part in outcome.data.get("related") or ():
         obj = part.get("object") if isinstance(part, dict) else None
         if (
             isinstance(obj, dict)
             and part.get("entity_type") == "invoice"
-            and obj.get("proration_lines")
             and obj.get("status") == "paid"
             and obj.get("created_by") == command
-            and _from_a_change(obj)
+            and (
+                (obj.get("proration_lines") and _from_a_change(obj))
+                or (first is not None and _instant(obj.get("period_start")) == first)
+            )
         ):
             paid += int(obj.get("amount") or 0)
     return paid
+
+
+def _trial_ended_at(data: dict[str, Any]) -> datetime | None:
+    """When the trial of a subscription an update found trialing ended, if this outcome
+    shows it ended (no longer trialing): the first period's invoice begins then, the one
+    an update ending the trial now (``trial_end: "now"``) charged. (The limits count it
+    only for such an update: only it is held as a charge, ProrationCharge.)"""
+    sub = data.get("object")
+    if data.get("previous_status") != "trialing" or not isinstance(sub, dict):
+        return None
+    if sub.get("status") == "trialing":
+        return None
+    return _instant(sub.get("trial_end"))
 
 
 def _from_a_change(invoice: dict[str, Any]) -> bool:

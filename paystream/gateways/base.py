@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -532,8 +532,12 @@ class UpdateSubscription(_Req):
     # asked before this field answers its replay alike); else "create_prorations" or
     # "always_invoice" (PRORATIONS).
     proration: str | None = None
+    # A trialing subscription's trial: "now" ends it (the first period invoiced and
+    # charged now, under the update's key), unix seconds ahead move its end (nothing
+    # charged now). None: left as it is (and out of the simulator's fingerprint).
+    trial_end: Literal["now"] | int | None = None
 
-    FINGERPRINT_OMITS_NONE: ClassVar[tuple[str, ...]] = ("proration",)
+    FINGERPRINT_OMITS_NONE: ClassVar[tuple[str, ...]] = ("proration", "trial_end")
 
 
 # UpdateSubscription.proration's values (None: none).
@@ -1079,9 +1083,11 @@ def unnarrowed(operation: str, req: BaseModel | None = None) -> bool:
     capability (UNNARROWED_OPERATIONS)? An update_subscription that only schedules or
     resumes a cancel at period end bills nothing new: a cancel's, open to a tenant whose
     capabilities leave subscriptions out; a new price or payment method bills more: the
-    tenant's, as a create's."""
+    tenant's, as a create's, and so does a trial ended now or moved (its billing)."""
     if isinstance(req, UpdateSubscription) and operation == "update_subscription":
-        return req.amount is None and req.provider_payment_method_id is None
+        return (
+            req.amount is None and req.provider_payment_method_id is None and req.trial_end is None
+        )
     return operation in UNNARROWED_OPERATIONS
 
 

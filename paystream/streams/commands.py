@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,7 +22,9 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -480,6 +483,34 @@ class Proration(StrEnum):
     ALWAYS_INVOICE = "always_invoice"  # the same lines invoiced and charged now
 
 
+_AWARE_TIME: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
+
+
+def _unix_seconds(value: Any) -> Any:
+    """A trial's end given as an ISO 8601 time with its offset ("Z", "+02:00") or as
+    unix seconds, as unix seconds: the providers keep it to the second, and the request
+    hash is of plain values (a datetime would hash otherwise than its dump)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or value == "now":
+        return value  # (refused below: "now" is the other member's)
+    return int(_AWARE_TIME.validate_python(value).timestamp())
+
+
+# A trial's new end in unix seconds (given so, or as an ISO 8601 time with its offset).
+TrialEnd = Annotated[
+    StrictInt,
+    BeforeValidator(_unix_seconds),
+    Field(gt=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "exclusiveMinimum": 0, "description": "unix seconds"},
+                {"type": "string", "format": "date-time", "description": "with its offset"},
+            ]
+        }
+    ),
+]
+
+
 class UpdateSubscription(CommandData):
     """Change a live subscription (active, trialing or past_due) without canceling it:
     its price per period (``amount``, in its own currency: neither currency nor interval
@@ -494,7 +525,9 @@ class UpdateSubscription(CommandData):
     ``always_invoice`` invoices and charges those lines now. At least one field;
     values equal to the current ones change nothing, and nothing is asked of the
     provider, but a ``payment_method_id`` given is always sent (the provider may bill a
-    card set outside paystream: this puts the recorded one back)."""
+    card set outside paystream: this puts the recorded one back). ``trial_end`` ends a
+    trialing subscription's trial now (``"now"``: its first period charged now) or moves
+    its end (a time ahead), and is always sent."""
 
     subscription_id: EntityId
     amount: Amount | None = None
@@ -504,8 +537,15 @@ class UpdateSubscription(CommandData):
     # proration_behavior). None: ``none``, and left out of the request hash, so an
     # update sent before this field keeps its hash.
     proration: Proration | None = None
+    # A trialing subscription's trial: ``"now"`` ends it (its first period invoiced and
+    # charged now), a time (ISO 8601 with its offset, or unix seconds) moves its end,
+    # earlier or later. Whether that time is ahead, and at most MAX_TRIAL_DAYS from now,
+    # is the handler's to say (validation_error): a check of the clock here would answer
+    # a replay of the same command otherwise once the time passed. None: left out of the
+    # request hash, so an update sent before this field keeps its hash.
+    trial_end: Literal["now"] | TrialEnd | None = None
 
-    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"proration"})
+    HASH_OMITS_NONE: ClassVar[frozenset[str]] = frozenset({"proration", "trial_end"})
 
     @field_validator("proration")
     @classmethod
@@ -544,12 +584,18 @@ class UpdateSubscription(CommandData):
             self.amount is None
             and self.payment_method_id is None
             and (self.cancel_at_period_end is None)
+            and self.trial_end is None
         ):
             raise ValueError(
-                "nothing to change: give amount, payment_method_id or cancel_at_period_end"
+                "nothing to change: give amount, payment_method_id, cancel_at_period_end "
+                "or trial_end"
             )
         if self.proration not in (None, Proration.NONE) and self.amount is None:
             raise ValueError("proration needs a new amount: it settles a price change")
+        if self.proration not in (None, Proration.NONE) and self.trial_end is not None:
+            # (only a trialing subscription takes a trial_end, and a trial has nothing
+            # paid to prorate: its first invoice is at the new amount)
+            raise ValueError("proration and trial_end: nothing is prorated in a trial")
         return self
 
 

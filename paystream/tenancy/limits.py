@@ -34,6 +34,11 @@ A tenant's registry record may carry :class:`TenantLimits`:
   charges nothing now (the new amount is billed from the next period on): nothing held
   or counted toward the day. An update that leaves the amount as it is passes
   unchecked (a cap lowered since does not stop a payment method or cancel change).
+  One ending its subscription's trial now (``trial_end: "now"``) charges its first
+  period now: admitted as a :class:`ProrationCharge` of that period's charge (nothing
+  pending), held and counted as a ``subscription.create``'s first charge without a
+  trial is (handlers.subscription_trial_charge); one moving the trial's end charges
+  nothing now.
 * An ``invoice.pay`` is admitted as a payment of its invoice's amount due in its
   currency (its data names neither: the pipeline reads the invoice from its table and
   passes an :class:`InvoiceCharge`): held to ``max_payment_amount`` and
@@ -358,7 +363,8 @@ class Repricing(NamedTuple):
 
 class ProrationCharge(NamedTuple):
     """What the limits hold a ``subscription.update`` with ``proration:
-    always_invoice`` to: a :class:`Repricing` that also charges now. Its own net
+    always_invoice`` to: a :class:`Repricing` that also charges now (and one ending its
+    trial now, ``trial_end: "now"``: its first period's charge, nothing pending). Its own net
     proration (the remaining time at the new price less the unused time at the old) is
     known only at the provider's clock, and is never more than the new per-period
     charge: that charge (with exclusive tax) is checked against ``max_payment_amount``.

@@ -124,7 +124,8 @@ async def test_the_command_is_registered_and_needs_something_to_change(harness: 
                 (
                     "",
                     "value_error",
-                    "nothing to change: give amount, payment_method_id or cancel_at_period_end",
+                    "nothing to change: give amount, payment_method_id, cancel_at_period_end "
+                    "or trial_end",
                 )
             ],
         ),

@@ -1285,6 +1285,7 @@ async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict
         raise _refuse(ErrorCode.INVALID_STATE, "the subscription is canceled")
     if sub["status"] == _SUB_INCOMPLETE:
         raise _refuse(ErrorCode.INVALID_STATE, "an incomplete subscription cannot be updated")
+    _check_trial_end(sub, req, now)
     lines: list[dict[str, Any]] = []
     if req.amount is not None:
         if req.amount.currency != sub["currency"]:
@@ -1322,9 +1323,47 @@ async def update_subscription(tx: Tx, req: UpdateSubscription, key: str) -> dict
         sub["pending_prorations"] = []
         _invoice_of(tx, sub, key, start, end, (0, 0, 0), swept, attached)
         sub["status"] = await _standing(tx, sub)
+    if req.trial_end == "now":
+        # The trial ends now: its first period begins now (the billing anchor moved, as
+        # Stripe's does), billed as a trial's end bills it, under the update's key (a
+        # replay is answered from it, charged once), to the payment method just set if
+        # one was; declined, the subscription is past_due (allow_incomplete).
+        billed = await tx.get(sub["payment_method"])
+        attached = billed is not None and billed.get("customer") == sub["customer"]
+        sub.update(anchor=now, trial_end=now)
+        _bill_period(tx, sub, 0, key, attached)
+        sub["status"] = await _standing(tx, sub)
+    elif req.trial_end is not None:
+        # (moved: its first period, still unbilled, begins at the new end)
+        sub.update(anchor=req.trial_end, trial_end=req.trial_end)
     tx.put(sub)
     tx.effect(Effect.of("subscription.updated", key, sub["id"]))
     return await _subscription_answer(tx, sub)
+
+
+def _check_trial_end(sub: dict[str, Any], req: UpdateSubscription, now: int) -> None:
+    """Stripe's rules for an update's ``trial_end``: a trialing subscription only (its
+    periods due billed first: a trial over on the clock is over), ``now`` or a time
+    ahead, at most 730 days from now. One to be canceled at its trial's end is refused
+    an end now (which end would it cancel at?): resumed in the same update, it is not."""
+    if req.trial_end is None:
+        return
+    if sub["status"] != _SUB_TRIALING:
+        raise _refuse(
+            ErrorCode.INVALID_STATE,
+            f"the subscription is {sub['status']}: only a trialing subscription's trial "
+            "can end or move",
+        )
+    if req.trial_end == "now":
+        if sub["cancel_at_period_end"] and req.cancel_at_period_end is not False:
+            raise _refuse(
+                ErrorCode.INVALID_STATE,
+                "the subscription is to be canceled at its trial's end: resume it to end "
+                "its trial now",
+            )
+        return
+    if not now < req.trial_end <= now + _MAX_TRIAL_DAYS * _DAY:
+        raise _invalid(f"trial_end must be ahead, at most {_MAX_TRIAL_DAYS} days from now")
 
 
 async def retrieve_subscription(tx: Tx, req: RetrieveSubscription) -> dict[str, Any]:

@@ -43,6 +43,8 @@ def _plain(annotation: Any) -> bool:
         return all(_plain(arg) for arg in typing.get_args(annotation))
     if annotation in _PLAIN_LEAVES or annotation in PLAIN_REQUESTS:
         return True
+    if typing.get_origin(annotation) is typing.Literal:  # (its values: written as they are)
+        return all(type(arg) in (str, int) for arg in typing.get_args(annotation))
     if typing.get_origin(annotation) is tuple:  # tuple[X, ...]: written as the dump's list
         item, ellipsis = typing.get_args(annotation)
         return ellipsis is Ellipsis and _plain(item)
