@@ -1043,6 +1043,16 @@ class SquareGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             # (Square does not prorate a price change made by UpdateSubscription:
             # refused before anything is sent)
             raise UnsupportedOperation(PROVIDER, f"update_subscription(proration={req.proration})")
+        if req.trial_end is not None:
+            # (a Square trial is the subscription's later start_date, made at create: not
+            # moved nor cut short by paystream; refused before anything is sent)
+            raise UnsupportedOperation(
+                PROVIDER,
+                "update_subscription(trial_end=...)",
+                message="square: a trial is the subscription's later start_date, which "
+                "paystream does not move nor end early at Square (trial_end is for the "
+                "simulator, Stripe and Paddle): cancel it and subscribe anew to start billing now",
+            )
         sid = req.provider_subscription_id
         sub = await self._read_subscription(sid)
         if sub.get("status") not in _LIVE:

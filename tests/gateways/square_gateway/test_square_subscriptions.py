@@ -134,6 +134,22 @@ async def test_a_shape_square_cannot_bill_is_refused_before_any_call(
     assert says in info.value.message and wire.sent == []
 
 
+@pytest.mark.parametrize("trial_end", ["now", 1_900_000_000])
+async def test_a_trial_end_is_refused_before_any_call(
+    wired: tuple[SquareGateway, Wire], trial_end: Any
+) -> None:
+    """Square's trial is a later start_date (made at create): paystream neither ends nor
+    moves it there, and says so (unsupported) before anything is sent."""
+    gw, wire = wired
+    with pytest.raises(UnsupportedOperation) as info:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id="sub_x", trial_end=trial_end),
+            idempotency_key=key(),
+        )
+    assert "a trial is the subscription's later start_date" in info.value.message
+    assert "cancel it and subscribe anew" in info.value.message and wire.sent == []
+
+
 async def test_a_cancel_now_of_one_paid_for_is_refused(square_url: str) -> None:
     gw = gateway_at(square_url)
     sub = await subscribe(gw)
