@@ -98,7 +98,6 @@ NO_TEST_CLOCK = (
     "no test clocks: a renewal cannot be brought about (Stripe bills one on its own clock; "
     "tests/gateways/stripe/test_stripe_subscriptions.py reads renewed invoices back)"
 )
-NO_TRIALS = "a subscription with a trial stays `incomplete` (never `trialing`), with no trial_end"
 NO_PAYOUTS = "the Square gateway has no payouts yet: its capabilities lack them"
 LOCALSTRIPE_UPDATES_ANY_STATUS = (
     "a canceled subscription's update is applied (Stripe refuses all but its metadata)"
@@ -1028,12 +1027,51 @@ async def test_a_subscription_is_created_active_with_its_first_invoice_paid(
     assert [i.provider_invoice_id for i in again.invoices] == [first.provider_invoice_id]
 
 
-@over_gateways(localstripe_gap=NO_TRIALS, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+@over_gateways(paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
 async def test_a_subscription_in_its_trial_charges_nothing(harness: Harness) -> None:
     sub = await subscribe(harness, trial_days=14)
     assert sub.status is SubscriptionStatus.TRIALING
     assert sub.trial_end is not None and sub.trial_end > sub.current_period_start
     assert all(i.amount.amount == 0 or i.status is not InvoiceStatus.PAID for i in sub.invoices)
+
+
+# Square's trial is a later start_date: paystream neither ends nor moves it there.
+SQUARE_NO_TRIAL_END = "a trial is a later start_date, not moved: trial_end is unsupported"
+
+
+@over_gateways(square_lacks=SQUARE_NO_TRIAL_END, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+async def test_a_trial_ended_now_bills_its_first_period_once(harness: Harness) -> None:
+    sub = await subscribe(harness, trial_days=14)
+    req = UpdateSubscription(provider_subscription_id=sub.provider_subscription_id, trial_end="now")
+    k = key()
+    ended = await harness.gateway.update_subscription(req, idempotency_key=k)
+    assert ended.status is SubscriptionStatus.ACTIVE
+    assert ended.trial_end is not None and ended.trial_end <= ended.current_period_start
+    paid = [i for i in ended.invoices if i.status is InvoiceStatus.PAID and i.amount.amount]
+    assert [i.amount for i in paid] == [usd(1500)]
+    again = await harness.gateway.update_subscription(req, idempotency_key=k)  # (a replay)
+    assert [i.provider_invoice_id for i in again.invoices] == [
+        i.provider_invoice_id for i in ended.invoices
+    ]
+
+
+@over_gateways(square_lacks=SQUARE_NO_TRIAL_END, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+async def test_a_trials_end_moved_bills_nothing_now(harness: Harness) -> None:
+    sub = await subscribe(harness, trial_days=14)
+    at = int(sub.current_period_start.timestamp()) + 40 * 24 * 3600
+    req = UpdateSubscription(provider_subscription_id=sub.provider_subscription_id, trial_end=at)
+    moved = await harness.gateway.update_subscription(req, idempotency_key=key())
+    assert moved.status is SubscriptionStatus.TRIALING
+    assert moved.trial_end is not None and int(moved.trial_end.timestamp()) == at
+    assert int(moved.current_period_end.timestamp()) == at
+    assert not [i for i in moved.invoices if i.amount.amount]
+    past = UpdateSubscription(
+        provider_subscription_id=sub.provider_subscription_id,
+        trial_end=int(sub.current_period_start.timestamp()) - 60,
+    )
+    await expect(
+        ErrorCode.INVALID_REQUEST, harness.gateway.update_subscription(past, idempotency_key=key())
+    )
 
 
 @over_gateways(paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
@@ -1294,6 +1332,11 @@ async def test_subscriptions_outside_capabilities_are_unsupported(harness: Harne
                 provider_payment_method_id="pm_card_visa",
                 cancel_at_period_end=True,
             ),
+            idempotency_key=key(),
+        ),
+        # (a trial ended now bills its first period)
+        gw.update_subscription(
+            UpdateSubscription(provider_subscription_id="sub_x", trial_end="now"),
             idempotency_key=key(),
         ),
     ]

@@ -731,6 +731,14 @@ class StripeGateway:
             params["default_payment_method"] = req.provider_payment_method_id
         if req.cancel_at_period_end is not None:
             params["cancel_at_period_end"] = req.cancel_at_period_end
+        if req.trial_end is not None:
+            # "now": the trial ends, its first period invoiced and its payment attempted
+            # in this call (under its key: a replay is answered from it, charged once);
+            # declined, the subscription is past_due (the update's default
+            # payment_behavior, allow_incomplete). A time: the trial's new end (the
+            # billing anchor moves with it). Nothing prorated: nothing was paid.
+            params["trial_end"] = req.trial_end
+            params.setdefault("proration_behavior", "none")
         obj = await self._call(
             "update_subscription",
             lambda: self._v1.subscriptions.update_async(sid, params, self._opts(idempotency_key)),
