@@ -1123,8 +1123,11 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         (the same product and billing cycle), ``proration_billing_mode: do_not_bill``
         (paystream prorates nothing: the new amount is billed from the next period);
         ``cancel_at_period_end`` false removes a scheduled cancel (``scheduled_change:
-        null``), true schedules one (the cancel operation). A new payment method is
-        `unsupported`: Paddle's customer changes the card at Paddle's own checkout."""
+        null``), true schedules one (the cancel operation); ``trial_end`` a time moves a
+        trialing subscription's ``next_billed_at`` (``do_not_bill``), ``now`` activates it
+        (``POST /subscriptions/{id}/activate``: its first period billed now). A new
+        payment method is `unsupported`: Paddle's customer changes the card at Paddle's
+        own checkout."""
         op = "update_subscription"
         # (a new price needs the tenant's subscriptions; a cancel at period end alone, a
         # stop, its provider's only: base.UNNARROWED_OPERATIONS)
@@ -1179,9 +1182,31 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         canceling = isinstance(change, Mapping) and change.get("action") == "cancel"
         if req.cancel_at_period_end is False and canceling:
             body["scheduled_change"] = None
+        trialing = sub.get("status") == "trialing"
+        if isinstance(req.trial_end, int):
+            # A trial's end moved: its next_billed_at (Paddle's "extend or activate a
+            # trial"), which needs a proration_billing_mode: nothing is billed now.
+            if not trialing:
+                raise _refused(
+                    ErrorCode.INVALID_STATE,
+                    f"the subscription is {sub.get('status')} at Paddle: only a trialing "
+                    "subscription's trial_end is moved",
+                    reached=False,
+                )
+            at = datetime.fromtimestamp(req.trial_end, UTC)
+            body["next_billed_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            body["proration_billing_mode"] = "do_not_bill"
         if body:
             path = f"subscriptions/{sub_id}"
             sub = self._one(await self._call(op, "PATCH", path, body=body, req=req))
+        if req.trial_end == "now" and trialing:
+            # The trial ended now: Paddle's "activate a trialing subscription" bills its
+            # first period at once (billing dates from now). Paddle takes no key: only a
+            # trialing subscription can be activated, so asked again after a lost answer
+            # it is not trialing any more, and is read back, never activated (charged)
+            # twice. (One not trialing when read: its trial is over, nothing is sent.)
+            path = f"subscriptions/{sub_id}/activate"
+            sub = self._one(await self._call(op, "POST", path, body={}, req=req))
         if req.cancel_at_period_end and not canceling:
             path = f"subscriptions/{sub_id}/cancel"
             ends = {"effective_from": "next_billing_period"}

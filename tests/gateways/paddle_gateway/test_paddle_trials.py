@@ -92,3 +92,68 @@ async def test_a_trial_checkout_at_another_price_is_not_answered_as_made(paddle_
     assert refused.value.code is ErrorCode.INVALID_STATE
     assert "1.00 USD" in refused.value.message and "12.00 USD" in refused.value.message
     await gw.aclose()
+
+
+async def _trialing(paddle_url: str, gw: Any, days: int = 7) -> tuple[str, str]:
+    made = await gw.create_subscription(
+        _plan(customer=await _customer(gw), trial_days=days), idempotency_key=key()
+    )
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    assert (await _read(gw, sid)).status is SubscriptionStatus.TRIALING
+    return sid, await _paddle_sub_id(paddle_url, sid)
+
+
+async def test_a_trial_ended_now_is_activated_and_billed_once(paddle_url: str) -> None:
+    """trial_end "now": Paddle's activate a trialing subscription, its first period
+    billed at once. Its answer lost, asked again: the subscription, no longer trialing,
+    is read back, never activated (charged) a second time (Paddle takes no key)."""
+    from tests.gateways.paddle_gateway.wire import effects
+
+    gw = gateway(paddle_url)
+    sid, paddle_sub = await _trialing(paddle_url, gw)
+    path = f"subscriptions/{paddle_sub}/activate"
+    client = losing(gw, "POST", path, lose=1)
+    req = UpdateSubscription(provider_subscription_id=sid, trial_end="now")
+    with pytest.raises(GatewayError):
+        await gw.update_subscription(req, idempotency_key=key())
+    ended = await gw.update_subscription(req, idempotency_key=key())
+    assert ended.status is SubscriptionStatus.ACTIVE
+    assert next((i.status, i.amount) for i in ended.invoices) == (InvoiceStatus.PAID, usd(1200))
+    assert ended.trial_end is None
+    assert client.sent.count(("POST", path)) == 1
+    activated = [e for e in await effects(paddle_url) if e["kind"] == "subscription_activate"]
+    assert [e["id"] for e in activated] == [paddle_sub]
+    await gw.aclose()
+
+
+async def test_a_trials_end_moved_is_its_next_billed_at(paddle_url: str) -> None:
+    import time
+
+    gw = gateway(paddle_url)
+    sid, paddle_sub = await _trialing(paddle_url, gw)
+    client = losing(gw, "POST", "nothing", lose=0)
+    for days in (30, 2):  # later, then earlier
+        at = int(time.time()) + days * 24 * 3600
+        moved = await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, trial_end=at), idempotency_key=key()
+        )
+        assert moved.status is SubscriptionStatus.TRIALING
+        assert moved.trial_end is not None and int(moved.trial_end.timestamp()) == at
+        assert int(moved.current_period_end.timestamp()) == at
+    sent = [b for b in client.bodies if "next_billed_at" in b]
+    assert len(sent) == 2 and all(b["proration_billing_mode"] == "do_not_bill" for b in sent)
+    at_paddle = await _subscription_at_paddle(paddle_url, paddle_sub)
+    assert (
+        at_paddle["status"] == "trialing"
+        and at_paddle["next_billed_at"] == sent[-1]["next_billed_at"]
+    )
+    # Not trialing any more: refused before anything is sent.
+    await _renew(paddle_url, paddle_sub)
+    with pytest.raises(GatewayError) as refused:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, trial_end=int(time.time()) + 3600),
+            idempotency_key=key(),
+        )
+    assert refused.value.code is ErrorCode.INVALID_STATE
+    await gw.aclose()
