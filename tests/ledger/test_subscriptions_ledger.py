@@ -152,6 +152,36 @@ async def test_an_update_moves_the_row_to_its_new_price_and_method(
     assert res.problems == [] and res.checked == 3
 
 
+async def test_a_trial_ended_by_an_update_writes_its_first_invoice(
+    app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
+) -> None:
+    """subscription.update `trial_end: "now"`: its outcome moves the trialing row to
+    active, its trial_end to when it ended, and writes the first invoice it charged (in
+    `related`, as a create's) with its audit entry: the ledger misses no such charge."""
+    t = _tenant()
+    sub = {**make_event.subscription(t, "sub_1").data, "status": "trialing",
+           "trial_end": "2025-01-15T00:00:00+00:00", "latest_invoice_id": None}  # fmt: skip
+    made = outcome_to_ledger_events(_outcome(t, "subscription.created", 1, sub, []))
+    await write_events(app_engine, made, keyring=keyring)
+    ended = {**sub, "version": 2, "status": "active", "trial_end": "2025-01-03T00:00:00+00:00",
+             "current_period_start": "2025-01-03T00:00:00+00:00",
+             "current_period_end": "2025-02-03T00:00:00+00:00",
+             "latest_invoice_id": "in_1"}  # fmt: skip
+    first = {**make_event.invoice(t, "in_1").data, "created_by": "cmd-subscription.updated-2",
+             "period_start": "2025-01-03T00:00:00+00:00",
+             "period_end": "2025-02-03T00:00:00+00:00"}  # fmt: skip
+    update = _outcome(t, "subscription.updated", 2, ended, [first], "subscription.update")
+    result = await write_events(app_engine, outcome_to_ledger_events(update), keyring=keyring)
+    assert (result.events_written, result.entities_applied) == (2, 2)
+    subs, invoices = await _rows(app_engine, t)
+    [row] = subs
+    assert (row.version, row.status) == (2, "active")
+    assert row.trial_end == datetime(2025, 1, 3, tzinfo=UTC)
+    assert [(i.invoice_id, i.status, i.amount) for i in invoices] == [("in_1", "paid", 1500)]
+    res = await verify_audit(app_engine, t, keyring)
+    assert res.problems == [] and res.checked == 3
+
+
 async def test_another_tenant_sees_none_and_cannot_write_them(
     app_engine: AsyncEngine, keyring: MasterKeyring, make_event: EventFactory
 ) -> None:
