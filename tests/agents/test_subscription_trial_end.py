@@ -315,3 +315,36 @@ async def test_an_end_now_counts_toward_the_day(harness: Harness) -> None:
     assert data(out)["object"]["status"] == "past_due", data(out)
     fits = await harness.send("payment.create", declined, {**pay, "amount": 2_000})
     assert kind(fits) == "payment.succeeded", data(fits)
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-lost", "never-reached"])
+async def test_a_parked_end_re_driven_after_a_newer_update_is_read_back(
+    harness: Harness, stored: bool
+) -> None:
+    """An end now parked, then another update (a new price): re-driven, it is not sent
+    again (it could undo the newer change), the subscription is read back: in effect if
+    the trial is over (charged once), else refused naming it."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    failing = "lose_response_first" if stored else "fail_first"
+    h.add_tenant(t, gateway_options={failing: {f"ps:{t}:e1": 3}})
+    await _subscribed(h, t, trial_days=14)
+    end = {"subscription_id": "s1", "trial_end": "now"}
+    emits = await h.processor.process(_command(t, "subscription.update", end, "e1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    price = {"subscription_id": "s1", "amount": 1800}
+    newer = await _answer(h, _command(t, "subscription.update", price, "u2"))
+    assert kind(newer) == "subscription.updated", data(newer)
+    out = await _answer(h, _command(t, "subscription.update", end, "e1"))  # `dlq replay`
+    if stored:
+        assert kind(out) == "subscription.updated", data(out)
+        assert data(out)["object"]["status"] == "active"
+        assert len(await _charges(h, t)) == 1
+    else:
+        assert data(out)["reason"] == "invalid_state", data(out)
+        assert "trial_end now asked, still trialing" in data(out)["message"], data(out)
+        assert h.tables.subscriptions[f"{t}:s1"]["status"] == "trialing"
+        assert await _charges(h, t) == []
