@@ -867,7 +867,8 @@ class InvoiceResult(_Res):
     # A one-off draft's lines as the provider holds them now (every one, made by
     # paystream or not, in its order), read with it: the total's lines, recorded with it
     # (an update whose answer was lost may have replaced them). None where the provider
-    # cannot say, or did not read them (not a draft: its lines can change no more).
+    # cannot say, or did not read them (not a draft: its lines can change no more), or
+    # cannot tell them whole (at Stripe: an update's replacement parked part way).
     line_items: tuple[InvoiceLine, ...] | None = None
 
 

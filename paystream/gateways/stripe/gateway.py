@@ -216,11 +216,42 @@ _INVOICE_VERB = {
     "void_invoice": "void",
     "mark_invoice_uncollectible": "mark uncollectible",
 }
-# An invoice item an invoice.update made names the update (a digest of its key) and its
-# line's place in its metadata: the update sent again keeps those, deletes the others and
-# adds only the lines still missing (a crash between two item calls leaves none twice).
+# An invoice item an invoice.update made names the update (a digest of its key), its
+# line's place and the update's count of lines in its metadata: the update sent again
+# keeps those, deletes the others and adds only the lines still missing (a crash between
+# two item calls leaves none twice); a read tells a replacement done from one parked part
+# way (_whole_update). The count is a key of its own, not in the place ("2/3"): an item
+# of the release before (no count) still matches, and the release before, rolled back to,
+# still matches this one's (it would delete and re-add under a key Stripe answers from).
 _UPDATE_TAG = "paystream_update"
 _UPDATE_LINE = "paystream_line"
+_UPDATE_LINES = "paystream_lines"
+
+
+def _whole_update(lines: list[Mapping[str, Any]]) -> bool:
+    """Whether a draft's lines are an invoice.update's whole replacement (review h82ra
+    F1). An update deletes every item it did not make before it adds any of its own, so
+    an item of its beside the others is newer than it (made at Stripe since), never left
+    over: the lines are whole when the items of one update, and of one only, are its
+    places 0..n-1 of its count n. Parked part way they are not: some of the old left
+    (none of its own yet, or another update's short of its count), some of its own
+    missing, or none at all. Lines no update of this release made (the create's, whose
+    items are untagged; an update's of the release before, which named no count) cannot
+    be told from such a part (the create's half deleted): not whole either."""
+    tags: set[str] = set()
+    places: list[str] = []
+    counts: set[str] = set()
+    for line in lines:
+        meta = line.get("metadata")
+        if not isinstance(meta, Mapping) or not meta.get(_UPDATE_TAG):
+            continue
+        tags.add(str(meta[_UPDATE_TAG]))
+        places.append(str(meta.get(_UPDATE_LINE)))
+        if meta.get(_UPDATE_LINES) is not None:
+            counts.add(str(meta[_UPDATE_LINES]))
+    if len(tags) != 1 or len(counts) != 1 or not next(iter(counts)).isdigit():
+        return False
+    return sorted(places) == sorted(str(n) for n in range(int(counts.pop())))
 
 
 def _item_line(item: Mapping[str, Any]) -> tuple[str, int, int]:
@@ -1109,7 +1140,11 @@ class StripeGateway:
                 "description": line.description,
                 "quantity": line.quantity,
                 "unit_amount_decimal": str(line.unit_amount),
-                "metadata": {_UPDATE_TAG: tag, _UPDATE_LINE: str(n)},
+                "metadata": {
+                    _UPDATE_TAG: tag,
+                    _UPDATE_LINE: str(n),
+                    _UPDATE_LINES: str(len(lines)),
+                },
             }
             await self._add_item(item, _derived_key(key, f"line{n}"))
 
@@ -1249,10 +1284,12 @@ class StripeGateway:
 
     async def _invoice_lines(
         self, operation: str, invoice: Mapping[str, Any]
-    ) -> tuple[gw_base.InvoiceLine, ...]:
-        """An invoice's lines, every one: the first page the invoice carries (``lines``,
+    ) -> tuple[gw_base.InvoiceLine, ...] | None:
+        """A draft's lines, every one: the first page the invoice carries (``lines``,
         Stripe's first ten), the rest listed after it (``GET /v1/invoices/{id}/lines``,
-        ``starting_after``; reads, no key)."""
+        ``starting_after``; reads, no key). None unless they are an update's whole
+        replacement (``_whole_update``: an update parked part way left a part, which
+        recorded, finalize's check of the items would pass and bill)."""
         iid = str(invoice["id"])
         listed = invoice.get("lines")
         found: Mapping[str, Any] = listed if isinstance(listed, Mapping) else {"has_more": True}
@@ -1263,7 +1300,7 @@ class StripeGateway:
             page = [line for line in found.get("data") or [] if isinstance(line, Mapping)]
             lines += page
             if not found.get("has_more") or (asked and not page):
-                return mapping.invoice_lines(lines)
+                return mapping.invoice_lines(lines) if _whole_update(lines) else None
             if lines:
                 params["starting_after"] = str(lines[-1]["id"])
             found = await self._call(

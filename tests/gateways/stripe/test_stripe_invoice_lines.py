@@ -13,6 +13,7 @@ import pytest
 
 from paystream.gateways.base import InvoiceLine
 from paystream.gateways.stripe import mapping
+from paystream.gateways.stripe.gateway import _whole_update
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,40 @@ def test_a_fractional_unit_reads_as_one_of_its_amount(line: dict[str, Any]) -> N
 def test_lines_keep_stripes_order() -> None:
     lines = [{"id": f"il_{n}", "amount": n, "description": str(n)} for n in (3, 1, 2)]
     assert [ln.unit_amount for ln in mapping.invoice_lines(lines)] == [3, 1, 2]
+
+
+def _tagged(tag: str, place: int, count: int | None) -> dict[str, Any]:
+    meta = {"paystream_update": tag, "paystream_line": str(place)}
+    if count is not None:
+        meta["paystream_lines"] = str(count)
+    return {"id": f"il_{tag}{place}", "amount": 100, "metadata": meta}
+
+
+_PLAIN = {"id": "il_x", "amount": 700, "metadata": {}}  # (the create's, or the dashboard's)
+
+
+@pytest.mark.parametrize(
+    ("lines", "whole"),
+    [
+        ([_tagged("a", n, 3) for n in range(3)], True),
+        ([_tagged("a", n, 3) for n in (2, 0, 1)], True),  # (any order)
+        ([*(_tagged("a", n, 3) for n in range(3)), _PLAIN], True),  # (one added since)
+        ([_tagged("a", n, 3) for n in range(2)], False),  # (parked: 2 of 3 added)
+        ([_tagged("a", n, 3) for n in (0, 2)], False),  # (a later update deleting)
+        ([], False),  # (parked: the old deleted, none added)
+        ([_PLAIN, _PLAIN], False),  # (the create's, maybe half deleted)
+        ([_tagged("a", n, None) for n in range(2)], False),  # (the release before's)
+        # (the release before's update re-driven by this one: its count on the rest)
+        ([_tagged("a", 0, None), _tagged("a", 1, 2)], True),
+        ([*(_tagged("a", n, 2) for n in range(2)), _tagged("b", 0, 1)], False),
+        ([_tagged("a", 0, 1), _tagged("a", 0, 1)], False),  # (a place twice)
+    ],
+    ids=["whole", "any-order", "one-since", "two-of-three", "one-deleted", "none",
+         "create", "release-before", "release-before-redriven", "two-updates", "twice"],
+)  # fmt: skip
+def test_a_draft_read_whole_only_as_one_update_made_it(
+    lines: list[dict[str, Any]], whole: bool
+) -> None:
+    """Review h82ra F1: lines read part way through an update's replacement are not
+    the draft's lines (the read names none: gateway._whole_update)."""
+    assert _whole_update(lines) is whole
