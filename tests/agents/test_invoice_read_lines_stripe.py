@@ -17,6 +17,7 @@ import pytest
 from paystream.gateways import base as gw
 from paystream.gateways.errors import ErrorCode, GatewayError
 from paystream.gateways.stripe.gateway import StripeGateway
+from paystream.tenancy.models import Tenant
 from tests.agents.harness import Harness, data, kind
 from tests.agents.test_invoice_update_stripe import _draft, _stripe_tenant
 from tests.agents.test_invoices_stripe import AUTH, sh  # noqa: F401 (sh: a fixture)
@@ -153,3 +154,32 @@ async def _customer_of(url: str, provider_invoice: str) -> str:
     ):
         assert resp.status == 200, await resp.text()
         return str((await resp.json())["customer"])
+
+
+@pytest.mark.parametrize(("count", "calls"), [(10, 1), (11, 2)])
+async def test_a_drafts_read_costs_one_call_for_ten_lines(
+    sh: Harness,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    count: int,
+    calls: int,
+) -> None:
+    """The lines come with the invoice (its first ten): a draft of ten lines is read in
+    one call, ``GET /v1/invoices/{id}``; past ten, one list call more per page."""
+    t = _stripe_tenant(sh)
+    draft, provider_invoice = await _draft(sh, t)
+    up = {"invoice_id": draft["id"], "line_items": MANY[:count]}
+    assert kind(await _answer(sh, _command(t, "invoice.update", up, "u"))) == "invoice.updated"
+    gateway = sh.pool.get(Tenant.model_validate(sh.tenants[t]))
+    made: list[str] = []
+    real = StripeGateway._call
+
+    async def counted(self: StripeGateway, operation: str, *args: Any) -> Any:
+        made.append(operation)
+        return await real(self, operation, *args)
+
+    monkeypatch.setattr(StripeGateway, "_call", counted)
+    read = await gateway.retrieve_invoice(
+        gw.RetrieveInvoice(provider_invoice_id=provider_invoice), idempotency_key="read"
+    )
+    assert read.line_items is not None and len(read.line_items) == count
+    assert made == ["retrieve_invoice"] * calls
