@@ -131,7 +131,8 @@ _duration = click.option(
     default=True,
     show_default=True,
     help=f"register the demo tenants ({', '.join(DEMO_TENANTS)}) on the simulator where they "
-    "are not registered (a registered one is only given the demo's limits it leaves unset)",
+    "are not registered (a registered one is only given the demo's limits an older demo's "
+    "record leaves unset)",
 )
 def demo_command(rate: float, duration: float | None, register: bool) -> None:
     """Drive demo payment flows through a running fleet (the configured broker): what
@@ -157,11 +158,12 @@ async def _register_demo_tenants(settings: Settings) -> dict[str, str]:
 
     Nothing else of a registered one is rewritten: a restart (compose restarts the demo;
     `dev` on an external broker) must not undo an operator's suspension, limits or
-    provider. A limit its record leaves unset is filled in (a registry from a run before
-    the demo had it: globex without its daily_transfer_volume never showed the cap's
-    refusal), as `paystream tenants limits` writes it; one set otherwise is left, and
-    said. Written only where the record is still what was read (base None loses to
-    anyone registering the same tenant meanwhile)."""
+    provider. A limit an older demo's record leaves unset is filled in (a registry from a
+    run before the demo had it: globex without its daily_transfer_volume never showed the
+    cap's refusal), as `paystream tenants limits` writes it; limits an operator set (some
+    other than the demo's, or none) are left whole, and said. Written only where the
+    record is still what was read (base None loses to anyone registering the same tenant
+    meanwhile)."""
     from paystream.tenancy.registry import list_tenants, put_tenants_unless_changed
 
     known = await list_tenants(settings)
@@ -201,28 +203,27 @@ async def _register_demo_tenants(settings: Settings) -> dict[str, str]:
 def _limits_filled_in(
     registered: TenantLimits, expected: TenantLimits
 ) -> tuple[TenantLimits, list[str], list[str]]:
-    """``registered`` with each limit ``expected`` sets that it leaves unset: (those
-    limits, the names filled in, the names set otherwise and left). A per-payment cap or
-    a daily payment volume is not added to limits that allow only their listed
-    currencies: its currency would be allowed too."""
-    filled: dict[str, object] = {}
-    left: list[str] = []
-    for name in sorted(expected.model_fields_set):
-        want, have = getattr(expected, name), getattr(registered, name)
-        if have == want:
-            continue
-        unset = have == TenantLimits.model_fields[name].default
-        widens = registered.only_listed_currencies and name in _LISTING
-        if unset and not widens:
-            filled[name] = want
-        else:
-            left.append(name)
+    """``registered`` with each limit ``expected`` sets that it leaves unset, where an
+    older demo wrote it and nobody changed it since: (those limits, the names filled in,
+    the names left otherwise). Such a record sets some of the demo's limits and nothing
+    else. Any other was set by an operator (`paystream tenants limits` sets exactly the
+    options given: a limit left out, or --clear, is removed on purpose; only listed
+    currencies, where a cap filled in would allow or refuse a currency): left whole."""
+    names = TenantLimits.model_fields
+    ours = [n for n in names if getattr(registered, n) != names[n].default]
+    by_an_older_demo = bool(ours) and all(
+        getattr(registered, n) == getattr(expected, n) for n in ours
+    )
+    differ = [
+        n
+        for n in sorted(expected.model_fields_set)
+        if getattr(registered, n) != getattr(expected, n)
+    ]
+    if not by_an_older_demo:
+        return registered, [], differ
+    filled = {n: getattr(expected, n) for n in differ}
     limits = TenantLimits.model_validate({**registered.model_dump(), **filled})
-    return limits, list(filled), left
-
-
-# The limits whose currencies are the ones only_listed_currencies allows.
-_LISTING = frozenset({"max_payment_amount", "daily_payment_volume"})
+    return limits, list(filled), []
 
 
 @contextlib.asynccontextmanager

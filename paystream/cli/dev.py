@@ -261,7 +261,7 @@ def dev(
             await ensure_topics(run_settings)
             # With KAFKA_BROKER_URL set the registry outlives this run: a restart must
             # not undo an operator's suspension, limits or provider (it wrote them anew);
-            # a limit of the demo's its record leaves unset is added, and said.
+            # a limit of the demo's an older demo's record leaves unset is added, and said.
             for tid, said in (await _register_demo_tenants(run_settings)).items():
                 if said != "registered":
                     click.echo(f"{tid}: {said}")
