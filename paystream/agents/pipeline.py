@@ -1247,11 +1247,13 @@ class CommandProcessor(ProviderWindow):
             ),
         )
         _name_its_customer(in_flight, cmd, data)
-        if let_through and isinstance(held_before, dict):
-            # What its park held (entity_holds), for its finish to release.
-            holds = held_before.get(entity_holds.HOLDS_FIELD)
-            if holds:
-                in_flight[entity_holds.HOLDS_FIELD] = holds
+        # What its park held (entity_holds), for its finish to release: told from here,
+        # not read again at every finish (a table read per command; review h82rc).
+        holds = held_before.get(entity_holds.HOLDS_FIELD) if isinstance(held_before, dict) else None
+        if let_through and holds:
+            in_flight[entity_holds.HOLDS_FIELD] = holds
+        else:
+            holds = None
         self.idempotency[idem_table_key] = in_flight
         # Under its own key, its id is not in the table: say which request the id names
         # (written again by each command of that request, so it lasts the window of the
@@ -1304,7 +1306,10 @@ class CommandProcessor(ProviderWindow):
                 self._settle(cmd, admission, done.outcome, counts)
                 if counts:  # (sent again past the window: counted by its first record)
                     self._count_learnt(cmd, admission, done.outcome, deciding.limits)
-            self._finish(idem_table_key, cmd, request_hash, expires, done.outcome, counted=counts)
+            self._finish(
+                idem_table_key, cmd, request_hash, expires, done.outcome, counted=counts,
+                holds=holds,
+            )  # fmt: skip
             return [self._outcome(cmd, done.outcome)]
         except AnsweredByAnother as other:
             # Its answer, under this command's id; the volume is counted once, by
@@ -1322,7 +1327,10 @@ class CommandProcessor(ProviderWindow):
                     "answered_by": other.command_id,
                 },
             )
-            self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=other.counts)
+            self._finish(
+                idem_table_key, cmd, request_hash, expires, stored, counted=other.counts,
+                holds=holds,
+            )  # fmt: skip
             return [self._outcome(cmd, stored)]
         except Rejection as rej:
             if not rej.remember and existing is not None and held_before is not None:
@@ -1347,7 +1355,7 @@ class CommandProcessor(ProviderWindow):
             # that an erasure finds its request hash (of the personal data) too.
             self._finish(
                 idem_table_key, cmd, request_hash, expires, stored,
-                customer_id=getattr(data, "customer_id", None),
+                customer_id=getattr(data, "customer_id", None), holds=holds,
             )  # fmt: skip
             self._count(cmd.tenant_id, cmd.command_type, stored.type, rej.reason)
             return [self._outcome(cmd, stored)]
@@ -1400,6 +1408,7 @@ class CommandProcessor(ProviderWindow):
                 expires,
                 stored,
                 customer_id=about if ours else None,
+                holds=holds,
             )
             self._count(cmd.tenant_id, cmd.command_type, stored.type, refused)
             return [self._outcome(cmd, stored)]
@@ -1419,7 +1428,9 @@ class CommandProcessor(ProviderWindow):
                 self._count_learnt(cmd, admission, stored, deciding.limits)
         if stored.type == "customer.erased" and result.primary is not None:
             self._scrub_idempotency(cmd.tenant_id, result.primary.id, cmd.source)
-        self._finish(idem_table_key, cmd, request_hash, expires, stored, counted=counts)
+        self._finish(
+            idem_table_key, cmd, request_hash, expires, stored, counted=counts, holds=holds
+        )
         why = None if result.rejected is None else result.rejected.reason
         self._count(cmd.tenant_id, cmd.command_type, stored.type, why)
         if result.unkept and result.rejected is None:
@@ -2281,22 +2292,24 @@ class CommandProcessor(ProviderWindow):
         *,
         counted: bool | None = None,
         customer_id: str | None = None,
+        holds: Any = None,
     ) -> None:
+        """``holds``: what its record (in flight, carried from its park) names as held
+        (entity_holds), released now."""
         record = _idempotency_dict(
             cmd, request_hash, IdempotencyState.DONE, expires, stored, counted=counted
         )
         if customer_id is not None:
             record["customer_id"] = customer_id
-        self._release_holds(cmd, self.idempotency.get(key))
+        if holds:
+            self._release_holds(cmd, holds)
         self._remember(key, record)
 
-    def _release_holds(self, cmd: CommandRef, parked: Any) -> None:
-        """A parked command answered (its key's record ``parked`` about to be written
-        over): the entities it held (entity_holds) may leave with retention again."""
-        if isinstance(parked, dict) and parked.get(entity_holds.HOLDS_FIELD):
-            names = parked[entity_holds.HOLDS_FIELD]
-            mark = _id_digest(cmd.idempotency_key)
-            entity_holds.release(self.tables, cmd.tenant_id, names, mark)
+    def _release_holds(self, cmd: CommandRef, names: Any) -> None:
+        """A parked command answered (its key's record about to be written over): the
+        entities it held (entity_holds) may leave with retention again."""
+        mark = _id_digest(cmd.idempotency_key)
+        entity_holds.release(self.tables, cmd.tenant_id, names, mark)
 
     def _hold_for_park(self, rec: Inbound, cmd: CommandRef) -> None:
         """Parking a command let through to its provider (its idempotency record in

@@ -1,0 +1,62 @@
+"""What the parked commands' retention holds (review h68p) cost (review h82rc): a
+command's finish does not read its idempotency record again to learn what it holds (the
+pipeline's hot path: a RocksDB read per command in a worker)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.agents.harness import data, kind, new_tenant_id
+from tests.agents.test_retention_holds import (
+    Changelogs,
+    Clock,
+    _event,
+    worker,
+)
+from tests.agents.test_retention_holds import Logged as _Logged
+
+
+class Reads(_Logged):
+    """An idempotency table that also keeps every read of a key, in order with writes."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.log.append((key, "<read>"))
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.log.append((key, "<read>"))
+        return super().__getitem__(key)
+
+
+class ReadLogs(Changelogs):
+    """Changelogs whose recovered idempotency table logs its reads too."""
+
+    def tables(self) -> tuple[Any, _Logged]:
+        tables, idem = super().tables()
+        reads = Reads(self.logs["idem"])
+        dict.update(reads, idem)
+        return tables, reads
+
+
+@pytest.mark.asyncio
+async def test_a_command_holding_nothing_does_not_read_its_record_again_at_its_finish(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment (no record under its key before): between its in-flight write and its
+    done write, its idempotency record is not read (the finish knows it holds nothing)."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    logs = ReadLogs()
+    async with worker(redis_url, logs, {}) as h:
+        log = logs.logs["idem"]
+        t = new_tenant_id()
+        h.add_tenant(t)
+        body = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa"}
+        _, paid = await h.send_event(_event(clock, t, "payment.create", body, "c-pay"), offset=1)
+        assert paid is not None and kind(paid) == "payment.succeeded", paid and data(paid)
+        ops = [v if v == "<read>" else v["state"] for k, v in log if k == f"{t}:k-c-pay"]
+        start = ops.index("in_flight")
+        assert ops[start:] == ["in_flight", "done"], ops
