@@ -2766,6 +2766,11 @@ class CommandProcessor(ProviderWindow):
             gateway=in_flight.get("gateway"),  # where it was sent
             first_attempt=in_flight.get("first_attempt_ms"),  # and when first
         )
+        holds = in_flight.get(entity_holds.HOLDS_FIELD)
+        if holds:
+            # What it holds (entity_holds), carried as _repark's record does: written
+            # without, _hold_for_park wrote the record again at every park (review h82rc).
+            parked[entity_holds.HOLDS_FIELD] = holds
         about = getattr(data, "customer_id", None)
         if isinstance(about, str) and cmd.command_type.startswith("customer."):
             # Its hash is of the customer's data, kept parked for up to the providers'

@@ -1,6 +1,7 @@
 """What the parked commands' retention holds (review h68p) cost (review h82rc): a
 command's finish does not read its idempotency record again to learn what it holds (the
-pipeline's hot path: a RocksDB read per command in a worker)."""
+pipeline's hot path: a RocksDB read per command in a worker), and a holding command's
+re-park writes its record once, its holds carried."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from typing import Any
 
 import pytest
 
+from paystream.agents import entity_holds
+from paystream.tables.retention import HOLD_FIELD
 from tests.agents.harness import data, kind, new_tenant_id
 from tests.agents.test_retention_holds import (
     Changelogs,
     Clock,
     _event,
+    _parked_refund,
+    _redrive,
     worker,
 )
 from tests.agents.test_retention_holds import Logged as _Logged
@@ -60,3 +65,26 @@ async def test_a_command_holding_nothing_does_not_read_its_record_again_at_its_f
         ops = [v if v == "<read>" else v["state"] for k, v in log if k == f"{t}:k-c-pay"]
         start = ops.index("in_flight")
         assert ops[start:] == ["in_flight", "done"], ops
+
+
+@pytest.mark.asyncio
+async def test_a_holding_command_parked_again_writes_its_record_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-driven and parked again, a refund holding its payment writes its idempotency
+    record twice (in flight, parked), as any re-park: the parked record carries its holds
+    (it was written without them, then again with them: two changelog records)."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    logs = Changelogs()
+    async with worker(redis_url, logs, {}) as h:
+        t, parked, _ = await _parked_refund(h, clock, losses=9)
+        key = f"{t}:k-c-ref"
+        before = len(logs.logs["idem"])
+        clock.now += 600
+        again = await _redrive(h, parked, clock.now, 3)
+        assert [e.topic for e in again] == [h.settings.retry_topic]
+        written = [v for k, v in logs.logs["idem"][before:] if k == key]
+        assert [v["state"] for v in written] == ["in_flight", "parked"], written
+        assert all(v.get(entity_holds.HOLDS_FIELD) == ["payment:p1"] for v in written)
+        assert set(h.tables.payments[f"{t}:p1"][HOLD_FIELD]) == {"k-c-ref"}
