@@ -28,7 +28,15 @@ from paystream.agents.handlers import Tables, entity_key
 from paystream.dlq import PROVIDER_KEY_WINDOW_MS
 from paystream.tables.retention import HOLD_FIELD, settled
 
-__all__ = ["HOLDS_FIELD", "HOLD_MARGIN_SECONDS", "hold", "hold_until", "needed", "release"]
+__all__ = [
+    "HOLDS_FIELD",
+    "HOLD_MARGIN_SECONDS",
+    "hold",
+    "hold_until",
+    "needed",
+    "release",
+    "rewrite",
+]
 
 # A day past the provider's key window: a re-drive sent near the window's end, itself
 # retried and parked again, still finds its entities.
@@ -152,6 +160,20 @@ def release(tables: Tables, tenant_id: str, names: Any, mark: str) -> None:
         rest = {m: t for m, t in marks.items() if m != mark}
         kept = {k: v for k, v in record.items() if k != HOLD_FIELD}
         table[key] = {**kept, HOLD_FIELD: rest} if rest else kept
+
+
+def rewrite(tables: Tables, tenant_id: str, names: Any, mark: str) -> None:
+    """Write again, as they are, the entities of ``names`` that carry ``mark`` (a
+    redelivered park: see CommandProcessor._rewrite_holds)."""
+    if not isinstance(names, list):
+        return
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        table, key, record = _read(tables, tenant_id, name)
+        marks = None if record is None else record.get(HOLD_FIELD)
+        if isinstance(marks, dict) and mark in marks:
+            table[key] = record
 
 
 def _read(

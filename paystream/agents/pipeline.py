@@ -902,6 +902,13 @@ class CommandProcessor(ProviderWindow):
         request_hash = _request_hash(cmd.command_type, data)
         now = time.time()
         existing = self._idempotency_record(idem_table_key, now)
+        if (
+            existing is not None
+            and existing.state is IdempotencyState.PARKED
+            and cmd.source is not None
+            and existing.source == list(cmd.source)
+        ):
+            self._rewrite_holds(cmd, idem_table_key)
         if existing is not None:
             # A command about a customer since erased has lost its hash: it is known by
             # its id (its own redelivery or retry keeps its answer).
@@ -2310,6 +2317,17 @@ class CommandProcessor(ProviderWindow):
         entities it held (entity_holds) may leave with retention again."""
         mark = _id_digest(cmd.idempotency_key)
         entity_holds.release(self.tables, cmd.tenant_id, names, mark)
+
+    def _rewrite_holds(self, cmd: CommandRef, key: str) -> None:
+        """The record that parked, redelivered (a crash before its offset was committed):
+        its marks written again, as _rewrite_entities writes a replay's entities. With
+        RocksDB the store may be ahead of the changelog, and the park, finding its marks
+        in place, writes none: the next owner of the partition, recovered from the
+        changelog, would sweep what the record says is held (review h82rc)."""
+        raw = self.idempotency.get(key)
+        if isinstance(raw, dict) and raw.get(entity_holds.HOLDS_FIELD):
+            mark = _id_digest(cmd.idempotency_key)
+            entity_holds.rewrite(self.tables, cmd.tenant_id, raw[entity_holds.HOLDS_FIELD], mark)
 
     def _hold_for_park(self, rec: Inbound, cmd: CommandRef) -> None:
         """Parking a command let through to its provider (its idempotency record in

@@ -1,7 +1,8 @@
 """What the parked commands' retention holds (review h68p) cost (review h82rc): a
 command's finish does not read its idempotency record again to learn what it holds (the
 pipeline's hot path: a RocksDB read per command in a worker), and a holding command's
-re-park writes its record once, its holds carried."""
+re-park writes its record once, its holds carried; a park redelivered after a crash
+writes its marks again (RocksDB: the store ahead of the changelog)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from paystream.agents import entity_holds
 from paystream.tables.retention import HOLD_FIELD
 from tests.agents.harness import data, kind, new_tenant_id
 from tests.agents.test_retention_holds import (
+    RETENTION,
     Changelogs,
     Clock,
     _event,
@@ -88,3 +90,39 @@ async def test_a_holding_command_parked_again_writes_its_record_once(
         assert [v["state"] for v in written] == ["in_flight", "parked"], written
         assert all(v.get(entity_holds.HOLDS_FIELD) == ["payment:p1"] for v in written)
         assert set(h.tables.payments[f"{t}:p1"][HOLD_FIELD]) == {"k-c-ref"}
+
+
+@pytest.mark.asyncio
+async def test_a_mark_whose_changelog_record_a_crash_lost_is_written_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RocksDB: a table write reaches the local store before the batch's changelog is
+    produced. The park's batch lost (a crash), the store keeps the mark; the record,
+    redelivered to the restarted worker, is parked again. The next owner of the partition
+    (recovered from the changelog) must find the payment held, as its idempotency record
+    says it is."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    logs, tenants = Changelogs(), {}
+    async with worker(redis_url, logs, tenants) as h:
+        t = new_tenant_id()
+        h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:k-c-ref": 9}})
+        body = {"amount": 5000, "currency": "USD", "payment_method_token": "pm_card_visa",
+                "payment_id": "p1"}  # fmt: skip
+        _, paid = await h.send_event(_event(clock, t, "payment.create", body, "c-pay"), offset=1)
+        assert paid is not None and kind(paid) == "payment.succeeded"
+        clock.now += RETENTION - 3600
+        refund = _event(clock, t, "refund.create", {"payment_id": "p1", "amount": 5000}, "c-ref")
+        delivered = {name: len(log) for name, log in logs.logs.items()}
+        emits, out = await h.send_event(refund, offset=2)
+        assert out is None and [e.topic for e in emits] == [h.settings.retry_topic]
+        assert HOLD_FIELD in h.tables.payments[f"{t}:p1"]
+        for name, log in logs.logs.items():  # the batch's changelog records lost
+            del log[delivered[name] :]
+        # The same store (RocksDB, ahead of the changelog), the record redelivered.
+        emits, out = await h.send_event(refund, offset=2)
+        assert out is None and [e.topic for e in emits] == [h.settings.retry_topic]
+    async with worker(redis_url, logs, tenants) as other:
+        held = other.idempotency[f"{t}:k-c-ref"][entity_holds.HOLDS_FIELD]
+        assert held == ["payment:p1"]
+        assert HOLD_FIELD in other.tables.payments[f"{t}:p1"], "the mark never reached it"
