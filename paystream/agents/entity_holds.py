@@ -120,7 +120,7 @@ def hold(
     written = 0
     for name in names:
         table, key, record = _read(tables, tenant_id, name)
-        if record is None or not _may_settle(record):
+        if record is None or not _may_settle(tables, tenant_id, record):
             continue
         marks = record.get(HOLD_FIELD)
         marks = dict(marks) if isinstance(marks, dict) else {}
@@ -138,12 +138,25 @@ def _ended(until: Any, now: float) -> bool:
     return isinstance(until, int | float) and not isinstance(until, bool) and until <= now
 
 
-def _may_settle(record: dict[str, Any]) -> bool:
+def _may_settle(tables: Tables, tenant_id: str, record: dict[str, Any]) -> bool:
     """Could the sweep remove it before the mark ends? Only one settled now (see
-    retention.settled) or judged with its owner (a payment method, an invoice): one
-    that settles later (a customer erased, a subscription canceled) does so by a write,
-    its last change then, and stays a retention (30 days at least) past the mark."""
-    return settled(record) or record.get("entity_type") in ("payment_method", "invoice")
+    retention.settled), a paid or void invoice (judged with its subscription), or a
+    payment method whose customer is deleted or erased (judged with them): one that
+    settles later (a customer deleted or erased, a card detached, a subscription
+    canceled, an invoice paid) does so by a write, its last change then, and stays a
+    retention (30 days at least) past the mark. (A live customer's card marked, every
+    payment through it parked in an outage wrote it again, one mark more each; review
+    h82rc.)"""
+    if settled(record):
+        return True
+    kind = record.get("entity_type")
+    if kind == "invoice":
+        return record.get("status") in ("paid", "void")
+    if kind == "payment_method":
+        owner_id = str(record.get("customer_id") or "")
+        owner = tables.by_type("customer").get(entity_key(tenant_id, owner_id))
+        return isinstance(owner, dict) and bool(owner.get("deleted") or owner.get("erased"))
+    return False
 
 
 def release(tables: Tables, tenant_id: str, names: Any, mark: str) -> None:

@@ -126,3 +126,73 @@ async def test_a_mark_whose_changelog_record_a_crash_lost_is_written_again(
         held = other.idempotency[f"{t}:k-c-ref"][entity_holds.HOLDS_FIELD]
         assert held == ["payment:p1"]
         assert HOLD_FIELD in other.tables.payments[f"{t}:p1"], "the mark never reached it"
+
+
+@pytest.mark.asyncio
+async def test_payments_parked_in_an_outage_do_not_mark_a_live_customers_card(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payments through a live customer's attached card, parked while the provider is
+    down: the card cannot leave with retention before their marks end (it goes only
+    detached, or with its customer deleted or erased, a write that starts a retention of
+    its own), so no park writes it: marked, each parked payment wrote the card's record
+    again, one mark more each (the record growing with the outage, towards the broker's
+    message size limit, and the changelog with its square)."""
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    logs = Changelogs()
+    async with worker(redis_url, logs, {}) as h:
+        t = new_tenant_id()
+        keys = {f"ps:{t}:k-c-p{i}": 9 for i in range(8)}
+        h.add_tenant(t, gateway_options={"fail_first": keys})
+        cus = {"customer_id": "cus1", "email": "a@example.com"}
+        _, made = await h.send_event(_event(clock, t, "customer.create", cus, "c-cus"), offset=1)
+        assert made is not None and kind(made) == "customer.created", made and data(made)
+        attach = {"customer_id": "cus1", "token": "pm_card_visa", "payment_method_id": "pm1"}
+        _, made = await h.send_event(
+            _event(clock, t, "payment_method.attach", attach, "c-pm"), offset=2
+        )
+        assert made is not None and kind(made) == "payment_method.attached", data(made)
+        card = f"{t}:pm1"
+        written = len([k for k, _ in logs.logs["payment_methods"] if k == card])
+        pay = {"amount": 500, "currency": "USD", "customer_id": "cus1", "payment_method_id": "pm1"}
+        for i in range(8):
+            emits, out = await h.send_event(
+                _event(clock, t, "payment.create", pay, f"c-p{i}"), offset=3 + i
+            )
+            assert out is None and [e.topic for e in emits] == [h.settings.retry_topic]
+        marks = [v.get(HOLD_FIELD) for k, v in logs.logs["payment_methods"][written:] if k == card]
+        assert marks == [], [len(m or ()) for m in marks]
+        assert HOLD_FIELD not in h.tables.payment_methods[card]
+
+
+def test_a_card_or_invoice_is_marked_only_when_it_may_leave_before_the_mark_ends() -> None:
+    """A card is marked if detached, or its customer is deleted or erased (the sweep may
+    take it with them); a live customer's attached card is not. An invoice paid or void
+    is marked; an open one (the sweep never takes it) is not."""
+    from paystream.agents.handlers import Tables
+
+    now = time.time()
+    tables = Tables(
+        {"t:c1": {"entity_type": "customer", "id": "c1"},
+         "t:c2": {"entity_type": "customer", "id": "c2", "deleted": True}},
+        {"t:m1": {"entity_type": "payment_method", "id": "m1", "customer_id": "c1",
+                  "attached": True},
+         "t:m2": {"entity_type": "payment_method", "id": "m2", "customer_id": "c2",
+                  "attached": True},
+         "t:m3": {"entity_type": "payment_method", "id": "m3", "customer_id": "c1",
+                  "attached": False}},
+        {}, {}, {},
+        invoices={"t:i1": {"entity_type": "invoice", "id": "i1", "status": "open"},
+                  "t:i2": {"entity_type": "invoice", "id": "i2", "status": "paid",
+                           "subscription_id": "s1"}},
+    )  # fmt: skip
+    names = ["payment_method:m1", "payment_method:m2", "payment_method:m3", "invoice:i1",
+             "invoice:i2"]  # fmt: skip
+    assert entity_holds.hold(tables, "t", names, "k", now + 3600, now) == 3
+    marked = {
+        name
+        for name in names
+        if HOLD_FIELD in tables.by_type(name.split(":")[0])[f"t:{name.split(':')[1]}"]
+    }
+    assert marked == {"payment_method:m2", "payment_method:m3", "invoice:i2"}
