@@ -2023,6 +2023,7 @@ _SUBSCRIPTIONS = gw.Capability.SUBSCRIPTIONS
 _INCOMPLETE = gw.SubscriptionStatus.INCOMPLETE
 _SUB_CANCELED = gw.SubscriptionStatus.CANCELED
 _SUB_TRIALING = gw.SubscriptionStatus.TRIALING
+_SUB_PAUSED = gw.SubscriptionStatus.PAUSED
 _INVOICE_OPEN = gw.InvoiceStatus.OPEN
 
 
@@ -2122,6 +2123,7 @@ def _take_subscription(
     sub.trial_end = res.trial_end
     sub.cancel_at_period_end = res.cancel_at_period_end
     sub.canceled_at = res.canceled_at
+    sub.pause_resumes_at = res.pause_resumes_at if res.status is _SUB_PAUSED else None
 
 
 def _first_invoice_failure(ctx: HandlerContext, res: gw.SubscriptionResult) -> GatewayError:
@@ -2354,6 +2356,140 @@ async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription)
     sub.payment_method_id = _billed_method(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
     return _subscription_outcome(res, sub, invoices, _fell_past_due(ctx, res, previous), previous)
+
+
+# How far ahead a pause's resumes_at may be (Square's pauses are counted in billing
+# cycles; a year keeps a pause from becoming a cancel that bills again years on).
+PAUSE_MAX = timedelta(days=366)
+
+
+def _pause_resumes_at(data: c.PauseSubscription) -> int | None:
+    """The pause's ``resumes_at`` in UTC, refused unless ahead and at most PAUSE_MAX
+    ahead of the worker's clock (checked here, not in the model: a parked pause
+    re-driven later is no worse a request)."""
+    at = data.resumes_at
+    if at is None:
+        return None
+    now = datetime.now(UTC)
+    if not now < at <= now + PAUSE_MAX:
+        raise Rejection(
+            RejectReason.VALIDATION_ERROR,
+            f"resumes_at must be ahead, at most {PAUSE_MAX.days} days: {at.isoformat()}",
+        )
+    return int(at.timestamp())
+
+
+async def pause_subscription(ctx: HandlerContext, data: c.PauseSubscription) -> HandlerResult:
+    """Pause an active subscription's billing now (each gateway's pause_subscription):
+    `subscription.paused`, nothing billed until `subscription.resume` or its
+    ``resumes_at``. Charges nothing. Re-driven after another command changed the
+    subscription (a resume since), read back, never paused again (as a cancel's)."""
+    sub = ctx.load(SubscriptionRecord, data.subscription_id)
+    resumes_at = None if data.resumes_at is None else int(data.resumes_at.timestamp())
+    if not ctx.let_through:
+        _transition_or_reject(sub, "pause", "only an active subscription is paused")
+        resumes_at = _pause_resumes_at(data)
+    ctx.at_provider(sub)
+    previous = sub.status
+    if _changed_since_first_attempt(ctx, sub):
+        return await _paused_or_resumed_read_back(ctx, sub, previous, _SUB_PAUSED, "pause")
+    req = gw.PauseSubscription(
+        provider_subscription_id=sub.provider_subscription_id, resumes_at=resumes_at
+    )
+    res = await _gateway(
+        ctx,
+        "pause_subscription",
+        lambda: ctx.gateway.pause_subscription(req, idempotency_key=ctx.idem),
+    )
+    return _paused_or_resumed(ctx, sub, res, previous, _SUB_PAUSED)
+
+
+async def resume_subscription(ctx: HandlerContext, data: c.ResumeSubscription) -> HandlerResult:
+    """Resume a paused subscription's billing now: `subscription.resumed`, ``active``
+    (its period as its provider restarts it: the gateways' resume_subscription).
+    Re-driven after another command changed the subscription, read back (as a
+    pause's)."""
+    sub = ctx.load(SubscriptionRecord, data.subscription_id)
+    if not ctx.let_through:
+        _transition_or_reject(sub, "resume", "only a paused subscription is resumed")
+    ctx.at_provider(sub)
+    previous = sub.status
+    if _changed_since_first_attempt(ctx, sub):
+        return await _paused_or_resumed_read_back(ctx, sub, previous, _SUB_ACTIVE, "resume")
+    req = gw.ResumeSubscription(provider_subscription_id=sub.provider_subscription_id)
+    res = await _gateway(
+        ctx,
+        "resume_subscription",
+        lambda: ctx.gateway.resume_subscription(req, idempotency_key=ctx.idem),
+    )
+    return _paused_or_resumed(ctx, sub, res, previous, _SUB_ACTIVE)
+
+
+_SUB_ACTIVE = gw.SubscriptionStatus.ACTIVE
+_PAUSE_OUTCOME = {_SUB_PAUSED: "subscription.paused", _SUB_ACTIVE: "subscription.resumed"}
+
+
+def _transition_or_reject(sub: SubscriptionRecord, verb: str, only: str) -> None:
+    try:
+        check_subscription_transition(sub.status, verb)
+    except InvalidState as exc:
+        raise Rejection(RejectReason.INVALID_STATE, f"{exc}: {only}") from exc
+
+
+def _paused_or_resumed(
+    ctx: HandlerContext,
+    sub: SubscriptionRecord,
+    res: gw.SubscriptionResult,
+    previous: str,
+    wanted: gw.SubscriptionStatus,
+) -> HandlerResult:
+    """A pause's or a resume's answer recorded: `subscription.paused` / `.resumed` when
+    the provider holds it so (a resume that finds a renewal from before still open:
+    past_due, resumed all the same), else as a refresh's (canceled meanwhile)."""
+    _take_subscription(ctx, sub, res)
+    invoices = _invoices(ctx, sub, res)
+    resumed = wanted is _SUB_ACTIVE and res.status is gw.SubscriptionStatus.PAST_DUE
+    if res.status is wanted or resumed:
+        return HandlerResult(
+            _PAUSE_OUTCOME[wanted], sub, invoices, extra={"previous_status": previous}
+        )
+    return _subscription_outcome(res, sub, invoices, None, previous)
+
+
+async def _paused_or_resumed_read_back(
+    ctx: HandlerContext,
+    sub: SubscriptionRecord,
+    previous: str,
+    wanted: gw.SubscriptionStatus,
+    verb: str,
+) -> HandlerResult:
+    """A pause or a resume re-driven after another command changed the subscription (a
+    resume after this pause, say): asked again, a keyed provider answers as of its first
+    try, and the newer change would be undone here. Read back and recorded as the
+    provider holds it; the outcome only if that is what this command asked for, else
+    refused (send it again under a new id to apply it)."""
+    now = await _gateway(
+        ctx,
+        "retrieve_subscription",
+        lambda: ctx.gateway.retrieve_subscription(
+            gw.RetrieveSubscription(provider_subscription_id=sub.provider_subscription_id),
+            idempotency_key=ctx.idem,
+        ),
+    )
+    if now.status is wanted:
+        return _paused_or_resumed(ctx, sub, now, previous, wanted)
+    _take_subscription(ctx, sub, now)
+    invoices = _invoices(ctx, sub, now)
+    return HandlerResult(
+        "subscription.updated",
+        sub,
+        invoices,
+        rejected=Rejection(
+            RejectReason.INVALID_STATE,
+            f"subscription {sub.id} changed since this {verb} was first tried, and the "
+            f"{verb} is not in effect: send it again with a new command id to apply it",
+        ),
+    )
 
 
 def _fell_past_due(
@@ -4148,6 +4284,8 @@ HANDLERS: dict[str, Handler] = {
     "subscription.create": create_subscription,
     "subscription.cancel": cancel_subscription,
     "subscription.update": update_subscription,
+    "subscription.pause": pause_subscription,
+    "subscription.resume": resume_subscription,
     "subscription.refresh": refresh_subscription,
     "payout.create": create_payout,
     "payout.cancel": cancel_payout,

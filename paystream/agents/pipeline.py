@@ -3086,6 +3086,8 @@ _WRITTEN_WHEN_SET = (
     "proration_lines",
     # (a subscription's proration lines still pending)
     "pending_proration_net",
+    # (a paused subscription's resume time)
+    "pause_resumes_at",
 )
 
 

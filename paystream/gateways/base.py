@@ -70,6 +70,7 @@ __all__ = [
     "InvoiceResult",
     "InvoiceStatus",
     "MarkInvoiceUncollectible",
+    "PauseSubscription",
     "PayInvoice",
     "PaymentGateway",
     "PaymentMethodResult",
@@ -80,6 +81,7 @@ __all__ = [
     "ProrationLineResult",
     "RefundResult",
     "RefundStatus",
+    "ResumeSubscription",
     "RetrieveBalance",
     "RetrieveConnectedAccount",
     "RetrieveCustomer",
@@ -314,6 +316,10 @@ class SubscriptionStatus(StrEnum):
     # Made, its first period not paid yet: its customer pays at the provider's checkout
     # (``next_action``; Paddle's, whose subscriptions start so). Never billed until then.
     REQUIRES_ACTION = "requires_action"
+    # Its billing paused (subscription.pause): nothing billed until it is resumed, by
+    # subscription.resume or at its ``pause_resumes_at`` (Stripe keeps ``active`` with
+    # ``pause_collection`` set: read as paused; Paddle's ``paused``).
+    PAUSED = "paused"
 
 
 class InvoiceStatus(StrEnum):
@@ -513,6 +519,23 @@ class ArchiveTaxRate(_Req):
 class CancelSubscription(_Req):
     provider_subscription_id: str
     at_period_end: bool = False
+
+
+class PauseSubscription(_Req):
+    """Stop billing a subscription now: nothing is billed while it is paused (Stripe's
+    ``pause_collection`` with ``behavior: void``; Paddle's pause, ``effective_from:
+    immediately``). ``resumes_at``: when its provider resumes it by itself, unix
+    seconds (as Stripe's; None: only a resume does)."""
+
+    provider_subscription_id: str
+    resumes_at: int | None = None
+
+
+class ResumeSubscription(_Req):
+    """Bill a paused subscription again, now (each provider's rule for its period: see
+    the gateways' resume_subscription)."""
+
+    provider_subscription_id: str
 
 
 class UpdateSubscription(_Req):
@@ -899,6 +922,8 @@ class SubscriptionResult(_Res):
     # Proration lines made with ``create_prorations`` and not invoiced yet (Stripe's
     # pending invoice items): on its next invoice.
     pending_prorations: tuple[ProrationLineResult, ...] = ()
+    # ``paused``: when its provider resumes it by itself (None: only a resume does).
+    pause_resumes_at: datetime | None = None
 
 
 class PayoutResult(_Res):
@@ -1023,6 +1048,9 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
     # (a tenant's own: a new price or card bills more, as a create's; narrowed out, a
     # cancel at period end alone is still scheduled or resumed: unnarrowed)
     "update_subscription": Capability.SUBSCRIPTIONS,
+    # (a pause stops billing: unnarrowed, as a cancel; a resume bills again: the tenant's)
+    "pause_subscription": Capability.SUBSCRIPTIONS,
+    "resume_subscription": Capability.SUBSCRIPTIONS,
     "retrieve_subscription": Capability.SUBSCRIPTIONS,
     "create_payout": Capability.PAYOUTS,
     "cancel_payout": Capability.PAYOUTS,
@@ -1055,6 +1083,7 @@ OPERATION_CAPABILITY: dict[str, Capability] = {
 UNNARROWED_OPERATIONS = frozenset(
     {
         "cancel_subscription",
+        "pause_subscription",
         "retrieve_subscription",
         # (an archived rate is applied to nothing new: a stop, as a cancel is)
         "archive_tax_rate",
@@ -1237,6 +1266,19 @@ class PaymentGateway(Protocol):
     ) -> SubscriptionResult:
         """The subscription as the provider holds it now, with its invoices (a read: see
         retrieve_payment)."""
+        ...
+
+    async def pause_subscription(
+        self, req: PauseSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        """The subscription ``paused``: nothing billed until resumed (see
+        PauseSubscription)."""
+        ...
+
+    async def resume_subscription(
+        self, req: ResumeSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        """A paused subscription billing again (``active``)."""
         ...
 
     async def create_payout(self, req: CreatePayout, *, idempotency_key: str) -> PayoutResult:

@@ -24,6 +24,8 @@ COMMAND_TYPES: tuple[str, ...] = (
     "subscription.cancel",
     "subscription.update",
     "subscription.refresh",
+    "subscription.pause",
+    "subscription.resume",
     "payout.create",
     "payout.cancel",
     "payout.refresh",

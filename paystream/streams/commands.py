@@ -73,6 +73,7 @@ __all__ = [
     "InvoiceCollection",
     "InvoiceLineItem",
     "MarkInvoiceUncollectible",
+    "PauseSubscription",
     "PayInvoice",
     "PayoutMethod",
     "Proration",
@@ -81,6 +82,7 @@ __all__ = [
     "RefreshPayment",
     "RefreshPayout",
     "RefreshSubscription",
+    "ResumeSubscription",
     "RetrieveBalance",
     "SubmitDisputeEvidence",
     "SubscriptionInterval",
@@ -599,6 +601,26 @@ class UpdateSubscription(CommandData):
         return self
 
 
+class PauseSubscription(CommandData):
+    """Pause an active subscription's billing now: nothing is billed while it is paused
+    (`subscription.paused`). ``resumes_at`` (optional, with its time zone; ahead, at
+    most a year): when its provider resumes billing by itself, as `subscription.resume`
+    would; without it, only a resume does."""
+
+    subscription_id: EntityId
+    resumes_at: AwareDatetime | None = None
+
+    # (a datetime: hashed from its JSON dump, "...Z")
+    HASH_BY_DUMP: ClassVar[bool] = True
+
+
+class ResumeSubscription(CommandData):
+    """Resume a paused subscription's billing now (`subscription.resumed`, ``active``
+    again; its period and next charge as its provider restarts them: see the README)."""
+
+    subscription_id: EntityId
+
+
 class RefreshSubscription(CommandData):
     """Read a subscription back from its provider, with the invoices it made since:
     renewals paid or declined (past_due), a cancel at period end taking effect."""
@@ -929,6 +951,8 @@ COMMANDS: dict[str, type[CommandData]] = {
     "subscription.cancel": CancelSubscription,
     "subscription.update": UpdateSubscription,
     "subscription.refresh": RefreshSubscription,
+    "subscription.pause": PauseSubscription,
+    "subscription.resume": ResumeSubscription,
     "payout.create": CreatePayout,
     "payout.cancel": CancelPayout,
     "payout.refresh": RefreshPayout,

@@ -388,6 +388,9 @@ class SubscriptionRecord(EntityRecord):
     # invoice included, so its limits hold counts them (review h79r_e M2). Cleared when
     # an invoice billed them (an always_invoice, a new period); stored only when set.
     pending_proration_net: int | None = None
+    # Paused (subscription.pause): when its provider resumes it by itself; None while
+    # it is not paused, or only a resume ends the pause. Stored only when set.
+    pause_resumes_at: datetime | None = None
 
 
 class InvoiceRecord(EntityRecord):

@@ -68,24 +68,34 @@ def check_payment_transition(status: str, verb: str, open_at_provider: bool = Fa
 # "update" (subscription.update: its price, payment method or cancel at period end) is
 # a live subscription's only: an incomplete one never billed a period to change, and a
 # canceled one bills nothing again.
+# "pause" is an active one's only (Paddle and Square pause an active subscription only;
+# a trial bills nothing yet, a past_due one owes an invoice a pause would not settle).
+# A paused one is resumed, canceled now, or read back: not updated (Paddle refuses
+# changes to a paused subscription; resume it first), nor canceled at a period's end
+# (none is billed to end).
 SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
     "trialing": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
-    "active": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
+    "active": frozenset({"cancel", "cancel_at_period_end", "update", "refresh", "pause"}),
     "past_due": frozenset({"cancel", "cancel_at_period_end", "update", "refresh"}),
     # (its first invoice declined: no period paid for to end, so canceled now only)
     "incomplete": frozenset({"cancel", "refresh"}),
     # (its customer has not paid the first period at checkout: nothing to end or change)
     "requires_action": frozenset({"cancel", "refresh"}),
+    "paused": frozenset({"cancel", "resume", "refresh"}),
     "canceled": frozenset(),
 }
 
 # subscription status → the statuses it may move to (a provider's answer, a cancel). A
 # read that would move it elsewhere (a stale answer: canceled read back active) is
 # refused, never recorded.
+# (paused: a pause, or one paused in the provider's dashboard read back; it leaves for
+# active by a resume or at its resumes_at, or past_due where an invoice from before it
+# is still open)
 SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
-    "trialing": frozenset({"trialing", "active", "past_due", "canceled"}),
-    "active": frozenset({"active", "past_due", "canceled"}),
-    "past_due": frozenset({"past_due", "active", "canceled"}),
+    "trialing": frozenset({"trialing", "active", "past_due", "paused", "canceled"}),
+    "active": frozenset({"active", "past_due", "paused", "canceled"}),
+    "past_due": frozenset({"past_due", "active", "paused", "canceled"}),
+    "paused": frozenset({"paused", "active", "past_due", "canceled"}),
     "incomplete": frozenset({"incomplete", "active", "canceled"}),
     "requires_action": frozenset({"requires_action", "active", "trialing", "canceled"}),
     "canceled": frozenset({"canceled"}),

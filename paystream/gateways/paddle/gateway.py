@@ -140,6 +140,10 @@ _TRANSACTIONS_PER_PAGE = 30
 LOOKUP_KEPT_SECONDS = 30.0
 _ADJUSTMENTS_PER_PAGE = 200
 _DESCRIPTION_KEY = "paystream_description"
+# How a paused subscription resumes (resume_subscription): a new billing period from the
+# resume, charged at once (Paddle's default; continuing the paused period fails once
+# that period has ended).
+_ON_RESUME = "start_new_billing_period"
 # The creates sent under an in-flight key (in_flight.py); a customer needs none (one per
 # email at Paddle: a second try is refused `customer_already_exists`).
 _IN_FLIGHT_CREATES = frozenset({"create_payment", "create_refund", "create_subscription"})
@@ -1114,6 +1118,53 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         when = "next_billing_period" if req.at_period_end else "immediately"
         path = f"subscriptions/{sub_id}/cancel"
         made = self._one(await self._call(op, "POST", path, body={"effective_from": when}))
+        return await self._with_invoices(op, str(txn["id"]), made)
+
+    async def pause_subscription(
+        self, req: gw_base.PauseSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """POST /subscriptions/{id}/pause, ``effective_from: immediately`` (``paused``
+        now: nothing billed until resumed), with ``resume_at`` if given and ``on_resume:
+        start_new_billing_period`` (resume_subscription's rule, for a resume at
+        resume_at too). Paddle takes no key: one paused already is answered as it is (a
+        retry's; a change since is the handler's to find: _changed_since_first_attempt)."""
+        op = "pause_subscription"
+        txn, sub_id = await self._live(op, req.provider_subscription_id)
+        if sub_id is None:
+            raise _refused(
+                ErrorCode.INVALID_STATE,
+                "the subscription's first period is not paid yet at Paddle Checkout: "
+                "nothing to pause",
+            )
+        sub = self._one(await self._call(op, "GET", f"subscriptions/{sub_id}"))
+        if sub.get("status") == "paused":
+            return await self._with_invoices(op, str(txn["id"]), sub)  # (a retry: done)
+        body: dict[str, Any] = {"effective_from": "immediately", "on_resume": _ON_RESUME}
+        if req.resumes_at is not None:
+            at = datetime.fromtimestamp(req.resumes_at, UTC)
+            body["resume_at"] = at.isoformat().replace("+00:00", "Z")
+        path = f"subscriptions/{sub_id}/pause"
+        made = self._one(await self._call(op, "POST", path, body=body))
+        return await self._with_invoices(op, str(txn["id"]), made)
+
+    async def resume_subscription(
+        self, req: gw_base.ResumeSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """POST /subscriptions/{id}/resume, ``effective_from: immediately``, ``on_resume:
+        start_new_billing_period`` (Paddle's default, and the one that always applies:
+        continuing the period paused fails once it has ended): a new billing period from
+        now, its full amount charged at once (the tenant limits hold it, as an
+        always_invoice's charge). One not paused is answered as it is (a retry's)."""
+        op = "resume_subscription"
+        txn, sub_id = await self._live(op, req.provider_subscription_id)
+        if sub_id is None:
+            raise _refused(ErrorCode.INVALID_STATE, "the subscription is not paused")
+        sub = self._one(await self._call(op, "GET", f"subscriptions/{sub_id}"))
+        if sub.get("status") != "paused":
+            return await self._with_invoices(op, str(txn["id"]), sub)  # (a retry: done)
+        body = {"effective_from": "immediately", "on_resume": _ON_RESUME}
+        path = f"subscriptions/{sub_id}/resume"
+        made = self._one(await self._call(op, "POST", path, body=body))
         return await self._with_invoices(op, str(txn["id"]), made)
 
     async def update_subscription(

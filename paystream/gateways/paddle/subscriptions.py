@@ -49,6 +49,8 @@ _STATUS = {
     "active": SubscriptionStatus.ACTIVE,
     "trialing": SubscriptionStatus.TRIALING,
     "past_due": SubscriptionStatus.PAST_DUE,
+    # (subscription.pause's, ``effective_from: immediately``; or one paused at Paddle)
+    "paused": SubscriptionStatus.PAUSED,
     "canceled": SubscriptionStatus.CANCELED,
 }
 # A checkout transaction not paid yet: its customer still to pay at checkout.
@@ -218,17 +220,9 @@ def subscription(
     checkout_id: str, sub: Mapping[str, Any], billed: tuple[InvoiceResult, ...]
 ) -> SubscriptionResult:
     """Paddle's subscription ``sub`` (made by the checkout ``checkout_id``), its invoices
-    newest first. A ``paused`` one (paused at Paddle: paystream has no paused status, and
-    its periods stop) is refused, not read as another status."""
+    newest first. A ``paused`` one's scheduled ``resume`` (its pause's ``resume_at``) is
+    when it resumes by itself."""
     status = sub.get("status")
-    if status == "paused":
-        raise GatewayError(
-            ErrorCode.INVALID_STATE,
-            f"Paddle subscription {str(sub.get('id'))[:64]} is paused (at Paddle): paystream "
-            "has no paused subscription; resume it at Paddle, or cancel it",
-            provider=PROVIDER,
-            retryable=False,
-        )
     if status not in _STATUS:
         raise unreadable(f"subscription status {str(status)[:32]!r}")
     price, money = price_of(sub.get("items"))
@@ -243,6 +237,7 @@ def subscription(
         begins = ends = _time(sub.get("started_at") or sub.get("created_at"))
     change = sub.get("scheduled_change")
     canceling = isinstance(change, Mapping) and change.get("action") == "cancel"
+    resuming = isinstance(change, Mapping) and change.get("action") == "resume"
     ended = _STATUS[status] is SubscriptionStatus.CANCELED
     return SubscriptionResult(
         provider_subscription_id=checkout_id,
@@ -256,4 +251,7 @@ def subscription(
         cancel_at_period_end=canceling and not ended,
         canceled_at=_time(sub["canceled_at"]) if ended and sub.get("canceled_at") else None,
         invoices=billed,
+        pause_resumes_at=_time(change["effective_at"])
+        if resuming and status == "paused" and isinstance(change, Mapping)
+        else None,
     )

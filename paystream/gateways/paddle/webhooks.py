@@ -74,8 +74,8 @@ FOLLOWED_PAYMENT_EVENTS = frozenset(
     }
 )
 # A subscription's own events (made when its checkout is paid, activated after a trial,
-# renewed or declined, a change scheduled or made, canceled); paused ones are read too
-# (and refused: paystream has no paused status). A subscription's transactions (its
+# renewed or declined, a change scheduled or made, paused or resumed, canceled). A
+# subscription's transactions (its
 # checkout's, its renewals') come in the transaction events above.
 FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
     {
@@ -101,11 +101,12 @@ _SUBSCRIPTION_TRANSACTION_EVENTS = frozenset(
         "transaction.past_due",
     }
 )
-# Paddle's subscription statuses paystream has (``paused``: none, read and refused).
+# Paddle's subscription statuses paystream has.
 _SUBSCRIPTION_STATUS = {
     "active": "active",
     "trialing": "trialing",
     "past_due": "past_due",
+    "paused": "paused",
     "canceled": "canceled",
 }
 # A refund Paddle approved or rejected after paystream made it pending.
@@ -290,8 +291,8 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
 def _subscription_state(
     obj: dict[str, Any],
 ) -> tuple[str | None, bool | None, int | None, int | None]:
-    """A subscription entity's status (paystream's name; None for one paystream has not,
-    ``paused``), whether a cancel is scheduled, its current period's end (epoch seconds)
+    """A subscription entity's status (paystream's name; None for one paystream has
+    not), whether a cancel is scheduled, its current period's end (epoch seconds)
     and what its one item bills a period (None: not one item, or unreadable)."""
     status = _SUBSCRIPTION_STATUS.get(str(obj.get("status")))
     change = obj.get("scheduled_change")

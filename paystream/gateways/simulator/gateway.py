@@ -52,11 +52,13 @@ from paystream.gateways.base import (
     GatewayContext,
     InvoiceResult,
     MarkInvoiceUncollectible,
+    PauseSubscription,
     PayInvoice,
     PaymentMethodResult,
     PaymentResult,
     PayoutResult,
     RefundResult,
+    ResumeSubscription,
     RetrieveBalance,
     RetrieveConnectedAccount,
     RetrieveCustomer,
@@ -394,6 +396,22 @@ class SimulatorGateway:
         return await self._run(
             "update_subscription", req, idempotency_key,
             lambda tx: ops.update_subscription(tx, req, idempotency_key), SubscriptionResult,
+        )  # fmt: skip
+
+    async def pause_subscription(
+        self, req: PauseSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        return await self._run(
+            "pause_subscription", req, idempotency_key,
+            lambda tx: ops.pause_subscription(tx, req, idempotency_key), SubscriptionResult,
+        )  # fmt: skip
+
+    async def resume_subscription(
+        self, req: ResumeSubscription, *, idempotency_key: str
+    ) -> SubscriptionResult:
+        return await self._run(
+            "resume_subscription", req, idempotency_key,
+            lambda tx: ops.resume_subscription(tx, req, idempotency_key), SubscriptionResult,
         )  # fmt: skip
 
     async def retrieve_subscription(

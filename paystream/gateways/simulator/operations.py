@@ -40,7 +40,9 @@ from paystream.gateways.base import (
     DeleteCustomer,
     DetachPaymentMethod,
     DisputeStatus,
+    PauseSubscription,
     PaymentStatus,
+    ResumeSubscription,
     RetrieveBalance,
     RetrieveConnectedAccount,
     RetrieveCustomer,
@@ -103,7 +105,9 @@ __all__ = [
     "delete_customer",
     "detach_payment_method",
     "onboarding_tag",
+    "pause_subscription",
     "resolve_dispute",
+    "resume_subscription",
     "retrieve_balance",
     "retrieve_connected_account",
     "retrieve_customer",
@@ -906,6 +910,7 @@ _SUB_ACTIVE = "active"
 _SUB_PAST_DUE = "past_due"
 _SUB_CANCELED = "canceled"
 _SUB_INCOMPLETE = "incomplete"
+_SUB_PAUSED = "paused"
 
 
 async def clock_now(tx: Tx) -> int:
@@ -1131,12 +1136,38 @@ async def _bill_due(tx: Tx, sub: dict[str, Any], now: int) -> bool:
         if sub["cancel_at_period_end"]:
             sub.update(status=_SUB_CANCELED, canceled_at=start)
             break
+        if _paused_at(sub, start):
+            # (Stripe's pause_collection ``void``: the period's invoice is voided, never
+            # charged; here it is not made. The billing cycle goes on.)
+            sub["periods_billed"] = k + 1
+            continue
+        if sub.get("pause") is not None:  # (its resumes_at came before this period)
+            await _unpause(tx, sub)
         if attached is None:
             pm = await tx.get(sub["payment_method"])
             attached = pm is not None and pm.get("customer") == sub["customer"]
         _bill_period(tx, sub, k, f"sub:{sub['id']}:period:{k}", attached)
         sub["status"] = await _standing(tx, sub)
+    resumes = (sub.get("pause") or {}).get("resumes_at")
+    if resumes is not None and resumes <= now and sub["status"] == _SUB_PAUSED:
+        await _unpause(tx, sub)  # (its resumes_at passed, no period begun since)
+        changed = True
     return changed
+
+
+def _paused_at(sub: dict[str, Any], at: int) -> bool:
+    """Is ``sub``'s billing paused at ``at`` (paused, its resumes_at not reached)?"""
+    pause = sub.get("pause")
+    if pause is None:
+        return False
+    resumes = pause.get("resumes_at")
+    return resumes is None or at < resumes
+
+
+async def _unpause(tx: Tx, sub: dict[str, Any]) -> None:
+    """Billing again: the pause cleared, its status as its invoices have it."""
+    sub["pause"] = None
+    sub["status"] = await _standing(tx, sub)
 
 
 async def _standing(tx: Tx, sub: dict[str, Any]) -> str:
@@ -1364,6 +1395,42 @@ def _check_trial_end(sub: dict[str, Any], req: UpdateSubscription, now: int) -> 
         return
     if not now < req.trial_end <= now + _MAX_TRIAL_DAYS * _DAY:
         raise _invalid(f"trial_end must be ahead, at most {_MAX_TRIAL_DAYS} days from now")
+
+
+async def pause_subscription(tx: Tx, req: PauseSubscription, key: str) -> dict[str, Any]:
+    """Stripe's ``pause_collection`` (``behavior: void``): the subscription's periods
+    go on as before, but none begun while it is paused is billed (Stripe voids their
+    invoices); ``resumes_at`` (ahead on its clock) ends the pause by itself. Periods
+    its clock began before are billed first. Paused again, its resumes_at is replaced."""
+    sub = await _must(tx, req.provider_subscription_id, "subscription")
+    now = await clock_now(tx)
+    if req.resumes_at is not None and req.resumes_at <= now:
+        raise _invalid("resumes_at must be in the future")
+    await _bill_due(tx, sub, now)  # (what its clock billed before the pause)
+    if sub["status"] == _SUB_CANCELED:
+        raise _refuse(ErrorCode.INVALID_STATE, "the subscription is canceled")
+    if sub["status"] == _SUB_INCOMPLETE:
+        raise _refuse(ErrorCode.INVALID_STATE, "an incomplete subscription cannot be paused")
+    sub.update(pause={"resumes_at": req.resumes_at}, status=_SUB_PAUSED)
+    tx.put(sub)
+    tx.effect(Effect.of("subscription.paused", key, sub["id"]))
+    return await _subscription_answer(tx, sub)
+
+
+async def resume_subscription(tx: Tx, req: ResumeSubscription, key: str) -> dict[str, Any]:
+    """Stripe's ``pause_collection`` cleared: billing resumes on the cycle it kept,
+    nothing charged now (the next period is billed as it begins; Stripe's ``void``
+    pause made no invoice to collect). One not paused is answered as it is (Stripe
+    takes a clear of nothing)."""
+    sub = await _must(tx, req.provider_subscription_id, "subscription")
+    await _bill_due(tx, sub, await clock_now(tx))
+    if sub["status"] == _SUB_CANCELED:
+        raise _refuse(ErrorCode.INVALID_STATE, "the subscription is canceled")
+    if sub.get("pause") is not None:
+        await _unpause(tx, sub)
+        tx.effect(Effect.of("subscription.resumed", key, sub["id"]))
+    tx.put(sub)
+    return await _subscription_answer(tx, sub)
 
 
 async def retrieve_subscription(tx: Tx, req: RetrieveSubscription) -> dict[str, Any]:

@@ -175,6 +175,7 @@ def subscription(
         "invoices": [invoice(i) for i in invoices],
         "provider_payment_method_id": sub.get("payment_method"),
         "pending_prorations": [_proration_line(x) for x in sub.get("pending_prorations") or ()],
+        "pause_resumes_at": (sub.get("pause") or {}).get("resumes_at"),
     }
 
 

@@ -304,6 +304,8 @@ PLAIN_REQUESTS: frozenset[type[BaseModel]] = frozenset(
         gw.CreateTransfer,
         gw.ReverseTransfer,
         gw.RetrieveTransfer,
+        gw.PauseSubscription,
+        gw.ResumeSubscription,
     }
 )
 

@@ -143,6 +143,11 @@ _NO_IMMEDIATE_CANCEL = (
     "end of its paid period (at once only one never paid: its unpaid invoices canceled); "
     "send at_period_end true"
 )
+_NO_PAUSE_NOW = (
+    "pause_subscription / resume_subscription: Square pauses a subscription only from "
+    "the start of its next billing cycle (PauseSubscription), not now; pause or resume "
+    "it in Square's dashboard"
+)
 # Square's invoice statuses of a subscription that was never paid and may be canceled at
 # once: its cancel scheduled and these canceled, nothing is ever billed.
 _NOTHING_PAID = ("UNPAID", "SCHEDULED", "CANCELED", "FAILED")
@@ -972,6 +977,21 @@ class SquareGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
     ) -> gw_base.SubscriptionResult:
         sub = await self._read_subscription(req.provider_subscription_id)
         return await self._subscription(sub)
+
+    async def pause_subscription(
+        self, req: gw_base.PauseSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """`unsupported`: Square's PauseSubscription schedules a PAUSE at the start of
+        the next billing cycle (never now: a date within the cycle under way is moved
+        there), its resume at least a cycle later; subscription.pause pauses now."""
+        raise UnsupportedOperation(PROVIDER, _NO_PAUSE_NOW)
+
+    async def resume_subscription(
+        self, req: gw_base.ResumeSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """`unsupported`, as pause_subscription (a subscription paused in Square's
+        dashboard is resumed there)."""
+        raise UnsupportedOperation(PROVIDER, _NO_PAUSE_NOW)
 
     async def cancel_subscription(
         self, req: gw_base.CancelSubscription, *, idempotency_key: str

@@ -227,14 +227,15 @@ def never_paid(raw_invoices: Sequence[Mapping[str, Any]]) -> bool:
 def _status(
     sub: Mapping[str, Any], invoices: tuple[InvoiceResult, ...], never_paid: bool, trial: bool
 ) -> SubscriptionStatus:
-    """ACTIVE (or PENDING; PAUSED by the seller) is active, past due when its newest
+    """ACTIVE (or PENDING) is active, past due when its newest
     invoice is open with a decline. Its first charge declined, with its end scheduled
     (paystream's create does so: nothing more billed), it is incomplete; that invoice
     canceled too (paystream's cancel of it), canceled: nothing was billed, nor will be.
     A trial's first charge comes after the create, which scheduled no end: declined, it
     is past due, and stays so once canceled at its period's end (never past_due ->
     incomplete, a move back: review h78l M2).
-    PENDING before its first invoice, a trial's (a later start_date), is trialing. CANCELED,
+    PENDING before its first invoice, a trial's (a later start_date), is trialing. PAUSED
+    (by the seller, in Square's dashboard) is paused. CANCELED,
     DEACTIVATED (a billing issue Square stopped it for) and COMPLETED are canceled."""
     status = sub.get("status")
     if status in ("CANCELED", "DEACTIVATED", "COMPLETED"):
@@ -243,6 +244,8 @@ def _status(
         raise _unreadable(f"a status this version does not know ({status})")
     if status == "PENDING" and trial and not invoices:
         return SubscriptionStatus.TRIALING
+    if status == "PAUSED":  # (by the seller, at Square: nothing billed until resumed)
+        return SubscriptionStatus.PAUSED
     # (an open invoice whose charge is still to come, or under way, is not past due)
     declined = bool(invoices) and invoices[0].status is InvoiceStatus.OPEN
     declined = declined and invoices[0].failure_code is not None

@@ -822,6 +822,41 @@ class StripeGateway:
         # them newest first, the two of one change made in the same second)
         return tuple(sorted(lines, key=lambda line: (line.period_start, line.amount >= 0)))
 
+    async def pause_subscription(
+        self, req: gw_base.PauseSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """``pause_collection[behavior]=void`` (every invoice made while paused voided:
+        nothing billed; Stripe keeps ``status: active`` and the billing cycle), with its
+        ``resumes_at`` if given, under the pause's key."""
+        pause: dict[str, Any] = {"behavior": "void"}
+        if req.resumes_at is not None:
+            pause["resumes_at"] = req.resumes_at
+        obj = await self._call(
+            "pause_subscription",
+            lambda: self._v1.subscriptions.update_async(
+                req.provider_subscription_id,
+                {"pause_collection": pause},
+                self._opts(idempotency_key),
+            ),
+        )
+        return await self._subscription(obj)
+
+    async def resume_subscription(
+        self, req: gw_base.ResumeSubscription, *, idempotency_key: str
+    ) -> gw_base.SubscriptionResult:
+        """``pause_collection=""`` (cleared), under the resume's key: billing goes on
+        in the cycle Stripe kept, nothing charged now; the next period is invoiced as
+        it begins (the periods begun while paused were voided)."""
+        obj = await self._call(
+            "resume_subscription",
+            lambda: self._v1.subscriptions.update_async(
+                req.provider_subscription_id,
+                {"pause_collection": ""},
+                self._opts(idempotency_key),
+            ),
+        )
+        return await self._subscription(obj)
+
     async def retrieve_subscription(
         self, req: gw_base.RetrieveSubscription, *, idempotency_key: str
     ) -> gw_base.SubscriptionResult:

@@ -649,6 +649,13 @@ def subscription(
     start, end = _period(obj, item, "start"), _period(obj, item, "end")
     ended = obj.get("ended_at") or obj.get("canceled_at")
     trial_end = obj.get("trial_end")
+    # Its collection paused (subscription.pause, or Stripe's dashboard): Stripe keeps it
+    # active, billing nothing while ``pause_collection`` is set: paystream's paused.
+    paused = obj.get("pause_collection")
+    resumes_at = None
+    if isinstance(paused, Mapping) and status is not SubscriptionStatus.CANCELED:
+        status = SubscriptionStatus.PAUSED
+        resumes_at = _epoch(paused["resumes_at"]) if paused.get("resumes_at") else None
     return SubscriptionResult(
         provider_subscription_id=str(obj["id"]),
         status=status,
@@ -665,6 +672,7 @@ def subscription(
         invoices=invoices,
         # (an id, or the PaymentMethod where the request expanded it)
         provider_payment_method_id=_id(obj.get("default_payment_method")),
+        pause_resumes_at=resumes_at,
     )
 
 

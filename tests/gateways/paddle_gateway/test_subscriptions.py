@@ -478,3 +478,52 @@ async def test_a_plan_without_a_trial_sends_no_trial_period(paddle_url: str) -> 
     (sent,) = [b for b in client.bodies if "items" in b]
     assert "trial_period" not in sent["items"][0]["price"]
     await gw.aclose()
+
+
+async def test_pause_now_and_resume_with_a_new_period_charged(paddle_url: str) -> None:
+    """subscription.pause: POST /pause ``effective_from: immediately`` (paused now, with
+    its resume_at a scheduled resume); a renewal does not come while paused; resume:
+    POST /resume ``immediately``, ``start_new_billing_period``: a new period from now,
+    charged at once (an invoice paid). Each answered as it is when asked again (Paddle
+    takes no key)."""
+    from paystream.gateways.base import PauseSubscription, ResumeSubscription
+
+    gw = gateway(paddle_url)
+    customer = await _customer(gw)
+    made = await gw.create_subscription(_plan(customer=customer), idempotency_key=key())
+    sid = made.provider_subscription_id
+    with pytest.raises(GatewayError) as unpaid:
+        await gw.pause_subscription(
+            PauseSubscription(provider_subscription_id=sid), idempotency_key=key()
+        )
+    assert unpaid.value.code is ErrorCode.INVALID_STATE
+    await paddle_checkout(paddle_url, sid)
+    sub_id = await _paddle_sub_id(paddle_url, sid)
+    resumes = int(time.time()) + 40 * 86400
+    pause = PauseSubscription(provider_subscription_id=sid, resumes_at=resumes)
+    paused = await gw.pause_subscription(pause, idempotency_key=key())
+    assert paused.status is SubscriptionStatus.PAUSED
+    assert paused.pause_resumes_at is not None
+    assert int(paused.pause_resumes_at.timestamp()) == resumes
+    again = await gw.pause_subscription(pause, idempotency_key=key())
+    assert again.status is SubscriptionStatus.PAUSED
+    sent = [e for e in await effects(paddle_url) if e["kind"] == "subscription_pause"]
+    sent = [e for e in sent if e["id"] == sub_id]
+    assert [e["effective_from"] for e in sent] == ["immediately"]
+    read = await _read(gw, sid)
+    assert read.status is SubscriptionStatus.PAUSED and len(read.invoices) == 1
+    with pytest.raises(aiohttp.ClientResponseError):  # (the fake renews no paused one)
+        await _renew(paddle_url, sub_id)
+    resume = ResumeSubscription(provider_subscription_id=sid)
+    resumed = await gw.resume_subscription(resume, idempotency_key=key())
+    assert resumed.status is SubscriptionStatus.ACTIVE and resumed.pause_resumes_at is None
+    assert [i.status for i in resumed.invoices] == [InvoiceStatus.PAID, InvoiceStatus.PAID]
+    assert resumed.invoices[0].amount == usd(1200)
+    assert resumed.current_period_start > paused.current_period_start
+    assert resumed.current_period_end - resumed.current_period_start >= timedelta(days=28)
+    twice = await gw.resume_subscription(resume, idempotency_key=key())
+    assert twice.status is SubscriptionStatus.ACTIVE and len(twice.invoices) == 2
+    kept = [e for e in await effects(paddle_url) if e["kind"] == "subscription_resume"]
+    kept = [e for e in kept if e["id"] == sub_id]
+    assert [e["on_resume"] for e in kept] == ["start_new_billing_period"]
+    await gw.aclose()

@@ -1,0 +1,199 @@
+"""`subscription.pause` and `subscription.resume` through the pipeline, on the real
+simulator (Stripe's pause_collection ``void``: the billing cycle goes on, no period
+begun while paused is billed; resumed, nothing is charged at once, the next period is
+billed as it begins): the commands, what is billed across a pause, a pause's
+``resumes_at`` on the simulator's clock, cancel while paused, the states refused, and
+exactly-once (a redelivery, a re-drive after a resume since)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from paystream.client import build_command
+from paystream.streams.commands import COMMANDS, PROVIDER_READS
+from tests.agents.harness import Harness, data, kind, new_tenant_id, simulator_of
+from tests.agents.test_let_through import _answer, _command
+from tests.agents.test_subscription_update import _subscribed
+
+pytestmark = pytest.mark.asyncio
+DAY = 24 * 3600
+
+
+async def _effects(h: Harness, t: str, effect: str) -> list[Any]:
+    return [e for e in await simulator_of(h, t).effects() if e.kind == effect]
+
+
+def _invoices(outcome: Any) -> list[dict[str, Any]]:
+    return [r for r in data(outcome).get("related", []) if r["entity_type"] == "invoice"]
+
+
+async def _pause(h: Harness, t: str, **kw: Any) -> Any:
+    return await h.send("subscription.pause", t, {"subscription_id": "s1", **kw})
+
+
+async def _resume(h: Harness, t: str) -> Any:
+    return await h.send("subscription.resume", t, {"subscription_id": "s1"})
+
+
+async def _refresh(h: Harness, t: str) -> Any:
+    return await h.send("subscription.refresh", t, {"subscription_id": "s1"})
+
+
+def _ahead(days: float) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+async def test_the_commands_are_registered_and_are_not_reads() -> None:
+    assert {"subscription.pause", "subscription.resume"} <= set(COMMANDS)
+    assert not {"subscription.pause", "subscription.resume"} & PROVIDER_READS
+
+
+async def test_nothing_is_billed_while_paused_and_resume_bills_from_the_next_period(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)  # (monthly: its first invoice charged)
+    paused = await _pause(h, t)
+    assert kind(paused) == "subscription.paused", data(paused)
+    assert data(paused)["previous_status"] == "active"
+    assert data(paused)["object"]["status"] == "paused"
+    assert data(paused)["object"].get("pause_resumes_at") is None
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "paused"
+    # Three months on: read back, still paused, nothing billed nor invoiced.
+    await simulator_of(h, t).advance_clock(95 * DAY)
+    read = await _refresh(h, t)
+    assert kind(read) == "subscription.updated", data(read)
+    assert data(read)["object"]["status"] == "paused" and _invoices(read) == []
+    assert len(await _effects(h, t, "charge")) == 1
+    resumed = await _resume(h, t)
+    assert kind(resumed) == "subscription.resumed", data(resumed)
+    assert (data(resumed)["previous_status"], data(resumed)["object"]["status"]) == (
+        "paused",
+        "active",
+    )
+    # Nothing charged at the resume: the period under way (its billing cycle kept) was
+    # not billed, the next one is, as it begins.
+    assert _invoices(resumed) == [] and len(await _effects(h, t, "charge")) == 1
+    end = datetime.fromisoformat(data(resumed)["object"]["current_period_end"])
+    assert end > datetime.now(UTC) + timedelta(days=95)
+    await simulator_of(h, t).advance_clock(32 * DAY)
+    renewed = await _refresh(h, t)
+    assert [i["object"]["status"] for i in _invoices(renewed)] == ["paid"]
+    assert len(await _effects(h, t, "charge")) == 2
+    assert len(await _effects(h, t, "subscription.paused")) == 1
+    assert len(await _effects(h, t, "subscription.resumed")) == 1
+
+
+async def test_a_pause_with_resumes_at_resumes_by_itself(harness: Harness) -> None:
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    paused = await _pause(h, t, resumes_at=_ahead(40))
+    assert kind(paused) == "subscription.paused", data(paused)
+    resumes = datetime.fromisoformat(data(paused)["object"]["pause_resumes_at"])
+    assert abs((resumes - datetime.now(UTC)).total_seconds() - 40 * DAY) < 60
+    # Its second period (a month in) begins while paused: not billed. Past resumes_at, a
+    # read finds it active again, nothing billed yet.
+    await simulator_of(h, t).advance_clock(45 * DAY)
+    back = await _refresh(h, t)
+    assert kind(back) == "subscription.updated", data(back)
+    assert (data(back)["previous_status"], data(back)["object"]["status"]) == (
+        "paused",
+        "active",
+    )
+    assert data(back)["object"].get("pause_resumes_at") is None
+    assert _invoices(back) == [] and len(await _effects(h, t, "charge")) == 1
+    # The third period, begun after it resumed, is billed.
+    await simulator_of(h, t).advance_clock(25 * DAY)
+    renewed = await _refresh(h, t)
+    assert [i["object"]["status"] for i in _invoices(renewed)] == ["paid"]
+    assert len(await _effects(h, t, "charge")) == 2
+
+
+async def test_cancel_while_paused(harness: Harness) -> None:
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    assert kind(await _pause(h, t)) == "subscription.paused"
+    later = await h.send("subscription.cancel", t, {"subscription_id": "s1", "at_period_end": True})
+    assert data(later)["reason"] == "invalid_state", data(later)
+    gone = await h.send("subscription.cancel", t, {"subscription_id": "s1"})
+    assert kind(gone) == "subscription.canceled", data(gone)
+    assert data(gone)["previous_status"] == "paused"
+    resumed = await _resume(h, t)
+    assert data(resumed)["reason"] == "invalid_state", data(resumed)
+    await simulator_of(h, t).advance_clock(70 * DAY)
+    assert len(await _effects(h, t, "charge")) == 1
+
+
+async def test_what_is_refused(harness: Harness) -> None:
+    h = harness
+    t = h.add_tenant()
+    other = h.add_tenant()
+    await _subscribed(h, t)
+    # Resume of one not paused; another tenant's subscription is not found.
+    assert data(await _resume(h, t))["reason"] == "invalid_state"
+    for command in ("subscription.pause", "subscription.resume"):
+        refused = await h.send(command, other, {"subscription_id": "s1"})
+        assert data(refused)["reason"] == "not_found", (command, data(refused))
+    # resumes_at: behind, over a year ahead, or without a time zone.
+    for bad in (_ahead(-1), _ahead(400), "2030-01-01T00:00:00"):
+        refused = await _pause(h, t, resumes_at=bad)
+        assert data(refused)["reason"] == "validation_error", (bad, data(refused))
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "active"
+    assert kind(await _pause(h, t)) == "subscription.paused"
+    # Paused: not paused again, nor updated (resume it first).
+    twice = await _pause(h, t)
+    assert data(twice)["reason"] == "invalid_state", data(twice)
+    changed = await h.send("subscription.update", t, {"subscription_id": "s1", "amount": 900})
+    assert data(changed)["reason"] == "invalid_state", data(changed)
+    # A trial is not paused (nothing billed yet); nor a canceled one.
+    u = h.add_tenant()
+    await _subscribed(h, u, trial_days=7)
+    assert data(await _pause(h, u))["reason"] == "invalid_state"
+    await h.send("subscription.cancel", u, {"subscription_id": "s1"})
+    assert data(await _pause(h, u))["reason"] == "invalid_state"
+    assert await _effects(h, u, "subscription.paused") == []
+
+
+async def test_a_pause_redelivered_is_answered_alike_and_paused_once(harness: Harness) -> None:
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    body = {"subscription_id": "s1", "resumes_at": _ahead(30)}
+    await h.assert_redelivered_alike(build_command("subscription.pause", t, body, command_id="p1"))
+    again = await h.send("subscription.pause", t, body, command_id="p1")
+    assert kind(again) == "subscription.paused", data(again)
+    assert len(await _effects(h, t, "subscription.paused")) == 1
+    resume = build_command("subscription.resume", t, {"subscription_id": "s1"}, command_id="r1")
+    await h.assert_redelivered_alike(resume)
+    assert len(await _effects(h, t, "subscription.resumed")) == 1
+
+
+async def test_a_parked_pause_re_driven_after_a_resume_does_not_pause_again(
+    harness: Harness,
+) -> None:
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:p1": 3}})
+    await _subscribed(h, t)
+    p1 = {"subscription_id": "s1"}
+    emits = await h.processor.process(_command(t, "subscription.pause", p1, "p1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]  # applied, answer lost
+    read = await _answer(h, _command(t, "subscription.refresh", p1, "f1"))
+    assert data(read)["object"]["status"] == "paused", data(read)
+    resumed = await _answer(h, _command(t, "subscription.resume", p1, "r2"))
+    assert kind(resumed) == "subscription.resumed", data(resumed)
+    out = await _answer(h, _command(t, "subscription.pause", p1, "p1"))  # `dlq replay`
+    assert kind(out) == "command.rejected", data(out)
+    assert data(out)["reason"] == "invalid_state", data(out)
+    assert "changed since this pause was first tried" in data(out)["message"], data(out)
+    sub = h.tables.subscriptions[f"{t}:s1"]
+    at_provider = await simulator_of(h, t)._store.read(sub["provider_subscription_id"])
+    assert at_provider is not None
+    assert (sub["status"], at_provider["status"]) == ("active", "active")
+    assert len(await _effects(h, t, "subscription.paused")) == 1
