@@ -39,12 +39,14 @@ from paystream.gateways.base import (
     InvoiceLine,
     InvoiceResult,
     InvoiceStatus,
+    PauseSubscription,
     PayInvoice,
     PaymentResult,
     PaymentStatus,
     PayoutResult,
     PayoutStatus,
     RefundStatus,
+    ResumeSubscription,
     RetrieveBalance,
     RetrieveConnectedAccount,
     RetrieveCustomer,
@@ -1297,6 +1299,41 @@ async def expect_one_of(codes: tuple[ErrorCode, ...], coro: object) -> GatewayEr
         await coro  # type: ignore[misc]
     assert info.value.code in codes, info.value
     return info.value
+
+
+SQUARE_PAUSES_NEXT_CYCLE = (
+    "PauseSubscription pauses from the next billing cycle only, never now: pause and "
+    "resume are answered unsupported (tests/gateways/square_gateway)"
+)
+
+
+@over_gateways(square_lacks=SQUARE_PAUSES_NEXT_CYCLE, paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)
+async def test_a_subscription_is_paused_and_resumed(harness: Harness) -> None:
+    """Paused now (Stripe: ``pause_collection`` void, its status ``active`` there: read
+    as paused), with its resumes_at; read back paused; resumed: active, the period it
+    was in kept (Stripe's billing cycle goes on), nothing charged at the resume. Each
+    replayed under its key answers alike."""
+    sub = await subscribe(harness, amount=1500)
+    resumes = int(time.time()) + 30 * 86400
+    pause = PauseSubscription(
+        provider_subscription_id=sub.provider_subscription_id, resumes_at=resumes
+    )
+    k = key()
+    paused = await harness.gateway.pause_subscription(pause, idempotency_key=k)
+    assert paused.status is SubscriptionStatus.PAUSED
+    assert paused.pause_resumes_at is not None
+    assert int(paused.pause_resumes_at.timestamp()) == resumes
+    assert (await harness.gateway.pause_subscription(pause, idempotency_key=k)) == paused
+    read = await read_subscription(harness, sub)
+    assert read.status is SubscriptionStatus.PAUSED and read.pause_resumes_at is not None
+    resume = ResumeSubscription(provider_subscription_id=sub.provider_subscription_id)
+    resumed = await harness.gateway.resume_subscription(resume, idempotency_key=key())
+    assert resumed.status is SubscriptionStatus.ACTIVE and resumed.pause_resumes_at is None
+    assert resumed.current_period_end == sub.current_period_end
+    assert [i.provider_invoice_id for i in resumed.invoices] == [
+        i.provider_invoice_id for i in sub.invoices
+    ]
+    assert (await read_subscription(harness, sub)).status is SubscriptionStatus.ACTIVE
 
 
 @over_gateways(paddle_lacks=PADDLE_NO_SUBSCRIPTIONS)

@@ -345,3 +345,37 @@ async def test_the_notice_carries_what_the_event_says() -> None:
     assert notice is not None
     assert (notice.provider_invoice_id, notice.invoice_status) == ("in_1", "open")
     assert notice.status is None
+
+
+def _paused_event(resumes_at: int | None = None) -> bytes:
+    """A ``customer.subscription.updated`` of sub_1 with its collection paused (Stripe
+    keeps it ``active``, ``pause_collection`` set)."""
+    event = json.loads(_sub_event())
+    pause = {"behavior": "void", "resumes_at": resumes_at}
+    event["data"]["object"]["pause_collection"] = pause
+    return json.dumps(event).encode()
+
+
+async def test_a_pause_made_in_stripes_dashboard_is_refreshed_its_echo_ignored(
+    seen: SimpleNamespace,  # noqa: F811
+    held: dict[str, Any],
+) -> None:
+    """Stripe keeps a subscription paused by ``pause_collection`` ``active``: read as the
+    event's status, a pause made in the dashboard was dropped as the echo of an active
+    one. Paused (paystream's name): read; the echo of paystream's own pause, recorded
+    paused, is no news; so is a resume's (pause_collection cleared, recorded active)."""
+    notice = subscription_notice(json.loads(_paused_event(END)))
+    assert notice is not None and notice.status == "paused"
+    status, body = await _post(_paused_event())
+    assert (status, body["action"]) == (200, "refresh"), body
+    assert len(seen.sent) == 1
+    held["subscription"]["status"] = "paused"
+    status, body = await _post(_paused_event(END))
+    assert (status, body["action"]) == (200, "ignored"), body
+    assert "paused already" in body["why"]
+    status, body = await _post(_sub_event())  # (resumed: cleared, recorded paused still)
+    assert (status, body["action"]) == (200, "refresh"), body
+    held["subscription"]["status"] = "active"
+    status, body = await _post(_sub_event(event_id="evt_resumed"))
+    assert (status, body["action"]) == (200, "ignored"), body
+    assert len(seen.sent) == 2

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import stripe
 
 from paystream.gateways.base import (
+    SubscriptionStatus,
     read_connected_account_ref,
     read_invoice_ref,
     read_payment_ref,
@@ -382,6 +383,12 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
     # of its own create's first invoice, of its own cancel at period end or update).
     if kind == "subscription":
         status = subscription_status(obj.get("status"))
+        if isinstance(obj.get("pause_collection"), dict) and status is not (
+            SubscriptionStatus.CANCELED
+        ):
+            # (active at Stripe, its collection paused: paystream's paused, as a read
+            # has it; one paused in the dashboard is read, not dropped as an echo)
+            status = SubscriptionStatus.PAUSED
         cancel = obj.get("cancel_at_period_end")
         return replace(
             notice,

@@ -165,6 +165,30 @@ async def test_a_cancel_now_of_one_paid_for_is_refused(square_url: str) -> None:
     await gw.aclose()
 
 
+async def test_a_pause_or_resume_is_unsupported_and_nothing_is_sent(square_url: str) -> None:
+    """Square's PauseSubscription pauses from the start of the next billing cycle (a date
+    within the cycle under way is moved there), never now: subscription.pause and
+    .resume are answered unsupported, saying so, before any call."""
+    from paystream.gateways.base import PauseSubscription, ResumeSubscription
+
+    gw = gateway_at(square_url)
+    sub = await subscribe(gw)
+    sid = sub.provider_subscription_id
+    for call in (
+        gw.pause_subscription(
+            PauseSubscription(provider_subscription_id=sid), idempotency_key=key()
+        ),
+        gw.resume_subscription(
+            ResumeSubscription(provider_subscription_id=sid), idempotency_key=key()
+        ),
+    ):
+        with pytest.raises(UnsupportedOperation) as info:
+            await call
+        assert "next billing cycle" in info.value.message, info.value.message
+    assert (await read(gw, sub)).status is SubscriptionStatus.ACTIVE
+    await gw.aclose()
+
+
 async def test_a_cancel_whose_answer_was_lost_is_scheduled_once(
     wired: tuple[SquareGateway, Wire], square_url: str
 ) -> None:
