@@ -159,6 +159,32 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "for it. Answered `subscription.updated` (`related`: "
         "renewals the provider billed before the change)."
     ),
+    "subscription.pause": (
+        "Pause an `active` subscription's billing now (others are refused "
+        "`invalid_state`): `subscription.paused`, its status `paused`; nothing is billed "
+        "while it is paused, and nothing is charged by the pause. `resumes_at` (optional, "
+        "RFC 3339 with its time zone, ahead and at most 366 days ahead, else "
+        "`validation_error`): when its provider resumes it by itself (`pause_resumes_at`; "
+        "read back `active` by `subscription.refresh`). Stripe: `pause_collection` with "
+        "`behavior: void` (Stripe keeps its billing cycle, and voids the invoices of the "
+        "periods that begin while it is paused); Paddle: paused `immediately`. Square "
+        "pauses only from its next billing cycle: `unsupported`. A paused subscription is "
+        "resumed, canceled now, or read back: `subscription.update` and a cancel at period "
+        "end are refused `invalid_state`. Parked and re-driven after another command "
+        "changed the subscription (a resume since), it is read back rather than sent "
+        "again: `subscription.paused` if it is paused, else `invalid_state`."
+    ),
+    "subscription.resume": (
+        "Resume a `paused` subscription's billing now (others are refused "
+        "`invalid_state`): `subscription.resumed`, its status `active` again. Stripe "
+        "(`pause_collection` cleared) and the simulator keep the billing cycle: nothing "
+        "is charged at the resume, the next period is billed as it begins (the one under "
+        "way, begun while paused, is not). Paddle starts a new billing period at the "
+        "resume and charges it at once (`start_new_billing_period`; the invoice in "
+        "`related`): held to the tenant's limits as a `subscription.create` of its amount "
+        "is, and counted at what that invoice was paid. Square: `unsupported`. Re-driven "
+        "after another command changed the subscription, read back as a pause is."
+    ),
     "subscription.refresh": (
         "Read a subscription back from its provider with the invoices it made since "
         "(renewals paid, or declined: `past_due`; `related`: invoices new or moved on; "
@@ -400,8 +426,9 @@ _REFUND_REFRESHED: Doc = {
 _SUB_PREVIOUS: Doc = {
     "previous_status": {
         "type": "string",
-        "description": "answering `subscription.cancel`, `subscription.update` or "
-        "`subscription.refresh`: the subscription's status before",
+        "description": "answering `subscription.cancel`, `subscription.update`, "
+        "`subscription.pause`, `subscription.resume` or `subscription.refresh`: the "
+        "subscription's status before",
     },
     "pending_prorations": {
         "type": "array",
@@ -542,8 +569,9 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
         "`amount`, `payment_method_id` or `cancel_at_period_end` as they are now), or "
         "`subscription.refresh` read the "
         "subscription back (renewed: new `paid` invoices in `related`; `past_due`: an "
-        "invoice `open`, its decline in `error`; or unchanged; or one canceled, final, "
-        "answered from its record).",
+        "invoice `open`, its decline in `error`; a paused one resumed at its "
+        "`pause_resumes_at`, or paused in the provider's dashboard; or unchanged; or one "
+        "canceled, final, answered from its record).",
         {
             **_SUB_PREVIOUS,
             "next_action": {
@@ -553,6 +581,20 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
                 "`subscription.requires_action`'s",
             },
         },
+    ),
+    "subscription.paused": (
+        "subscription",
+        "The subscription's billing is paused (`status` `paused`): nothing is billed until "
+        "`subscription.resume`, or its `pause_resumes_at` if set. Nothing was charged.",
+        _SUB_PREVIOUS,
+    ),
+    "subscription.resumed": (
+        "subscription",
+        "The subscription bills again (`status` `active`; `past_due` if an invoice from "
+        "before the pause is still open): its period as its provider restarts it (Paddle: "
+        "a new period from now, its invoice charged at once, in `related`; Stripe: the "
+        "cycle it kept, nothing charged now).",
+        _SUB_PREVIOUS,
     ),
     "subscription.canceled": (
         "subscription",

@@ -335,6 +335,7 @@ def _emitted_outcomes() -> set[str]:
         | set(handlers._PAYMENT_OUTCOME.values())
         | set(handlers._PAYOUT_OUTCOME.values())
         | set(handlers._INVOICE_OUTCOME.values())
+        | set(handlers._PAUSE_OUTCOME.values())
         | {f"refund.{s.value}" for s in RefundStatus}
         | {"command.rejected"}
     )

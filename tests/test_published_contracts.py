@@ -47,6 +47,8 @@ VALID: dict[str, dict[str, Any]] = {
     "subscription.cancel": {"subscription_id": "s1", "at_period_end": True},
     "subscription.update": {"subscription_id": "s1", "amount": 1200, "payment_method_id": "pm2"},
     "subscription.refresh": {"subscription_id": "s1"},
+    "subscription.pause": {"subscription_id": "s1", "resumes_at": "2027-03-01T00:00:00Z"},
+    "subscription.resume": {"subscription_id": "s1"},
     "payout.create": {"amount": 5000, "currency": "EUR", "statement_descriptor": "ACME"},
     "invoice.create": {
         "customer_id": "cus_1",

@@ -3770,6 +3770,30 @@ def subscription_trial_charge(
     return ProrationCharge(amount, str(raw["currency"]), tuple(rates) if rates else None)
 
 
+# Providers whose resume charges a new period at once (the gateways' resume_subscription:
+# Paddle's start_new_billing_period). Stripe's and the simulator's charge nothing then.
+RESUME_CHARGES_NOW = frozenset({"paddle"})
+
+
+def subscription_resume_charge(
+    subscriptions: Mapping[str, Any], tenant_id: str, data: c.ResumeSubscription
+) -> ProrationCharge | None:
+    """What the tenant limits hold a ``subscription.resume`` to where its provider
+    charges a new period at the resume (RESUME_CHARGES_NOW): a period's charge of the
+    subscription's amount with its tax rates, as an always_invoice's (a ProrationCharge:
+    counted at what its invoice was paid). None, nothing held, elsewhere, or for one
+    resume_subscription refuses whatever the limits (unknown, not paused)."""
+    raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
+    if not isinstance(raw, Mapping) or raw.get("provider") not in RESUME_CHARGES_NOW:
+        return None
+    if raw.get("status") != _SUB_PAUSED.value:
+        return None
+    rates = raw.get("tax_rate_ids")
+    return ProrationCharge(
+        int(raw["amount"]), str(raw["currency"]), tuple(rates) if rates else None
+    )
+
+
 def subscription_trialing(
     subscriptions: Mapping[str, Any], tenant_id: str, data: c.UpdateSubscription
 ) -> bool:

@@ -69,6 +69,7 @@ from paystream.agents.handlers import (
     subscription_charge,
     subscription_pending_charge,
     subscription_repricing,
+    subscription_resume_charge,
     subscription_trial_charge,
     subscription_trialing,
 )
@@ -1658,6 +1659,10 @@ class CommandProcessor(ProviderWindow):
                 self.tables.invoices, self.tables.tax_rates, cmd.tenant_id, data
             )
             return data if updated is None else updated
+        if cmd.command_type == "subscription.resume":
+            # (a new period charged at the resume, at Paddle: held as an always_invoice)
+            charged = subscription_resume_charge(self.tables.subscriptions, cmd.tenant_id, data)
+            return data if charged is None else charged
         if cmd.command_type != "subscription.update":
             return data
         ending = subscription_trial_charge(self.tables.subscriptions, cmd.tenant_id, data)
@@ -2969,17 +2974,19 @@ def _header_text(text: str, limit: int = 500) -> bytes:
 
 
 # Commands whose limits data is read from their entities (pipeline._limits_data): the
-# money commands, and a subscription.update (a new price; charged now with
-# always_invoice).
-_LIMITS_READ = dict.fromkeys((*MONEY_COMMANDS, "subscription.update"), True)
+# money commands, a subscription.update (a new price; charged now with
+# always_invoice), and a subscription.resume (a new period charged at once, at Paddle).
+_LIMITS_READ = dict.fromkeys((*MONEY_COMMANDS, "subscription.update", "subscription.resume"), True)
 
 
 def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
     """What a ``subscription.update`` charged now: its proration invoices (made by this
     command, with proration lines, billing from a change: not a renewal carrying them,
     which its provider billed first and the limits do not count) paid, summed; 0 for
-    none (a credit, a decline, no always_invoice). None for any other command: its
-    outcome type tells."""
+    none (a credit, a decline, no always_invoice). A ``subscription.resume``'s: its
+    invoices paid (_resume_paid). None for any other command: its outcome type tells."""
+    if command_type == "subscription.resume":
+        return _resume_paid(outcome)
     if command_type != "subscription.update":
         return None
     command = outcome.data.get("command_id")
@@ -3012,6 +3019,21 @@ def _trial_ended_at(data: dict[str, Any]) -> datetime | None:
     if sub.get("status") == "trialing":
         return None
     return _instant(sub.get("trial_end"))
+
+
+def _resume_paid(outcome: StoredOutcome) -> int:
+    """What a ``subscription.resume`` charged now: the invoices it made (a new period's,
+    at Paddle) paid, summed; 0 for none (Stripe's, the simulator's; a decline)."""
+    command = outcome.data.get("command_id")
+    return sum(
+        int(obj.get("amount") or 0)
+        for part in outcome.data.get("related") or ()
+        if isinstance(part, dict)
+        and part.get("entity_type") == "invoice"
+        and isinstance(obj := part.get("object"), dict)
+        and obj.get("status") == "paid"
+        and obj.get("created_by") == command
+    )
 
 
 def _from_a_change(invoice: dict[str, Any]) -> bool:

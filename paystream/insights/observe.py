@@ -402,9 +402,15 @@ _VOID = InvoiceStatus.VOID
 _INCOMPLETE = SubscriptionStatus.INCOMPLETE
 # Recorded before its first period was paid: counted created once read back live.
 _NOT_YET_LIVE = frozenset({_INCOMPLETE, "requires_action"})
-# A subscription that is live: billed, or to be once its trial ends.
+# A subscription that is live: billed, or to be once its trial ends or it is resumed
+# (a paused one bills nothing, but its customer has not left: its cancel is churn).
 _LIVE = frozenset(
-    {SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE}
+    {
+        SubscriptionStatus.TRIALING,
+        SubscriptionStatus.ACTIVE,
+        SubscriptionStatus.PAST_DUE,
+        SubscriptionStatus.PAUSED,
+    }
 )
 _CARD_DECLINED = "card_declined"
 

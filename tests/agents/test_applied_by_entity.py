@@ -122,6 +122,12 @@ async def _subscribed(
     return command_type, {"subscription_id": sub, **body}
 
 
+async def _paused(h: Harness, t: str) -> tuple[str, dict[str, Any]]:
+    _, body = await _subscribed(h, t, "subscription.pause")
+    await _made(h, t, "subscription.pause", body)
+    return "subscription.resume", body
+
+
 async def _with_balance(
     h: Harness, t: str, command_type: str, **body: Any
 ) -> tuple[str, dict[str, Any]]:
@@ -249,6 +255,8 @@ SCENARIOS: dict[str, Setup] = {
     ),
     "subscription.refresh (renewed)": lambda h, t: _subscribed(h, t, "subscription.refresh"),
     "subscription.update": lambda h, t: _subscribed(h, t, "subscription.update", amount=2400),
+    "subscription.pause": lambda h, t: _subscribed(h, t, "subscription.pause"),
+    "subscription.resume": _paused,
     "payout.create": lambda h, t: _with_balance(h, t, "payout.create", payout_id="po9"),
     "payout.create (derived id)": lambda h, t: _with_balance(h, t, "payout.create"),
     "payout.create (instant)": lambda h, t: _with_balance(h, t, "payout.create", method="instant"),

@@ -68,6 +68,8 @@ COMMAND_TYPES = (
     "transfer.refresh",
     "invoice.mark_uncollectible",
     "invoice.update",
+    "subscription.pause",
+    "subscription.resume",
 )
 TOKENS = (
     "tok_visa",
@@ -178,6 +180,19 @@ def command_data(draw: st.DrawFn, command_type: str) -> dict[str, Any]:
             "amount": st.one_of(st.just(_MISSING), amounts),
         },
         "transfer.refresh": {"transfer_id": _ids("t1", "t2")},
+        # (No subscription exists here: refused not_found, or resumes_at refused: behind,
+        # too far ahead, no time zone, not a time.)
+        "subscription.pause": {
+            "subscription_id": _ids("s1", "s2"),
+            "resumes_at": st.one_of(
+                st.just(_MISSING),
+                mostly(
+                    st.sampled_from(["2031-01-01T00:00:00Z", "2099-01-01T00:00:00+02:00"]),
+                    st.sampled_from(["2031-01-01T00:00:00", "2001-01-01T00:00:00Z", "soon"]),
+                ),
+            ),
+        },
+        "subscription.resume": {"subscription_id": _ids("s1", "s2")},
         # (No invoice exists here: refused not_found, or its id refused as a command's.)
         "invoice.mark_uncollectible": {"invoice_id": _ids("in1", "in2")},
         "invoice.update": {

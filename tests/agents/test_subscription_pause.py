@@ -197,3 +197,42 @@ async def test_a_parked_pause_re_driven_after_a_resume_does_not_pause_again(
     assert at_provider is not None
     assert (sub["status"], at_provider["status"]) == ("active", "active")
     assert len(await _effects(h, t, "subscription.paused")) == 1
+
+
+async def test_a_resume_that_charges_at_once_is_held_to_the_tenant_limits(
+    harness: Harness,
+) -> None:
+    """Paddle's resume charges a new period at once (start_new_billing_period): held to
+    max_payment_amount as a create of the subscription's amount is, refused before any
+    call. Stripe's and the simulator's charge nothing then: nothing held."""
+    from paystream.agents.pipeline import _moved
+    from paystream.tables.records import StoredOutcome
+
+    h = harness
+    t = h.add_tenant(limits={"max_payment_amount": {"EUR": 2000}})
+    await _subscribed(h, t)
+    assert kind(await _pause(h, t)) == "subscription.paused"
+    key = f"{t}:s1"
+    h.tables.subscriptions[key] = {**h.tables.subscriptions[key], "amount": 2500}
+    # (the simulator's resume charges nothing: over the cap, still resumed)
+    assert kind(await _resume(h, t)) == "subscription.resumed"
+    assert kind(await _pause(h, t)) == "subscription.paused"
+    h.tables.subscriptions[key] = {
+        **h.tables.subscriptions[key],
+        "provider": "paddle",
+        "amount": 2500,
+    }
+    refused = await _resume(h, t)
+    assert data(refused)["reason"] == "quota_exceeded", data(refused)
+    assert data(refused)["limit"] == "max_payment_amount", data(refused)
+    assert len(await _effects(h, t, "subscription.resumed")) == 1
+    # What it is counted at: the invoices it made, paid.
+    paid = {"entity_type": "invoice", "object": {"status": "paid", "amount": 2500,
+                                                 "created_by": "r9"}}  # fmt: skip
+    other = {"entity_type": "invoice", "object": {"status": "paid", "amount": 700,
+                                                  "created_by": "c1"}}  # fmt: skip
+    stored = StoredOutcome(
+        type="subscription.resumed", data={"command_id": "r9", "related": [paid, other]}
+    )
+    assert _moved("subscription.resume", stored) == 2500
+    assert _moved("subscription.resume", StoredOutcome(type="subscription.resumed", data={})) == 0

@@ -244,6 +244,12 @@ def test_a_first_invoice_declined_is_a_card_decline_of_its_customer() -> None:
         ("subscription.canceled", "canceled", "requires_action", False, False),
         ("subscription.updated", "active", "trialing", False, False),  # a trial ended
         ("subscription.updated", "active", "active", False, False),  # scheduled to cancel
+        # paused and resumed: still a subscriber, neither started nor churned; canceled
+        # while paused: churned
+        ("subscription.paused", "paused", "active", False, False),
+        ("subscription.resumed", "active", "paused", False, False),
+        ("subscription.updated", "active", "paused", False, False),  # its resumes_at passed
+        ("subscription.canceled", "canceled", "paused", False, True),
     ],
 )
 def test_created_and_canceled_are_live_subscriptions_starting_and_ending(
