@@ -119,6 +119,10 @@ async def test_every_command_through_both_sdks(deployment_factory: Any) -> None:
                     "subscription.update", {"subscription_id": "s1", "amount": 1800}
                 )
                 assert raised["object"]["amount"] == 1800, raised
+                paused = await over_kafka("subscription.pause", {"subscription_id": "s1"})
+                assert paused["object"]["status"] == "paused", paused
+                resumed = await over_http("subscription.resume", {"subscription_id": "s1"})
+                assert resumed["object"]["status"] == "active", resumed
                 trial = await over_http(
                     "subscription.create",
                     {"customer_id": "c1", "payment_method_id": "pm1", "amount": 700,
