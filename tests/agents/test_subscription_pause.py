@@ -236,3 +236,17 @@ async def test_a_resume_that_charges_at_once_is_held_to_the_tenant_limits(
     )
     assert _moved("subscription.resume", stored) == 2500
     assert _moved("subscription.resume", StoredOutcome(type="subscription.resumed", data={})) == 0
+
+
+async def test_a_paused_subscription_is_live_for_retention(harness: Harness) -> None:
+    """It bills again once resumed (or at its resumes_at): never swept as settled."""
+    from paystream.tables.retention import settled
+
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    await _pause(h, t, resumes_at=_ahead(10))
+    record = h.tables.subscriptions[f"{t}:s1"]
+    assert record["status"] == "paused" and not settled(record)
+    await h.send("subscription.cancel", t, {"subscription_id": "s1"})
+    assert settled(h.tables.subscriptions[f"{t}:s1"])
