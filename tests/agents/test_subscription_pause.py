@@ -250,3 +250,19 @@ async def test_a_paused_subscription_is_live_for_retention(harness: Harness) -> 
     assert record["status"] == "paused" and not settled(record)
     await h.send("subscription.cancel", t, {"subscription_id": "s1"})
     assert settled(h.tables.subscriptions[f"{t}:s1"])
+
+
+async def test_a_tenant_narrowed_out_of_subscriptions_may_pause_not_resume(
+    harness: Harness,
+) -> None:
+    """A pause stops billing (as a cancel: the provider's capability only); a resume
+    bills again, the tenant's own to be given (as a create)."""
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    narrowed = ["customers", "payment_methods", "payments"]
+    h.tenants[t] = {**h.tenants[t], "gateway_options": {"capabilities": narrowed}}
+    assert kind(await _pause(h, t)) == "subscription.paused"
+    refused = await _resume(h, t)
+    assert data(refused)["reason"] == "unsupported", data(refused)
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "paused"
