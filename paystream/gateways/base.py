@@ -819,6 +819,10 @@ class DisputeResult(_Res):
     # when evidence is due: past it the dispute is lost unanswered.
     reason: str | None = None
     evidence_due_by: datetime | None = None
+    # The provider's fee for the dispute, withdrawn with the disputed amount as it opened
+    # (Stripe's dispute balance transactions' ``fee``; the simulator's, README "Payouts
+    # and balances"). None where the provider tells none (Square's, an inquiry's).
+    fee: Money | None = None
 
 
 class PaymentResult(_Res):

@@ -42,6 +42,7 @@ __all__ = [
     "connected_account",
     "customer",
     "dispute",
+    "dispute_fee",
     "dispute_status",
     "evidence_due_by",
     "invoice",
@@ -277,7 +278,35 @@ def dispute(obj: Mapping[str, Any]) -> DisputeResult:
         reason=obj.get("reason"),
         # (Epoch seconds; None once the dispute is closed, or never answerable: 0.)
         evidence_due_by=evidence_due_by(obj),
+        fee=dispute_fee(obj),
     )
+
+
+def dispute_fee(obj: Mapping[str, Any]) -> Money | None:
+    """What a Dispute's balance transactions charged in fees (the withdrawal's dispute
+    fee, less any a reinstatement gave back), in their currency (the account's, which
+    may not be the dispute's). None with none (an inquiry: no money withdrawn), or any
+    not as Stripe's reference gives them (an object with an integer ``fee``)."""
+    txns = obj.get("balance_transactions")
+    if not isinstance(txns, list) or not txns:
+        return None
+    total, currencies = 0, set()
+    for txn in txns:
+        fee = txn.get("fee") if isinstance(txn, Mapping) else None
+        if not isinstance(fee, int) or isinstance(fee, bool):
+            return None
+        total += fee
+        currencies.add(str(txn.get("currency", "")).upper())
+    if len(currencies) != 1:
+        return None
+    currency = currencies.pop()
+    minor = from_stripe_units(total, currency)
+    if minor is None or minor < 0:
+        return None
+    try:
+        return Money(amount=minor, currency=currency)
+    except ValueError:  # (a currency paystream does not know: no fee told, not an error)
+        return None
 
 
 # Evidence deadlines read at most (exclusive): past it pydantic takes an int for

@@ -17,6 +17,7 @@ import pytest
 
 from paystream.gateways.base import DisputeStatus
 from paystream.gateways.stripe import mapping
+from paystream.money import Money
 
 INQUIRY: dict[str, Any] = {
     "id": "dp_1",
@@ -64,3 +65,38 @@ def test_a_deadline_past_what_seconds_can_say_is_no_deadline(due_by: int, held: 
     details = {"due_by": due_by, "has_evidence": False, "past_due": False}
     got = mapping.dispute({**INQUIRY, "status": "needs_response", "evidence_details": details})
     assert (None if got.evidence_due_by is None else got.evidence_due_by.timestamp()) == held
+
+
+def _txn(amount: int, fee: int, currency: str = "usd") -> dict[str, Any]:
+    return {"object": "balance_transaction", "amount": amount, "fee": fee,
+            "net": amount - fee, "currency": currency}  # fmt: skip
+
+
+CHARGEBACK: dict[str, Any] = {**INQUIRY, "status": "needs_response"}
+
+
+@pytest.mark.parametrize(
+    ("txns", "fee"),
+    [
+        # Opened: the withdrawal of the amount, with the dispute fee (Stripe US: 15.00).
+        ([_txn(-900, 1500)], Money(amount=1500, currency="USD")),
+        # Won: the reinstatement gives the amount back, fee 0 (Stripe keeps its fee).
+        ([_txn(-900, 1500), _txn(900, 0)], Money(amount=1500, currency="USD")),
+        # A reinstatement that gave the fee back too (a contract that says so): none kept.
+        ([_txn(-900, 1500), _txn(900, -1500)], Money(amount=0, currency="USD")),
+        # In the account's currency, not the dispute's (a EUR account's fee on a USD charge).
+        ([_txn(-850, 2000, "eur")], Money(amount=2000, currency="EUR")),
+        # Stripe's hundredths of a shilling, in paystream's whole shillings.
+        ([_txn(-90000, 1500000, "ugx")], Money(amount=15000, currency="UGX")),
+        # An inquiry (nothing withdrawn), or transactions not as the reference has them.
+        ([], None),
+        (None, None),
+        (["txn_1"], None),
+        ([_txn(-900, 1500), _txn(900, 0, "eur")], None),
+        ([{**_txn(-900, 1500), "fee": "1500"}], None),
+    ],
+)
+def test_the_dispute_fee_is_read_from_its_balance_transactions(
+    txns: list[Any] | None, fee: Money | None
+) -> None:
+    assert mapping.dispute({**CHARGEBACK, "balance_transactions": txns}).fee == fee
