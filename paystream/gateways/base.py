@@ -981,8 +981,8 @@ class TransferResult(_Res):
 
 
 class BalanceAmount(_Res):
-    """One currency's balance: minor units, either may be negative (refunds and lost
-    disputes taken from an available balance that held less)."""
+    """One currency's balance: minor units, either may be negative (refunds, and disputes'
+    amounts and fees as they open, taken from an available balance that held less)."""
 
     currency: str
     available: int

@@ -1,7 +1,7 @@
 """Payouts and balances through the pipeline, on the real simulator: the commands, their
 outcomes and rejections, the balance's arithmetic (captures pending for the settlement
-delay on the tenant's clock, then available; refunds, lost disputes, payouts, their
-cancels and failures), payouts moving on the clock, exactly-once."""
+delay on the tenant's clock, then available; refunds, disputes (their amount and fee as
+they open), payouts, their cancels and failures), payouts moving on the clock, exactly-once."""
 
 from __future__ import annotations
 
@@ -87,14 +87,19 @@ async def test_partial_captures_refunds_and_currencies(harness: Harness) -> None
     assert await _balance(harness, t) == {"EUR": (5000, 0), "USD": (400, 300)}
 
 
-async def test_a_lost_dispute_takes_from_available(harness: Harness) -> None:
+async def test_a_dispute_takes_its_amount_and_fee_from_available_as_it_opens(
+    harness: Harness,
+) -> None:
+    # (Stripe's balance: the amount and the dispute fee, EUR 20.00, withdrawn at once;
+    # accepting it moves nothing more: tests/agents/test_dispute_balance.py.)
     t = harness.add_tenant()
     await _settled(harness, t, 4000)
     disputed = await _charge(harness, t, 1500, payment_method_token="pm_card_createDispute")
+    assert await _balance(harness, t) == {"EUR": (4000 - 1500 - 2000, 1500)}
     dispute_id = data(disputed)["related"][0]["entity_id"]
     accepted = await harness.send("dispute.accept", t, {"dispute_id": dispute_id})
     assert kind(accepted) == "dispute.closed", data(accepted)
-    assert await _balance(harness, t) == {"EUR": (2500, 1500)}
+    assert await _balance(harness, t) == {"EUR": (4000 - 1500 - 2000, 1500)}
 
 
 async def test_a_standard_payout_moves_on_the_clock_to_paid(harness: Harness) -> None:

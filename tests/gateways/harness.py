@@ -148,6 +148,9 @@ class Harness:
         # 1111), and the reason its test dispute has (Square names its own).
         self.visa_last4 = "1111" if name == "square" else "4242"
         self.dispute_reason = "no_knowledge" if name == "square" else "fraudulent"
+        # The dispute fee a USD chargeback shows (Stripe US's 15.00, the FAKE's balance
+        # transaction and the simulator's table alike); Square's dispute tells none.
+        self.dispute_fee = None if name == "square" else Money(amount=1500, currency="USD")
         self._built: list[PaymentGateway] = []
         self.gateway = self.build()
 

@@ -908,6 +908,8 @@ async def test_a_disputed_payment_reads_back_with_its_dispute(harness: Harness) 
         usd(1200),
     )
     assert now.dispute.reason == harness.dispute_reason and now.dispute.evidence_due_by is not None
+    # The fee withdrawn with the amount as it opened (Stripe: its balance transactions').
+    assert now.dispute.fee == harness.dispute_fee
     assert now.disputes == (now.dispute,)  # (every one listed, newest first)
 
 

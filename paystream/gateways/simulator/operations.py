@@ -83,6 +83,7 @@ from paystream.tax import Line, Rate, calculate, parse_percentage
 __all__ = [
     "DISPUTE_EVIDENCE_FIELDS",
     "DISPUTE_EVIDENCE_FILE_FIELDS",
+    "DISPUTE_FEES",
     "ONBOARDING_TAGS",
     "accept_dispute",
     "advance_clock",
@@ -104,6 +105,7 @@ __all__ = [
     "create_tax_rate",
     "delete_customer",
     "detach_payment_method",
+    "dispute_fee",
     "onboarding_tag",
     "pause_subscription",
     "resolve_dispute",
@@ -370,28 +372,56 @@ async def _card_for_payment(tx: Tx, req: CreatePayment) -> tuple[TestCard, str]:
     return card, pm["card"]
 
 
-def _open_dispute_if_due(tx: Tx, pi: dict[str, Any]) -> dict[str, Any]:
-    """The dispute card's cardholder disputes as soon as money is captured."""
+# Stripe's dispute fee (its "dispute received fee", per business country, charged in the
+# account's currency), minor units: USD 15.00 (US), EUR 20.00 (euro area), GBP 20.00 (UK,
+# since April 2023), JPY 1,500 (Japan). Stripe prices it "$15.00 or the local-currency
+# equivalent" elsewhere; the simulator converts nothing, so any other currency's fee is
+# 15 of its whole units (a simulator value, README "Payouts and balances").
+DISPUTE_FEES: dict[str, int] = {"USD": 1500, "EUR": 2000, "GBP": 2000, "JPY": 1500}
+_DISPUTE_FEE_UNITS = 15
+
+
+def dispute_fee(currency: str) -> int:
+    """The fee a dispute opened in ``currency`` (normalised) costs, in minor units."""
+    fee = DISPUTE_FEES.get(currency)
+    if fee is None:
+        fee = _DISPUTE_FEE_UNITS * 10 ** CURRENCY_EXPONENTS.get(currency, 2)
+    return fee
+
+
+def _open_dispute_if_due(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
+    """The dispute card's cardholder disputes as soon as money is captured: as Stripe, the
+    disputed amount and the dispute fee are withdrawn from the available balance at once
+    (below zero if need be); a won dispute gives the amount back, never the fee."""
     # (Synchronous, as `_authorise`: neither reads, so neither needs a coroutine.)
     card = card_for_token(pi["card"])
     if card is None or card.behaviour is not Behaviour.DISPUTE:
         return pi
     if pi["amount_captured"] == 0 or pi.get("dispute_id"):
         return pi
+    currency = pi["currency"]
     dispute = {
         "object": "dispute",
         "id": _new_id("dp"),
         "payment_id": pi["id"],
         "amount": pi["amount_captured"],
-        "currency": pi["currency"],
+        "currency": currency,
         "status": _NEEDS_RESPONSE,
         "evidence": {},
         # As Stripe's test card's: a fraud claim, evidence due in a week (epoch seconds,
         # as Stripe's evidence_details.due_by).
         "reason": "fraudulent",
         "evidence_due_by": int(time.time()) + EVIDENCE_WINDOW_SECONDS,
+        # Its presence says the withdrawal was made at opening (a dispute stored before
+        # it was, without one, is charged back when lost instead).
+        "fee": dispute_fee(currency),
     }
     tx.put(dispute)
+    # One commit with the capture that let the card dispute: the key's record keeps a
+    # redelivery from withdrawing again, and the payment's one dispute_id a re-read.
+    withdrawn = dispute["amount"] + dispute["fee"]
+    tx.adjust_available(currency, -withdrawn)
+    tx.effect(Effect.of("dispute.withdrawal", key, dispute["id"], withdrawn, currency))
     return {**pi, "dispute_id": dispute["id"]}
 
 
@@ -407,7 +437,7 @@ def _authorise(tx: Tx, pi: dict[str, Any], key: str) -> dict[str, Any]:
         tx.effect(Effect.of("charge", key, pi["id"], pi["amount"], pi["currency"]))
         tx.settle_later(pi["currency"], pi["amount"])
         pi = _transfer(tx, pi, key, pi["amount"])
-    return _open_dispute_if_due(tx, pi)
+    return _open_dispute_if_due(tx, pi, key)
 
 
 # Stripe's cap (its currencies page): eight digits in minor units ("Amount must be no
@@ -687,7 +717,7 @@ async def capture_payment(tx: Tx, req: CapturePayment, key: str) -> dict[str, An
     tx.effect(Effect.of("capture", key, pi["id"], amount, pi["currency"]))
     tx.settle_later(pi["currency"], amount)
     pi = _transfer(tx, pi, key, amount)
-    pi = _open_dispute_if_due(tx, pi)
+    pi = _open_dispute_if_due(tx, pi, key)
     tx.put(pi)
     dispute = await tx.get(pi["dispute_id"]) if pi.get("dispute_id") else None
     return {"ok": results.payment(pi, dispute)}
@@ -869,7 +899,7 @@ async def accept_dispute(tx: Tx, req: AcceptDispute, key: str) -> dict[str, Any]
         raise _refuse(ErrorCode.INVALID_STATE, f"the dispute is {dispute['status']}")
     dispute = {**dispute, "status": DisputeStatus.LOST.value}
     tx.put(dispute)
-    tx.adjust_available(dispute["currency"], -dispute["amount"])  # charged back
+    _charge_back_if_lost_late(tx, dispute)
     tx.effect(
         Effect.of("dispute.accepted", key, dispute["id"], dispute["amount"], dispute["currency"])
     )
@@ -883,8 +913,22 @@ async def resolve_dispute(tx: Tx, dispute_id: str, won: bool) -> dict[str, Any]:
     dispute = {**dispute, "status": (DisputeStatus.WON if won else DisputeStatus.LOST).value}
     tx.put(dispute)
     if not won:
-        tx.adjust_available(dispute["currency"], -dispute["amount"])  # charged back
+        _charge_back_if_lost_late(tx, dispute)
+    elif "fee" in dispute:
+        # Stripe passes the disputed amount back; its dispute (received) fee it keeps.
+        tx.adjust_available(dispute["currency"], dispute["amount"])
+        tx.effect(
+            Effect.of("dispute.reinstated", f"resolve:{dispute_id}", dispute_id,
+                      dispute["amount"], dispute["currency"])
+        )  # fmt: skip
     return {"ok": results.dispute(dispute)}
+
+
+def _charge_back_if_lost_late(tx: Tx, dispute: dict[str, Any]) -> None:
+    """A lost dispute moves nothing more (its amount and fee went at opening), unless it
+    was stored before the simulator withdrew them then (no ``fee``): its amount now."""
+    if "fee" not in dispute:
+        tx.adjust_available(dispute["currency"], -dispute["amount"])  # charged back
 
 
 # ---- subscriptions ------------------------------------------------------------------
@@ -1445,8 +1489,9 @@ async def retrieve_subscription(tx: Tx, req: RetrieveSubscription) -> dict[str, 
 # ---- payouts and the balance --------------------------------------------------------
 #
 # The tenant's balance (store.Tx.settle_later): what a capture brings is pending for the
-# settlement delay on the tenant's clock, then available; refunds and lost disputes take
-# from available (below zero if need be, as Stripe's); a payout takes its amount from
+# settlement delay on the tenant's clock, then available; refunds take from available,
+# and a dispute its amount and fee as it opens, its amount given back if won (below zero
+# if need be, as Stripe's); a payout takes its amount from
 # available when made (refused above it: balance_insufficient) and gives it back when
 # canceled or failed. A standard payout is in transit a day after it is made and arrives
 # a day later; an instant one arrives at once. Its status moves when it is read (or a

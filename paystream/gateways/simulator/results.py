@@ -67,6 +67,8 @@ def dispute(dp: dict[str, Any]) -> dict[str, Any]:
         # (Disputes opened before the simulator kept these have neither.)
         "reason": dp.get("reason"),
         "evidence_due_by": dp.get("evidence_due_by"),
+        # (None for disputes opened before the simulator withdrew a fee)
+        "fee": _money(dp, "fee") if "fee" in dp else None,
     }
 
 

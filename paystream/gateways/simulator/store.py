@@ -394,8 +394,9 @@ class Tx:
         self.balance.append(("p", currency, amount, at))
 
     def adjust_available(self, currency: str, delta: int) -> None:
-        """Available balance moved by ``delta`` (a refund or a lost dispute: negative,
-        and it may go below zero; a payout canceled or failed: its amount back)."""
+        """Available balance moved by ``delta`` (a refund, or a dispute opening with its
+        fee: negative, and it may go below zero; a payout canceled or failed, a dispute
+        won: its amount back)."""
         self.balance.append(("a", currency, delta, None))
 
     def require_available(self, currency: str, amount: int, now: int) -> None:

@@ -130,7 +130,8 @@ async def test_no_refund_while_the_dispute_is_under_review(
     req = CreateRefund(provider_payment_id=pay.provider_payment_id)
     err = await refused(gw.create_refund(req, idempotency_key="r"))
     assert err.code is ErrorCode.INVALID_STATE
-    assert [k for k, _ in await money_effects(gw)] == ["charge"]
+    # (No refund: the charge, and the dispute's withdrawal of its amount and fee.)
+    assert [k for k, _ in await money_effects(gw)] == ["charge", "dispute.withdrawal"]
 
 
 async def test_authentication_cannot_complete_a_declined_payment(
