@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
@@ -18,7 +19,12 @@ from pydantic import SecretStr
 from paystream.client import build_command
 from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind
-from tests.agents.test_subscription_proration_stripe import _invoices, _send, _stripe_invoices
+from tests.agents.test_subscription_proration_stripe import (
+    AUTH,
+    _invoices,
+    _send,
+    _stripe_invoices,
+)
 from tests.fixtures.localstripe import LOCALSTRIPE_API_KEY
 
 pytestmark = pytest.mark.asyncio
@@ -97,3 +103,39 @@ async def test_moving_the_end(sh: Harness, localstripe_url: str) -> None:
         assert obj["status"] == "trialing" and _ts(obj["trial_end"]) == at, obj
         assert _ts(obj["current_period_end"]) == at and _invoices(out) == []
     assert await _stripe_invoices(localstripe_url, obj) == []
+
+
+async def _ended_at_stripe(url: str, sub: dict[str, Any]) -> None:
+    """The trial ended at Stripe outside paystream (its dashboard; or on its own, the
+    webhook not yet in): the record still says trialing."""
+    sid = sub["provider_subscription_id"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/v1/subscriptions/{sid}", data={"trial_end": "now"}, headers=AUTH
+        ) as resp,  # fmt: skip
+    ):
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["status"] == "active"
+
+
+async def test_a_trial_already_over_at_stripe_is_not_ended_again(
+    sh: Harness, localstripe_url: str
+) -> None:
+    """Stripe takes a trial_end on an active subscription (an anchor reset: "now"
+    invoices a full period again; a time gives a paid one a trial): a record still
+    trialing (stale, or a parked end re-driven after the trial ended) must not send it.
+    Read back instead: an end now answered as read (charged once), a time refused."""
+    t = await _trialing(sh)
+    sub = sh.tables.subscriptions[f"{t}:s1"]
+    await _ended_at_stripe(localstripe_url, sub)
+    assert sh.tables.subscriptions[f"{t}:s1"]["status"] == "trialing"  # (stale)
+    later = await sh.send(
+        "subscription.update", t, {"subscription_id": "s1", "trial_end": int(time.time()) + DAY}
+    )
+    assert data(later)["reason"] == "invalid_state", data(later)
+    out = await sh.send("subscription.update", t, {"subscription_id": "s1", "trial_end": "now"})
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "active", data(out)
+    at_stripe = await _stripe_invoices(localstripe_url, data(out)["object"])
+    assert [(i["status"], i["total"]) for i in at_stripe] == [("paid", 1500)], at_stripe

@@ -732,19 +732,43 @@ class StripeGateway:
         derived from the update's, as a create's: a replay finds the same Plan) put on
         the subscription's one item with ``proration_behavior=none`` (billed from the
         next period on, nothing credited or charged now); a payment method its
-        ``default_payment_method``; ``cancel_at_period_end`` as given."""
+        ``default_payment_method``; ``cancel_at_period_end`` as given; ``trial_end``
+        only while Stripe reads it trialing."""
         sid = req.provider_subscription_id
         params: dict[str, Any] = {}
+        trial_end, update_key = req.trial_end, idempotency_key
         if req.amount is not None:
             _require_hundredths("update_subscription", req.amount)
             _refuse_unsent(
                 three_decimal_problem(req.amount) or withdrawn_currency_problem(req.amount)
             )
-            # The item and its pricing as they stand (a GET: no key): the new Plan bills
-            # on the same interval, for the same Product.
+        now: Mapping[str, Any] = {}
+        if req.amount is not None or trial_end is not None:
+            # As it stands (a GET: no key): a new Plan bills on the same interval, for
+            # the same Product; a trial_end is sent only while it is trialing.
             now = await self._call(
                 "update_subscription", lambda: self._v1.subscriptions.retrieve_async(sid)
             )
+        if trial_end is not None and now.get("status") != "trialing":
+            # Stripe takes a trial_end on a live subscription whatever its status: on an
+            # active one "now" resets the anchor and invoices a full period again (one
+            # whose trial ended on its own, or by this update under a key never answered:
+            # a parked end re-driven), a time gives it a trial. Not sent: "now" is over
+            # already (read back, as Paddle's activation asked again); a time refused.
+            if trial_end != "now":
+                raise GatewayError(
+                    ErrorCode.INVALID_STATE,
+                    f"the subscription is {now.get('status')} at Stripe: only a trialing "
+                    "subscription's trial_end is moved",
+                    provider=PROVIDER,
+                    retryable=False,
+                    reached_provider=False,
+                )
+            trial_end = None
+            # (its other changes under a key of their own: the command's may hold the
+            # first call's, with trial_end, whose parameters these are not)
+            update_key = _derived_key(idempotency_key, "trial-over")
+        if req.amount is not None:
             item_id, plan_params = _repriced(now, req.amount)
             plan = await self._call(
                 "update_subscription",
@@ -762,17 +786,19 @@ class StripeGateway:
             params["default_payment_method"] = req.provider_payment_method_id
         if req.cancel_at_period_end is not None:
             params["cancel_at_period_end"] = req.cancel_at_period_end
-        if req.trial_end is not None:
+        if trial_end is not None:
             # "now": the trial ends, its first period invoiced and its payment attempted
             # in this call (under its key: a replay is answered from it, charged once);
             # declined, the subscription is past_due (the update's default
             # payment_behavior, allow_incomplete). A time: the trial's new end (the
             # billing anchor moves with it). Nothing prorated: nothing was paid.
-            params["trial_end"] = req.trial_end
+            params["trial_end"] = trial_end
             params.setdefault("proration_behavior", "none")
+        if not params:  # (a trial over already, nothing else asked: read back)
+            return await self._subscription(now)
         obj = await self._call(
             "update_subscription",
-            lambda: self._v1.subscriptions.update_async(sid, params, self._opts(idempotency_key)),
+            lambda: self._v1.subscriptions.update_async(sid, params, self._opts(update_key)),
             req,  # (a cancel at period end alone: open to a narrowed tenant)
         )
         res = await self._subscription(obj)
