@@ -3751,7 +3751,10 @@ def subscription_pending_charge(
 
 
 def subscription_trial_charge(
-    subscriptions: Mapping[str, Any], tenant_id: str, data: c.UpdateSubscription
+    subscriptions: Mapping[str, Any],
+    tenant_id: str,
+    data: c.UpdateSubscription,
+    let_through: bool = False,
 ) -> ProrationCharge | None:
     """What the tenant limits hold a ``subscription.update`` ending its trial now
     (``trial_end: "now"``) to: its first period's charge, as a ``subscription.create``
@@ -3759,11 +3762,15 @@ def subscription_trial_charge(
     exclusive tax of its rates: to ``max_payment_amount``, held against the day's volume
     and counted at what its invoice was paid), charged now under the update's key. None,
     nothing to hold, for any other update, or a subscription update_subscription refuses
-    it for whatever the limits (unknown, or not recorded trialing: invalid_state)."""
+    it for whatever the limits (unknown, or not recorded trialing: invalid_state). One
+    ``let_through`` (parked, re-driven) is held while its subscription is live, trialing
+    or not: the provider may have ended the trial under its key (charged), and a
+    refresh recorded it since (active), which the handler does not refuse."""
     if data.trial_end != "now":
         return None
     raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
-    if not isinstance(raw, Mapping) or raw.get("status") != _SUB_TRIALING.value:
+    held = (_SUB_TRIALING.value, "active", "past_due") if let_through else (_SUB_TRIALING.value,)
+    if not isinstance(raw, Mapping) or raw.get("status") not in held:
         return None
     rates = raw.get("tax_rate_ids")
     amount = data.amount if data.amount is not None else int(raw["amount"])

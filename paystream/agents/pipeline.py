@@ -1431,7 +1431,7 @@ class CommandProcessor(ProviderWindow):
         )
         self._release_voided(cmd, stored)
         if admission is not None:
-            self._settle(cmd, admission, stored, counts)
+            self._settle(cmd, admission, stored, counts, data)
             if counts:
                 self._count_learnt(cmd, admission, stored, deciding.limits)
         if stored.type == "customer.erased" and result.primary is not None:
@@ -1447,7 +1447,12 @@ class CommandProcessor(ProviderWindow):
         return [self._outcome(cmd, stored)]
 
     def _settle(
-        self, cmd: CommandRef, admission: Admission, outcome: StoredOutcome, counts: bool
+        self,
+        cmd: CommandRef,
+        admission: Admission,
+        outcome: StoredOutcome,
+        counts: bool,
+        data: Any = None,
     ) -> None:
         """Settle an admitted command by its outcome: what it moved counted (if this
         record ``counts`` it), its hold released. A proration invoice's charge is told by
@@ -1456,10 +1461,39 @@ class CommandProcessor(ProviderWindow):
             self.limits.settle(admission, "command.rejected")
             return
         moved = _moved(cmd.command_type, outcome)
+        if moved == 0 and getattr(data, "trial_end", None) == "now":
+            moved = self._first_invoice_recorded(cmd.tenant_id, outcome)
         if moved is None:
             self.limits.settle(admission, outcome.type)
         else:
             self.limits.settle(admission, outcome.type, moved)
+
+    def _first_invoice_recorded(self, tenant_id: str, outcome: StoredOutcome) -> int:
+        """What the first invoice of a trial an update ended now (``trial_end: "now"``)
+        was paid, when its outcome does not list it: recorded first by another command
+        (a refresh, a Stripe webhook's, that read it paid before a parked end was
+        re-driven and answered from its key). Its subscription's latest invoice, paid,
+        beginning when the trial ended; 0 if none is (still trialing, declined, or one
+        the outcome lists: ``_moved`` counted that)."""
+        sub = outcome.data.get("object")
+        if not isinstance(sub, dict) or sub.get("status") == "trialing":
+            return 0
+        latest = sub.get("latest_invoice_id")
+        related = outcome.data.get("related") or ()
+        listed = {part.get("entity_id") for part in related if isinstance(part, dict)}
+        if not isinstance(latest, str) or latest in listed:
+            return 0
+        raw = self.tables.invoices.get(entity_key(tenant_id, latest))
+        ended = _instant(sub.get("trial_end"))
+        if (
+            not isinstance(raw, Mapping)
+            or raw.get("subscription_id") != sub.get("id")
+            or raw.get("status") != "paid"
+            or ended is None
+            or _instant(raw.get("period_start")) != ended
+        ):
+            return 0
+        return int(raw.get("amount") or 0)
 
     def _count_learnt(
         self, cmd: CommandRef, admission: Admission, outcome: StoredOutcome, limits: TenantLimits
@@ -1616,7 +1650,7 @@ class CommandProcessor(ProviderWindow):
         what it would be, nothing written)."""
         idem_table_key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
         admitted_before = existing is not None or applied
-        checked = self._limits_data(cmd, data)
+        checked = self._limits_data(cmd, data, admitted_before)
         return (self.limits.trial if trial else self.limits.admit)(
             cmd.tenant_id,
             tenant.limits,
@@ -1640,7 +1674,7 @@ class CommandProcessor(ProviderWindow):
             amount=self._charge(cmd, checked, admitted_before),
         )
 
-    def _limits_data(self, cmd: CommandRef, data: Any) -> Any:
+    def _limits_data(self, cmd: CommandRef, data: Any, let_through: bool = False) -> Any:
         """What the limits decide a command by: a ``subscription.update``'s new amount in
         its subscription's currency (a Repricing: its data names no currency, and a new
         price unchecked let a tenant capped at 100 bill any amount a period), an
@@ -1665,7 +1699,9 @@ class CommandProcessor(ProviderWindow):
             return data if charged is None else charged
         if cmd.command_type != "subscription.update":
             return data
-        ending = subscription_trial_charge(self.tables.subscriptions, cmd.tenant_id, data)
+        ending = subscription_trial_charge(
+            self.tables.subscriptions, cmd.tenant_id, data, let_through
+        )
         if ending is not None:
             # (its trial ended now: its first period charged now, as a create's without
             # a trial; nothing prorated in a trial, so nothing else on its invoice)

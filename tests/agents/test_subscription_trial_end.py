@@ -348,3 +348,42 @@ async def test_a_parked_end_re_driven_after_a_newer_update_is_read_back(
         assert "trial_end now asked, still trialing" in data(out)["message"], data(out)
         assert h.tables.subscriptions[f"{t}:s1"]["status"] == "trialing"
         assert await _charges(h, t) == []
+
+
+@pytest.mark.parametrize("between", ["refresh", "newer-update"])
+async def test_a_parked_end_re_driven_after_its_invoice_was_read_is_counted_once(
+    harness: Harness, between: str
+) -> None:
+    """Charged, its answer lost (parked); a refresh (a Stripe webhook's, say) or a newer
+    update then reads its first invoice paid and records it: re-driven, the end is
+    answered from its key (or read back), its outcome not listing the invoice (recorded
+    already), and still counted toward the day, once (it was not: the 1,500 left
+    uncounted, a later payment let past the cap)."""
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(
+        t,
+        gateway_options={"lose_response_first": {f"ps:{t}:e1": 3}},
+        limits={"daily_payment_volume": {"EUR": 2_000}},
+    )
+    await _subscribed(h, t, trial_days=14)
+    end = {"subscription_id": "s1", "trial_end": "now"}
+    emits = await h.processor.process(_command(t, "subscription.update", end, "e1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    if between == "refresh":
+        read = await _refresh(h, t)
+    else:
+        price = {"subscription_id": "s1", "amount": 1800}
+        read = await _answer(h, _command(t, "subscription.update", price, "u2"))
+    assert [i["status"] for i in _invoices(read)] == ["paid"], data(read)
+    out = await _answer(h, _command(t, "subscription.update", end, "e1"))  # `dlq replay`
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "active" and _invoices(out) == [], data(out)
+    assert len(await _charges(h, t)) == 1
+    pay = {"amount": 600, "currency": "EUR", "payment_method_token": "pm_card_visa"}
+    over = await h.send("payment.create", t, pay)
+    assert data(over).get("reason") == "quota_exceeded", data(over)
+    assert (data(over)["used"], data(over)["held"]) == (1500, 0), data(over)
