@@ -161,7 +161,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
     ),
     "subscription.pause": (
         "Pause an `active` subscription's billing now (others are refused "
-        "`invalid_state`): `subscription.paused`, its status `paused`; nothing is billed "
+        "`invalid_state`, as is one to cancel at period end: undo that cancel first, "
+        "or cancel now): `subscription.paused`, its status `paused`; nothing is billed "
         "while it is paused, and nothing is charged by the pause. `resumes_at` (optional, "
         "RFC 3339 with its time zone, ahead and at most 366 days ahead, else "
         "`validation_error`): when its provider resumes it by itself (`pause_resumes_at`; "

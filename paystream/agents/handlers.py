@@ -2388,6 +2388,17 @@ async def pause_subscription(ctx: HandlerContext, data: c.PauseSubscription) -> 
     resumes_at = None if data.resumes_at is None else int(data.resumes_at.timestamp())
     if not ctx.let_through:
         _transition_or_reject(sub, "pause", "only an active subscription is paused")
+        if sub.cancel_at_period_end:
+            # (Paddle keeps one scheduled change: its pause, with a resume_at, would take
+            # the cancel's place and the resume charge a period the customer canceled;
+            # Stripe and the simulator cancel it while paused. Refused alike: review
+            # h82re M1.)
+            raise Rejection(
+                RejectReason.INVALID_STATE,
+                f"subscription {sub.id} is to cancel at period end: a pause would not "
+                "keep that cancel everywhere; undo it first (subscription.update "
+                "cancel_at_period_end false), or cancel now",
+            )
         resumes_at = _pause_resumes_at(data)
     ctx.at_provider(sub)
     previous = sub.status

@@ -266,3 +266,27 @@ async def test_a_tenant_narrowed_out_of_subscriptions_may_pause_not_resume(
     refused = await _resume(h, t)
     assert data(refused)["reason"] == "unsupported", data(refused)
     assert h.tables.subscriptions[f"{t}:s1"]["status"] == "paused"
+
+
+async def test_a_subscription_to_cancel_at_its_period_end_is_not_paused(
+    harness: Harness,
+) -> None:
+    """A pause of one whose cancel at period end is scheduled is refused (review h82re
+    M1): Paddle keeps one scheduled change, and its pause (with a resume_at: a scheduled
+    resume) takes the cancel's place, dropped; the resume then charges a new period the
+    customer had canceled. Stripe and the simulator cancel it at the period's end while
+    paused. Refused alike everywhere: undo the cancel, or cancel now."""
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    body = {"subscription_id": "s1", "at_period_end": True}
+    assert kind(await h.send("subscription.cancel", t, body)) == "subscription.updated"
+    refused = await _pause(h, t, resumes_at=_ahead(20))
+    assert data(refused)["reason"] == "invalid_state", data(refused)
+    assert "cancel at period end" in data(refused)["message"], data(refused)
+    assert await _effects(h, t, "subscription.paused") == []
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "active"
+    # Its cancel undone, it is paused.
+    undo = {"subscription_id": "s1", "cancel_at_period_end": False}
+    assert kind(await h.send("subscription.update", t, undo)) == "subscription.updated"
+    assert kind(await _pause(h, t)) == "subscription.paused"
