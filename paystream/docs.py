@@ -183,7 +183,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "way, begun while paused, is not). Paddle starts a new billing period at the "
         "resume and charges it at once (`start_new_billing_period`; the invoice in "
         "`related`): held to the tenant's limits as a `subscription.create` of its amount "
-        "is, and counted at what that invoice was paid. Square: `unsupported`. Re-driven "
+        "is, and counted at that invoice's amount, paid or still being collected (not "
+        "once declined). Square: `unsupported`. Re-driven "
         "after another command changed the subscription, read back as a pause is."
     ),
     "subscription.refresh": (

@@ -290,3 +290,26 @@ async def test_a_subscription_to_cancel_at_its_period_end_is_not_paused(
     undo = {"subscription_id": "s1", "cancel_at_period_end": False}
     assert kind(await h.send("subscription.update", t, undo)) == "subscription.updated"
     assert kind(await _pause(h, t)) == "subscription.paused"
+
+
+async def test_a_resume_charge_paddle_is_still_collecting_is_counted() -> None:
+    """Paddle makes a resume's transaction ``billed`` and collects it moments later
+    (its renewed scenario: billed, then paid, then completed): the resume's answer finds
+    its invoice open, no decline yet. Counted against the day's volume then (review
+    h82re M3): the refresh that reads it paid later counts nothing, and the charge went
+    past ``daily_payment_volume`` uncounted. An invoice declined is not counted."""
+    from paystream.agents.pipeline import _moved
+    from paystream.tables.records import StoredOutcome
+
+    def resumed(*invoices: dict[str, Any]) -> StoredOutcome:
+        related = [{"entity_type": "invoice", "object": i} for i in invoices]
+        return StoredOutcome(
+            type="subscription.resumed", data={"command_id": "r9", "related": related}
+        )
+
+    billing = {"status": "open", "amount": 2500, "created_by": "r9", "failure_code": None}
+    assert _moved("subscription.resume", resumed(billing)) == 2500
+    declined = {**billing, "failure_code": "card_declined"}
+    assert _moved("subscription.resume", resumed(declined)) == 0
+    older = {**billing, "created_by": "c1"}  # (an invoice from before the pause)
+    assert _moved("subscription.resume", resumed(older)) == 0
