@@ -65,8 +65,9 @@ from paystream.gateways.base import (
     VoidInvoice,
 )
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
+from paystream.gateways.simulator import SimulatorGateway
 from paystream.money import Money
-from tests.gateways.harness import Harness, over_gateways
+from tests.gateways.harness import Harness, decide_fake_dispute, over_gateways
 
 UNLIMITED_REFUNDS = "refunds are not limited to the captured minus refunded amount"
 BARE_400 = "state violations answer a bare 400 'Bad request' without Stripe's error code"
@@ -911,6 +912,30 @@ async def test_a_disputed_payment_reads_back_with_its_dispute(harness: Harness) 
     # The fee withdrawn with the amount as it opened (Stripe: its balance transactions').
     assert now.dispute.fee == harness.dispute_fee
     assert now.disputes == (now.dispute,)  # (every one listed, newest first)
+
+
+@over_gateways(paddle_lacks=PADDLE_NO_DISPUTES, square_lacks="its test disputes tell no fee")
+async def test_a_won_dispute_keeps_its_fee(harness: Harness) -> None:
+    """Won, the disputed amount comes back and the dispute fee stays taken (Stripe's
+    dispute received fee is not returned): the simulator's result and Stripe's balance
+    transactions (the FAKE's reinstatement: reporting category dispute_reversal, fee 0,
+    as Stripe's reporting categories name it) tell the same fee (review h82rf L2)."""
+    paid = await pay(harness, 1300, token="pm_card_createDispute")
+    dispute_id = await harness.dispute_for(paid)
+    if harness.name == "simulator":
+        assert isinstance(harness.gateway, SimulatorGateway)
+        await harness.gateway.resolve_dispute(dispute_id, won=True)
+    else:
+        await decide_fake_dispute(harness._stripe_url, dispute_id, "won")
+        txns = (await harness.stripe_object(f"disputes/{dispute_id}"))["balance_transactions"]
+        assert [(t["reporting_category"], t["amount"], t["fee"]) for t in txns] == [
+            ("dispute", -1300, 1500),
+            ("dispute_reversal", 1300, 0),
+        ]
+    read = RetrievePayment(provider_payment_id=paid.provider_payment_id)
+    now = await harness.gateway.retrieve_payment(read, idempotency_key=key())
+    assert now.dispute is not None and now.dispute.status is DisputeStatus.WON
+    assert now.dispute.fee == harness.dispute_fee
 
 
 @over_gateways(paddle_lacks=PADDLE_NO_DISPUTES)
