@@ -160,6 +160,10 @@ class GatewayError(PaystreamError):
         # not the provider: retried and parked alike, but no verdict on the provider's
         # circuit (its reads and cancels, which need no such store, go on).
         self.local_dependency = False
+        # The provider's object read back after a refusal that came once part of the
+        # request was applied (Paddle: a PATCH, then /activate refused): what it holds
+        # now, for the record (a gw.base result; None: nothing read).
+        self.read_back: object | None = None
 
     def as_outcome(self) -> dict[str, object]:
         """The error as it appears in a failure outcome's data (no secrets, no card data)."""

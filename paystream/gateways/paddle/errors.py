@@ -73,8 +73,27 @@ _STATE_CODES = frozenset(
         "subscription_not_active",
         "subscription_locked_pending_changes",
         "subscription_must_be_paused",
+        # Activation (a trial ended now) refused (_ACTIVATION_CODES).
+        "subscription_cannot_activate",
+        "subscription_missing_payment_method_cannot_activate",
+        "subscription_consent_requirement_cannot_activate",
+        "subscription_manual_collection_mode_activation_not_allowed",
     }
 )
+# Paddle's refusals of ``POST /subscriptions/{id}/activate`` (its error reference): not
+# trialing, no payment method saved, a consent the customer has not given, manually
+# collected. The subscription's state, not the command: `invalid_state`, worded so.
+_ACTIVATION_CODES = frozenset(
+    {
+        "subscription_cannot_activate",
+        "subscription_missing_payment_method_cannot_activate",
+        "subscription_consent_requirement_cannot_activate",
+        "subscription_manual_collection_mode_activation_not_allowed",
+    }
+)
+# A charge Paddle was asked to make now (an activation) declined: "When requesting to
+# charge the payment was declined" (400): a card decline, as a payment attempt's are.
+_DECLINE_CODES = frozenset({"subscription_payment_declined"})
 # The seller's setup, not the command: the key may not do this, the account is not set up
 # for it (no default payment link: automatically-collected transactions need one).
 _PERMISSION_CODES = frozenset(
@@ -148,8 +167,12 @@ def map_paddle_answer(
         ours = ErrorCode.PERMISSION_DENIED
     elif code == "not_found" or status == 404:
         ours = ErrorCode.NOT_FOUND
+    elif code in _DECLINE_CODES:
+        ours = ErrorCode.CARD_DECLINED
     elif code in _STATE_CODES or status == 409:
         ours = ErrorCode.INVALID_STATE
+        if code in _ACTIVATION_CODES:
+            detail = f"Paddle cannot activate the subscription (end its trial now): {detail}"[:500]
     else:
         ours = ErrorCode.INVALID_REQUEST
     mapped = GatewayError(

@@ -1234,6 +1234,15 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         if req.cancel_at_period_end is False and canceling:
             body["scheduled_change"] = None
         trialing = sub.get("status") == "trialing"
+        if req.trial_end == "now" and trialing and sub.get("collection_mode") == "manual":
+            # ("Only automatically-collected subscriptions ... can be activated": refused
+            # before anything is sent, so no PATCH beside it is applied alone)
+            raise _refused(
+                ErrorCode.INVALID_STATE,
+                "Paddle cannot activate the subscription (end its trial now): it is "
+                "collected manually (invoiced), and only an automatically-collected one is",
+                reached=False,
+            )
         if isinstance(req.trial_end, int):
             # A trial's end moved: its next_billed_at (Paddle's "extend or activate a
             # trial"), which needs a proration_billing_mode: nothing is billed now.
@@ -1257,12 +1266,32 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             # it is not trialing any more, and is read back, never activated (charged)
             # twice. (One not trialing when read: its trial is over, nothing is sent.)
             path = f"subscriptions/{sub_id}/activate"
-            sub = self._one(await self._call(op, "POST", path, body={}, req=req))
+            try:
+                sub = self._one(await self._call(op, "POST", path, body={}, req=req))
+            except GatewayError as exc:
+                if exc.retryable:
+                    raise  # (may have run: asked again, it reads what it holds then)
+                # Refused (cannot activate; its charge declined), maybe after the PATCH
+                # above was applied (a new amount in effect at Paddle): read back, so the
+                # record says what Paddle holds, not what it held before the update.
+                await self._read_back(exc, read, checkout_id, str(sub_id))
+                raise
         if req.cancel_at_period_end and not canceling:
             path = f"subscriptions/{sub_id}/cancel"
             ends = {"effective_from": "next_billing_period"}
             sub = self._one(await self._call(op, "POST", path, body=ends, req=req))
         return await self._with_invoices(read, checkout_id, sub)
+
+    async def _read_back(
+        self, exc: GatewayError, operation: str, checkout_id: str, sub_id: str
+    ) -> None:
+        """The subscription as Paddle holds it now, on ``exc`` (its ``read_back``); a
+        read that fails leaves it None: the refusal is answered as it was."""
+        try:
+            now = self._one(await self._call(operation, "GET", f"subscriptions/{sub_id}"))
+            exc.read_back = await self._with_invoices(operation, checkout_id, now)
+        except GatewayError:
+            exc.read_back = None
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -122,8 +122,9 @@ async def test_a_trial_ended_now_is_activated_and_billed_once(paddle_url: str) -
     assert next((i.status, i.amount) for i in ended.invoices) == (InvoiceStatus.PAID, usd(1200))
     assert ended.trial_end is None
     assert client.sent.count(("POST", path)) == 1
-    activated = [e for e in await effects(paddle_url) if e["kind"] == "subscription_activate"]
-    assert [e["id"] for e in activated] == [paddle_sub]
+    # (the fake serves the session: other tests' subscriptions are activated too)
+    mine = [e["kind"] for e in await effects(paddle_url) if e["id"] == paddle_sub]
+    assert mine.count("subscription_activate") == 1
     await gw.aclose()
 
 
@@ -156,4 +157,132 @@ async def test_a_trials_end_moved_is_its_next_billed_at(paddle_url: str) -> None
             idempotency_key=key(),
         )
     assert refused.value.code is ErrorCode.INVALID_STATE
+    await gw.aclose()
+
+
+async def _activation(url: str, paddle_sub: str, **body: str) -> None:
+    """What the FAKE Paddle's activations of ``paddle_sub`` meet from now on."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/_fake/subscriptions/{paddle_sub}/activation", json=body) as r,
+    ):
+        r.raise_for_status()
+
+
+def test_paddles_activation_refusals_are_state_and_its_decline_a_card_decline() -> None:
+    """Paddle's error reference: the activation refusals are the subscription's state
+    (`invalid_state`, worded as an activation), not the command's fault
+    (`invalid_request`); a charge asked of it declined is a card decline."""
+    from paystream.gateways.paddle.errors import map_paddle_answer
+
+    def answer(code: str) -> Any:
+        return {"error": {"type": "request_error", "code": code, "detail": "as Paddle says"},
+                "meta": {"request_id": "r1"}}  # fmt: skip
+
+    for code in (
+        "subscription_cannot_activate",
+        "subscription_missing_payment_method_cannot_activate",
+        "subscription_consent_requirement_cannot_activate",
+        "subscription_manual_collection_mode_activation_not_allowed",
+    ):
+        mapped = map_paddle_answer(400, answer(code))
+        assert mapped.code is ErrorCode.INVALID_STATE, code
+        assert "cannot activate the subscription (end its trial now)" in mapped.message
+        assert "as Paddle says" in mapped.message and not mapped.retryable
+    declined = map_paddle_answer(400, answer("subscription_payment_declined"))
+    assert declined.code is ErrorCode.CARD_DECLINED and not declined.retryable
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [
+        ("subscription_missing_payment_method_cannot_activate", ErrorCode.INVALID_STATE),
+        ("subscription_consent_requirement_cannot_activate", ErrorCode.INVALID_STATE),
+        ("declined", ErrorCode.CARD_DECLINED),
+        ("not_enough_balance", ErrorCode.CARD_DECLINED),
+    ],
+)
+async def test_an_activation_refused_leaves_it_trialing_read_back(
+    paddle_url: str, outcome: str, code: ErrorCode
+) -> None:
+    """Refused (a refusal of Paddle's reference, or its charge declined: still trialing,
+    nothing billed), the subscription is read back onto the error (``read_back``) as
+    Paddle holds it now, for the record."""
+    from tests.gateways.paddle_gateway.wire import effects
+
+    gw = gateway(paddle_url)
+    sid, paddle_sub = await _trialing(paddle_url, gw)
+    await _activation(paddle_url, paddle_sub, outcome=outcome)
+    with pytest.raises(GatewayError) as refused:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, trial_end="now"),
+            idempotency_key=key(),
+        )
+    assert refused.value.code is code and not refused.value.retryable
+    read = refused.value.read_back
+    assert read is not None and read.status is SubscriptionStatus.TRIALING  # type: ignore[attr-defined]
+    assert [i.status for i in read.invoices] == [InvoiceStatus.PAID]  # type: ignore[attr-defined]
+    at_paddle = await _subscription_at_paddle(paddle_url, paddle_sub)
+    assert at_paddle["status"] == "trialing"
+    mine = [e["kind"] for e in await effects(paddle_url) if e["id"] == paddle_sub]
+    assert "subscription_activate" not in mine
+    await gw.aclose()
+
+
+async def test_a_new_amount_beside_an_activation_refused_is_read_back(paddle_url: str) -> None:
+    """amount and trial_end now are two calls at Paddle (the PATCH, then /activate): the
+    activation refused after the PATCH, the new amount is in effect at Paddle, and the
+    error carries the subscription read back at it (the record takes it)."""
+    gw = gateway(paddle_url)
+    sid, paddle_sub = await _trialing(paddle_url, gw)
+    await _activation(paddle_url, paddle_sub, outcome="declined")
+    with pytest.raises(GatewayError) as refused:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, amount=usd(900), trial_end="now"),
+            idempotency_key=key(),
+        )
+    assert refused.value.code is ErrorCode.CARD_DECLINED
+    read = refused.value.read_back
+    assert read is not None and read.amount == usd(900)  # type: ignore[attr-defined]
+    assert read.status is SubscriptionStatus.TRIALING  # type: ignore[attr-defined]
+    item = (await _subscription_at_paddle(paddle_url, paddle_sub))["items"][0]
+    assert item["price"]["unit_price"]["amount"] == "900"
+    await gw.aclose()
+
+
+async def test_a_manually_collected_one_is_refused_before_anything_is_sent(
+    paddle_url: str,
+) -> None:
+    """Paddle activates only an automatically-collected subscription: a manual one is
+    refused `invalid_state` from the read, before the PATCH of an amount beside it (so
+    it is never applied alone); the fake refuses its activation as Paddle does."""
+    gw = gateway(paddle_url)
+    sid, paddle_sub = await _trialing(paddle_url, gw)
+    await _activation(paddle_url, paddle_sub, collection_mode="manual")
+    client = losing(gw, "POST", "nothing", lose=0)
+    with pytest.raises(GatewayError) as refused:
+        await gw.update_subscription(
+            UpdateSubscription(provider_subscription_id=sid, amount=usd(900), trial_end="now"),
+            idempotency_key=key(),
+        )
+    assert refused.value.code is ErrorCode.INVALID_STATE and not refused.value.reached_provider
+    assert "collected manually" in refused.value.message
+    assert [m for m, _ in client.sent if m != "GET"] == []
+    item = (await _subscription_at_paddle(paddle_url, paddle_sub))["items"][0]
+    assert item["price"]["unit_price"]["amount"] == "1200"
+    # (the fake itself refuses it as Paddle's reference has it)
+    import aiohttp
+
+    from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
+
+    auth = {"Authorization": f"Bearer {FAKE_PADDLE_API_KEY}"}
+    async with (
+        aiohttp.ClientSession(headers=auth) as session,
+        session.post(f"{paddle_url}/subscriptions/{paddle_sub}/activate", json={}) as r,
+    ):
+        said = await r.json()
+    assert r.status == 400
+    assert said["error"]["code"] == "subscription_manual_collection_mode_activation_not_allowed"
     await gw.aclose()
