@@ -439,6 +439,14 @@ _SUB_PREVIOUS: Doc = {
         "the unused time's credit, `period_start`: the change, `period_end`)",
         "items": {"type": "object"},
     },
+    "trial_end_charge": {
+        "type": "string",
+        "enum": ["paid", "declined"],
+        "description": 'answering a `subscription.update` with `trial_end: "now"` of a '
+        "trialing subscription: its first period's charge, made now, `paid` or `declined` "
+        "(the decline in `error`; Paddle leaves a declined one `trialing`): a payment "
+        "attempt of the fraud rules, as a `subscription.create`'s first charge",
+    },
 }
 
 # A payout outcome answering a cancel or a refresh says what paystream held before.

@@ -2701,11 +2701,18 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
         # with the record, which may be stale)
         trial_end=data.trial_end,
     )
-    res = await _gateway(
-        ctx,
-        "update_subscription",
-        lambda: ctx.gateway.update_subscription(req, idempotency_key=ctx.idem),
-    )
+    try:
+        res = await _gateway(
+            ctx,
+            "update_subscription",
+            lambda: ctx.gateway.update_subscription(req, idempotency_key=ctx.idem),
+        )
+    except (GatewayError, Rejection) as exc:
+        cause = exc if isinstance(exc, GatewayError) else exc.__cause__
+        read = cause.read_back if isinstance(cause, GatewayError) else None
+        if not isinstance(read, gw.SubscriptionResult):
+            raise
+        return _refused_after_read(ctx, data, sub, read, exc, previous)
     if req.proration == "always_invoice":
         sub.pending_proration_net = None  # (its invoice billed the lines pending)
     _take_subscription(ctx, sub, res)
@@ -2713,7 +2720,39 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
     if method is not None:
         sub.payment_method_id = method.id
     invoices = _invoices(ctx, sub, res)
-    return _subscription_outcome(res, sub, invoices, _fell_past_due(ctx, res, previous), previous)
+    error = _fell_past_due(ctx, res, previous)
+    done = _subscription_outcome(res, sub, invoices, error, previous)
+    ended = data.trial_end == "now" and previous == _SUB_TRIALING.value
+    if ended and res.status is not _SUB_TRIALING:
+        # (its first period charged now: the fraud rules' attempt, as a create's)
+        done.extra["trial_end_charge"] = "paid" if error is None else "declined"
+    return done
+
+
+def _refused_after_read(
+    ctx: HandlerContext,
+    data: c.UpdateSubscription,
+    sub: SubscriptionRecord,
+    read: gw.SubscriptionResult,
+    exc: GatewayError | Rejection,
+    previous: str,
+) -> HandlerResult:
+    """The provider refused part of an update after another part was applied (Paddle:
+    the PATCH of a new amount, then its /activate refused or its charge declined): the
+    subscription read back is recorded as it holds it (the new amount in effect). A
+    decline is answered `subscription.updated` with it in ``error`` (the trial not
+    ended: still trialing at Paddle), any other refusal `command.rejected` as it was."""
+    _take_subscription(ctx, sub, read)
+    sub.amount = read.amount.amount
+    invoices = _invoices(ctx, sub, read)
+    if isinstance(exc, GatewayError) and _is_card_error(exc):
+        done = _subscription_outcome(read, sub, invoices, exc, previous)
+        if data.trial_end == "now" and previous == _SUB_TRIALING.value:
+            done.extra["trial_end_charge"] = "declined"
+        return done
+    if isinstance(exc, Rejection):
+        return HandlerResult("subscription.updated", sub, invoices, rejected=exc)
+    raise exc
 
 
 # Stripe's longest trial, from now: a moved trial_end is at most this far ahead.

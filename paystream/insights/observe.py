@@ -612,7 +612,9 @@ def _subscription_facts(
       attempt the issuer answered, as a `payment.create` is (a card tester may create
       subscriptions instead of payments), and its first invoice declined by the issuer
       (`subscription.failed`, its ``error`` as a `payment.failed`'s) a card decline of the
-      customer and payment method. A trial charges nothing: no attempt. Renewals are not
+      customer and payment method. A trial charges nothing: no attempt; ended now by a
+      `subscription.update` (``trial_end_charge`` paid or declined), its first charge
+      is one, counted as a create's. Renewals are not
       attempts: the provider charges them on its schedule (off-session), not a client,
       so their declines (cards expired, funds short) are churn, counted in the window
       (``invoices_declined``), never a card-testing signal: a tenant renewing a customer's
@@ -632,6 +634,16 @@ def _subscription_facts(
         facts.update(attempt=True, card_declined=card, answered=card)
     elif previous is None and outcome == "subscription.created" and paid:
         facts.update(attempt=True, answered=True)
+    elif outcome == "subscription.updated" and previous == "trialing":
+        # A trial ended now (`subscription.update` ``trial_end: "now"``) charges its first
+        # period at the client's request, as a create does: its attempt (a card tester
+        # may create trials and end them now), its decline a card decline.
+        charge = data.get("trial_end_charge")
+        if charge == "paid":
+            facts.update(attempt=True, answered=True)
+        elif charge == "declined":
+            card = _text(error.get("code")) in CARD_DECLINES
+            facts.update(attempt=True, card_declined=card, answered=card)
     if paid:
         facts["invoices_paid"] = paid
     return facts
