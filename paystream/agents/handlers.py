@@ -480,6 +480,7 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
     unsupported operation becomes an `unsupported` rejection."""
     since = ctx.sent_since_ms
     token = None if since is None else gw.REQUEST_SENT_SINCE.set(since / 1000)
+    tried = gw.REQUEST_TRIED_BEFORE.set(ctx.let_through)
     try:
         if ctx.trace is None:
             return await ctx.call(fn)
@@ -513,6 +514,7 @@ async def _gateway(ctx: HandlerContext, operation: str, fn: Callable[[], Awaitab
             ) from exc
         raise
     finally:
+        gw.REQUEST_TRIED_BEFORE.reset(tried)
         if token is not None:
             gw.REQUEST_SENT_SINCE.reset(token)
 

@@ -30,6 +30,7 @@ __all__ = [
     "PRORATIONS",
     "REFUND_REF_KEY",
     "REQUEST_SENT_SINCE",
+    "REQUEST_TRIED_BEFORE",
     "SUBSCRIPTION_REF_KEY",
     "TRANSFER_REF_KEY",
     "UNNARROWED_OPERATIONS",
@@ -173,6 +174,12 @@ METADATA_KEYS_MAX = 50  # Stripe's limit, and the command's
 # from the pipeline) for a gateway whose ``finds_earlier_attempts`` is true; None: not
 # known (such a gateway then looks back over the whole key window).
 REQUEST_SENT_SINCE: ContextVar[float | None] = ContextVar("request_sent_since", default=None)
+# Whether a try of the request about to be sent may have reached its provider before (a
+# command let through: parked, or in flight when its worker stopped). A provider that
+# keeps no keys, and whose request cannot be told apart from a later one of the same kind
+# (Paddle's resume: no custom_data), looks for an earlier try's effect since
+# REQUEST_SENT_SINCE only then. Set by the handlers with REQUEST_SENT_SINCE.
+REQUEST_TRIED_BEFORE: ContextVar[bool] = ContextVar("request_tried_before", default=False)
 
 
 def payment_ref(metadata: Mapping[str, str], tenant_id: str, payment_id: str) -> dict[str, str]:

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from paystream.gateways import base as gw_base
 from paystream.gateways.base import (
     REQUEST_SENT_SINCE,
+    REQUEST_TRIED_BEFORE,
     AcceptDispute,
     AttachPaymentMethod,
     CancelPayment,
@@ -1154,7 +1155,13 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         start_new_billing_period`` (Paddle's default, and the one that always applies:
         continuing the period paused fails once it has ended): a new billing period from
         now, its full amount charged at once (the tenant limits hold it, as an
-        always_invoice's charge). One not paused is answered as it is (a retry's)."""
+        always_invoice's charge). Paddle takes no key, and a resume carries nothing of
+        its own (no custom_data): it is sent only while Paddle reads the subscription
+        ``paused``, and, for a try that may have reached Paddle before (REQUEST_TRIED_BEFORE:
+        parked, re-driven), only while no resume charge of the subscription was made
+        since it can first have been sent (_resumed_since). Else answered as read: one
+        not paused (a retry's: done), or paused again since (its pause ended: the one
+        now is not this command's to end, and a POST would charge a second period)."""
         op = "resume_subscription"
         txn, sub_id = await self._live(op, req.provider_subscription_id)
         if sub_id is None:
@@ -1162,10 +1169,32 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         sub = self._one(await self._call(op, "GET", f"subscriptions/{sub_id}"))
         if sub.get("status") != "paused":
             return await self._with_invoices(op, str(txn["id"]), sub)  # (a retry: done)
+        if REQUEST_TRIED_BEFORE.get() and await self._resumed_since(op, sub_id):
+            return await self._with_invoices(op, str(txn["id"]), sub)  # (paused again)
         body = {"effective_from": "immediately", "on_resume": _ON_RESUME}
         path = f"subscriptions/{sub_id}/resume"
         made = self._one(await self._call(op, "POST", path, body=body))
         return await self._with_invoices(op, str(txn["id"]), made)
+
+    async def _resumed_since(self, operation: str, sub_id: str) -> bool:
+        """Was the subscription resumed since this resume can first have been sent
+        (REQUEST_SENT_SINCE, less CLOCK_SKEW_SECONDS; the key window without it)? A
+        resume's new period is charged by a transaction of origin ``subscription_update``
+        (a paused subscription makes no other: nothing is billed or changed while
+        paused). Found, the pause this command meant to end ended then (by its earlier
+        try, most likely, whose answer was lost); paused again since, it is not resumed
+        twice. (A resume, pause and resume sent within CLOCK_SKEW_SECONDS of each other,
+        the last let through, is answered paused too: never charged twice.)"""
+        since = REQUEST_SENT_SINCE.get()
+        if since is None:
+            since = time.time() - LOOKBACK_SECONDS
+        query = {
+            "subscription_id": sub_id,
+            "origin": "subscription_update",
+            "created_at[GTE]": _iso(since - CLOCK_SKEW_SECONDS),
+            "per_page": "1",
+        }
+        return bool(self._many(await self._call(operation, "GET", "transactions", query=query)))
 
     async def update_subscription(
         self, req: gw_base.UpdateSubscription, *, idempotency_key: str

@@ -527,3 +527,85 @@ async def test_pause_now_and_resume_with_a_new_period_charged(paddle_url: str) -
     kept = [e for e in kept if e["id"] == sub_id]
     assert [e["on_resume"] for e in kept] == ["start_new_billing_period"]
     await gw.aclose()
+
+
+async def _paused(paddle_url: str, gw: PaddleGateway) -> tuple[str, str]:
+    """A subscription paid at checkout, then paused now: (its checkout id, Paddle's id)."""
+    from paystream.gateways.base import PauseSubscription
+
+    customer = await _customer(gw)
+    made = await gw.create_subscription(_plan(customer=customer), idempotency_key=key())
+    sid = made.provider_subscription_id
+    await paddle_checkout(paddle_url, sid)
+    pause = PauseSubscription(provider_subscription_id=sid)
+    assert (await gw.pause_subscription(pause, idempotency_key=key())).status.value == "paused"
+    return sid, await _paddle_sub_id(paddle_url, sid)
+
+
+async def _resumes(paddle_url: str, sub_id: str) -> int:
+    sent = [e for e in await effects(paddle_url) if e["kind"] == "subscription_resume"]
+    return len([e for e in sent if e["id"] == sub_id])
+
+
+@pytest.mark.parametrize("between", ["nothing", "paused-again"])
+async def test_a_resume_whose_answer_was_lost_is_not_sent_again(
+    paddle_url: str, between: str
+) -> None:
+    """Paddle takes no key: a resume's POST ran, its answer lost (parked); re-driven (a
+    try that may have reached Paddle before, REQUEST_TRIED_BEFORE) it is not sent again,
+    whether the subscription is active (a plain redelivery) or paused again since in
+    Paddle's dashboard (review h82re M4 (b): a second POST charged a second period).
+    Answered as read, its one resume charge among the invoices."""
+    from paystream.gateways.base import (
+        REQUEST_TRIED_BEFORE,
+        PauseSubscription,
+        ResumeSubscription,
+    )
+
+    gw = gateway(paddle_url)
+    sid, sub_id = await _paused(paddle_url, gw)
+    since = time.time()
+    resume = ResumeSubscription(provider_subscription_id=sid)
+    lossy = losing(gw, "POST", f"subscriptions/{sub_id}/resume")
+    sent_since = REQUEST_SENT_SINCE.set(since)
+    try:
+        with pytest.raises(GatewayError):
+            await gw.resume_subscription(resume, idempotency_key=key())
+        assert await _resumes(paddle_url, sub_id) == 1
+        if between == "paused-again":  # (the dashboard: another pause, not this command's)
+            again = PauseSubscription(provider_subscription_id=sid)
+            await gw.pause_subscription(again, idempotency_key=key())
+        tried = REQUEST_TRIED_BEFORE.set(True)
+        try:
+            read = await gw.resume_subscription(resume, idempotency_key=key())
+        finally:
+            REQUEST_TRIED_BEFORE.reset(tried)
+    finally:
+        REQUEST_SENT_SINCE.reset(sent_since)
+    assert await _resumes(paddle_url, sub_id) == 1
+    assert lossy.sent.count(("POST", f"subscriptions/{sub_id}/resume")) == 1
+    wanted = SubscriptionStatus.ACTIVE if between == "nothing" else SubscriptionStatus.PAUSED
+    assert read.status is wanted
+    assert [i.status for i in read.invoices] == [InvoiceStatus.PAID, InvoiceStatus.PAID]
+    await gw.aclose()
+
+
+async def test_a_resume_let_through_that_never_reached_paddle_is_sent(paddle_url: str) -> None:
+    """Let through, but no resume charge made since it can first have been sent (its
+    first try never reached Paddle; an older resume, before that, does not count): the
+    subscription, still in the pause it meant to end, is resumed, once."""
+    from paystream.gateways.base import REQUEST_TRIED_BEFORE, ResumeSubscription
+
+    gw = gateway(paddle_url)
+    sid, sub_id = await _paused(paddle_url, gw)
+    resume = ResumeSubscription(provider_subscription_id=sid)
+    sent_since = REQUEST_SENT_SINCE.set(time.time())
+    tried = REQUEST_TRIED_BEFORE.set(True)
+    try:
+        read = await gw.resume_subscription(resume, idempotency_key=key())
+    finally:
+        REQUEST_TRIED_BEFORE.reset(tried)
+        REQUEST_SENT_SINCE.reset(sent_since)
+    assert read.status is SubscriptionStatus.ACTIVE
+    assert await _resumes(paddle_url, sub_id) == 1
+    await gw.aclose()
