@@ -3835,17 +3835,24 @@ RESUME_CHARGES_NOW = frozenset({"paddle"})
 
 
 def subscription_resume_charge(
-    subscriptions: Mapping[str, Any], tenant_id: str, data: c.ResumeSubscription
+    subscriptions: Mapping[str, Any],
+    tenant_id: str,
+    data: c.ResumeSubscription,
+    let_through: bool = False,
 ) -> ProrationCharge | None:
     """What the tenant limits hold a ``subscription.resume`` to where its provider
     charges a new period at the resume (RESUME_CHARGES_NOW): a period's charge of the
     subscription's amount with its tax rates, as an always_invoice's (a ProrationCharge:
     counted at what its invoice was paid). None, nothing held, elsewhere, or for one
-    resume_subscription refuses whatever the limits (unknown, not paused)."""
+    resume_subscription refuses whatever the limits (unknown, not paused). One
+    ``let_through`` (parked, re-driven) is held while its subscription is live, paused or
+    not: its provider may have resumed it (charged), and a refresh (a webhook's)
+    recorded it since (active), which the handler does not refuse (review h82re M4)."""
     raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
     if not isinstance(raw, Mapping) or raw.get("provider") not in RESUME_CHARGES_NOW:
         return None
-    if raw.get("status") != _SUB_PAUSED.value:
+    held = (_SUB_PAUSED.value, "active", "past_due") if let_through else (_SUB_PAUSED.value,)
+    if raw.get("status") not in held:
         return None
     rates = raw.get("tax_rate_ids")
     return ProrationCharge(

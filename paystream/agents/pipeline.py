@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cloudevents.core.v1.event import CloudEvent
@@ -1431,7 +1431,7 @@ class CommandProcessor(ProviderWindow):
         )
         self._release_voided(cmd, stored)
         if admission is not None:
-            self._settle(cmd, admission, stored, counts, data)
+            self._settle(cmd, admission, stored, counts, data, ctx.sent_since_ms)
             if counts:
                 self._count_learnt(cmd, admission, stored, deciding.limits)
         if stored.type == "customer.erased" and result.primary is not None:
@@ -1453,16 +1453,20 @@ class CommandProcessor(ProviderWindow):
         outcome: StoredOutcome,
         counts: bool,
         data: Any = None,
+        sent_since_ms: int | None = None,
     ) -> None:
         """Settle an admitted command by its outcome: what it moved counted (if this
         record ``counts`` it), its hold released. A proration invoice's charge is told by
-        its invoices, not its outcome type (``_moved``)."""
+        its invoices, not its outcome type (``_moved``). ``sent_since_ms``: the earliest
+        its provider request can first have been sent (a resume's charge found by it)."""
         if not counts:
             self.limits.settle(admission, "command.rejected")
             return
         moved = _moved(cmd.command_type, outcome)
         if moved == 0 and getattr(data, "trial_end", None) == "now":
             moved = self._first_invoice_recorded(cmd.tenant_id, outcome)
+        if moved == 0 and cmd.command_type == "subscription.resume":
+            moved = self._resume_invoice_recorded(cmd.tenant_id, outcome, sent_since_ms)
         if moved is None:
             self.limits.settle(admission, outcome.type)
         else:
@@ -1492,6 +1496,34 @@ class CommandProcessor(ProviderWindow):
             or ended is None
             or _instant(raw.get("period_start")) != ended
         ):
+            return 0
+        return int(raw.get("amount") or 0)
+
+    def _resume_invoice_recorded(
+        self, tenant_id: str, outcome: StoredOutcome, sent_since_ms: int | None
+    ) -> int:
+        """What a ``subscription.resume``'s new period was charged when its outcome does
+        not list the invoice: recorded first by another command (a refresh, a Paddle
+        webhook's, that read it before a parked resume was re-driven and answered as
+        read; review h82re M4). Its subscription's latest invoice, paid or being
+        collected (no decline: as _resume_paid), its period beginning at or after the
+        resume's first try can have been sent (less the clocks' skew); 0 if none is
+        (nothing charged: Stripe's, the simulator's; or the time is not known)."""
+        sub = outcome.data.get("object")
+        if not isinstance(sub, dict) or sent_since_ms is None:
+            return 0
+        latest = sub.get("latest_invoice_id")
+        if not isinstance(latest, str):
+            return 0
+        raw = self.tables.invoices.get(entity_key(tenant_id, latest))
+        if not isinstance(raw, Mapping) or raw.get("subscription_id") != sub.get("id"):
+            return 0
+        status = raw.get("status")
+        if not (status == "paid" or (status == "open" and not raw.get("failure_code"))):
+            return 0
+        begins = _instant(raw.get("period_start"))
+        since = datetime.fromtimestamp(sent_since_ms / 1000 - _CLOCK_SKEW_SECONDS, UTC)
+        if begins is None or begins < since:
             return 0
         return int(raw.get("amount") or 0)
 
@@ -1695,7 +1727,9 @@ class CommandProcessor(ProviderWindow):
             return data if updated is None else updated
         if cmd.command_type == "subscription.resume":
             # (a new period charged at the resume, at Paddle: held as an always_invoice)
-            charged = subscription_resume_charge(self.tables.subscriptions, cmd.tenant_id, data)
+            charged = subscription_resume_charge(
+                self.tables.subscriptions, cmd.tenant_id, data, let_through
+            )
             return data if charged is None else charged
         if cmd.command_type != "subscription.update":
             return data
@@ -2959,6 +2993,10 @@ _PROVIDER_REJECTIONS = {
 
 
 # Park reason of a re-driven command older than `dlq replay` may re-send (see dlq.py).
+# How far a provider's clock (that dates an invoice's period) and the one that stamped a
+# command's record may disagree (Paddle's gateway looks for an earlier try from as long
+# before: paddle.gateway.CLOCK_SKEW_SECONDS).
+_CLOCK_SKEW_SECONDS = 120
 STALE = "stale"
 # A command let through once, refused by its provider as another request under its key
 # (not a 409, a request still running under it, parked as idempotency_error).
