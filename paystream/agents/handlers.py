@@ -3802,6 +3802,12 @@ def subscription_pending_charge(
     return net if taxed is None or alone is None else taxed - alone
 
 
+# What a trial ended now, let through and re-driven, is held at: its subscription live
+# (the trial may have ended under its key, then been recorded so by a refresh, and the
+# subscription even paused since).
+_TRIAL_END_LET_THROUGH = (_SUB_TRIALING.value, "active", "past_due", _SUB_PAUSED.value)
+
+
 def subscription_trial_charge(
     subscriptions: Mapping[str, Any],
     tenant_id: str,
@@ -3817,11 +3823,13 @@ def subscription_trial_charge(
     it for whatever the limits (unknown, or not recorded trialing: invalid_state). One
     ``let_through`` (parked, re-driven) is held while its subscription is live, trialing
     or not: the provider may have ended the trial under its key (charged), and a
-    refresh recorded it since (active), which the handler does not refuse."""
+    refresh recorded it since (active), which the handler does not refuse; paused since
+    too (a pause of the active one: still live, its charge made all the same; review
+    h82x)."""
     if data.trial_end != "now":
         return None
     raw = subscriptions.get(entity_key(tenant_id, data.subscription_id))
-    held = (_SUB_TRIALING.value, "active", "past_due") if let_through else (_SUB_TRIALING.value,)
+    held = _TRIAL_END_LET_THROUGH if let_through else (_SUB_TRIALING.value,)
     if not isinstance(raw, Mapping) or raw.get("status") not in held:
         return None
     rates = raw.get("tax_rate_ids")
