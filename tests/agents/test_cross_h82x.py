@@ -44,3 +44,40 @@ async def test_a_parked_end_re_driven_after_a_pause_is_counted_once(harness: Har
     over = await h.send("payment.create", t, pay)
     assert data(over).get("reason") == "quota_exceeded", data(over)
     assert (data(over)["used"], data(over)["held"]) == (1500, 0), data(over)
+
+
+async def test_todays_subscription_outcomes_match_their_published_payloads(
+    harness: Harness,
+) -> None:
+    """A trial ended now (`subscription.updated` with ``trial_end_charge``), a pause
+    with its ``resumes_at`` (`subscription.paused`, the record's ``pause_resumes_at``)
+    and a resume (`subscription.resumed`), against their AsyncAPI payloads (no test sent
+    them through the published schemas, which refuse a field they do not name)."""
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from tests.agents.harness import new_tenant_id
+    from tests.test_docs import validator
+
+    doc = yaml.safe_load((Path(__file__).parents[2] / "docs" / "asyncapi.yaml").read_text())
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t)
+    await _subscribed(h, t, trial_days=14)
+    ended = await h.send("subscription.update", t, {"subscription_id": "s1", "trial_end": "now"})
+    assert data(ended).get("trial_end_charge") == "paid", data(ended)
+    at = int(time.time()) + 7 * 86_400
+    pause = {"subscription_id": "s1", "resumes_at": at}
+    paused = await h.send("subscription.pause", t, pause)
+    assert data(paused)["object"].get("pause_resumes_at") is not None, data(paused)
+    resumed = await h.send("subscription.resume", t, {"subscription_id": "s1"})
+    for out, outcome in (
+        (ended, "subscription.updated"),
+        (paused, "subscription.paused"),
+        (resumed, "subscription.resumed"),
+    ):
+        assert kind(out) == outcome, data(out)
+        pointer = f"/components/messages/outcome.{outcome}/payload"
+        validator(doc, pointer, draft7=True).validate(data(out))
