@@ -2440,6 +2440,9 @@ async def resume_subscription(ctx: HandlerContext, data: c.ResumeSubscription) -
 
 _SUB_ACTIVE = gw.SubscriptionStatus.ACTIVE
 _PAUSE_OUTCOME = {_SUB_PAUSED: "subscription.paused", _SUB_ACTIVE: "subscription.resumed"}
+# What a resume leaves a subscription besides active: past_due (a renewal from before the
+# pause still open), trialing (a trial paused in Stripe's dashboard; review h82x).
+_RESUMED_AS = (gw.SubscriptionStatus.PAST_DUE, _SUB_TRIALING)
 
 
 def _transition_or_reject(sub: SubscriptionRecord, verb: str, only: str) -> None:
@@ -2458,10 +2461,11 @@ def _paused_or_resumed(
 ) -> HandlerResult:
     """A pause's or a resume's answer recorded: `subscription.paused` / `.resumed` when
     the provider holds it so (a resume that finds a renewal from before still open:
-    past_due, resumed all the same), else as a refresh's (canceled meanwhile)."""
+    past_due, resumed all the same; a trial paused in Stripe's dashboard: trialing
+    again), else as a refresh's (canceled meanwhile)."""
     _take_subscription(ctx, sub, res)
     invoices = _invoices(ctx, sub, res)
-    resumed = wanted is _SUB_ACTIVE and res.status is gw.SubscriptionStatus.PAST_DUE
+    resumed = wanted is _SUB_ACTIVE and res.status in _RESUMED_AS
     if res.status is wanted or resumed:
         return HandlerResult(
             _PAUSE_OUTCOME[wanted], sub, invoices, extra={"previous_status": previous}
@@ -2489,7 +2493,7 @@ async def _paused_or_resumed_read_back(
             idempotency_key=ctx.idem,
         ),
     )
-    if now.status is wanted:
+    if now.status is wanted or (wanted is _SUB_ACTIVE and now.status is _SUB_TRIALING):
         return _paused_or_resumed(ctx, sub, now, previous, wanted)
     _take_subscription(ctx, sub, now)
     invoices = _invoices(ctx, sub, now)

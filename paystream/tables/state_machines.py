@@ -90,12 +90,14 @@ SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
 # refused, never recorded.
 # (paused: a pause, or one paused in the provider's dashboard read back; it leaves for
 # active by a resume or at its resumes_at, or past_due where an invoice from before it
-# is still open)
+# is still open; trialing, a trial paused in Stripe's dashboard, which takes
+# pause_collection on a trialing subscription too, resumed: refused, its resume and every
+# refresh were answered invalid_state for good, Stripe's pause lifted; review h82x)
 SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
     "trialing": frozenset({"trialing", "active", "past_due", "paused", "canceled"}),
     "active": frozenset({"active", "past_due", "paused", "canceled"}),
     "past_due": frozenset({"past_due", "active", "paused", "canceled"}),
-    "paused": frozenset({"paused", "active", "past_due", "canceled"}),
+    "paused": frozenset({"paused", "active", "past_due", "trialing", "canceled"}),
     "incomplete": frozenset({"incomplete", "active", "canceled"}),
     "requires_action": frozenset({"requires_action", "active", "trialing", "canceled"}),
     "canceled": frozenset({"canceled"}),
