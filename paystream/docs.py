@@ -122,7 +122,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "subscription.cancel": (
         "Cancel a subscription now (its open invoices voided), or at the end of the "
         "period paid for (`at_period_end`: `subscription.updated`, then canceled when a "
-        "`subscription.refresh` finds the period ended)."
+        "`subscription.refresh` finds the period ended). A `paused` one is canceled "
+        "now (at period end: `invalid_state`); at Square, either is `unsupported` (Square "
+        "cancels an active subscription only): resume it in Square's dashboard, then "
+        "cancel at period end, or cancel it there."
     ),
     "subscription.update": (
         "Change a live subscription (`active`, `trialing` or `past_due`; others are "

@@ -44,6 +44,7 @@ from paystream.gateways.errors import (
     unsupported_message,
 )
 from paystream.gateways.stripe_rules import account_takes_charges, three_decimal_problem
+from paystream.gateways.unsupported import PAUSED_NOT_CANCELED, PAUSED_NOT_CANCELED_AT
 from paystream.ids import derived_id
 from paystream.ids import invoice_id as derived_invoice_id
 from paystream.log_limits import ThrottledLog
@@ -2269,6 +2270,11 @@ def _first_period_method(
 async def cancel_subscription(ctx: HandlerContext, data: c.CancelSubscription) -> HandlerResult:
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
     if not ctx.let_through:
+        if sub.status == _SUB_PAUSED.value and ctx.gateway.provider in PAUSED_NOT_CANCELED_AT:
+            # (at once or at period end: one refusal, saying what to do; the state
+            # machine's invalid_state and the gateway's "send at_period_end true"
+            # contradicted each other: review h82re L2)
+            raise Rejection(RejectReason.UNSUPPORTED, PAUSED_NOT_CANCELED, remember=False)
         verb = "cancel_at_period_end" if data.at_period_end else "cancel"
         try:
             check_subscription_transition(sub.status, verb)

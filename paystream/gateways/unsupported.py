@@ -14,7 +14,28 @@ from typing import NoReturn
 from paystream.gateways import base as gw_base
 from paystream.gateways.errors import UnsupportedOperation
 
-__all__ = ["NoConnectedAccounts", "NoInvoices", "NoPayouts", "NoTaxRates"]
+__all__ = [
+    "PAUSED_NOT_CANCELED",
+    "PAUSED_NOT_CANCELED_AT",
+    "NoConnectedAccounts",
+    "NoInvoices",
+    "NoPayouts",
+    "NoTaxRates",
+]
+
+# Providers that cancel no paused subscription through their API (Square's
+# CancelSubscription "schedules a CANCEL action to cancel an active subscription" at the
+# end of its paid period: none for one paused, which its API reference does not
+# offer), and what a cancel of one is answered, whether now or at period end (one
+# refusal, one message: review h82re L2). Refused before any call by the handler, and
+# by the gateway for one its record has not yet read paused.
+PAUSED_NOT_CANCELED_AT = frozenset({"square"})
+PAUSED_NOT_CANCELED = (
+    "square: a paused subscription (paused in Square's dashboard) is not canceled through "
+    "paystream: Square's CancelSubscription cancels an active subscription at the end of "
+    "its paid period, and a paused one has none. Resume it in Square's dashboard and "
+    "send subscription.cancel with at_period_end true, or cancel it in Square's dashboard"
+)
 
 
 class _Unsupported:

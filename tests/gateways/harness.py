@@ -41,6 +41,7 @@ __all__ = [
     "open_square_dispute",
     "over_gateways",
     "paddle_checkout",
+    "pause_square_subscription",
     "pay_square_invoice",
     "square_today",
 ]
@@ -450,6 +451,16 @@ async def pay_square_invoice(square_url: str, invoice_id: str) -> None:
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{square_url}/_fake/invoices/{invoice_id}/pay", json={}) as resp,
+    ):
+        resp.raise_for_status()
+
+
+async def pause_square_subscription(square_url: str, subscription_id: str) -> None:
+    """The seller pauses a Square subscription in Square's dashboard, PAUSED now
+    (TEST-ONLY control route of tests/fixtures/square_fake.py)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{square_url}/_fake/subscriptions/{subscription_id}/pause", json={}) as resp,
     ):
         resp.raise_for_status()
 

@@ -73,7 +73,13 @@ from paystream.gateways.tenant_config import (
     refuse_unknown_options,
     required_credential,
 )
-from paystream.gateways.unsupported import NoConnectedAccounts, NoInvoices, NoPayouts, NoTaxRates
+from paystream.gateways.unsupported import (
+    PAUSED_NOT_CANCELED,
+    NoConnectedAccounts,
+    NoInvoices,
+    NoPayouts,
+    NoTaxRates,
+)
 from paystream.log_limits import ThrottledLog
 from paystream.settings import is_loopback
 
@@ -1000,12 +1006,17 @@ class SquareGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
         other cancel). At once only for one never paid (incomplete): its cancel
         scheduled and its unpaid invoices canceled, nothing is ever billed, and it is
         answered canceled (as the simulator voids an incomplete's invoice); any other is
-        `unsupported`. Keyless: read first, and a cancel scheduled already (this
-        command's, its answer lost) or done is answered as it is."""
+        `unsupported`, as is any cancel of one PAUSED (Square's reference cancels an
+        active one: PAUSED_NOT_CANCELED). Keyless: read first, and a cancel scheduled
+        already (this command's, its answer lost) or done is answered as it is."""
         op = "cancel_subscription"
         require_operation(op, self.capabilities, SQUARE_CAPABILITIES, PROVIDER)
         sid = req.provider_subscription_id
         sub = await self._read_subscription(sid)
+        if sub.get("status") == "PAUSED":
+            # (paused in Square's dashboard, its record not yet read so: refused as the
+            # handler refuses a paused one, nothing sent)
+            raise UnsupportedOperation(PROVIDER, op, message=PAUSED_NOT_CANCELED)
         found: list[dict[str, Any]] = []
         if not req.at_period_end:
             found = await self._invoices_of(sub)

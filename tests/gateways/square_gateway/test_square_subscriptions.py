@@ -28,7 +28,12 @@ from paystream.gateways.base import (
 from paystream.gateways.errors import ErrorCode, GatewayError, UnsupportedOperation
 from paystream.gateways.square.gateway import SquareGateway
 from tests.fixtures.square_fake import FAKE_SQUARE_MERCHANT, FAKE_SQUARE_TOKEN
-from tests.gateways.harness import advance_square_clock, pay_square_invoice, square_today
+from tests.gateways.harness import (
+    advance_square_clock,
+    pause_square_subscription,
+    pay_square_invoice,
+    square_today,
+)
 from tests.gateways.square_gateway.wire import Wire, gateway_at, key, usd, wired
 
 __all__ = ["wired"]
@@ -186,6 +191,34 @@ async def test_a_pause_or_resume_is_unsupported_and_nothing_is_sent(square_url: 
             await call
         assert "next billing cycle" in info.value.message, info.value.message
     assert (await read(gw, sub)).status is SubscriptionStatus.ACTIVE
+    await gw.aclose()
+
+
+async def test_a_subscription_paused_in_squares_dashboard_is_not_canceled(
+    square_url: str,
+) -> None:
+    """Square's CancelSubscription cancels an active subscription at its paid period's
+    end; a PAUSED one is refused alike at once or at period end (review h82re L2: one
+    answered "send at_period_end true", the other invalid_state), saying what to do,
+    nothing sent. The handler refuses it before any call (a paused record); this is
+    one its record has not read paused yet."""
+    gw = gateway_at(square_url)
+    sub = await subscribe(gw)
+    sid = sub.provider_subscription_id
+    await pause_square_subscription(square_url, sid)
+    assert (await read(gw, sub)).status is SubscriptionStatus.PAUSED
+    messages = set()
+    for at_period_end in (False, True):
+        with pytest.raises(UnsupportedOperation) as info:
+            await gw.cancel_subscription(
+                CancelSubscription(provider_subscription_id=sid, at_period_end=at_period_end),
+                idempotency_key=key(),
+            )
+        messages.add(info.value.message)
+    (message,) = messages
+    assert "Resume it in Square's dashboard" in message, message
+    assert await effects_of(square_url, "subscription_cancel", sid) == []
+    assert (await read(gw, sub)).status is SubscriptionStatus.PAUSED
     await gw.aclose()
 
 
