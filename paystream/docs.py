@@ -167,7 +167,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "`invalid_state`, as is one to cancel at period end: undo that cancel first, "
         "or cancel now): `subscription.paused`, its status `paused`; nothing is billed "
         "while it is paused, and nothing is charged by the pause. `resumes_at` (optional, "
-        "RFC 3339 with its time zone, ahead and at most 366 days ahead, else "
+        "RFC 3339 with its time zone, ahead and at most 366 days ahead of the provider's "
+        "clock (the simulator's own, moved by `paystream simulator advance`), else "
         "`validation_error`): when its provider resumes it by itself (`pause_resumes_at`; "
         "read back `active` by `subscription.refresh`). Stripe: `pause_collection` with "
         "`behavior: void` (Stripe keeps its billing cycle, and voids the invoices of the "
@@ -176,7 +177,10 @@ COMMAND_SUMMARIES: dict[str, str] = {
         "resumed, canceled now, or read back: `subscription.update` and a cancel at period "
         "end are refused `invalid_state`. Parked and re-driven after another command "
         "changed the subscription (a resume since), it is read back rather than sent "
-        "again: `subscription.paused` if it is paused, else `invalid_state`."
+        "again: `subscription.paused` if it is paused, else `invalid_state`. Re-driven "
+        "once its `resumes_at` has passed, its pause is over: read back, never sent "
+        "again nor refused, answered as the subscription is (`subscription.updated`, "
+        "`active`; `subscription.paused` if not yet resumed)."
     ),
     "subscription.resume": (
         "Resume a `paused` subscription's billing now (others are refused "

@@ -2371,18 +2371,30 @@ async def refresh_subscription(ctx: HandlerContext, data: c.RefreshSubscription)
 PAUSE_MAX = timedelta(days=366)
 
 
-def _pause_resumes_at(data: c.PauseSubscription) -> int | None:
+async def provider_now(ctx: HandlerContext) -> datetime:
+    """The time by the tenant's provider's clock, which judges a time a request names (a
+    pause's resumes_at): the simulator's own (moved ahead by `paystream simulator
+    advance`, as a Stripe test clock), read from it; a real provider's is the wall
+    clock, the worker's. (The handler and the simulator judged by two clocks: after an
+    advance, a resumes_at the handler let through was refused as past: review h82re L3.)"""
+    clock = getattr(ctx.gateway, "clock_now", None)
+    if clock is None:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(await clock(), UTC)
+
+
+def _pause_resumes_at(data: c.PauseSubscription, now: datetime) -> int | None:
     """The pause's ``resumes_at`` in UTC, refused unless ahead and at most PAUSE_MAX
-    ahead of the worker's clock (checked here, not in the model: a parked pause
-    re-driven later is no worse a request)."""
+    ahead of ``now``, the provider's clock (checked here, not in the model: a parked
+    pause re-driven later is no worse a request)."""
     at = data.resumes_at
     if at is None:
         return None
-    now = datetime.now(UTC)
     if not now < at <= now + PAUSE_MAX:
         raise Rejection(
             RejectReason.VALIDATION_ERROR,
-            f"resumes_at must be ahead, at most {PAUSE_MAX.days} days: {at.isoformat()}",
+            f"resumes_at must be ahead, at most {PAUSE_MAX.days} days, of the provider's "
+            f"clock (now {now.isoformat()}): {at.isoformat()}",
         )
     return int(at.timestamp())
 
@@ -2391,9 +2403,12 @@ async def pause_subscription(ctx: HandlerContext, data: c.PauseSubscription) -> 
     """Pause an active subscription's billing now (each gateway's pause_subscription):
     `subscription.paused`, nothing billed until `subscription.resume` or its
     ``resumes_at``. Charges nothing. Re-driven after another command changed the
-    subscription (a resume since), read back, never paused again (as a cancel's)."""
+    subscription (a resume since), read back, never paused again (as a cancel's).
+    Re-driven once its ``resumes_at`` has passed (its answer lost, parked), read back
+    and never sent again: see _pause_over."""
     sub = ctx.load(SubscriptionRecord, data.subscription_id)
     resumes_at = None if data.resumes_at is None else int(data.resumes_at.timestamp())
+    now = None if resumes_at is None else await provider_now(ctx)
     if not ctx.let_through:
         _transition_or_reject(sub, "pause", "only an active subscription is paused")
         if sub.cancel_at_period_end:
@@ -2407,9 +2422,12 @@ async def pause_subscription(ctx: HandlerContext, data: c.PauseSubscription) -> 
                 "keep that cancel everywhere; undo it first (subscription.update "
                 "cancel_at_period_end false), or cancel now",
             )
-        resumes_at = _pause_resumes_at(data)
+        if now is not None:
+            resumes_at = _pause_resumes_at(data, now)
     ctx.at_provider(sub)
     previous = sub.status
+    if resumes_at is not None and now is not None and resumes_at <= now.timestamp():
+        return await _pause_over(ctx, sub, previous)
     if _changed_since_first_attempt(ctx, sub):
         return await _paused_or_resumed_read_back(ctx, sub, previous, _SUB_PAUSED, "pause")
     req = gw.PauseSubscription(
@@ -2421,6 +2439,25 @@ async def pause_subscription(ctx: HandlerContext, data: c.PauseSubscription) -> 
         lambda: ctx.gateway.pause_subscription(req, idempotency_key=ctx.idem),
     )
     return _paused_or_resumed(ctx, sub, res, previous, _SUB_PAUSED)
+
+
+async def _pause_over(ctx: HandlerContext, sub: SubscriptionRecord, previous: str) -> HandlerResult:
+    """A pause let through (its answer lost, parked) re-driven once its resumes_at has
+    passed by the provider's clock: applied then or not, its pause is over now. Sent
+    again it would be refused as past (Stripe, its key's 24 h gone: review h82re L6) or
+    answered as of its first try (paused, which it is no longer). Read back instead and
+    answered as the subscription is: `subscription.paused` if still paused (its provider
+    not yet resumed it), else as a refresh's (`subscription.updated`, active), never
+    refused: nothing is left to do, and nothing to send again."""
+    now = await _gateway(
+        ctx,
+        "retrieve_subscription",
+        lambda: ctx.gateway.retrieve_subscription(
+            gw.RetrieveSubscription(provider_subscription_id=sub.provider_subscription_id),
+            idempotency_key=ctx.idem,
+        ),
+    )
+    return _paused_or_resumed(ctx, sub, now, previous, _SUB_PAUSED)
 
 
 async def resume_subscription(ctx: HandlerContext, data: c.ResumeSubscription) -> HandlerResult:

@@ -313,3 +313,83 @@ async def test_a_resume_charge_paddle_is_still_collecting_is_counted() -> None:
     assert _moved("subscription.resume", resumed(declined)) == 0
     older = {**billing, "created_by": "c1"}  # (an invoice from before the pause)
     assert _moved("subscription.resume", resumed(older)) == 0
+
+
+async def test_resumes_at_is_judged_by_the_simulators_clock(harness: Harness) -> None:
+    """The simulator's clock, moved ahead by `paystream simulator advance`, judges a
+    pause's resumes_at, as Stripe's own clock judges at Stripe (review h82re L3): the
+    handler judged by the worker's, so after an advance a resumes_at it let through
+    was refused by the simulator as past, and one the simulator would take (ahead of
+    its clock, past the worker's year) refused by the handler."""
+    h = harness
+    t = h.add_tenant()
+    await _subscribed(h, t)
+    await simulator_of(h, t).advance_clock(30 * DAY)  # (`paystream simulator advance`)
+    # Ahead of the worker's clock, behind the simulator's: refused before any call.
+    behind = await _pause(h, t, resumes_at=_ahead(10))
+    assert data(behind)["reason"] == "validation_error", data(behind)
+    assert "provider's clock" in data(behind)["message"], data(behind)
+    assert await _effects(h, t, "subscription.paused") == []
+    # Ahead of both: paused, resuming then (by the simulator's clock).
+    paused = await _pause(h, t, resumes_at=_ahead(40))
+    assert kind(paused) == "subscription.paused", data(paused)
+    await simulator_of(h, t).advance_clock(12 * DAY)
+    back = await _refresh(h, t)
+    assert data(back)["object"]["status"] == "active", data(back)
+    # A year past the simulator's clock is too far, though within the worker's year plus
+    # the advance; 380 days ahead of the worker's (338 of the simulator's) is taken.
+    await h.send("subscription.cancel", t, {"subscription_id": "s1"})
+    u = h.add_tenant()
+    await _subscribed(h, u)
+    await simulator_of(h, u).advance_clock(42 * DAY)
+    far = await _pause(h, u, resumes_at=_ahead(42 + 367))
+    assert data(far)["reason"] == "validation_error", data(far)
+    assert kind(await _pause(h, u, resumes_at=_ahead(380))) == "subscription.paused"
+
+
+async def test_a_pause_re_driven_after_its_resumes_at_is_answered_from_a_read(
+    harness: Harness,
+) -> None:
+    """A pause whose answer was lost, re-driven (`dlq replay`) after its resumes_at has
+    passed and its provider's key has expired (Stripe's 24 h): sent again, it was
+    refused as past, answered `command.rejected` though it had paused the subscription
+    (review h82re L6). Its pause over, it is read back, never sent again, and answered
+    as the subscription is now: active (`subscription.updated`, as a refresh's)."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:p1": 3}})
+    await _subscribed(h, t)
+    body = {"subscription_id": "s1", "resumes_at": _ahead(5)}
+    emits = await h.processor.process(_command(t, "subscription.pause", body, "p1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]  # applied, answer lost
+    sim = simulator_of(h, t)
+    assert len(await _effects(h, t, "subscription.paused")) == 1
+    # Two days past resumes_at, the provider's key gone (as Stripe's after 24 h).
+    await sim.advance_clock(7 * DAY)
+    await sim._store._redis.delete(sim._store._idem_key(f"ps:{t}:p1"))
+    out = await _answer(h, _command(t, "subscription.pause", body, "p1"))
+    assert kind(out) == "subscription.updated", data(out)
+    assert (data(out)["previous_status"], data(out)["object"]["status"]) == (
+        "active",
+        "active",
+    )
+    assert data(out)["object"].get("pause_resumes_at") is None
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "active"
+    assert len(await _effects(h, t, "subscription.paused")) == 1  # (not sent again)
+
+
+async def test_a_pause_re_driven_while_its_key_answers_is_recorded_as_it_is_now(
+    harness: Harness,
+) -> None:
+    """Within the key's window the provider would answer the first try's paused, though
+    its resumes_at has passed: recorded paused, it is not. Read back instead."""
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:p1": 3}})
+    await _subscribed(h, t)
+    body = {"subscription_id": "s1", "resumes_at": _ahead(5)}
+    await h.processor.process(_command(t, "subscription.pause", body, "p1"))
+    await simulator_of(h, t).advance_clock(6 * DAY)
+    out = await _answer(h, _command(t, "subscription.pause", body, "p1"))
+    assert kind(out) == "subscription.updated", data(out)
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "active"

@@ -683,6 +683,12 @@ class SimulatorGateway:
         )  # fmt: skip
         return dict(response["ok"])
 
+    async def clock_now(self) -> int:
+        """This tenant's simulator clock (unix seconds: the machine's plus what
+        `simulator advance` added). A time a request names (a pause's resumes_at) is
+        judged by it, as Stripe's own clock judges at Stripe (handlers.provider_now)."""
+        return ops.clock_of(await self._store.read(ops.CLOCK_ID))
+
     async def _provider_action(
         self,
         key: str,

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from paystream.gateways.base import (
@@ -93,6 +94,7 @@ __all__ = [
     "cancel_payout",
     "cancel_subscription",
     "capture_payment",
+    "clock_of",
     "complete_authentication",
     "complete_onboarding",
     "create_account_link",
@@ -960,7 +962,11 @@ _SUB_PAUSED = "paused"
 async def clock_now(tx: Tx) -> int:
     """The simulator's time for this tenant (unix seconds): the machine's, moved forward
     by `advance_clock`. Read in the transaction: an advance meanwhile recomputes it."""
-    clock = await tx.get(CLOCK_ID)
+    return clock_of(await tx.get(CLOCK_ID))
+
+
+def clock_of(clock: Mapping[str, Any] | None) -> int:
+    """The time (unix seconds) of the tenant's clock object (None: never advanced)."""
     return int(time.time()) + int((clock or {}).get("offset") or 0)
 
 
