@@ -2676,7 +2676,9 @@ async def update_subscription(ctx: HandlerContext, data: c.UpdateSubscription) -
                 RejectReason.INVALID_STATE,
                 f"{exc}: only an active, trialing or past_due subscription is updated",
             ) from exc
-        _trial_end_allowed(sub, data)
+        # (a time is judged by the provider's clock, read only when one is asked)
+        clock = await provider_now(ctx) if isinstance(data.trial_end, int) else None
+        _trial_end_allowed(sub, data, clock)
     ctx.at_provider(sub)
     pm = (
         None
@@ -2808,13 +2810,18 @@ def _refused_after_read(
 _TRIAL_END_MAX = timedelta(days=c.MAX_TRIAL_DAYS)
 
 
-def _trial_end_allowed(sub: SubscriptionRecord, data: c.UpdateSubscription) -> None:
+def _trial_end_allowed(
+    sub: SubscriptionRecord, data: c.UpdateSubscription, now: datetime | None
+) -> None:
     """An update's ``trial_end``: of a trialing subscription only (`invalid_state`), a
-    time ahead and at most 730 days from now (`validation_error`). Checked here, on the
-    worker's clock, not in the command's model: a replay is answered from its record
-    before this runs, so the same command is answered alike once the time has passed
-    (a model checking the clock would refuse it then). Not asked of a command let
-    through (its provider may have taken it: its key answers)."""
+    time ahead and at most 730 days from ``now``, the provider's clock (provider_now:
+    the simulator's own after `simulator advance`, as a pause's resumes_at; judged by
+    the worker's, a trial_end past on the simulator's clock passed here and was refused
+    there, one ahead of it refused here) (`validation_error`). Checked here, not in the
+    command's model: a replay is answered from its record before this runs, so the same
+    command is answered alike once the time has passed (a model checking the clock
+    would refuse it then). Not asked of a command let through (its provider may have
+    taken it: its key answers)."""
     if data.trial_end is None:
         return
     if sub.status != _SUB_TRIALING.value:
@@ -2831,13 +2838,15 @@ def _trial_end_allowed(sub: SubscriptionRecord, data: c.UpdateSubscription) -> N
                 "(cancel_at_period_end false, in the same update) to end its trial now",
             )
         return
-    now = datetime.now(UTC)
+    if now is None:  # (never when a time is given: its caller read the provider's clock)
+        now = datetime.now(UTC)
     asked = datetime.fromtimestamp(data.trial_end, UTC)
     if not now < asked <= now + _TRIAL_END_MAX:
         raise Rejection(
             RejectReason.VALIDATION_ERROR,
             f"trial_end {asked.isoformat()} must be ahead, at most {c.MAX_TRIAL_DAYS} days "
-            'from now (or "now", to end the trial at once)',
+            f"from now, by the provider's clock (now {now.isoformat()}) "
+            '(or "now", to end the trial at once)',
         )
 
 

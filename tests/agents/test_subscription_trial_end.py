@@ -175,6 +175,43 @@ async def test_the_time_rules(harness: Harness) -> None:
     assert len(await _effects(harness, t, "subscription.updated")) == 1
 
 
+async def test_the_time_is_judged_by_the_simulators_clock(harness: Harness) -> None:
+    """A trial_end is judged by the provider's clock, the simulator's own once `paystream
+    simulator advance` moved it, as a pause's resumes_at (handlers.provider_now): judged
+    by the worker's, a trial_end past on the simulator's clock passed the handler (the
+    simulator refused it), and one within 730 days of the simulator's clock but past
+    the worker's 730 was refused before any call. Each bound, on both sides."""
+    t = harness.add_tenant()
+    await _subscribed(harness, t, trial_days=90)
+    await simulator_of(harness, t).advance_clock(30 * DAY)  # (`paystream simulator advance`)
+    now = int(time.time())  # (the worker's clock; the simulator's is 30 days ahead)
+    sim_now = now + 30 * DAY
+    # Ahead of the worker's clock, behind the simulator's: refused before any call.
+    for bad in (now + 10 * DAY, sim_now - 120):
+        out = await _update(harness, t, trial_end=_at(bad))
+        assert data(out)["reason"] == "validation_error", data(out)
+        assert "by the provider's clock" in data(out)["message"], data(out)
+    # Past the simulator's 730 days (within the worker's 730 plus the advance): refused.
+    out = await _update(harness, t, trial_end=sim_now + 730 * DAY + 120)
+    assert data(out)["reason"] == "validation_error", data(out)
+    assert "at most 730 days from now, by the provider's clock" in data(out)["message"]
+    assert await _effects(harness, t, "subscription.updated") == []
+    # Just ahead of the simulator's clock: taken, the trial ending then.
+    soon = sim_now + 3600
+    out = await _update(harness, t, trial_end=_at(soon))
+    assert kind(out) == "subscription.updated", data(out)
+    assert datetime.fromisoformat(data(out)["object"]["trial_end"]).timestamp() == soon
+    # Past the worker's 730 days, within the simulator's: taken (the handler refused it).
+    far = sim_now + 730 * DAY - 120
+    assert far > now + 730 * DAY
+    out = await _update(harness, t, trial_end=far)
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "trialing", data(out)
+    assert datetime.fromisoformat(data(out)["object"]["trial_end"]).timestamp() == far
+    assert len(await _effects(harness, t, "subscription.updated")) == 2
+    assert await _charges(harness, t) == []
+
+
 async def test_only_a_trialing_subscription_takes_it(harness: Harness) -> None:
     t = harness.add_tenant()
     await _subscribed(harness, t)  # active: no trial
