@@ -184,7 +184,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
     ),
     "subscription.resume": (
         "Resume a `paused` subscription's billing now (others are refused "
-        "`invalid_state`): `subscription.resumed`, its status `active` again. Stripe "
+        "`invalid_state`): `subscription.resumed`, its status `active` again (`trialing` "
+        "for a trial paused in Stripe's dashboard). Stripe "
         "(`pause_collection` cleared) and the simulator keep the billing cycle: nothing "
         "is charged at the resume, the next period is billed as it begins (the one under "
         "way, begun while paused, is not). Paddle starts a new billing period at the "
@@ -608,7 +609,8 @@ OUTCOMES: dict[str, tuple[str | None, str, Doc]] = {
     "subscription.resumed": (
         "subscription",
         "The subscription bills again (`status` `active`; `past_due` if an invoice from "
-        "before the pause is still open): its period as its provider restarts it (Paddle: "
+        "before the pause is still open; `trialing` for a trial paused in Stripe's "
+        "dashboard): its period as its provider restarts it (Paddle: "
         "a new period from now, its invoice charged at once, in `related`; Stripe: the "
         "cycle it kept, nothing charged now).",
         _SUB_PREVIOUS,
