@@ -2409,8 +2409,9 @@ class CommandProcessor(ProviderWindow):
         flight or parked): hold the entities its re-drive reads against the retention
         sweep until the provider's key window has passed (entity_holds; review h68p),
         and name them in its record, for its finish to release. A read (``*.refresh``)
-        holds nothing: it made nothing at the provider to be recorded. Written once: a
-        redelivered park finds its marks in place and writes nothing."""
+        holds nothing: it made nothing at the provider to be recorded. A mark in place is
+        not written again here (entity_holds.hold); a redelivery of the record that parked
+        writes them again (_rewrite_holds: the changelog may have lost them)."""
         if self.settings.entity_retention_seconds <= 0 or cmd.command_type in PROVIDER_READS:
             return
         key = f"{cmd.tenant_id}:{cmd.idempotency_key}"
@@ -2992,11 +2993,11 @@ _PROVIDER_REJECTIONS = {
 }
 
 
-# Park reason of a re-driven command older than `dlq replay` may re-send (see dlq.py).
 # How far a provider's clock (that dates an invoice's period) and the one that stamped a
 # command's record may disagree (Paddle's gateway looks for an earlier try from as long
 # before: paddle.gateway.CLOCK_SKEW_SECONDS).
 _CLOCK_SKEW_SECONDS = 120
+# Park reason of a re-driven command older than `dlq replay` may re-send (see dlq.py).
 STALE = "stale"
 # A command let through once, refused by its provider as another request under its key
 # (not a 409, a request still running under it, parked as idempotency_error).

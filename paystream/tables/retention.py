@@ -38,11 +38,12 @@ a store past PAYSTREAM_TABLE_STORE_MAX_AGE_SECONDS), whose sweep then deletes it
 
 An entity a parked command still needs is *held*: a command let through to its
 provider and parked (its answer lost, say) marks the entities it reads with
-``held_until`` (HOLD_FIELD: its idempotency key's digest → until when), written once at park
-time (agents/entity_holds.py), and none is expired while a mark is ahead of the clock:
-swept, its re-drive was parked ``not_found`` for good, the refund the provider made
-never recorded (review h68p). The mark is bookkeeping, not a change: ``last_change``
-does not read it, outcomes and views do not show it. It ends at the provider's key
+``held_until`` (HOLD_FIELD: its idempotency key's digest → until when), written at
+park time (again if that park is redelivered: agents/entity_holds.py), and none is
+expired while a mark is ahead of the clock: swept, its re-drive was parked
+``not_found`` for good, the refund the provider made never recorded (review h68p).
+The mark is bookkeeping, not a change: ``last_change`` does not read it, outcomes and
+views do not show it. It ends at the provider's key
 window plus a margin, or when the command finishes (its idempotency record names what
 it holds).
 

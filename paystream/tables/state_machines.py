@@ -90,9 +90,8 @@ SUBSCRIPTION_TRANSITIONS: dict[str, frozenset[str]] = {
 # refused, never recorded.
 # (paused: a pause, or one paused in the provider's dashboard read back; it leaves for
 # active by a resume or at its resumes_at, or past_due where an invoice from before it
-# is still open; trialing, a trial paused in Stripe's dashboard, which takes
-# pause_collection on a trialing subscription too, resumed: refused, its resume and every
-# refresh were answered invalid_state for good, Stripe's pause lifted; review h82x)
+# is still open; or trialing: Stripe takes pause_collection on a trialing subscription
+# too, so a trial paused in its dashboard is trialing again once resumed)
 SUBSCRIPTION_MOVES: dict[str, frozenset[str]] = {
     "trialing": frozenset({"trialing", "active", "past_due", "paused", "canceled"}),
     "active": frozenset({"active", "past_due", "paused", "canceled"}),
