@@ -39,6 +39,11 @@ A tenant's registry record may carry :class:`TenantLimits`:
   pending), held and counted as a ``subscription.create``'s first charge without a
   trial is (handlers.subscription_trial_charge); one moving the trial's end charges
   nothing now.
+* A ``subscription.resume`` at a provider whose resume charges a new period at once
+  (Paddle: handlers.RESUME_CHARGES_NOW) is admitted as a :class:`ProrationCharge` of
+  the subscription's per-period charge (handlers.subscription_resume_charge), counted
+  at its invoice paid or being collected; elsewhere it charges nothing and passes
+  unchecked.
 * An ``invoice.pay`` is admitted as a payment of its invoice's amount due in its
   currency (its data names neither: the pipeline reads the invoice from its table and
   passes an :class:`InvoiceCharge`): held to ``max_payment_amount`` and
