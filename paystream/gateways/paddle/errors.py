@@ -50,6 +50,17 @@ ATTEMPT_ERRORS: dict[str, ErrorCode] = {
     "system_error": ErrorCode.PROCESSING_ERROR,
 }
 
+# Paddle's refusals of ``POST /subscriptions/{id}/activate`` (its error reference): not
+# trialing, no payment method saved, a consent the customer has not given, manually
+# collected. The subscription's state, not the command: `invalid_state`, worded so.
+_ACTIVATION_CODES = frozenset(
+    {
+        "subscription_cannot_activate",
+        "subscription_missing_payment_method_cannot_activate",
+        "subscription_consent_requirement_cannot_activate",
+        "subscription_manual_collection_mode_activation_not_allowed",
+    }
+)
 # Not in the object's current state (a transaction paid, canceled or a draft; a refund
 # pending Paddle's approval; nothing left to refund).
 _STATE_CODES = frozenset(
@@ -73,22 +84,8 @@ _STATE_CODES = frozenset(
         "subscription_not_active",
         "subscription_locked_pending_changes",
         "subscription_must_be_paused",
-        # Activation (a trial ended now) refused (_ACTIVATION_CODES).
-        "subscription_cannot_activate",
-        "subscription_missing_payment_method_cannot_activate",
-        "subscription_consent_requirement_cannot_activate",
-        "subscription_manual_collection_mode_activation_not_allowed",
-    }
-)
-# Paddle's refusals of ``POST /subscriptions/{id}/activate`` (its error reference): not
-# trialing, no payment method saved, a consent the customer has not given, manually
-# collected. The subscription's state, not the command: `invalid_state`, worded so.
-_ACTIVATION_CODES = frozenset(
-    {
-        "subscription_cannot_activate",
-        "subscription_missing_payment_method_cannot_activate",
-        "subscription_consent_requirement_cannot_activate",
-        "subscription_manual_collection_mode_activation_not_allowed",
+        # Activation (a trial ended now) refused.
+        *_ACTIVATION_CODES,
     }
 )
 # A charge Paddle was asked to make now (an activation) declined: "When requesting to

@@ -75,8 +75,8 @@ FOLLOWED_PAYMENT_EVENTS = frozenset(
 )
 # A subscription's own events (made when its checkout is paid, activated after a trial,
 # renewed or declined, a change scheduled or made, paused or resumed, canceled). A
-# subscription's transactions (its
-# checkout's, its renewals') come in the transaction events above.
+# subscription's transactions (its checkout's, its renewals') come in the transaction
+# events above.
 FOLLOWED_SUBSCRIPTION_EVENTS = frozenset(
     {
         "subscription.created",
