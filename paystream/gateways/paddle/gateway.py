@@ -1142,8 +1142,7 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
             return await self._with_invoices(op, str(txn["id"]), sub)  # (a retry: done)
         body: dict[str, Any] = {"effective_from": "immediately", "on_resume": _ON_RESUME}
         if req.resumes_at is not None:
-            at = datetime.fromtimestamp(req.resumes_at, UTC)
-            body["resume_at"] = at.isoformat().replace("+00:00", "Z")
+            body["resume_at"] = _iso(req.resumes_at)
         path = f"subscriptions/{sub_id}/pause"
         made = self._one(await self._call(op, "POST", path, body=body))
         return await self._with_invoices(op, str(txn["id"]), made)
@@ -1282,8 +1281,7 @@ class PaddleGateway(NoPayouts, NoTaxRates, NoConnectedAccounts, NoInvoices):
                     "subscription's trial_end is moved",
                     reached=False,
                 )
-            at = datetime.fromtimestamp(req.trial_end, UTC)
-            body["next_billed_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            body["next_billed_at"] = _iso(req.trial_end)
             body["proration_billing_mode"] = "do_not_bill"
         if body:
             path = f"subscriptions/{sub_id}"
