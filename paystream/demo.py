@@ -66,8 +66,13 @@ SUBSCRIBERS = 0.05
 RENEWALS_DECLINED = "pm_card_chargeCustomerFail"
 SUBSCRIPTION_TOKENS = [*["pm_card_visa"] * 5, *["pm_card_mastercard"] * 2, RENEWALS_DECLINED]
 TRIALS = 0.3
-# Share of the renewed subscriptions then canceled at the end of their (next) period.
+# Share of the trials (the declining card's apart: it is its renewal that declines)
+# ended at once (`subscription.update` `trial_end: "now"`: the first period charged).
+TRIALS_ENDED_NOW = 0.5
+# Shares of the renewed subscriptions then canceled at the end of their (next) period,
+# and (of those still active) paused instead (`subscription.pause`), resumed a day later.
 CANCELS_AT_PERIOD_END = 0.3
+PAUSES = 0.3
 # Seconds a subscription is left as it is before its day passes (so the dashboard shows
 # it trialing or active for a while first): a random pause in this range.
 SUBSCRIPTION_PAUSE = (1.0, 4.0)
@@ -270,8 +275,11 @@ async def _subscribe(
     """attach card → `subscription.create` (daily; maybe a day's trial; some carrying one
     of the tenant's ``tax_rate_ids``: each invoice taxed) → a day passes →
     `subscription.refresh` (the trial over, or a renewal: paid, or declined: past_due) →
-    maybe a cancel at period end, another day, and the refresh that reads it canceled.
-    Without ``advance`` (no simulator clock to move), the create alone."""
+    maybe a cancel at period end, another day, and the refresh that reads it canceled;
+    or, still active, a pause, another day, and its resume. With ``advance``, some
+    trials are ended at once first (`trial_end: "now"`: charged, counted
+    ``subscription.updated[trial_end]``). Without ``advance``
+    (no simulator clock to move: a demo tenant without a simulator), the create alone."""
     token = rng.choice(SUBSCRIPTION_TOKENS)
     pm = await send("payment_method.attach", {"customer_id": cid, "token": token})
     pmid = pm.get("entity_id")
@@ -307,12 +315,24 @@ async def _subscribe(
         await advance(tenant, DAY)
         return await send("subscription.refresh", {"subscription_id": sid})
 
+    if status == "trialing" and token != RENEWALS_DECLINED and rng.random() < TRIALS_ENDED_NOW:
+        # Tagged: counted apart from the refreshes' and cancels' subscription.updated.
+        await send("subscription.update", {"subscription_id": sid, "trial_end": "now"}, "trial_end")
     sub = await next_day()
-    if (sub.get("object") or {}).get("status") != "canceled" and (
-        rng.random() < CANCELS_AT_PERIOD_END
-    ):
+    status = (sub.get("object") or {}).get("status")
+    if status == "canceled":
+        return
+    # One draw for both, so the share canceled at period end stays CANCELS_AT_PERIOD_END.
+    choice = rng.random()
+    if choice < CANCELS_AT_PERIOD_END:
         await send("subscription.cancel", {"subscription_id": sid, "at_period_end": True})
         await next_day()
+    elif status == "active" and choice < CANCELS_AT_PERIOD_END + PAUSES:
+        paused = await send("subscription.pause", {"subscription_id": sid})
+        if (paused.get("object") or {}).get("status") == "paused":
+            await asyncio.sleep(rng.uniform(*SUBSCRIPTION_PAUSE))
+            await advance(tenant, DAY)
+            await send("subscription.resume", {"subscription_id": sid})
 
 
 async def _pay_out(send: Send, tenant: str, rng: random.Random, advance: Advance | None) -> None:

@@ -126,6 +126,7 @@ async def test_a_demo_subscription_carries_the_tenants_rate(
     monkeypatch.setattr(demo, "SUBSCRIPTION_TOKENS", ["pm_card_visa"])
     monkeypatch.setattr(demo, "TRIALS", 0.0)
     monkeypatch.setattr(demo, "CANCELS_AT_PERIOD_END", 0.0)
+    monkeypatch.setattr(demo, "PAUSES", 0.0)
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
         client: Any = ThroughTheProcessor(h)

@@ -1,8 +1,9 @@
 """The demo's subscribers: a customer saves a card and subscribes (daily, some with a
-day's trial); the demo moves its tenant's simulator clock a day and reads the
-subscription back (the trial over or a renewal paid; a card declining renewals:
-past_due); some then cancel at period end, read back canceled a day later. Through the
-real command processor and the simulator on Redis, as the 3-D Secure flow's test."""
+day's trial, some of those ended at once: `trial_end: "now"`, charged); the demo moves
+its tenant's simulator clock a day and reads the subscription back (the trial over or a
+renewal paid; a card declining renewals: past_due); some then cancel at period end, read
+back canceled a day later, some pause and resume after another day. Through the real
+command processor and the simulator on Redis, as the 3-D Secure flow's test."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from tests.agents.harness import ThroughTheProcessor, simulator_of
 
 
 @pytest.mark.parametrize(
-    ("token", "trial", "cancel", "status", "invoices", "seen_kinds"),
+    ("token", "trial", "ended_now", "cancel", "pause", "status", "invoices", "seen_kinds"),
     [
         # Charged at once, renewed a day later.
         (
             "pm_card_visa",
+            0.0,
+            0.0,
             0.0,
             0.0,
             "active",
@@ -38,25 +41,66 @@ from tests.agents.harness import ThroughTheProcessor, simulator_of
             "pm_card_mastercard",
             1.0,
             0.0,
+            0.0,
+            0.0,
             "active",
             ["paid"],
             {"subscription.created": 1, "subscription.updated": 1},
+        ),
+        # A day's trial ended at once (`trial_end: "now"`: its first period charged then,
+        # counted subscription.updated[trial_end]), renewed a day later.
+        (
+            "pm_card_mastercard",
+            1.0,
+            1.0,
+            0.0,
+            0.0,
+            "active",
+            ["paid", "paid"],
+            {
+                "subscription.created": 1,
+                "subscription.updated[trial_end]": 1,
+                "subscription.updated": 1,
+            },
+        ),
+        # Renewed, then paused; a day later resumed (billing again, the period begun
+        # while paused not billed).
+        (
+            "pm_card_visa",
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+            "active",
+            ["paid", "paid"],
+            {
+                "subscription.created": 1,
+                "subscription.updated": 1,
+                "subscription.paused": 1,
+                "subscription.resumed": 1,
+            },
         ),
         # Renewed, then canceled at the end of that period: nothing more billed.
         (
             "pm_card_visa",
             0.0,
+            0.0,
             1.0,
+            0.0,
             "canceled",
             ["paid", "paid"],
             {"subscription.created": 1, "subscription.updated": 2, "subscription.canceled": 1},
         ),
         # The card that declines renewals: always a trial (never an incomplete create),
-        # its first charge declined at the trial's end: past_due, the invoice open.
+        # its first charge declined at the trial's end: past_due, the invoice open. Its
+        # trial is never ended at once (it is its renewal that declines), nor is it
+        # paused (past_due: nothing to pause).
         (
             "pm_card_chargeCustomerFail",
             0.0,
+            1.0,
             0.0,
+            1.0,
             "past_due",
             ["open"],
             {"subscription.created": 1, "subscription.updated": 1},
@@ -68,7 +112,9 @@ async def test_a_demo_subscriber_is_renewed_on_the_simulators_clock(
     monkeypatch: pytest.MonkeyPatch,
     token: str,
     trial: float,
+    ended_now: float,
     cancel: float,
+    pause: float,
     status: str,
     invoices: list[str],
     seen_kinds: dict[str, int],
@@ -77,7 +123,9 @@ async def test_a_demo_subscriber_is_renewed_on_the_simulators_clock(
     monkeypatch.setattr(demo, "SUBSCRIBERS", 1.0)
     monkeypatch.setattr(demo, "SUBSCRIPTION_TOKENS", [token])
     monkeypatch.setattr(demo, "TRIALS", trial)
+    monkeypatch.setattr(demo, "TRIALS_ENDED_NOW", ended_now)
     monkeypatch.setattr(demo, "CANCELS_AT_PERIOD_END", cancel)
+    monkeypatch.setattr(demo, "PAUSES", pause)
     monkeypatch.setattr(demo, "SUBSCRIPTION_PAUSE", (0.0, 0.0))
     async with running_harness(redis_url) as h:
         t = h.add_tenant()
@@ -91,7 +139,8 @@ async def test_a_demo_subscriber_is_renewed_on_the_simulators_clock(
         client: Any = ThroughTheProcessor(h)
         await demo._flow(client, t, random.Random(3), seen, advance=advance)
 
-        assert moved == [(t, demo.DAY)] * (2 if cancel else 1), moved
+        days = 2 if cancel or "subscription.paused" in seen_kinds else 1
+        assert moved == [(t, demo.DAY)] * days, moved
         assert {k: v for k, v in seen.items() if k.startswith("subscription.")} == seen_kinds
         assert seen["payment_method.attached"] == 1 and not seen["payment.succeeded"], seen
         [sub] = h.tables.subscriptions.values()
@@ -149,3 +198,6 @@ def test_the_demo_subscribes_a_small_share_with_its_own_cards() -> None:
     assert 0 < demo.SUBSCRIBERS <= 0.1
     assert demo.RENEWALS_DECLINED in demo.SUBSCRIPTION_TOKENS
     assert demo.SUBSCRIPTION_TOKENS.count(demo.RENEWALS_DECLINED) < len(demo.SUBSCRIPTION_TOKENS)
+    # Some trials end at once and some active ones pause; the cancels' share stays theirs.
+    assert 0 < demo.TRIALS_ENDED_NOW < 1 and 0 < demo.PAUSES < 1
+    assert demo.CANCELS_AT_PERIOD_END + demo.PAUSES < 1
