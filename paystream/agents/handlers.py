@@ -2536,7 +2536,9 @@ async def _paused_or_resumed_read_back(
             idempotency_key=ctx.idem,
         ),
     )
-    if now.status is wanted or (wanted is _SUB_ACTIVE and now.status is _SUB_TRIALING):
+    # (A resume in effect is any status _paused_or_resumed takes as resumed: past_due
+    # too, a renewal from before the pause still open; review h82rr M1.)
+    if now.status is wanted or (wanted is _SUB_ACTIVE and now.status in _RESUMED_AS):
         return _paused_or_resumed(ctx, sub, now, previous, wanted)
     _take_subscription(ctx, sub, now)
     invoices = _invoices(ctx, sub, now)

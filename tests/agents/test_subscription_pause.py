@@ -393,3 +393,36 @@ async def test_a_pause_re_driven_while_its_key_answers_is_recorded_as_it_is_now(
     out = await _answer(h, _command(t, "subscription.pause", body, "p1"))
     assert kind(out) == "subscription.updated", data(out)
     assert h.tables.subscriptions[f"{t}:s1"]["status"] == "active"
+
+
+async def test_a_resume_re_driven_after_a_change_that_finds_it_past_due_is_resumed(
+    harness: Harness,
+) -> None:
+    """A resume whose answer was lost, re-driven after another command changed the
+    subscription, is read back: past_due (a renewal declined before the pause still
+    open) is resumed all the same, as a resume answered at once says (it was refused
+    "the resume is not in effect"; review h82rr M1)."""
+    from tests.agents.test_subscription_update import _attach, _update
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(t, gateway_options={"lose_response_first": {f"ps:{t}:r1": 3}})
+    await _subscribed(h, t)
+    await _attach(h, t, "c1", "m2", token="pm_card_chargeCustomerFail")
+    assert kind(await _update(h, t, payment_method_id="m2")) == "subscription.updated"
+    # A month on, unread: the pause bills the renewal first (declined), then pauses.
+    await simulator_of(h, t).advance_clock(32 * DAY)
+    paused = await _pause(h, t)
+    assert kind(paused) == "subscription.paused", data(paused)
+    s1 = {"subscription_id": "s1"}
+    emits = await h.processor.process(_command(t, "subscription.resume", s1, "r1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]  # applied, answer lost
+    read = await _answer(h, _command(t, "subscription.refresh", s1, "f1"))
+    assert data(read)["object"]["status"] == "past_due", data(read)
+    newer = await _answer(h, _command(t, "subscription.update", {**s1, "amount": 1800}, "u2"))
+    assert kind(newer) == "subscription.updated", data(newer)
+    out = await _answer(h, _command(t, "subscription.resume", s1, "r1"))  # `dlq replay`
+    assert kind(out) == "subscription.resumed", data(out)
+    assert data(out)["object"]["status"] == "past_due", data(out)
+    assert h.tables.subscriptions[f"{t}:s1"]["status"] == "past_due"
+    assert len(await _effects(h, t, "subscription.resumed")) == 1
