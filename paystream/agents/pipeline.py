@@ -1462,9 +1462,10 @@ class CommandProcessor(ProviderWindow):
         if not counts:
             self.limits.settle(admission, "command.rejected")
             return
-        moved = _moved(cmd.command_type, outcome)
-        if moved == 0 and getattr(data, "trial_end", None) == "now":
-            moved = self._first_invoice_recorded(cmd.tenant_id, outcome)
+        ended_now = getattr(data, "trial_end", None) == "now"
+        moved = _moved(cmd.command_type, outcome, ended_now)
+        if moved == 0 and ended_now:
+            moved = self._first_invoice_recorded(cmd.tenant_id, outcome, sent_since_ms)
         if moved == 0 and cmd.command_type == "subscription.resume":
             moved = self._resume_invoice_recorded(cmd.tenant_id, outcome, sent_since_ms)
         if moved is None:
@@ -1472,13 +1473,17 @@ class CommandProcessor(ProviderWindow):
         else:
             self.limits.settle(admission, outcome.type, moved)
 
-    def _first_invoice_recorded(self, tenant_id: str, outcome: StoredOutcome) -> int:
+    def _first_invoice_recorded(
+        self, tenant_id: str, outcome: StoredOutcome, sent_since_ms: int | None = None
+    ) -> int:
         """What the first invoice of a trial an update ended now (``trial_end: "now"``)
         was paid, when its outcome does not list it: recorded first by another command
         (a refresh, a Stripe webhook's, that read it paid before a parked end was
         re-driven and answered from its key). Its subscription's latest invoice, paid,
         beginning when the trial ended; 0 if none is (still trialing, declined, or one
-        the outcome lists: ``_moved`` counted that)."""
+        the outcome lists: ``_moved`` counted that). Paddle names no trial_end once
+        active: then beginning at or after the end's first try can have been sent (less
+        the clocks' skew), as a resume's (review h82rr H1)."""
         sub = outcome.data.get("object")
         if not isinstance(sub, dict) or sub.get("status") == "trialing":
             return 0
@@ -1488,16 +1493,20 @@ class CommandProcessor(ProviderWindow):
         if not isinstance(latest, str) or latest in listed:
             return 0
         raw = self.tables.invoices.get(entity_key(tenant_id, latest))
-        ended = _instant(sub.get("trial_end"))
         if (
             not isinstance(raw, Mapping)
             or raw.get("subscription_id") != sub.get("id")
             or raw.get("status") != "paid"
-            or ended is None
-            or _instant(raw.get("period_start")) != ended
         ):
             return 0
-        return int(raw.get("amount") or 0)
+        begins = _instant(raw.get("period_start"))
+        ended = _instant(sub.get("trial_end"))
+        if ended is not None:
+            return int(raw.get("amount") or 0) if begins == ended else 0
+        if begins is None or sent_since_ms is None:
+            return 0
+        since = datetime.fromtimestamp(sent_since_ms / 1000 - _CLOCK_SKEW_SECONDS, UTC)
+        return int(raw.get("amount") or 0) if begins >= since else 0
 
     def _resume_invoice_recorded(
         self, tenant_id: str, outcome: StoredOutcome, sent_since_ms: int | None
@@ -3054,11 +3063,14 @@ def _header_text(text: str, limit: int = 500) -> bytes:
 _LIMITS_READ = dict.fromkeys((*MONEY_COMMANDS, "subscription.update", "subscription.resume"), True)
 
 
-def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
+def _moved(command_type: str, outcome: StoredOutcome, ended_now: bool = False) -> int | None:
     """What a ``subscription.update`` charged now: its proration invoices (made by this
     command, with proration lines, billing from a change: not a renewal carrying them,
     which its provider billed first and the limits do not count) paid, summed; 0 for
-    none (a credit, a decline, no always_invoice). A ``subscription.resume``'s: its
+    none (a credit, a decline, no always_invoice). One that ended a trial now
+    (``ended_now``, no longer trialing): every invoice it made, paid (a trial has nothing
+    to prorate: the only one is the first period's; matched by no trial_end, which
+    Paddle names no more once active; review h82rr H1). A ``subscription.resume``'s: its
     invoices paid (_resume_paid). None for any other command: its outcome type tells."""
     if command_type == "subscription.resume":
         return _resume_paid(outcome)
@@ -3067,6 +3079,7 @@ def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
     command = outcome.data.get("command_id")
     paid = 0
     first = _trial_ended_at(outcome.data)
+    over = ended_now and _trial_over(outcome.data)
     for part in outcome.data.get("related") or ():
         obj = part.get("object") if isinstance(part, dict) else None
         if (
@@ -3075,7 +3088,8 @@ def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
             and obj.get("status") == "paid"
             and obj.get("created_by") == command
             and (
-                (obj.get("proration_lines") and _from_a_change(obj))
+                over
+                or (obj.get("proration_lines") and _from_a_change(obj))
                 or (first is not None and _instant(obj.get("period_start")) == first)
             )
         ):
@@ -3083,15 +3097,24 @@ def _moved(command_type: str, outcome: StoredOutcome) -> int | None:
     return paid
 
 
+def _trial_over(data: dict[str, Any]) -> bool:
+    """Does this outcome show the trial of a subscription an update found trialing over?"""
+    sub = data.get("object")
+    return (
+        data.get("previous_status") == "trialing"
+        and isinstance(sub, dict)
+        and sub.get("status") != "trialing"
+    )
+
+
 def _trial_ended_at(data: dict[str, Any]) -> datetime | None:
     """When the trial of a subscription an update found trialing ended, if this outcome
-    shows it ended (no longer trialing): the first period's invoice begins then, the one
-    an update ending the trial now (``trial_end: "now"``) charged. (The limits count it
-    only for such an update: only it is held as a charge, ProrationCharge.)"""
+    shows it ended (no longer trialing) and names the time (Paddle does not once active):
+    the first period's invoice begins then, the one an update ending the trial now
+    (``trial_end: "now"``) charged. (The limits count it only for such an update: only
+    it is held as a charge, ProrationCharge.)"""
     sub = data.get("object")
-    if data.get("previous_status") != "trialing" or not isinstance(sub, dict):
-        return None
-    if sub.get("status") == "trialing":
+    if not _trial_over(data) or not isinstance(sub, dict):
         return None
     return _instant(sub.get("trial_end"))
 

@@ -7,6 +7,7 @@ count the end's charge, paid or declined, as a create's first charge."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
+from paystream.tables.records import StoredOutcome
 from tests.agents.conftest import running_harness
 from tests.agents.harness import Harness, data, kind
 from tests.fixtures.paddle_fake import FAKE_PADDLE_API_KEY
@@ -32,10 +34,10 @@ async def ph(redis_url: str, paddle_url: str) -> AsyncIterator[Harness]:
         yield h
 
 
-async def _trialing(h: Harness, url: str) -> tuple[str, str]:
+async def _trialing(h: Harness, url: str, **tenant: Any) -> tuple[str, str]:
     """A tenant on Paddle, its subscription s1 trialing (checkout paid); and s1's Paddle
     subscription id."""
-    t = h.add_tenant(gateway="paddle", secrets={"api_key": "v1:x"})
+    t = h.add_tenant(gateway="paddle", secrets={"api_key": "v1:x"}, **tenant)
     email = f"{uuid.uuid4().hex[:12]}@example.com"  # (Paddle keeps one customer per email)
     made = await h.send("customer.create", t, {"customer_id": "c1", "email": email})
     assert kind(made) == "customer.created", data(made)
@@ -114,3 +116,27 @@ async def test_an_activation_paid_is_a_fraud_rule_attempt(ph: Harness, paddle_ur
     assert data(out)["trial_end_charge"] == "paid"
     seen = _seen(t, out)
     assert (seen.attempt, seen.card_declined, seen.answered) == (True, False, True), seen
+
+
+async def test_an_end_now_counts_toward_the_day(ph: Harness, paddle_url: str) -> None:
+    """Paddle names no trial_end once active: the first period's invoice the activation
+    made is counted all the same (it was held, and released with 0 counted; review
+    h82rr H1), once: the next payment past the cap is refused."""
+    limits = {"daily_payment_volume": {"USD": 2_000}}
+    t, _ = await _trialing(ph, paddle_url, limits=limits)
+    sent_ms = int(time.time() * 1000)
+    out = await ph.send("subscription.update", t, {"subscription_id": "s1", "trial_end": "now"})
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "active", data(out)
+    assert data(out)["object"]["trial_end"] is None, data(out)
+    pay = {"amount": 801, "currency": "USD", "payment_method_token": "checkout"}
+    over = await ph.send("payment.create", t, pay)
+    assert data(over).get("reason") == "quota_exceeded", data(over)
+    assert (data(over)["used"], data(over)["held"]) == (1200, 0), data(over)
+    # Re-driven after a refresh recorded that invoice (its outcome lists none): found
+    # by its period beginning since the end was first sent, not by a trial_end.
+    unlisted = StoredOutcome(type=kind(out), data={**data(out), "related": []})
+    found = ph.processor._first_invoice_recorded
+    assert found(t, unlisted, sent_ms) == 1200
+    assert found(t, unlisted, sent_ms + 31 * 24 * 3600 * 1000) == 0  # (a later period's)
+    assert found(t, unlisted, None) == 0  # (when it was sent is not known)

@@ -38,8 +38,8 @@ async def sh(redis_url: str, localstripe_url: str) -> AsyncIterator[Harness]:
         yield h
 
 
-async def _trialing(h: Harness) -> str:
-    t = h.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"})
+async def _trialing(h: Harness, **tenant: Any) -> str:
+    t = h.add_tenant(gateway="stripe", secrets={"api_key": "v1:x"}, **tenant)
     await _send(h, t, "customer.create", {"customer_id": "c1"})
     for pm, token in (("m1", "pm_card_visa"), ("m2", "pm_card_chargeCustomerFail")):
         await _send(h, t, "payment_method.attach",
@@ -139,3 +139,15 @@ async def test_a_trial_already_over_at_stripe_is_not_ended_again(
     assert data(out)["object"]["status"] == "active", data(out)
     at_stripe = await _stripe_invoices(localstripe_url, data(out)["object"])
     assert [(i["status"], i["total"]) for i in at_stripe] == [("paid", 1500)], at_stripe
+
+
+async def test_an_end_now_counts_toward_the_day(sh: Harness, localstripe_url: str) -> None:
+    """The first period's invoice an end now made is counted toward the day, once,
+    whatever second Stripe's invoice period begins at (review h82rr H1)."""
+    t = await _trialing(sh, limits={"daily_payment_volume": {"USD": 2_000}})
+    out = await sh.send("subscription.update", t, {"subscription_id": "s1", "trial_end": "now"})
+    assert data(out)["object"]["status"] == "active", data(out)
+    pay = {"amount": 501, "currency": "USD", "payment_method_id": "m1", "customer_id": "c1"}
+    over = await sh.send("payment.create", t, pay)
+    assert data(over).get("reason") == "quota_exceeded", data(over)
+    assert (data(over)["used"], data(over)["held"]) == (1500, 0), data(over)
