@@ -1311,7 +1311,9 @@ class CommandProcessor(ProviderWindow):
             counts = self._counts_here(rec, existing, let_through, done.id_salt)
             self._release_voided(cmd, done.outcome)
             if admission is not None:
-                self._settle(cmd, admission, done.outcome, counts)
+                # (with the command and its first send: a trial end's or a resume's
+                # invoice a refresh recorded first is found here too; review h82rr M2)
+                self._settle(cmd, admission, done.outcome, counts, data, ctx.sent_since_ms)
                 if counts:  # (sent again past the window: counted by its first record)
                     self._count_learnt(cmd, admission, done.outcome, deciding.limits)
             self._finish(

@@ -424,3 +424,47 @@ async def test_a_parked_end_re_driven_after_its_invoice_was_read_is_counted_once
     over = await h.send("payment.create", t, pay)
     assert data(over).get("reason") == "quota_exceeded", data(over)
     assert (data(over)["used"], data(over)["held"]) == (1500, 0), data(over)
+
+
+async def test_a_re_driven_end_replayed_after_a_crash_is_counted_once(harness: Harness) -> None:
+    """As above (a refresh recorded the first invoice first), the re-drive then crashed
+    after its entity write, its idempotency and limits writes lost: redelivered, it is
+    answered from its entity (AlreadyApplied), its outcome listing no invoice, and still
+    counted toward the day, once (the replay's settle had no command to tell an end now
+    by, and counted 0; review h82rr M2)."""
+    import copy
+
+    from tests.agents.harness import new_tenant_id
+    from tests.agents.test_let_through import _answer, _command
+
+    h = harness
+    t = new_tenant_id()
+    h.add_tenant(
+        t,
+        gateway_options={"lose_response_first": {f"ps:{t}:e1": 3}},
+        limits={"daily_payment_volume": {"EUR": 2_000}},
+    )
+    await _subscribed(h, t, trial_days=14)
+    end = {"subscription_id": "s1", "trial_end": "now"}
+    emits = await h.processor.process(_command(t, "subscription.update", end, "e1"))
+    assert [e.topic for e in emits] == [h.settings.retry_topic]
+    assert [i["status"] for i in _invoices(await _refresh(h, t))] == ["paid"]
+    kept = {k: copy.deepcopy(v) for k, v in h.idempotency.items() if k.startswith(f"{t}:")}
+    limits = copy.deepcopy(h.processor.limits.table.get(LimitGate.key(t)))
+    redrive = _command(t, "subscription.update", end, "e1")  # `dlq replay`
+    first = await _answer(h, redrive)
+    assert kind(first) == "subscription.updated", data(first)
+    # The crash: the entity write kept, the idempotency and limits writes lost.
+    for key in [k for k in h.idempotency if k.startswith(f"{t}:")]:
+        del h.idempotency[key]
+    for key, value in kept.items():
+        h.idempotency[key] = value
+    h.processor.limits.table[LimitGate.key(t)] = limits
+    out = await _answer(h, redrive)  # (redelivered)
+    assert kind(out) == "subscription.updated", data(out)
+    assert data(out)["object"]["status"] == "active" and _invoices(out) == [], data(out)
+    assert len(await _charges(h, t)) == 1
+    pay = {"amount": 600, "currency": "EUR", "payment_method_token": "pm_card_visa"}
+    over = await h.send("payment.create", t, pay)
+    assert data(over).get("reason") == "quota_exceeded", data(over)
+    assert (data(over)["used"], data(over)["held"]) == (1500, 0), data(over)
