@@ -1486,29 +1486,18 @@ class CommandProcessor(ProviderWindow):
         the outcome lists: ``_moved`` counted that). Paddle names no trial_end once
         active: then beginning at or after the end's first try can have been sent (less
         the clocks' skew), as a resume's (review h82rr H1)."""
-        sub = outcome.data.get("object")
-        if not isinstance(sub, dict) or sub.get("status") == "trialing":
+        found = self._latest_invoice(tenant_id, outcome, unlisted=True)
+        if found is None:
             return 0
-        latest = sub.get("latest_invoice_id")
-        related = outcome.data.get("related") or ()
-        listed = {part.get("entity_id") for part in related if isinstance(part, dict)}
-        if not isinstance(latest, str) or latest in listed:
+        sub, raw = found
+        if sub.get("status") == "trialing" or raw.get("status") != "paid":
             return 0
-        raw = self.tables.invoices.get(entity_key(tenant_id, latest))
-        if (
-            not isinstance(raw, Mapping)
-            or raw.get("subscription_id") != sub.get("id")
-            or raw.get("status") != "paid"
-        ):
-            return 0
-        begins = _instant(raw.get("period_start"))
         ended = _instant(sub.get("trial_end"))
         if ended is not None:
-            return int(raw.get("amount") or 0) if begins == ended else 0
-        if begins is None or sent_since_ms is None:
-            return 0
-        since = datetime.fromtimestamp(sent_since_ms / 1000 - _CLOCK_SKEW_SECONDS, UTC)
-        return int(raw.get("amount") or 0) if begins >= since else 0
+            counted = _instant(raw.get("period_start")) == ended
+        else:
+            counted = _begins_since(raw, sent_since_ms)
+        return int(raw.get("amount") or 0) if counted else 0
 
     def _resume_invoice_recorded(
         self, tenant_id: str, outcome: StoredOutcome, sent_since_ms: int | None
@@ -1520,23 +1509,36 @@ class CommandProcessor(ProviderWindow):
         collected (no decline: as _resume_paid), its period beginning at or after the
         resume's first try can have been sent (less the clocks' skew); 0 if none is
         (nothing charged: Stripe's, the simulator's; or the time is not known)."""
-        sub = outcome.data.get("object")
-        if not isinstance(sub, dict) or sent_since_ms is None:
+        if sent_since_ms is None:
             return 0
-        latest = sub.get("latest_invoice_id")
-        if not isinstance(latest, str):
+        found = self._latest_invoice(tenant_id, outcome)
+        if found is None:
             return 0
-        raw = self.tables.invoices.get(entity_key(tenant_id, latest))
-        if not isinstance(raw, Mapping) or raw.get("subscription_id") != sub.get("id"):
-            return 0
-        status = raw.get("status")
-        if not (status == "paid" or (status == "open" and not raw.get("failure_code"))):
-            return 0
-        begins = _instant(raw.get("period_start"))
-        since = datetime.fromtimestamp(sent_since_ms / 1000 - _CLOCK_SKEW_SECONDS, UTC)
-        if begins is None or begins < since:
+        _, raw = found
+        if not _paid_or_collecting(raw) or not _begins_since(raw, sent_since_ms):
             return 0
         return int(raw.get("amount") or 0)
+
+    def _latest_invoice(
+        self, tenant_id: str, outcome: StoredOutcome, unlisted: bool = False
+    ) -> tuple[dict[str, Any], Mapping[str, Any]] | None:
+        """The subscription an outcome shows and its latest invoice as recorded, if that
+        invoice is the subscription's (and, ``unlisted``, not one the outcome lists): the
+        walk of the fallbacks above, which find a charge another command recorded first."""
+        sub = outcome.data.get("object")
+        if not isinstance(sub, dict):
+            return None
+        latest = sub.get("latest_invoice_id")
+        if not isinstance(latest, str):
+            return None
+        if unlisted:
+            related = outcome.data.get("related") or ()
+            if latest in {part.get("entity_id") for part in related if isinstance(part, dict)}:
+                return None
+        raw = self.tables.invoices.get(entity_key(tenant_id, latest))
+        if not isinstance(raw, Mapping) or raw.get("subscription_id") != sub.get("id"):
+            return None
+        return sub, raw
 
     def _count_learnt(
         self, cmd: CommandRef, admission: Admission, outcome: StoredOutcome, limits: TenantLimits
@@ -3136,11 +3138,25 @@ def _resume_paid(outcome: StoredOutcome) -> int:
         and part.get("entity_type") == "invoice"
         and isinstance(obj := part.get("object"), dict)
         and obj.get("created_by") == command
-        and (
-            obj.get("status") == "paid"
-            or (obj.get("status") == "open" and not obj.get("failure_code"))
-        )
+        and _paid_or_collecting(obj)
     )
+
+
+def _paid_or_collecting(invoice: Mapping[str, Any]) -> bool:
+    """Is this invoice paid, or open with no decline (being collected: Paddle's
+    ``billed`` transaction, paid moments later)? What a resume's charge counts."""
+    status = invoice.get("status")
+    return status == "paid" or (status == "open" and not invoice.get("failure_code"))
+
+
+def _begins_since(invoice: Mapping[str, Any], sent_since_ms: int | None) -> bool:
+    """Does this invoice's period begin at or after its command's provider request can
+    first have been sent (``sent_since_ms``, less the clocks' skew)? False if either
+    time is not known."""
+    begins = _instant(invoice.get("period_start"))
+    if begins is None or sent_since_ms is None:
+        return False
+    return begins >= datetime.fromtimestamp(sent_since_ms / 1000 - _CLOCK_SKEW_SECONDS, UTC)
 
 
 def _from_a_change(invoice: dict[str, Any]) -> bool:
