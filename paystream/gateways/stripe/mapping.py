@@ -665,6 +665,20 @@ def subscription_method(obj: Mapping[str, Any]) -> str | None:
     return method if isinstance(method, str) and method else None
 
 
+def paused_collection(
+    obj: Mapping[str, Any], status: SubscriptionStatus | None
+) -> Mapping[str, Any] | None:
+    """A Subscription's ``pause_collection`` when it makes it paystream's paused (for
+    ``status``, ours for its Stripe status), else None. Its collection paused
+    (subscription.pause, or Stripe's dashboard): Stripe keeps it active, billing nothing
+    while ``pause_collection`` is set; a canceled one stays canceled. A read
+    (subscription()) and a webhook's notice both map it so."""
+    paused = obj.get("pause_collection")
+    if isinstance(paused, Mapping) and status is not SubscriptionStatus.CANCELED:
+        return paused
+    return None
+
+
 def subscription(
     obj: Mapping[str, Any], invoices: tuple[InvoiceResult, ...] = ()
 ) -> SubscriptionResult:
@@ -678,11 +692,9 @@ def subscription(
     start, end = _period(obj, item, "start"), _period(obj, item, "end")
     ended = obj.get("ended_at") or obj.get("canceled_at")
     trial_end = obj.get("trial_end")
-    # Its collection paused (subscription.pause, or Stripe's dashboard): Stripe keeps it
-    # active, billing nothing while ``pause_collection`` is set: paystream's paused.
-    paused = obj.get("pause_collection")
+    paused = paused_collection(obj, status)
     resumes_at = None
-    if isinstance(paused, Mapping) and status is not SubscriptionStatus.CANCELED:
+    if paused is not None:
         status = SubscriptionStatus.PAUSED
         resumes_at = _epoch(paused["resumes_at"]) if paused.get("resumes_at") else None
     return SubscriptionResult(

@@ -32,6 +32,7 @@ from paystream.gateways.stripe.mapping import (
     evidence_due_by,
     invoice_status,
     one_off_invoice_status,
+    paused_collection,
     payment_status,
     payout_status,
     refund_status,
@@ -383,9 +384,7 @@ def subscription_notice(event: dict[str, Any]) -> SubscriptionNotice | None:
     # of its own create's first invoice, of its own cancel at period end or update).
     if kind == "subscription":
         status = subscription_status(obj.get("status"))
-        if isinstance(obj.get("pause_collection"), dict) and status is not (
-            SubscriptionStatus.CANCELED
-        ):
+        if paused_collection(obj, status) is not None:
             # (active at Stripe, its collection paused: paystream's paused, as a read
             # has it; one paused in the dashboard is read, not dropped as an echo)
             status = SubscriptionStatus.PAUSED
