@@ -2449,7 +2449,7 @@ async def _pause_over(ctx: HandlerContext, sub: SubscriptionRecord, previous: st
     answered as the subscription is: `subscription.paused` if still paused (its provider
     not yet resumed it), else as a refresh's (`subscription.updated`, active), never
     refused: nothing is left to do, and nothing to send again."""
-    now = await _gateway(
+    read = await _gateway(
         ctx,
         "retrieve_subscription",
         lambda: ctx.gateway.retrieve_subscription(
@@ -2457,7 +2457,7 @@ async def _pause_over(ctx: HandlerContext, sub: SubscriptionRecord, previous: st
             idempotency_key=ctx.idem,
         ),
     )
-    return _paused_or_resumed(ctx, sub, now, previous, _SUB_PAUSED)
+    return _paused_or_resumed(ctx, sub, read, previous, _SUB_PAUSED)
 
 
 async def resume_subscription(ctx: HandlerContext, data: c.ResumeSubscription) -> HandlerResult:
@@ -2528,7 +2528,7 @@ async def _paused_or_resumed_read_back(
     try, and the newer change would be undone here. Read back and recorded as the
     provider holds it; the outcome only if that is what this command asked for, else
     refused (send it again under a new id to apply it)."""
-    now = await _gateway(
+    read = await _gateway(
         ctx,
         "retrieve_subscription",
         lambda: ctx.gateway.retrieve_subscription(
@@ -2538,10 +2538,10 @@ async def _paused_or_resumed_read_back(
     )
     # (A resume in effect is any status _paused_or_resumed takes as resumed: past_due
     # too, a renewal from before the pause still open; review h82rr M1.)
-    if now.status is wanted or (wanted is _SUB_ACTIVE and now.status in _RESUMED_AS):
-        return _paused_or_resumed(ctx, sub, now, previous, wanted)
-    _take_subscription(ctx, sub, now)
-    invoices = _invoices(ctx, sub, now)
+    if read.status is wanted or (wanted is _SUB_ACTIVE and read.status in _RESUMED_AS):
+        return _paused_or_resumed(ctx, sub, read, previous, wanted)
+    _take_subscription(ctx, sub, read)
+    invoices = _invoices(ctx, sub, read)
     return HandlerResult(
         "subscription.updated",
         sub,
@@ -2650,10 +2650,10 @@ def _update_not_in_effect(
     # (a trial ended now is in effect once it is no longer trialing; a moved end, when
     # the trial ends then)
     held_end = None if sub.trial_end is None else int(sub.trial_end.timestamp())
+    shown = "none" if sub.trial_end is None else sub.trial_end.isoformat()
     if data.trial_end == "now" and sub.status == _SUB_TRIALING.value:
-        missing.append(f"trial_end now asked, still trialing until {sub.trial_end}")
+        missing.append(f"trial_end now asked, still trialing until {shown}")
     elif isinstance(data.trial_end, int) and data.trial_end != held_end:
-        shown = "none" if sub.trial_end is None else sub.trial_end.isoformat()
         asked_end = datetime.fromtimestamp(data.trial_end, UTC).isoformat()
         missing.append(f"trial_end {asked_end} asked, {shown} in effect")
     return missing
